@@ -1,0 +1,101 @@
+//! n-step returns, computed on the actor side.
+//!
+//! Following the n-step Q-learning of Mnih et al. (2016, Algorithm S2) in the form of the
+//! Keras/Theano reference variant: an actor holds its last n transitions (s_i, a_i, r_i), with
+//! rewards already clipped. When n are held, or the episode reached a terminal state, it
+//! bootstraps
+//!
+//! ```text
+//! R = 0                               if s_{t+n} is terminal
+//! R = max_a Q(s_{t+n}, a; snapshot)   otherwise (also after a time-limit truncation)
+//! ```
+//!
+//! and walks back `R = r_i + gamma * R`, so the most recent step gets a 1-step return and the
+//! oldest an n-step return. Each (s_i, a_i, R_i) becomes one transition in the queue; the
+//! learner regresses Q(s_i, a_i) towards R_i. The snapshot plays the role of the target network.
+
+/// Writes the discounted returns of `rewards` (oldest first) into `out`, bootstrapped with
+/// `bootstrap` after the last reward: `out[i] = sum_{k=i}^{n-1} gamma^(k-i) r_k
+/// + gamma^(n-i) bootstrap`. Pass `bootstrap = 0.0` when the last step ended in a terminal
+/// state. `out` must have the same length as `rewards`.
+pub fn n_step_returns(rewards: &[f32], bootstrap: f32, gamma: f32, out: &mut [f32]) {
+    assert_eq!(rewards.len(), out.len(), "one return per reward");
+    let mut ret = bootstrap;
+    for (r, o) in rewards.iter().zip(out.iter_mut()).rev() {
+        ret = r + gamma * ret;
+        *o = ret;
+    }
+}
+
+/// The bootstrap value for a held segment: 0 if the segment ended in a terminal state, else the
+/// greedy value max_a Q(s_{t+n}, a) of the state after it (a time-limit truncation is not
+/// terminal and bootstraps).
+pub fn bootstrap_value(terminal: bool, next_q: &[f32]) -> f32 {
+    if terminal {
+        0.0
+    } else {
+        next_q.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6)
+    }
+
+    #[test]
+    fn n_step_with_bootstrap_worked_by_hand() {
+        // gamma 0.5, rewards 1, 0, 2, bootstrap 4:
+        // R2 = 2 + 0.5*4 = 4; R1 = 0 + 0.5*4 = 2; R0 = 1 + 0.5*2 = 2
+        let mut out = [0.0; 3];
+        n_step_returns(&[1.0, 0.0, 2.0], 4.0, 0.5, &mut out);
+        assert!(close(&out, &[2.0, 2.0, 4.0]), "{out:?}");
+    }
+
+    #[test]
+    fn terminal_does_not_bootstrap() {
+        let q = [3.0, 7.0, -1.0];
+        let mut out = [0.0; 2];
+        n_step_returns(&[1.0, 1.0], bootstrap_value(true, &q), 0.9, &mut out);
+        assert!(close(&out, &[1.9, 1.0]), "{out:?}");
+    }
+
+    #[test]
+    fn non_terminal_bootstraps_with_the_greedy_value() {
+        let q = [3.0, 7.0, -1.0];
+        assert_eq!(bootstrap_value(false, &q), 7.0);
+        let mut out = [0.0; 1];
+        n_step_returns(&[-1.0], bootstrap_value(false, &q), 0.99, &mut out);
+        assert!(close(&out, &[-1.0 + 0.99 * 7.0]), "{out:?}");
+    }
+
+    #[test]
+    fn one_step_is_the_td_target() {
+        let mut out = [0.0; 1];
+        n_step_returns(&[0.5], 2.0, 0.99, &mut out);
+        assert!(close(&out, &[0.5 + 0.99 * 2.0]));
+    }
+
+    #[test]
+    fn five_step_matches_the_closed_form() {
+        let r = [1.0f32, -1.0, 0.0, 1.0, 1.0];
+        let (g, b) = (0.99f32, 2.5f32);
+        let mut out = [0.0; 5];
+        n_step_returns(&r, b, g, &mut out);
+        for i in 0..5 {
+            let mut expect = 0.0f32;
+            for (k, rk) in r.iter().enumerate().skip(i) {
+                expect += g.powi((k - i) as i32) * rk;
+            }
+            expect += g.powi((5 - i) as i32) * b;
+            assert!(
+                (out[i] - expect).abs() < 1e-5,
+                "i={i}: {} vs {expect}",
+                out[i]
+            );
+        }
+    }
+}
