@@ -1,0 +1,118 @@
+//! Consumer (learner) side of the experience queue: round-robin draining of
+//! the lanes into a preallocated [`Batch`], sleeping on the segment's data
+//! futex while every lane is empty. Split from `queue.rs` to keep the producer
+//! and consumer halves of the lane protocol each readable on one screen.
+
+use super::futex;
+use super::queue::{try_flag, Batch, ExperienceQueue, Lane, QueueError, MAX_WAIT};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+impl ExperienceQueue {
+    /// Consumer side (one consumer only): moves committed transitions into
+    /// `batch`, one per non-empty lane per round (round-robin, resuming after
+    /// the last lane served), until the batch is full or `timeout` passes.
+    /// Sleeps on a futex while all lanes are empty. Returns `Ok(true)` when the
+    /// batch is full, `Ok(false)` on timeout or when the queue is closed and
+    /// drained after this call moved something. Errors: `Closed` when closed,
+    /// drained and nothing was moved by this call; `BatchLayout`;
+    /// `ConsumerBusy`. Transitions a producer commits after the consumer has
+    /// seen the close and drained may be dropped.
+    pub fn pop_into(&self, batch: &mut Batch, timeout: Duration) -> Result<bool, QueueError> {
+        if batch.layout() != self.layout {
+            return Err(QueueError::BatchLayout {
+                batch: batch.layout(),
+                queue: self.layout,
+            });
+        }
+        let _guard = try_flag(&self.consuming).ok_or(QueueError::ConsumerBusy)?;
+        let deadline = Instant::now().checked_add(timeout);
+        let mut moved = 0usize;
+        loop {
+            if batch.is_full() {
+                return Ok(true);
+            }
+            let taken = self.take_round(batch);
+            moved += taken;
+            if taken > 0 {
+                continue;
+            }
+            if self.is_closed() {
+                // Everything committed before the close is visible by now.
+                let late = self.take_round(batch);
+                if late > 0 {
+                    moved += late;
+                    continue;
+                }
+                return if moved > 0 {
+                    Ok(false)
+                } else {
+                    Err(QueueError::Closed)
+                };
+            }
+            let now = Instant::now();
+            let sleep = match deadline {
+                Some(d) if d <= now => return Ok(false),
+                Some(d) => (d - now).min(MAX_WAIT),
+                None => MAX_WAIT,
+            };
+            self.wait_for_data(sleep);
+        }
+    }
+
+    /// One round-robin pass: at most one transition per lane.
+    fn take_round(&self, batch: &mut Batch) -> usize {
+        let n = self.lanes.len();
+        let start = self.cursor.load(Ordering::Relaxed);
+        let mut taken = 0;
+        for k in 0..n {
+            if batch.is_full() {
+                break;
+            }
+            let i = (start + k) % n;
+            if self.take_one(&self.lanes[i], batch) {
+                taken += 1;
+                self.cursor.store((i + 1) % n, Ordering::Relaxed);
+            }
+        }
+        taken
+    }
+
+    fn take_one(&self, lane: &Lane, batch: &mut Batch) -> bool {
+        let ctrl = self.ctrl(lane);
+        let head = ctrl.cons.head.load(Ordering::Acquire);
+        let tail = ctrl.prod.tail.load(Ordering::Acquire);
+        let avail = tail.wrapping_sub(head);
+        if avail == 0 || avail > lane.cap {
+            return false; // empty (or corrupted by a misbehaving producer)
+        }
+        let (obs, idx) = batch.next_row();
+        // SAFETY: head < tail, so the slot was fully written before the
+        // producer's Release store of `tail`, which we loaded with Acquire; the
+        // producer will not touch it until we publish head + 1.
+        let (action, ret) = unsafe { self.layout.read(self.slot(lane, head), obs) };
+        batch.actions[idx] = i64::from(action);
+        batch.returns[idx] = ret;
+        batch.commit_row();
+        ctrl.cons.head.store(head.wrapping_add(1), Ordering::SeqCst);
+        if ctrl.prod.space_waiting.load(Ordering::SeqCst) != 0 {
+            ctrl.cons.space_epoch.fetch_add(1, Ordering::SeqCst);
+            futex::wake(&ctrl.cons.space_epoch, i32::MAX);
+        }
+        true
+    }
+
+    fn wait_for_data(&self, timeout: Duration) {
+        let data = &self.header().data;
+        let epoch = data.epoch.load(Ordering::SeqCst);
+        data.consumer_waiting.store(1, Ordering::SeqCst);
+        let any = self.lanes.iter().any(|l| {
+            let c = self.ctrl(l);
+            c.prod.tail.load(Ordering::SeqCst) != c.cons.head.load(Ordering::Relaxed)
+        });
+        if !any && !self.is_closed() {
+            futex::wait(&data.epoch, epoch, timeout);
+        }
+        data.consumer_waiting.store(0, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,375 @@
+//! Bounded multi-process experience queue: the only channel through which actor
+//! processes hand transitions to the learner. It lives in one shared-memory
+//! segment and is split into one single-producer/single-consumer ring ("lane")
+//! per actor, so that an actor killed in the middle of a push can neither wedge
+//! the queue nor expose a half-written slot: a slot becomes visible only when
+//! its producer publishes the lane's tail (Release) after copying it.
+//!
+//! Segment layout (all offsets from the start of the mapping):
+//! `[Header][LaneCtrl; lanes][lane 0 slots][lane 1 slots]...`, where every
+//! control structure is 128-byte aligned so head and tail never share a cache
+//! line, and each slot follows [`SlotLayout`].
+
+use super::futex;
+use shared_memory::{Shmem, ShmemConf, ShmemError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+pub use super::batch::{Batch, Transition};
+pub use super::queue_layout::QUEUE_LAYOUT_VERSION;
+use super::queue_layout::{geometry, Geometry, Header, LaneCtrl, QUEUE_MAGIC};
+pub use super::slot::SlotLayout;
+
+/// Upper bound on one futex sleep, so `close()` and lost wakeups (which should
+/// not happen) are noticed within this time.
+pub(super) const MAX_WAIT: Duration = Duration::from_millis(100);
+
+/// Errors from creating, opening or consuming an [`ExperienceQueue`].
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("a queue needs at least one lane")]
+    NoLanes,
+    #[error("capacity {capacity} is smaller than the number of lanes {lanes}")]
+    CapacityBelowLanes { capacity: usize, lanes: usize },
+    #[error("obs_bytes must be > 0")]
+    ZeroObsBytes,
+    #[error("queue geometry overflows the address space")]
+    TooLarge,
+    #[error("shared memory: {0}")]
+    Shm(#[from] ShmemError),
+    #[error("segment of {size} bytes is too small to hold a queue header")]
+    SegmentTooSmall { size: usize },
+    #[error("bad magic {found:#x}: not a queue segment (or not initialised yet)")]
+    BadMagic { found: u64 },
+    #[error("queue layout version {found}, this build expects {expected}")]
+    VersionMismatch { found: u32, expected: u32 },
+    #[error("segment is {found} bytes, header implies {expected}")]
+    SizeMismatch { expected: usize, found: usize },
+    #[error("batch layout {batch:?} does not match queue layout {queue:?}")]
+    BatchLayout {
+        batch: SlotLayout,
+        queue: SlotLayout,
+    },
+    #[error("another thread of this process is already consuming")]
+    ConsumerBusy,
+    #[error("queue closed and drained")]
+    Closed,
+}
+
+/// Errors from [`ExperienceQueue::push`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PushError {
+    #[error("queue closed")]
+    Closed,
+    #[error("lane {lane} out of range (queue has {lanes} lanes)")]
+    BadLane { lane: usize, lanes: usize },
+    #[error("observation is {got} bytes, layout expects {expected}")]
+    ObsLen { expected: usize, got: usize },
+    #[error("another thread of this process is pushing into lane {lane}")]
+    LaneBusy { lane: usize },
+}
+
+/// Process-local view of one lane.
+pub(super) struct Lane {
+    pub(super) ctrl: *const LaneCtrl,
+    pub(super) slots: *mut u8,
+    pub(super) cap: u64,
+    /// In-process guard: at most one thread of this process pushes here.
+    pub(super) busy: AtomicBool,
+}
+
+/// See the module docs. Cheap to share between threads (`Sync`); one consumer
+/// (a second concurrent `pop_into` in this process gets `ConsumerBusy`) and at
+/// most one producer per lane at a time (across processes: by contract).
+pub struct ExperienceQueue {
+    pub(super) shm: Shmem,
+    pub(super) header: *const Header,
+    pub(super) lanes: Vec<Lane>,
+    pub(super) layout: SlotLayout,
+    pub(super) slot_bytes: usize,
+    pub(super) capacity: usize,
+    pub(super) cursor: AtomicUsize,
+    pub(super) consuming: AtomicBool,
+}
+
+// Raw pointers point into `shm`'s mapping, which lives as long as `self`.
+// SAFETY: shared mutable state is atomic or handed over by the lane protocol
+// (Release tail / Acquire head); in-process guards stop two producers on one
+// lane or two consumers.
+unsafe impl Send for ExperienceQueue {}
+// SAFETY: see `Send` above.
+unsafe impl Sync for ExperienceQueue {}
+
+/// Clears an in-process busy flag when dropped.
+pub(super) struct FlagGuard<'a>(&'a AtomicBool);
+impl Drop for FlagGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+pub(super) fn try_flag(flag: &AtomicBool) -> Option<FlagGuard<'_>> {
+    (!flag.swap(true, Ordering::Acquire)).then_some(FlagGuard(flag))
+}
+
+impl ExperienceQueue {
+    /// Creates and owns the segment `name` (see [`super::segment_name`]); it is
+    /// unlinked when this value is dropped, which also closes the queue.
+    /// `lanes` = number of producers, `capacity` = total slots, split as evenly
+    /// as possible (lane i gets capacity/lanes, +1 for the first
+    /// capacity%lanes). Segment size is about `capacity * slot_bytes` plus
+    /// 384 + 256 * lanes bytes. Errors: `NoLanes`, `CapacityBelowLanes`,
+    /// `ZeroObsBytes`, `TooLarge`, `Shm` (e.g. the name already exists).
+    pub fn create(
+        name: &str,
+        lanes: usize,
+        capacity: usize,
+        layout: SlotLayout,
+    ) -> Result<Self, QueueError> {
+        let geo = geometry(lanes, capacity, layout)?;
+        let shm = ShmemConf::new()
+            .size(geo.total)
+            .os_id(super::os_id(name))
+            .create()?;
+        let q = Self::from_parts(shm, geo, layout, capacity);
+        let cfg = &q.header().cfg;
+        cfg.layout_version
+            .store(QUEUE_LAYOUT_VERSION, Ordering::Relaxed);
+        cfg.lanes.store(lanes as u64, Ordering::Relaxed);
+        cfg.capacity.store(capacity as u64, Ordering::Relaxed);
+        cfg.obs_bytes
+            .store(layout.obs_bytes as u64, Ordering::Relaxed);
+        cfg.slot_bytes.store(q.slot_bytes as u64, Ordering::Relaxed);
+        cfg.magic.store(QUEUE_MAGIC, Ordering::Release);
+        Ok(q)
+    }
+
+    /// Opens an existing queue (actor side) without taking ownership. Checks
+    /// the magic, [`QUEUE_LAYOUT_VERSION`] and that the segment size matches
+    /// the geometry recorded in the header.
+    pub fn open(name: &str) -> Result<Self, QueueError> {
+        let shm = ShmemConf::new().os_id(super::os_id(name)).open()?;
+        if shm.len() < size_of::<Header>() {
+            return Err(QueueError::SegmentTooSmall { size: shm.len() });
+        }
+        // SAFETY: the mapping is page-aligned, at least one Header long and
+        // contains only atomics; we only read it here.
+        let cfg = unsafe { &(*shm.as_ptr().cast::<Header>()).cfg };
+        let found = cfg.magic.load(Ordering::Acquire);
+        if found != QUEUE_MAGIC {
+            return Err(QueueError::BadMagic { found });
+        }
+        let version = cfg.layout_version.load(Ordering::Relaxed);
+        if version != QUEUE_LAYOUT_VERSION {
+            return Err(QueueError::VersionMismatch {
+                found: version,
+                expected: QUEUE_LAYOUT_VERSION,
+            });
+        }
+        let as_usize = |v: &AtomicU64| {
+            usize::try_from(v.load(Ordering::Relaxed)).map_err(|_| QueueError::TooLarge)
+        };
+        let (lanes, capacity) = (as_usize(&cfg.lanes)?, as_usize(&cfg.capacity)?);
+        let layout = SlotLayout {
+            obs_bytes: as_usize(&cfg.obs_bytes)?,
+        };
+        let geo = geometry(lanes, capacity, layout)?;
+        if geo.total != shm.len() || as_usize(&cfg.slot_bytes)? != geo.slot_bytes {
+            return Err(QueueError::SizeMismatch {
+                expected: geo.total,
+                found: shm.len(),
+            });
+        }
+        Ok(Self::from_parts(shm, geo, layout, capacity))
+    }
+
+    fn from_parts(shm: Shmem, geo: Geometry, layout: SlotLayout, capacity: usize) -> Self {
+        let base = shm.as_ptr();
+        let lanes = geo
+            .lanes
+            .iter()
+            .enumerate()
+            .map(|(i, &(off, cap))| Lane {
+                // SAFETY: `geometry` placed the lane controls right after the
+                // header and the slot regions after them, all within `total`
+                // bytes, which is the mapping's length.
+                ctrl: unsafe {
+                    base.add(size_of::<Header>() + i * size_of::<LaneCtrl>())
+                        .cast()
+                },
+                // SAFETY: see above; `off + cap * slot_bytes <= total`.
+                slots: unsafe { base.add(off) },
+                cap,
+                busy: AtomicBool::new(false),
+            })
+            .collect();
+        Self {
+            header: base.cast::<Header>(),
+            shm,
+            lanes,
+            layout,
+            slot_bytes: geo.slot_bytes,
+            capacity,
+            cursor: AtomicUsize::new(0),
+            consuming: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn header(&self) -> &Header {
+        // SAFETY: points at the start of our live mapping; all fields atomic.
+        unsafe { &*self.header }
+    }
+
+    pub(super) fn ctrl(&self, lane: &Lane) -> &LaneCtrl {
+        // SAFETY: points into our live mapping (see `from_parts`); all atomic.
+        unsafe { &*lane.ctrl }
+    }
+
+    pub(super) fn slot(&self, lane: &Lane, index: u64) -> *mut u8 {
+        // SAFETY: `index % cap < cap`, so the slot lies inside the lane's region.
+        unsafe {
+            lane.slots
+                .add((index % lane.cap) as usize * self.slot_bytes)
+        }
+    }
+
+    /// The slot layout (observation size) of this queue.
+    pub fn layout(&self) -> SlotLayout {
+        self.layout
+    }
+
+    /// Number of lanes (producers).
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// Total number of slots over all lanes.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Number of slots of lane `lane`, or `None` if out of range.
+    pub fn lane_capacity(&self, lane: usize) -> Option<usize> {
+        self.lanes.get(lane).map(|l| l.cap as usize)
+    }
+
+    /// Total transitions ever committed to lane `lane` (its published tail);
+    /// a replacement producer can use it to resume numbering.
+    pub fn pushed(&self, lane: usize) -> Option<u64> {
+        self.lanes
+            .get(lane)
+            .map(|l| self.ctrl(l).prod.tail.load(Ordering::Acquire))
+    }
+
+    /// True if this handle created (and will unlink) the segment.
+    pub fn is_owner(&self) -> bool {
+        self.shm.is_owner()
+    }
+
+    /// Producer side: appends `t` to lane `lane`, blocking (futex, no spinning)
+    /// while the lane is full. Errors: `Closed` once [`close`](Self::close) was
+    /// called (blocked producers notice within ~100 ms, usually at once),
+    /// `BadLane`, `ObsLen` (t.obs.len() != obs_bytes), `LaneBusy` if another
+    /// thread of this process is pushing into the same lane.
+    pub fn push(&self, lane: usize, t: &Transition) -> Result<(), PushError> {
+        let lanes = self.lanes.len();
+        let l = self
+            .lanes
+            .get(lane)
+            .ok_or(PushError::BadLane { lane, lanes })?;
+        if t.obs.len() != self.layout.obs_bytes {
+            return Err(PushError::ObsLen {
+                expected: self.layout.obs_bytes,
+                got: t.obs.len(),
+            });
+        }
+        let _guard = try_flag(&l.busy).ok_or(PushError::LaneBusy { lane })?;
+        let ctrl = self.ctrl(l);
+        let tail = ctrl.prod.tail.load(Ordering::Acquire);
+        loop {
+            if self.is_closed() {
+                return Err(PushError::Closed);
+            }
+            let head = ctrl.cons.head.load(Ordering::Acquire);
+            if tail.wrapping_sub(head) < l.cap {
+                break;
+            }
+            // Full: announce, re-check, then sleep on the lane's space epoch.
+            let epoch = ctrl.cons.space_epoch.load(Ordering::SeqCst);
+            ctrl.prod.space_waiting.store(1, Ordering::SeqCst);
+            let head = ctrl.cons.head.load(Ordering::SeqCst);
+            if tail.wrapping_sub(head) >= l.cap && !self.is_closed() {
+                futex::wait(&ctrl.cons.space_epoch, epoch, MAX_WAIT);
+            }
+            ctrl.prod.space_waiting.store(0, Ordering::Relaxed);
+        }
+        // SAFETY: tail - head < cap, so slot `tail` is outside [head, tail) and
+        // the consumer finished reading it before publishing `head` (Acquire
+        // above); the lane guard makes us its only writer in this process.
+        unsafe { self.layout.write(self.slot(l, tail), t) };
+        ctrl.prod.tail.store(tail.wrapping_add(1), Ordering::SeqCst);
+        let data = &self.header().data;
+        if data.consumer_waiting.load(Ordering::SeqCst) != 0 {
+            data.epoch.fetch_add(1, Ordering::SeqCst);
+            futex::wake(&data.epoch, i32::MAX);
+        }
+        Ok(())
+    }
+
+    /// Number of committed, not yet consumed transitions over all lanes.
+    pub fn len(&self) -> usize {
+        self.lanes
+            .iter()
+            .map(|l| {
+                let c = self.ctrl(l);
+                let head = c.cons.head.load(Ordering::Acquire);
+                let tail = c.prod.tail.load(Ordering::Acquire);
+                tail.wrapping_sub(head).min(l.cap) as usize
+            })
+            .sum()
+    }
+
+    /// True if no committed transition is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Closes the queue for good: producers get `PushError::Closed`, blocked
+    /// producers and the consumer are woken. Already committed transitions can
+    /// still be popped. Idempotent.
+    pub fn close(&self) {
+        self.header().cfg.closed.store(1, Ordering::SeqCst);
+        for l in &self.lanes {
+            let c = self.ctrl(l);
+            c.cons.space_epoch.fetch_add(1, Ordering::SeqCst);
+            futex::wake(&c.cons.space_epoch, i32::MAX);
+        }
+        let data = &self.header().data;
+        data.epoch.fetch_add(1, Ordering::SeqCst);
+        futex::wake(&data.epoch, i32::MAX);
+    }
+
+    /// True once any process called [`close`](Self::close).
+    pub fn is_closed(&self) -> bool {
+        self.header().cfg.closed.load(Ordering::SeqCst) != 0
+    }
+
+    /// The run's global emulator-frame counter (actors `fetch_add`, the
+    /// learner loads); lives in the header on its own cache line.
+    pub fn frames(&self) -> &AtomicU64 {
+        &self.header().frames.frames
+    }
+}
+
+impl Drop for ExperienceQueue {
+    fn drop(&mut self) {
+        // The owner going away means the run is over: release blocked actors.
+        // (The `Shmem` field then unmaps, and unlinks if we are the owner.)
+        if self.shm.is_owner() {
+            self.close();
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "queue_tests.rs"]
+mod tests;

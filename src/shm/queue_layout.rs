@@ -1,0 +1,110 @@
+//! Byte layout of the experience-queue segment: header, per-lane control
+//! blocks and slot regions. Shared by `create` and `open` so both sides derive
+//! identical offsets from the parameters recorded in the header.
+//!
+//! Segment: `[Header][LaneCtrl; lanes][lane 0 slots][lane 1 slots]...`; every
+//! control line is 128-byte aligned so producer- and consumer-written words
+//! never share a cache line.
+
+use super::queue::QueueError;
+use super::slot::SlotLayout;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+/// "ARLQUEUE" in ASCII; identifies a queue segment.
+pub(super) const QUEUE_MAGIC: u64 = u64::from_le_bytes(*b"ARLQUEUE");
+/// Version of the segment layout (header, lane control and [`SlotLayout`]).
+/// Bump whenever any of them changes so stale actors fail loudly on `open`.
+pub const QUEUE_LAYOUT_VERSION: u32 = 1;
+
+/// Read-mostly part of the header: written once by the creator (magic last).
+#[repr(C, align(128))]
+pub(super) struct ConfigLine {
+    pub(super) magic: AtomicU64,
+    pub(super) layout_version: AtomicU32,
+    pub(super) closed: AtomicU32,
+    pub(super) lanes: AtomicU64,
+    pub(super) capacity: AtomicU64,
+    pub(super) obs_bytes: AtomicU64,
+    pub(super) slot_bytes: AtomicU64,
+}
+
+#[repr(C, align(128))]
+pub(super) struct FramesLine {
+    pub(super) frames: AtomicU64,
+}
+
+/// Consumer wake-up word: producers bump `epoch` when `consumer_waiting`.
+#[repr(C, align(128))]
+pub(super) struct DataLine {
+    pub(super) epoch: AtomicU32,
+    pub(super) consumer_waiting: AtomicU32,
+}
+
+#[repr(C)]
+pub(super) struct Header {
+    pub(super) cfg: ConfigLine,
+    pub(super) frames: FramesLine,
+    pub(super) data: DataLine,
+}
+
+/// Written by the lane's producer.
+#[repr(C, align(128))]
+pub(super) struct ProducerLine {
+    pub(super) tail: AtomicU64,
+    pub(super) space_waiting: AtomicU32,
+}
+
+/// Written by the consumer; `space_epoch` is the producer's futex word.
+#[repr(C, align(128))]
+pub(super) struct ConsumerLine {
+    pub(super) head: AtomicU64,
+    pub(super) space_epoch: AtomicU32,
+}
+
+#[repr(C)]
+pub(super) struct LaneCtrl {
+    pub(super) prod: ProducerLine,
+    pub(super) cons: ConsumerLine,
+}
+
+/// Byte offsets of everything in a segment, derived from its parameters only.
+pub(super) struct Geometry {
+    pub(super) lanes: Vec<(usize, u64)>, // (slot-region offset, lane capacity)
+    pub(super) slot_bytes: usize,
+    pub(super) total: usize,
+}
+
+pub(super) fn geometry(
+    lanes: usize,
+    capacity: usize,
+    layout: SlotLayout,
+) -> Result<Geometry, QueueError> {
+    if lanes == 0 {
+        return Err(QueueError::NoLanes);
+    }
+    if capacity < lanes {
+        return Err(QueueError::CapacityBelowLanes { capacity, lanes });
+    }
+    if layout.obs_bytes == 0 {
+        return Err(QueueError::ZeroObsBytes);
+    }
+    let slot_bytes = layout.slot_bytes().ok_or(QueueError::TooLarge)?;
+    let ctrl = size_of::<LaneCtrl>()
+        .checked_mul(lanes)
+        .ok_or(QueueError::TooLarge)?;
+    let mut off = size_of::<Header>()
+        .checked_add(ctrl)
+        .ok_or(QueueError::TooLarge)?;
+    let mut out = Vec::with_capacity(lanes);
+    for i in 0..lanes {
+        let cap = capacity / lanes + usize::from(i < capacity % lanes);
+        out.push((off, cap as u64));
+        let bytes = cap.checked_mul(slot_bytes).ok_or(QueueError::TooLarge)?;
+        off = off.checked_add(bytes).ok_or(QueueError::TooLarge)?;
+    }
+    Ok(Geometry {
+        lanes: out,
+        slot_bytes,
+        total: off,
+    })
+}

@@ -1,0 +1,314 @@
+//! Unit tests for the experience queue (single process; threads stand in for
+//! actor processes). The multi-process tests live in `tests/queue.rs`.
+
+use super::*;
+use std::sync::Arc;
+use std::time::Instant;
+
+const L8: SlotLayout = SlotLayout { obs_bytes: 8 };
+
+fn name(tag: &str) -> String {
+    crate::shm::segment_name(&format!("qtest-{tag}"))
+}
+
+fn obs(lane: u32, seq: u32) -> [u8; 8] {
+    let mut o = [0u8; 8];
+    o[..4].copy_from_slice(&lane.to_le_bytes());
+    o[4..].copy_from_slice(&seq.to_le_bytes());
+    o
+}
+
+fn push(q: &ExperienceQueue, lane: u32, seq: u32) {
+    let o = obs(lane, seq);
+    let t = Transition {
+        obs: &o,
+        action: lane * 1000 + seq,
+        ret: seq as f32 + 0.25,
+    };
+    q.push(lane as usize, &t).unwrap();
+}
+
+/// (lane, seq) of every row, checking that obs/action/ret agree.
+fn rows(b: &Batch) -> Vec<(u32, u32)> {
+    (0..b.len())
+        .map(|i| {
+            let row = b.obs_row(i);
+            let lane = u32::from_le_bytes(row[..4].try_into().unwrap());
+            let seq = u32::from_le_bytes(row[4..].try_into().unwrap());
+            assert_eq!(b.actions[i], i64::from(lane * 1000 + seq));
+            assert_eq!(b.returns[i], seq as f32 + 0.25);
+            (lane, seq)
+        })
+        .collect()
+}
+
+#[test]
+fn slot_layout_is_padded() {
+    assert_eq!(SlotLayout { obs_bytes: 1 }.slot_bytes(), Some(16));
+    assert_eq!(L8.slot_bytes(), Some(16));
+    assert_eq!(SlotLayout::ATARI.slot_bytes(), Some(28232));
+    assert_eq!(
+        SlotLayout {
+            obs_bytes: usize::MAX
+        }
+        .slot_bytes(),
+        None
+    );
+    assert_eq!(size_of::<LaneCtrl>(), 256);
+}
+
+#[test]
+fn ring_wraps_around() {
+    let q = ExperienceQueue::create(&name("wrap"), 1, 3, L8).unwrap();
+    let mut b = Batch::new(2, L8);
+    for round in 0..10u32 {
+        push(&q, 0, 2 * round);
+        push(&q, 0, 2 * round + 1);
+        b.clear();
+        assert!(q.pop_into(&mut b, Duration::from_secs(1)).unwrap());
+        assert_eq!(rows(&b), vec![(0, 2 * round), (0, 2 * round + 1)]);
+    }
+    assert_eq!(q.pushed(0), Some(20));
+    assert!(q.is_empty());
+}
+
+#[test]
+fn fill_and_len() {
+    let q = ExperienceQueue::create(&name("fill"), 2, 5, L8).unwrap();
+    assert_eq!((q.lanes(), q.capacity(), q.layout()), (2, 5, L8));
+    assert_eq!(
+        (q.lane_capacity(0), q.lane_capacity(1), q.lane_capacity(2)),
+        (Some(3), Some(2), None)
+    );
+    for s in 0..3 {
+        push(&q, 0, s);
+        assert_eq!(q.len(), s as usize + 1);
+    }
+    push(&q, 1, 0);
+    push(&q, 1, 1);
+    assert_eq!(q.len(), 5);
+    let mut b = Batch::new(4, L8);
+    assert!(q.pop_into(&mut b, Duration::ZERO).unwrap());
+    assert_eq!(q.len(), 1);
+    b.clear();
+    assert!(!q.pop_into(&mut b, Duration::ZERO).unwrap());
+    assert_eq!((b.len(), q.len()), (1, 0));
+}
+
+#[test]
+fn blocked_producer_resumes_when_consumer_pops() {
+    let q = Arc::new(ExperienceQueue::create(&name("backpressure"), 1, 2, L8).unwrap());
+    let q2 = Arc::clone(&q);
+    let producer = std::thread::spawn(move || (0..200).for_each(|s| push(&q2, 0, s)));
+    let mut b = Batch::new(7, L8);
+    let mut got = Vec::new();
+    while got.len() < 200 {
+        b.clear();
+        q.pop_into(&mut b, Duration::from_millis(5)).unwrap();
+        got.extend(rows(&b));
+    }
+    producer.join().unwrap();
+    assert_eq!(got, (0..200).map(|s| (0, s)).collect::<Vec<_>>());
+}
+
+#[test]
+fn close_wakes_blocked_producer() {
+    let q = Arc::new(ExperienceQueue::create(&name("close-prod"), 1, 1, L8).unwrap());
+    push(&q, 0, 0);
+    let q2 = Arc::clone(&q);
+    let h = std::thread::spawn(move || {
+        let o = [0u8; 8];
+        let t0 = Instant::now();
+        let r = q2.push(
+            0,
+            &Transition {
+                obs: &o,
+                action: 0,
+                ret: 0.0,
+            },
+        );
+        (r, t0.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    let t_close = Instant::now();
+    q.close();
+    let (r, waited) = h.join().unwrap();
+    assert_eq!(r, Err(PushError::Closed));
+    assert!(waited >= Duration::from_millis(140), "push did not block");
+    assert!(t_close.elapsed() < Duration::from_secs(1));
+    // The committed transition survives the close; then the queue reports Closed.
+    let mut b = Batch::new(4, L8);
+    assert!(!q.pop_into(&mut b, Duration::from_secs(1)).unwrap());
+    assert_eq!(rows(&b), vec![(0, 0)]);
+    assert!(matches!(
+        q.pop_into(&mut b, Duration::from_secs(1)),
+        Err(QueueError::Closed)
+    ));
+    assert!(matches!(
+        q.push(
+            0,
+            &Transition {
+                obs: &[0; 8],
+                action: 0,
+                ret: 0.0
+            }
+        ),
+        Err(PushError::Closed)
+    ));
+}
+
+#[test]
+fn close_wakes_blocked_consumer() {
+    let q = Arc::new(ExperienceQueue::create(&name("close-cons"), 2, 4, L8).unwrap());
+    let q2 = Arc::clone(&q);
+    let h = std::thread::spawn(move || {
+        let mut b = Batch::new(4, L8);
+        let t0 = Instant::now();
+        let r = q2.pop_into(&mut b, Duration::from_secs(30));
+        (r.map_err(|e| e.to_string()), t0.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    // A second consumer in the same process is refused while the first waits.
+    let mut b = Batch::new(1, L8);
+    assert!(matches!(
+        q.pop_into(&mut b, Duration::ZERO),
+        Err(QueueError::ConsumerBusy)
+    ));
+    q.close();
+    let (r, waited) = h.join().unwrap();
+    assert_eq!(r, Err(QueueError::Closed.to_string()));
+    assert!(
+        waited < Duration::from_secs(2),
+        "consumer not woken: {waited:?}"
+    );
+}
+
+#[test]
+fn pop_times_out_on_empty_queue() {
+    let q = ExperienceQueue::create(&name("timeout"), 2, 2, L8).unwrap();
+    let mut b = Batch::new(2, L8);
+    let t0 = Instant::now();
+    assert!(!q.pop_into(&mut b, Duration::from_millis(60)).unwrap());
+    assert!(t0.elapsed() >= Duration::from_millis(55));
+    assert!(b.is_empty());
+}
+
+#[test]
+fn batch_is_round_robin_across_lanes() {
+    let q = ExperienceQueue::create(&name("rr"), 3, 12, L8).unwrap();
+    (0..4).for_each(|s| push(&q, 0, s));
+    (0..2).for_each(|s| push(&q, 1, s));
+    (0..4).for_each(|s| push(&q, 2, s));
+    let mut b = Batch::new(4, L8);
+    assert!(q.pop_into(&mut b, Duration::ZERO).unwrap());
+    assert_eq!(rows(&b), vec![(0, 0), (1, 0), (2, 0), (0, 1)]);
+    b.clear();
+    // Resumes at lane 1, not lane 0.
+    assert!(q.pop_into(&mut b, Duration::ZERO).unwrap());
+    assert_eq!(rows(&b), vec![(1, 1), (2, 1), (0, 2), (2, 2)]);
+    b.clear();
+    assert!(!q.pop_into(&mut b, Duration::ZERO).unwrap());
+    assert_eq!(rows(&b), vec![(0, 3), (2, 3)]);
+}
+
+#[test]
+fn bad_input_errors() {
+    let n = name("errs");
+    assert!(matches!(
+        ExperienceQueue::create(&n, 0, 4, L8),
+        Err(QueueError::NoLanes)
+    ));
+    assert!(matches!(
+        ExperienceQueue::create(&n, 3, 2, L8),
+        Err(QueueError::CapacityBelowLanes {
+            capacity: 2,
+            lanes: 3
+        })
+    ));
+    let zero = SlotLayout { obs_bytes: 0 };
+    assert!(matches!(
+        ExperienceQueue::create(&n, 1, 1, zero),
+        Err(QueueError::ZeroObsBytes)
+    ));
+    let huge = SlotLayout {
+        obs_bytes: usize::MAX / 2,
+    };
+    assert!(matches!(
+        ExperienceQueue::create(&n, 1, 4, huge),
+        Err(QueueError::TooLarge)
+    ));
+    assert!(matches!(ExperienceQueue::open(&n), Err(QueueError::Shm(_))));
+
+    let q = ExperienceQueue::create(&n, 2, 4, L8).unwrap();
+    assert!(matches!(
+        ExperienceQueue::create(&n, 2, 4, L8),
+        Err(QueueError::Shm(_))
+    ));
+    let bad = Transition {
+        obs: &[0; 7],
+        action: 0,
+        ret: 0.0,
+    };
+    assert_eq!(
+        q.push(0, &bad),
+        Err(PushError::ObsLen {
+            expected: 8,
+            got: 7
+        })
+    );
+    let ok = Transition {
+        obs: &[0; 8],
+        action: 0,
+        ret: 0.0,
+    };
+    assert_eq!(
+        q.push(2, &ok),
+        Err(PushError::BadLane { lane: 2, lanes: 2 })
+    );
+    let mut b = Batch::new(2, SlotLayout { obs_bytes: 9 });
+    assert!(matches!(
+        q.pop_into(&mut b, Duration::ZERO),
+        Err(QueueError::BatchLayout { .. })
+    ));
+
+    let snap_name = name("errs-snap");
+    let s = crate::shm::WeightSnapshot::create(&snap_name, 64).unwrap();
+    assert!(matches!(
+        ExperienceQueue::open(&snap_name),
+        Err(QueueError::BadMagic { .. })
+    ));
+    drop(s);
+}
+
+#[test]
+fn opener_shares_state_and_owner_drop_closes_and_unlinks() {
+    let n = name("share");
+    let path = std::path::Path::new("/dev/shm").join(&n);
+    let owner = ExperienceQueue::create(&n, 2, 4, L8).unwrap();
+    let actor = ExperienceQueue::open(&n).unwrap();
+    assert!(owner.is_owner() && !actor.is_owner());
+    assert_eq!(
+        (actor.lanes(), actor.capacity(), actor.layout()),
+        (2, 4, L8)
+    );
+    actor.frames().fetch_add(4, Ordering::Relaxed);
+    assert_eq!(owner.frames().load(Ordering::Relaxed), 4);
+    push(&actor, 1, 7);
+    assert_eq!(owner.len(), 1);
+    drop(ExperienceQueue::open(&n).unwrap());
+    assert!(path.exists(), "an opener must not unlink");
+    drop(owner);
+    assert!(!path.exists(), "the owner unlinks on drop");
+    assert!(actor.is_closed(), "owner drop closes the queue");
+    assert!(matches!(
+        actor.push(
+            0,
+            &Transition {
+                obs: &[0; 8],
+                action: 0,
+                ret: 0.0
+            }
+        ),
+        Err(PushError::Closed)
+    ));
+}

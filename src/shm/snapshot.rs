@@ -1,0 +1,348 @@
+//! Versioned weight snapshot in shared memory: the learner publishes its flat
+//! f32 parameter vector here and every actor process copies the newest one
+//! when `version()` changes. Two buffers, each guarded by a seqlock, let the
+//! writer fill one while readers copy the other, and readers never return a
+//! torn copy. All shared words are atomics (f32 stored as `AtomicU32` bits),
+//! so a concurrent writer in another process is never a data race here.
+//!
+//! Segment layout: `[SnapHeader (128-byte aligned)][buffer 0][buffer 1]`,
+//! each buffer `numel` `AtomicU32`s, padded to 128 bytes.
+
+use shared_memory::{Shmem, ShmemConf, ShmemError};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+
+/// "ARLSNAPS" in ASCII.
+const SNAP_MAGIC: u64 = u64::from_le_bytes(*b"ARLSNAPS");
+const ALIGN: usize = 128;
+
+/// Errors from [`WeightSnapshot`].
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("a snapshot needs numel > 0")]
+    ZeroNumel,
+    #[error("snapshot of {numel} f32 overflows the address space")]
+    TooLarge { numel: usize },
+    #[error("shared memory: {0}")]
+    Shm(#[from] ShmemError),
+    #[error("bad magic {found:#x}: not a snapshot segment (or not initialised yet)")]
+    BadMagic { found: u64 },
+    #[error("segment is {found} bytes, header implies {expected}")]
+    SizeMismatch { expected: usize, found: usize },
+    #[error("slice has {got} elements, snapshot has {expected}")]
+    LenMismatch { expected: usize, got: usize },
+}
+
+#[repr(C)]
+struct BufCtrl {
+    /// Seqlock: odd while the writer is filling the buffer.
+    seq: AtomicU64,
+    /// Version held by the buffer once `seq` is even.
+    version: AtomicU64,
+}
+
+#[repr(C, align(128))]
+struct SnapHeader {
+    magic: AtomicU64,
+    numel: AtomicU64,
+    /// Latest fully published version (0 = none yet).
+    version: AtomicU64,
+    bufs: [BufCtrl; 2],
+}
+
+/// Returns (buffer stride in bytes, total segment size).
+fn sizes(numel: usize) -> Result<(usize, usize), SnapshotError> {
+    let too_large = SnapshotError::TooLarge { numel };
+    let stride = numel
+        .checked_mul(size_of::<AtomicU32>())
+        .and_then(|b| b.checked_next_multiple_of(ALIGN))
+        .ok_or(too_large)?;
+    let total = stride
+        .checked_mul(2)
+        .and_then(|b| b.checked_add(size_of::<SnapHeader>()))
+        .ok_or(SnapshotError::TooLarge { numel })?;
+    Ok((stride, total))
+}
+
+/// A shared, versioned flat f32 vector of `numel` parameters (single writer,
+/// many readers, any processes). The creator owns the segment and unlinks it
+/// on drop; openers never do.
+pub struct WeightSnapshot {
+    shm: Shmem,
+    numel: usize,
+    stride: usize,
+}
+
+// SAFETY: all access to the mapping goes through atomics; the mapping itself
+// lives (and is unmapped) with `self.shm`.
+unsafe impl Send for WeightSnapshot {}
+// SAFETY: see `Send`; `publish` from two threads at once would only violate
+// the single-writer contract (torn versions are detected, never UB).
+unsafe impl Sync for WeightSnapshot {}
+
+impl WeightSnapshot {
+    /// Creates and owns the segment `name` holding `numel` f32 parameters
+    /// (about `8 * numel` bytes: two buffers). Version 0 = nothing published.
+    /// Errors: `ZeroNumel`, `TooLarge`, `Shm` (e.g. the name exists).
+    pub fn create(name: &str, numel: usize) -> Result<Self, SnapshotError> {
+        if numel == 0 {
+            return Err(SnapshotError::ZeroNumel);
+        }
+        let (stride, total) = sizes(numel)?;
+        let shm = ShmemConf::new()
+            .size(total)
+            .os_id(super::os_id(name))
+            .create()?;
+        let s = Self { shm, numel, stride };
+        let h = s.header();
+        h.numel.store(numel as u64, Ordering::Relaxed);
+        h.magic.store(SNAP_MAGIC, Ordering::Release);
+        Ok(s)
+    }
+
+    /// Opens an existing snapshot segment; checks magic and size.
+    pub fn open(name: &str) -> Result<Self, SnapshotError> {
+        let shm = ShmemConf::new().os_id(super::os_id(name)).open()?;
+        if shm.len() < size_of::<SnapHeader>() {
+            return Err(SnapshotError::SizeMismatch {
+                expected: size_of::<SnapHeader>(),
+                found: shm.len(),
+            });
+        }
+        // SAFETY: page-aligned mapping at least one header long, all atomics.
+        let h = unsafe { &*shm.as_ptr().cast::<SnapHeader>() };
+        let found = h.magic.load(Ordering::Acquire);
+        if found != SNAP_MAGIC {
+            return Err(SnapshotError::BadMagic { found });
+        }
+        let numel = usize::try_from(h.numel.load(Ordering::Relaxed))
+            .map_err(|_| SnapshotError::TooLarge { numel: usize::MAX })?;
+        if numel == 0 {
+            return Err(SnapshotError::ZeroNumel);
+        }
+        let (stride, total) = sizes(numel)?;
+        if total != shm.len() {
+            return Err(SnapshotError::SizeMismatch {
+                expected: total,
+                found: shm.len(),
+            });
+        }
+        Ok(Self { shm, numel, stride })
+    }
+
+    fn header(&self) -> &SnapHeader {
+        // SAFETY: start of our live mapping, which is at least a header long.
+        unsafe { &*self.shm.as_ptr().cast::<SnapHeader>() }
+    }
+
+    fn buffer(&self, b: usize) -> &[AtomicU32] {
+        // SAFETY: buffer `b` (0 or 1) starts at header + b * stride, holds
+        // `numel` AtomicU32 (4-byte aligned) inside the mapping, and is only
+        // ever accessed atomically.
+        unsafe {
+            let p = self
+                .shm
+                .as_ptr()
+                .add(size_of::<SnapHeader>() + b * self.stride);
+            std::slice::from_raw_parts(p.cast::<AtomicU32>(), self.numel)
+        }
+    }
+
+    /// Number of f32 parameters.
+    pub fn numel(&self) -> usize {
+        self.numel
+    }
+
+    /// True if this handle created (and will unlink) the segment.
+    pub fn is_owner(&self) -> bool {
+        self.shm.is_owner()
+    }
+
+    /// Single writer: publishes `data` (`len == numel`) as the next version and
+    /// returns it (1, 2, ...). Error: `LenMismatch`.
+    pub fn publish(&self, data: &[f32]) -> Result<u64, SnapshotError> {
+        if data.len() != self.numel {
+            return Err(SnapshotError::LenMismatch {
+                expected: self.numel,
+                got: data.len(),
+            });
+        }
+        let h = self.header();
+        let v = h.version.load(Ordering::Acquire) + 1;
+        let b = (v % 2) as usize;
+        let ctrl = &h.bufs[b];
+        // Next odd value, even if a previous writer died mid-write (seq odd).
+        let start = (ctrl.seq.load(Ordering::Relaxed) + 1) | 1;
+        ctrl.seq.store(start, Ordering::Relaxed);
+        fence(Ordering::Release);
+        for (dst, src) in self.buffer(b).iter().zip(data) {
+            dst.store(src.to_bits(), Ordering::Relaxed);
+        }
+        ctrl.version.store(v, Ordering::Relaxed);
+        ctrl.seq.store(start + 1, Ordering::Release);
+        h.version.store(v, Ordering::Release);
+        Ok(v)
+    }
+
+    /// Latest published version (one atomic load; 0 = nothing yet).
+    pub fn version(&self) -> u64 {
+        self.header().version.load(Ordering::Acquire)
+    }
+
+    /// Copies the latest published snapshot into `out` (`len == numel`) and
+    /// returns its version; retries until it gets an untorn copy (the version
+    /// returned may be newer than `version()` was at the call). Returns
+    /// `Ok(0)` without copying if nothing was published. Error: `LenMismatch`.
+    pub fn read_into(&self, out: &mut [f32]) -> Result<u64, SnapshotError> {
+        if out.len() != self.numel {
+            return Err(SnapshotError::LenMismatch {
+                expected: self.numel,
+                got: out.len(),
+            });
+        }
+        let h = self.header();
+        let mut attempts = 0u32;
+        loop {
+            let v = h.version.load(Ordering::Acquire);
+            if v == 0 {
+                return Ok(0);
+            }
+            let b = (v % 2) as usize;
+            let ctrl = &h.bufs[b];
+            let s0 = ctrl.seq.load(Ordering::Acquire);
+            if s0.is_multiple_of(2) {
+                let got = ctrl.version.load(Ordering::Relaxed);
+                for (dst, src) in out.iter_mut().zip(self.buffer(b)) {
+                    *dst = f32::from_bits(src.load(Ordering::Relaxed));
+                }
+                fence(Ordering::Acquire);
+                if ctrl.seq.load(Ordering::Relaxed) == s0 && got != 0 {
+                    return Ok(got);
+                }
+            }
+            attempts += 1;
+            if attempts.is_multiple_of(16) {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn name(tag: &str) -> String {
+        crate::shm::segment_name(&format!("snaptest-{tag}"))
+    }
+
+    #[test]
+    fn versions_count_up_and_round_trip() {
+        let w = WeightSnapshot::create(&name("ver"), 1000).unwrap();
+        let r = WeightSnapshot::open(&name("ver")).unwrap();
+        assert!(w.is_owner() && !r.is_owner());
+        assert_eq!(r.numel(), 1000);
+        let mut out = vec![7.0f32; 1000];
+        assert_eq!(r.read_into(&mut out).unwrap(), 0);
+        assert!(
+            out.iter().all(|&x| x == 7.0),
+            "untouched before first publish"
+        );
+        for v in 1..=5u64 {
+            let data: Vec<f32> = (0..1000).map(|i| i as f32 * v as f32 - 0.5).collect();
+            assert_eq!(w.publish(&data).unwrap(), v);
+            assert_eq!(r.version(), v);
+            assert_eq!(r.read_into(&mut out).unwrap(), v);
+            assert_eq!(out, data);
+        }
+    }
+
+    #[test]
+    fn bad_input_errors() {
+        assert!(matches!(
+            WeightSnapshot::create(&name("zero"), 0),
+            Err(SnapshotError::ZeroNumel)
+        ));
+        let w = WeightSnapshot::create(&name("bad"), 10).unwrap();
+        assert!(matches!(
+            w.publish(&[0.0; 9]),
+            Err(SnapshotError::LenMismatch {
+                expected: 10,
+                got: 9
+            })
+        ));
+        assert!(matches!(
+            w.read_into(&mut [0.0; 11]),
+            Err(SnapshotError::LenMismatch { .. })
+        ));
+        assert!(matches!(
+            WeightSnapshot::create(&name("bad"), 10),
+            Err(SnapshotError::Shm(_))
+        ));
+        assert!(matches!(
+            WeightSnapshot::open(&name("missing")),
+            Err(SnapshotError::Shm(_))
+        ));
+        let q = crate::shm::ExperienceQueue::create(
+            &name("q"),
+            1,
+            1,
+            crate::shm::SlotLayout { obs_bytes: 8 },
+        )
+        .unwrap();
+        assert!(matches!(
+            WeightSnapshot::open(&name("q")),
+            Err(SnapshotError::BadMagic { .. })
+        ));
+        drop(q);
+    }
+
+    #[test]
+    fn owner_unlinks_opener_does_not() {
+        let n = name("unlink");
+        let path = std::path::Path::new("/dev/shm").join(&n);
+        let w = WeightSnapshot::create(&n, 4).unwrap();
+        assert!(path.exists());
+        drop(WeightSnapshot::open(&n).unwrap());
+        assert!(path.exists());
+        drop(w);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn readers_never_see_torn_copies() {
+        // Every published vector is constant (all elements == version), so a
+        // torn copy would show two different values.
+        const N: usize = 4096;
+        let w = Arc::new(WeightSnapshot::create(&name("torn"), N).unwrap());
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let r = WeightSnapshot::open(&name("torn")).unwrap();
+                std::thread::spawn(move || {
+                    let mut out = vec![0.0f32; N];
+                    let mut last = 0;
+                    while last < 2000 {
+                        let v = r.read_into(&mut out).unwrap();
+                        if v == 0 {
+                            continue;
+                        }
+                        assert!(v >= last, "versions go backwards");
+                        assert!(
+                            out.iter().all(|&x| x == v as f32),
+                            "torn copy at version {v}"
+                        );
+                        last = v;
+                    }
+                })
+            })
+            .collect();
+        for v in 1..=2000u64 {
+            w.publish(&vec![v as f32; N]).unwrap();
+        }
+        for h in readers {
+            h.join().unwrap();
+        }
+    }
+}
