@@ -1,0 +1,544 @@
+//! Every hyperparameter of a run, as one documented struct that is at once the command line
+//! (clap), the TOML config file format (serde) and the record saved in each checkpoint.
+//!
+//! Precedence, lowest first: built-in defaults, the config stored in a checkpoint being resumed,
+//! the `--config` TOML file, flags given on the command line. Validation reports every invalid
+//! value at once, each naming its flag and what would be valid, before anything starts.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::game;
+
+/// The Q-network architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// Mnih et al. 2013 (NIPS workshop) and the A3C paper: conv 16x8x8/4, conv 32x4x4/2, fc 256.
+    Nips,
+    /// Mnih et al. 2015 (Nature): conv 32x8x8/4, 64x4x4/2, 64x3x3/1, fc 512.
+    Nature,
+}
+
+/// Where the learner's network lives. Actors always run on the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when libtorch_cuda loads and a GPU is usable, else the CPU.
+    Auto,
+    Cpu,
+    /// CUDA or an error: never falls back silently.
+    Cuda,
+}
+
+/// The regression loss between Q(s, a) and the n-step return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Loss {
+    /// Smooth L1 with delta 1 (the DQN error clipping).
+    Huber,
+    Mse,
+}
+
+/// Train an agent with asynchronous n-step Q-learning (Mnih et al. 2016) on an Atari game.
+///
+/// Frames are emulator frames (agent steps x frame skip), summed over all actors.
+#[derive(Parser, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[command(name = "learner", version, about, long_about = None)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    /// Game: an ALE name (Breakout, space_invaders, SpaceInvaders) or a Gym id
+    /// (Breakout-v0, BreakoutNoFrameskip-v4, ALE/Breakout-v5), case-insensitive
+    #[arg(long, default_value = "Breakout")]
+    pub game: String,
+    /// Play this ROM file instead of the bundled one; its name must be ALE's (e.g. breakout.bin)
+    #[arg(long)]
+    pub rom: Option<PathBuf>,
+    /// Number of actor processes
+    #[arg(long, default_value_t = 16)]
+    pub processes: usize,
+    /// n of the n-step return (1 = 1-step Q-learning)
+    #[arg(long, default_value_t = 5)]
+    pub n_step: usize,
+    /// Discount factor gamma
+    #[arg(long, default_value_t = 0.99)]
+    pub gamma: f32,
+    /// Transitions per learner update
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Slots in the shared-memory experience queue (split evenly across actors)
+    #[arg(long, default_value_t = 256)]
+    pub queue_size: usize,
+    /// Initial learning rate, annealed linearly to 0 over --lr-decay frames
+    #[arg(long, default_value_t = 7e-4)]
+    pub lr: f64,
+    /// Frames over which the learning rate anneals to 0
+    #[arg(long, default_value_t = 80_000_000)]
+    pub lr_decay: u64,
+    /// RMSProp decay (squared-gradient moving average)
+    #[arg(long, default_value_t = 0.99)]
+    pub rms_decay: f64,
+    /// RMSProp epsilon (added to the root mean square)
+    #[arg(long, default_value_t = 1e-5)]
+    pub rms_eps: f64,
+    /// Clip the global gradient norm to this value
+    #[arg(long, default_value_t = 40.0)]
+    pub max_grad_norm: f64,
+    /// Regression loss
+    #[arg(long, value_enum, default_value_t = Loss::Huber)]
+    pub loss: Loss,
+    /// Frames over which epsilon anneals from 1 to each actor's final epsilon
+    #[arg(long, default_value_t = 4_000_000)]
+    pub eps_decay: u64,
+    /// Final epsilons that actors draw from (comma-separated)
+    #[arg(long, value_delimiter = ',', default_values_t = vec![0.1, 0.01, 0.5])]
+    pub final_epsilons: Vec<f64>,
+    /// Probabilities of the final epsilons (comma-separated, summing to 1)
+    #[arg(long, value_delimiter = ',', default_values_t = vec![0.4, 0.3, 0.3])]
+    pub final_epsilon_probs: Vec<f64>,
+    /// Publish a weight snapshot to the actors every this many frames
+    #[arg(long, default_value_t = 10_000)]
+    pub sync_frames: u64,
+    /// Save a checkpoint every this many frames (and at the end)
+    #[arg(long, default_value_t = 250_000)]
+    pub save_freq: u64,
+    /// Stop after this many frames, with a final checkpoint
+    #[arg(long, default_value_t = 80_000_000)]
+    pub max_frames: u64,
+    /// Q-network architecture
+    #[arg(long, value_enum, default_value_t = Network::Nips)]
+    pub network: Network,
+    /// Device of the learner's network
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// Base random seed; actor i's emulator and exploration derive theirs from it
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Emulator frames per agent step (the observation is the max over the last two)
+    #[arg(long, default_value_t = 4)]
+    pub frame_skip: u32,
+    /// Up to this many no-op actions at the start of each game
+    #[arg(long, default_value_t = 30)]
+    pub noop_max: u32,
+    /// Sticky actions (Machado et al. 2018 use 0.25); a Gym id's own setting applies unless given
+    #[arg(long)]
+    pub repeat_action_probability: Option<f32>,
+    /// Truncate games after this many frames (108,000 = 30 minutes of play)
+    #[arg(long, default_value_t = 108_000)]
+    pub max_episode_frames: u64,
+    /// Treat the loss of a life as terminal for training (the game goes on)
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub terminal_on_life_loss: bool,
+    /// Run directory for the config, checkpoints and metrics.csv [default: runs/<Game>]
+    #[arg(long)]
+    pub logdir: Option<PathBuf>,
+    /// Seconds between metrics rows and progress log lines
+    #[arg(long, default_value_t = 10.0)]
+    pub log_interval: f64,
+    /// Read settings from this TOML file (keys are the flag names); flags override it
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Resume from a checkpoint: a frame count (model-<N>.pt in the run directory),
+    /// `latest`, or a path
+    #[arg(long)]
+    #[serde(skip)]
+    pub checkpoint: Option<String>,
+    /// List the games that can be played and exit
+    #[arg(long)]
+    #[serde(skip)]
+    pub list_games: bool,
+}
+
+/// Everything wrong with a configuration, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse_from(["learner"])
+    }
+}
+
+/// Flag names (snake_case clap ids) that were given on the command line.
+pub fn explicit_flags(matches: &ArgMatches) -> BTreeSet<String> {
+    matches
+        .ids()
+        .filter(|id| {
+            matches.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
+        })
+        .map(|id| id.as_str().to_string())
+        .collect()
+}
+
+/// Parses the command line (exits on --help, --version and clap usage errors, as clap does).
+pub fn parse_args() -> (Config, BTreeSet<String>) {
+    let matches = Config::command().get_matches();
+    let cli = Config::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    (cli, explicit_flags(&matches))
+}
+
+fn to_table(cfg: &Config) -> toml::Table {
+    toml::Table::try_from(cfg).expect("Config serializes to a TOML table")
+}
+
+/// Reads a TOML config file into a table, with errors that name the file.
+pub fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError(vec![format!(
+            "--config {}: cannot read it: {e}",
+            path.display()
+        )])
+    })?;
+    text.parse::<toml::Table>().map_err(|e| {
+        ConfigError(vec![format!(
+            "--config {}: not valid TOML: {e}",
+            path.display()
+        )])
+    })
+}
+
+/// Merges, lowest precedence first: `base` (defaults or a checkpoint's config), the config
+/// `file` (with its path, for errors), and the flags of `cli` listed in `explicit`. The run-only
+/// fields (`config`, `checkpoint`, `list_games`) come from `cli`.
+pub fn merge(
+    base: &Config,
+    file: Option<(&Path, &toml::Table)>,
+    cli: &Config,
+    explicit: &BTreeSet<String>,
+) -> Result<Config, ConfigError> {
+    let mut table = to_table(base);
+    let mut errors = Vec::new();
+    if let Some((path, file)) = file {
+        for (key, value) in file {
+            if table_keys().contains(key.as_str()) {
+                table.insert(key.clone(), value.clone());
+            } else {
+                errors.push(format!(
+                    "--config {}: unknown key `{key}`; valid keys: {}",
+                    path.display(),
+                    table_keys().into_iter().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+    }
+    let cli_table = to_table(cli);
+    for id in explicit {
+        let key = id.replace('_', "-");
+        if let Some(v) = cli_table.get(&key) {
+            table.insert(key, v.clone());
+        } else {
+            // An Option flag given on the command line always serializes; a missing key means
+            // a run-only flag, handled below.
+            table.remove(&key);
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigError(errors));
+    }
+    let mut merged: Config = table.try_into().map_err(|e: toml::de::Error| {
+        ConfigError(vec![format!(
+            "--config {}: {}",
+            file.map(|(p, _)| p.display().to_string())
+                .unwrap_or_default(),
+            e.message()
+        )])
+    })?;
+    merged.config = cli.config.clone();
+    merged.checkpoint = cli.checkpoint.clone();
+    merged.list_games = cli.list_games;
+    Ok(merged)
+}
+
+/// The keys a config file may set: every flag but the run-only ones.
+pub fn table_keys() -> BTreeSet<&'static str> {
+    const KEYS: &[&str] = &[
+        "game",
+        "rom",
+        "processes",
+        "n-step",
+        "gamma",
+        "batch-size",
+        "queue-size",
+        "lr",
+        "lr-decay",
+        "rms-decay",
+        "rms-eps",
+        "max-grad-norm",
+        "loss",
+        "eps-decay",
+        "final-epsilons",
+        "final-epsilon-probs",
+        "sync-frames",
+        "save-freq",
+        "max-frames",
+        "network",
+        "device",
+        "seed",
+        "frame-skip",
+        "noop-max",
+        "repeat-action-probability",
+        "max-episode-frames",
+        "terminal-on-life-loss",
+        "logdir",
+        "log-interval",
+    ];
+    KEYS.iter().copied().collect()
+}
+
+impl Config {
+    /// The game this config plays, resolved from `--game` (and `--rom`).
+    pub fn game_spec(&self) -> Result<game::GameSpec, String> {
+        if let Some(rom) = &self.rom {
+            let stem = game::validate_rom_file(rom).map_err(|e| format!("--rom: {e}"))?;
+            return Ok(game::GameSpec {
+                name: game::display_name(&stem),
+                rom: stem,
+                repeat_action_probability: None,
+            });
+        }
+        let spec = game::resolve_game(&self.game).map_err(|e| format!("--game: {e}"))?;
+        if game::bundled_rom(&spec.rom).is_none() {
+            return Err(format!(
+                "--game {}: ALE supports {} but its ROM is not bundled; pass --rom path/to/{}.bin",
+                self.game, spec.name, spec.rom
+            ));
+        }
+        Ok(spec)
+    }
+
+    /// Sticky-action probability: the flag, else the Gym id's, else 0 (the DeepMind protocol).
+    pub fn sticky(&self, spec: &game::GameSpec) -> f32 {
+        self.repeat_action_probability
+            .or(spec.repeat_action_probability)
+            .unwrap_or(0.0)
+    }
+
+    /// The run directory: `--logdir`, or `runs/<Game>`.
+    pub fn run_dir(&self) -> PathBuf {
+        match (&self.logdir, self.game_spec()) {
+            (Some(dir), _) => dir.clone(),
+            (None, Ok(spec)) => PathBuf::from("runs").join(spec.name),
+            (None, Err(_)) => PathBuf::from("runs").join(&self.game),
+        }
+    }
+
+    /// Checks every value; the error lists all problems, each naming its flag.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut e = Vec::new();
+        let mut check = |ok: bool, msg: String| {
+            if !ok {
+                e.push(msg);
+            }
+        };
+        check(
+            (1..=1024).contains(&self.processes),
+            format!("--processes {}: must be between 1 and 1024", self.processes),
+        );
+        check(
+            (1..=1000).contains(&self.n_step),
+            format!("--n-step {}: must be between 1 and 1000", self.n_step),
+        );
+        check(
+            (0.0..=1.0).contains(&self.gamma),
+            format!("--gamma {}: must be in [0, 1]", self.gamma),
+        );
+        check(
+            self.batch_size >= 1,
+            format!("--batch-size {}: must be at least 1", self.batch_size),
+        );
+        check(
+            self.batch_size <= self.queue_size,
+            format!(
+                "--batch-size {}: must not exceed --queue-size {}",
+                self.batch_size, self.queue_size
+            ),
+        );
+        check(self.queue_size >= self.processes, format!(
+            "--queue-size {}: must be at least --processes {} (each actor owns a share of the slots)",
+            self.queue_size, self.processes));
+        check(
+            self.queue_size <= 1 << 20,
+            format!("--queue-size {}: at most 1048576", self.queue_size),
+        );
+        check(
+            self.lr.is_finite() && self.lr > 0.0,
+            format!("--lr {}: must be a positive number", self.lr),
+        );
+        check(
+            (0.0..1.0).contains(&self.rms_decay),
+            format!("--rms-decay {}: must be in [0, 1)", self.rms_decay),
+        );
+        check(
+            self.rms_eps.is_finite() && self.rms_eps > 0.0,
+            format!("--rms-eps {}: must be positive", self.rms_eps),
+        );
+        check(
+            self.max_grad_norm.is_finite() && self.max_grad_norm > 0.0,
+            format!("--max-grad-norm {}: must be positive", self.max_grad_norm),
+        );
+        check(
+            !self.final_epsilons.is_empty()
+                && self.final_epsilons.iter().all(|x| (0.0..=1.0).contains(x)),
+            format!(
+                "--final-epsilons {:?}: need one or more values in [0, 1]",
+                self.final_epsilons
+            ),
+        );
+        let psum: f64 = self.final_epsilon_probs.iter().sum();
+        check(self.final_epsilon_probs.len() == self.final_epsilons.len()
+                && self.final_epsilon_probs.iter().all(|p| *p >= 0.0)
+                && (psum - 1.0).abs() < 1e-6,
+            format!("--final-epsilon-probs {:?}: need one non-negative probability per final epsilon ({}), summing to 1",
+                self.final_epsilon_probs, self.final_epsilons.len()));
+        check(
+            self.sync_frames >= 1,
+            "--sync-frames 0: must be at least 1".into(),
+        );
+        check(
+            self.save_freq >= 1,
+            "--save-freq 0: must be at least 1".into(),
+        );
+        check(
+            self.max_frames >= 1,
+            "--max-frames 0: must be at least 1".into(),
+        );
+        check(
+            (1..=64).contains(&self.frame_skip),
+            format!("--frame-skip {}: must be between 1 and 64", self.frame_skip),
+        );
+        check(
+            self.noop_max <= 1000,
+            format!("--noop-max {}: at most 1000", self.noop_max),
+        );
+        if let Some(p) = self.repeat_action_probability {
+            check(
+                (0.0..1.0).contains(&p),
+                format!("--repeat-action-probability {p}: must be in [0, 1)"),
+            );
+        }
+        check(
+            self.max_episode_frames >= self.frame_skip as u64,
+            format!(
+                "--max-episode-frames {}: must be at least --frame-skip {}",
+                self.max_episode_frames, self.frame_skip
+            ),
+        );
+        check(
+            self.log_interval.is_finite() && self.log_interval > 0.0,
+            format!(
+                "--log-interval {}: must be a positive number of seconds",
+                self.log_interval
+            ),
+        );
+        if let Err(msg) = self.game_spec() {
+            e.push(msg);
+        }
+        if e.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(e))
+        }
+    }
+
+    /// The config as a TOML document (written to the run directory).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("Config serializes to TOML")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> (Config, BTreeSet<String>) {
+        let mut argv = vec!["learner"];
+        argv.extend_from_slice(args);
+        let m = Config::command().try_get_matches_from(argv).unwrap();
+        (Config::from_arg_matches(&m).unwrap(), explicit_flags(&m))
+    }
+
+    #[test]
+    fn defaults_are_the_reference_values() {
+        let c = Config::default();
+        assert_eq!(
+            (c.processes, c.n_step, c.batch_size, c.queue_size),
+            (16, 5, 64, 256)
+        );
+        assert_eq!(c.sync_frames, 10_000);
+        assert_eq!(c.save_freq, 250_000);
+        assert_eq!(c.final_epsilons, vec![0.1, 0.01, 0.5]);
+        assert!(c.validate().is_ok(), "{:?}", c.validate());
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let (cli, explicit) = parse(&["--n-step", "3", "--config", "x.toml"]);
+        let file: toml::Table = "n-step = 7\nbatch-size = 32\n".parse().unwrap();
+        let c = merge(
+            &Config::default(),
+            Some((Path::new("x.toml"), &file)),
+            &cli,
+            &explicit,
+        )
+        .unwrap();
+        assert_eq!(c.n_step, 3);
+        assert_eq!(c.batch_size, 32);
+        assert_eq!(c.processes, 16);
+        assert_eq!(c.config.as_deref(), Some(Path::new("x.toml")));
+    }
+
+    #[test]
+    fn unknown_and_mistyped_file_keys_are_refused() {
+        let (cli, explicit) = parse(&[]);
+        let file: toml::Table = "n_stepp = 7\n".parse().unwrap();
+        let err = merge(
+            &Config::default(),
+            Some((Path::new("f.toml"), &file)),
+            &cli,
+            &explicit,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown key `n_stepp`"), "{err}");
+        let file: toml::Table = "n-step = \"five\"\n".parse().unwrap();
+        let err = merge(
+            &Config::default(),
+            Some((Path::new("f.toml"), &file)),
+            &cli,
+            &explicit,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("f.toml"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let (c, _) = parse(&[
+            "--processes",
+            "0",
+            "--n-step",
+            "0",
+            "--batch-size",
+            "300",
+            "--game",
+            "NoSuchGame",
+        ]);
+        let err = c.validate().unwrap_err();
+        let text = err.to_string();
+        for flag in ["--processes 0", "--n-step 0", "--batch-size 300", "--game"] {
+            assert!(text.contains(flag), "missing {flag} in {text}");
+        }
+        assert_eq!(err.0.len(), 4, "{text}");
+    }
+
+    #[test]
+    fn config_round_trips_through_toml() {
+        let (c, _) = parse(&["--game", "Pong", "--n-step", "1", "--network", "nature"]);
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+}

@@ -1,0 +1,204 @@
+//! The Q-networks: `nips` (Mnih et al. 2013; the A3C paper's network) and `nature` (Mnih et al.
+//! 2015). Inputs are u8 frames `[batch, 4, 84, 84]`; the scaling by 1/255 happens inside the
+//! model, so an exported model is whole. Outputs are Q-values `[batch, num_actions]` f32.
+//!
+//! Parameters are kept in a fixed order (sorted by name) so the learner can flatten them into
+//! a weight snapshot and actors can load the same flat vector back.
+
+use tch::{nn, nn::Module, Device, Kind, Tensor};
+
+use crate::config::Network;
+
+/// A Q-network and the variable store that owns its parameters.
+pub struct QNetwork {
+    vs: nn::VarStore,
+    net: nn::Sequential,
+    arch: Network,
+    num_actions: usize,
+    /// Parameters sorted by name: the order of the flat weight snapshot.
+    params: Vec<(String, Tensor)>,
+}
+
+impl QNetwork {
+    /// Builds `arch` for observations of shape `obs_shape` (`[4, 84, 84]` for Atari) and
+    /// `num_actions` outputs on `device`, with libtorch's default initialisation.
+    pub fn new(arch: Network, obs_shape: [usize; 3], num_actions: usize, device: Device) -> Self {
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let [c, h, w] = obs_shape.map(|d| d as i64);
+        let conv = |p: nn::Path, i, o, k, s| {
+            nn::conv2d(
+                p,
+                i,
+                o,
+                k,
+                nn::ConvConfig {
+                    stride: s,
+                    ..Default::default()
+                },
+            )
+        };
+        let out = |d: i64, k: i64, s: i64| (d - k) / s + 1;
+        let a = num_actions as i64;
+        let net = match arch {
+            Network::Nips => {
+                let (h1, w1) = (out(h, 8, 4), out(w, 8, 4));
+                let (h2, w2) = (out(h1, 4, 2), out(w1, 4, 2));
+                nn::seq()
+                    .add(conv(&root / "conv1", c, 16, 8, 4))
+                    .add_fn(|x| x.relu())
+                    .add(conv(&root / "conv2", 16, 32, 4, 2))
+                    .add_fn(|x| x.relu().flatten(1, -1))
+                    .add(nn::linear(
+                        &root / "fc",
+                        32 * h2 * w2,
+                        256,
+                        Default::default(),
+                    ))
+                    .add_fn(|x| x.relu())
+                    .add(nn::linear(&root / "q", 256, a, Default::default()))
+            }
+            Network::Nature => {
+                let (h1, w1) = (out(h, 8, 4), out(w, 8, 4));
+                let (h2, w2) = (out(h1, 4, 2), out(w1, 4, 2));
+                let (h3, w3) = (out(h2, 3, 1), out(w2, 3, 1));
+                nn::seq()
+                    .add(conv(&root / "conv1", c, 32, 8, 4))
+                    .add_fn(|x| x.relu())
+                    .add(conv(&root / "conv2", 32, 64, 4, 2))
+                    .add_fn(|x| x.relu())
+                    .add(conv(&root / "conv3", 64, 64, 3, 1))
+                    .add_fn(|x| x.relu().flatten(1, -1))
+                    .add(nn::linear(
+                        &root / "fc",
+                        64 * h3 * w3,
+                        512,
+                        Default::default(),
+                    ))
+                    .add_fn(|x| x.relu())
+                    .add(nn::linear(&root / "q", 512, a, Default::default()))
+            }
+        };
+        let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        QNetwork {
+            vs,
+            net,
+            arch,
+            num_actions,
+            params,
+        }
+    }
+
+    pub fn arch(&self) -> Network {
+        self.arch
+    }
+
+    pub fn num_actions(&self) -> usize {
+        self.num_actions
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Q-values `[batch, num_actions]` f32 for u8 observations `[batch, 4, 84, 84]`.
+    pub fn forward(&self, obs: &Tensor) -> Tensor {
+        let x = obs.to_kind(Kind::Float) * (1.0 / 255.0);
+        self.net.forward(&x)
+    }
+
+    /// Parameters in snapshot order (sorted by name).
+    pub fn params(&self) -> &[(String, Tensor)] {
+        &self.params
+    }
+
+    /// Total number of scalar parameters (the length of the flat snapshot).
+    pub fn numel(&self) -> usize {
+        self.params.iter().map(|(_, p)| p.numel()).sum()
+    }
+
+    /// Copies all parameters, in snapshot order, into `out` (length `numel()`), moving them to
+    /// the CPU first if needed.
+    pub fn flat_params_into(&self, out: &mut [f32]) {
+        let _guard = tch::no_grad_guard();
+        let flat = Tensor::cat(
+            &self
+                .params
+                .iter()
+                .map(|(_, p)| p.flatten(0, -1))
+                .collect::<Vec<_>>(),
+            0,
+        )
+        .to_device(Device::Cpu);
+        flat.copy_data(out, out.len());
+    }
+
+    /// Loads parameters from a flat vector in snapshot order (length `numel()`).
+    pub fn load_flat(&mut self, flat: &[f32]) {
+        assert_eq!(flat.len(), self.numel(), "flat parameter count");
+        let _guard = tch::no_grad_guard();
+        let device = self.device();
+        let mut offset = 0;
+        for (_, p) in self.params.iter_mut() {
+            let n = p.numel();
+            let src = Tensor::from_slice(&flat[offset..offset + n])
+                .view(p.size().as_slice())
+                .to_device(device);
+            p.copy_(&src);
+            offset += n;
+        }
+    }
+
+    /// Copies parameters by name from `named` (as read from a checkpoint); errors name the
+    /// first missing or mis-shaped parameter.
+    pub fn load_named(
+        &mut self,
+        named: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<(), String> {
+        let _guard = tch::no_grad_guard();
+        for (name, p) in self.params.iter_mut() {
+            let src = named
+                .get(name)
+                .ok_or_else(|| format!("parameter `{name}` is missing"))?;
+            if src.size() != p.size() {
+                return Err(format!(
+                    "parameter `{name}` has shape {:?}, the network needs {:?}",
+                    src.size(),
+                    p.size()
+                ));
+            }
+            p.copy_(&src.to_device(p.device()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_and_parameter_counts() {
+        let nips = QNetwork::new(Network::Nips, [4, 84, 84], 4, Device::Cpu);
+        // conv1 4*16*64+16, conv2 16*32*16+32, fc 2592*256+256, q 256*4+4
+        assert_eq!(nips.numel(), 4112 + 8224 + 663_808 + 1028);
+        let x = Tensor::zeros([3, 4, 84, 84], (Kind::Uint8, Device::Cpu));
+        assert_eq!(nips.forward(&x).size(), vec![3, 4]);
+        let nature = QNetwork::new(Network::Nature, [4, 84, 84], 6, Device::Cpu);
+        assert_eq!(nature.forward(&x).size(), vec![3, 6]);
+    }
+
+    #[test]
+    fn flat_round_trip_reproduces_outputs() {
+        tch::manual_seed(1);
+        let a = QNetwork::new(Network::Nips, [4, 84, 84], 4, Device::Cpu);
+        let mut b = QNetwork::new(Network::Nips, [4, 84, 84], 4, Device::Cpu);
+        let x = Tensor::randint(256, [2, 4, 84, 84], (Kind::Uint8, Device::Cpu));
+        assert!(!a.forward(&x).allclose(&b.forward(&x), 1e-6, 1e-6, false));
+        let mut flat = vec![0f32; a.numel()];
+        a.flat_params_into(&mut flat);
+        b.load_flat(&flat);
+        assert!(a.forward(&x).allclose(&b.forward(&x), 1e-6, 1e-6, false));
+    }
+}

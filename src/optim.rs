@@ -1,0 +1,150 @@
+//! RMSProp, written out so that its state (the squared-gradient averages) can be saved in a
+//! checkpoint and restored exactly, and global gradient-norm clipping.
+//!
+//! Update, per parameter p with gradient g (Tieleman & Hinton 2012, non-centred, no momentum,
+//! as torch.optim.RMSprop):
+//!
+//! ```text
+//! v <- decay * v + (1 - decay) * g^2
+//! p <- p - lr * g / (sqrt(v) + eps)
+//! ```
+
+use tch::Tensor;
+
+/// RMSProp state for a fixed list of parameters.
+pub struct RmsProp {
+    decay: f64,
+    eps: f64,
+    /// One squared-gradient average per parameter, same order and shape.
+    square_avg: Vec<Tensor>,
+}
+
+impl RmsProp {
+    pub fn new(params: &[(String, Tensor)], decay: f64, eps: f64) -> Self {
+        let square_avg = params
+            .iter()
+            .map(|(_, p)| p.zeros_like().detach())
+            .collect();
+        RmsProp {
+            decay,
+            eps,
+            square_avg,
+        }
+    }
+
+    /// The state, for checkpoints: one tensor per parameter, in parameter order.
+    pub fn state(&self) -> &[Tensor] {
+        &self.square_avg
+    }
+
+    /// Restores the state saved by [`RmsProp::state`]; errors on a count or shape mismatch.
+    pub fn load_state(&mut self, state: &[Tensor]) -> Result<(), String> {
+        if state.len() != self.square_avg.len() {
+            return Err(format!(
+                "optimizer state has {} tensors, expected {}",
+                state.len(),
+                self.square_avg.len()
+            ));
+        }
+        let _guard = tch::no_grad_guard();
+        for (dst, src) in self.square_avg.iter_mut().zip(state) {
+            if dst.size() != src.size() {
+                return Err(format!(
+                    "optimizer state shape {:?}, expected {:?}",
+                    src.size(),
+                    dst.size()
+                ));
+            }
+            dst.copy_(&src.to_device(dst.device()));
+        }
+        Ok(())
+    }
+
+    /// Applies one update with learning rate `lr` to `params` using their `.grad()`.
+    pub fn step(&mut self, params: &[(String, Tensor)], lr: f64) {
+        let _guard = tch::no_grad_guard();
+        for ((_, p), v) in params.iter().zip(self.square_avg.iter_mut()) {
+            let g = p.grad();
+            if !g.defined() {
+                continue;
+            }
+            let _ = v.g_mul_scalar_(self.decay);
+            let _ = v.g_add_(&(&g * &g * (1.0 - self.decay)));
+            let mut p = p.shallow_clone();
+            let _ = p.g_sub_(&(&g / (v.sqrt() + self.eps) * lr));
+        }
+    }
+}
+
+/// Scales all gradients so that their global L2 norm is at most `max_norm`; returns the norm
+/// before clipping (a 0-dim tensor, left on the device to avoid a synchronisation).
+pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: f64) -> Tensor {
+    let _guard = tch::no_grad_guard();
+    let grads: Vec<Tensor> = params
+        .iter()
+        .map(|(_, p)| p.grad())
+        .filter(|g| g.defined())
+        .collect();
+    let sq: Vec<Tensor> = grads
+        .iter()
+        .map(|g| g.pow_tensor_scalar(2).sum(tch::Kind::Float))
+        .collect();
+    let norm = Tensor::stack(&sq, 0).sum(tch::Kind::Float).sqrt();
+    let coef = (max_norm / (&norm + 1e-6)).clamp_max(1.0);
+    for g in &grads {
+        let mut g = g.shallow_clone();
+        let _ = g.g_mul_(&coef);
+    }
+    norm
+}
+
+/// Zeroes every parameter's gradient.
+pub fn zero_grad(params: &[(String, Tensor)]) {
+    for (_, p) in params {
+        let mut p = p.shallow_clone();
+        p.zero_grad();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn rmsprop_matches_the_formula() {
+        let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
+        let params = vec![("w".to_string(), p.shallow_clone())];
+        let mut opt = RmsProp::new(&params, 0.9, 1e-8);
+        // loss = sum(3 * p) -> g = 3
+        (&p * 3.0).sum(Kind::Float).backward();
+        opt.step(&params, 0.1);
+        // v = 0.1 * 9 = 0.9; step = 0.1 * 3 / sqrt(0.9)
+        let expect = 0.1 * 3.0 / 0.9f64.sqrt();
+        let got: Vec<f32> = Vec::try_from(&p.detach()).unwrap();
+        assert!((got[0] as f64 - (1.0 - expect)).abs() < 1e-5, "{got:?}");
+        assert!((got[1] as f64 - (-2.0 - expect)).abs() < 1e-5, "{got:?}");
+        let v: Vec<f32> = Vec::try_from(&opt.state()[0]).unwrap();
+        assert!((v[0] - 0.9).abs() < 1e-6);
+    }
+
+    #[test]
+    fn clipping_scales_to_the_max_norm() {
+        let p = Tensor::zeros([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let params = vec![("w".to_string(), p.shallow_clone())];
+        // g = (3, 4): norm 5
+        (&p * Tensor::from_slice(&[3.0f32, 4.0]))
+            .sum(Kind::Float)
+            .backward();
+        let norm = clip_grad_norm(&params, 1.0);
+        assert!((norm.double_value(&[]) - 5.0).abs() < 1e-5);
+        let g: Vec<f32> = Vec::try_from(&p.grad()).unwrap();
+        assert!(
+            (g[0] - 0.6).abs() < 1e-4 && (g[1] - 0.8).abs() < 1e-4,
+            "{g:?}"
+        );
+        zero_grad(&params);
+        let g: Vec<f32> = Vec::try_from(&p.grad()).unwrap();
+        assert_eq!(g, vec![0.0, 0.0]);
+    }
+}
