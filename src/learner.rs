@@ -1,0 +1,440 @@
+//! The learner process: owns the network (on the GPU when there is one), starts the actors,
+//! pulls batches from the experience queue, regresses Q(s, a) towards the actors' n-step
+//! returns with RMSProp, publishes weight snapshots, writes checkpoints and metrics, and shuts
+//! everything down in order on `--max-frames`, SIGINT/SIGTERM, or an actor's failure.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ipc_channel::ipc::{self, IpcReceiver};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use tch::{Device, Kind, Reduction, Tensor};
+
+use crate::checkpoint::{self, TrainingState};
+use crate::config::{Config, Loss};
+use crate::env::atari::{AtariConfig, AtariEnv};
+use crate::metrics::{CsvWriter, Progress, ReturnWindow, Row};
+use crate::model::QNetwork;
+use crate::optim::{clip_grad_norm, zero_grad, RmsProp};
+use crate::protocol::{actor_seed, ActorInit, ActorMsg};
+use crate::schedule;
+use crate::shm::{self, Batch, ExperienceQueue, SlotLayout, WeightSnapshot};
+use crate::supervisor::{self, ActorProcess};
+use crate::{device, game};
+
+/// Run counters, saved in checkpoints.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counters {
+    frames: u64,
+    steps: u64,
+    updates: u64,
+    episodes: u64,
+    wall_s: f64,
+}
+
+/// The network, its optimiser and how one update is done.
+struct Trainer {
+    model: QNetwork,
+    optim: RmsProp,
+    device: Device,
+    obs_shape: [usize; 3],
+}
+
+/// Loss and mean max-Q of one update.
+struct UpdateStats {
+    loss: f64,
+    q_mean: f64,
+}
+
+impl Trainer {
+    /// One regression step of Q(s_i, a_i) towards R_i on `batch`.
+    fn update(&mut self, batch: &Batch, cfg: &Config, lr: f64) -> UpdateStats {
+        let b = batch.len() as i64;
+        let [c, h, w] = self.obs_shape.map(|d| d as i64);
+        let obs = Tensor::from_slice(&batch.obs[..batch.len() * (c * h * w) as usize])
+            .view([b, c, h, w])
+            .to_device(self.device);
+        let actions = Tensor::from_slice(&batch.actions[..batch.len()]).to_device(self.device);
+        let returns = Tensor::from_slice(&batch.returns[..batch.len()]).to_device(self.device);
+        let q = self.model.forward(&obs);
+        let q_sa = q.gather(1, &actions.unsqueeze(1), false).squeeze_dim(1);
+        let loss = match cfg.loss {
+            Loss::Huber => q_sa.huber_loss(&returns, Reduction::Mean, 1.0),
+            Loss::Mse => q_sa.mse_loss(&returns, Reduction::Mean),
+        };
+        let params = self.model.params();
+        zero_grad(params);
+        loss.backward();
+        let _grad_norm = clip_grad_norm(params, cfg.max_grad_norm);
+        self.optim.step(params, lr);
+        let q_mean = q.detach().max_dim(1, false).0.mean(Kind::Float);
+        UpdateStats {
+            loss: loss.double_value(&[]),
+            q_mean: q_mean.double_value(&[]),
+        }
+    }
+}
+
+/// Starts the run described by `cfg` (already merged and validated) and trains until
+/// `--max-frames`, a signal in `stop`, or a failure. Always stops the actors and writes a final
+/// checkpoint when training had started.
+pub fn run(
+    cfg: Config,
+    resume: Option<checkpoint::Checkpoint>,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
+    let spec = cfg.game_spec().map_err(anyhow::Error::msg)?;
+    let run_dir = cfg.run_dir();
+    std::fs::create_dir_all(&run_dir).with_context(|| {
+        format!(
+            "--logdir {}: cannot create the run directory",
+            run_dir.display()
+        )
+    })?;
+    let removed = shm::remove_stale_segments().context("removing stale shared-memory segments")?;
+    if !removed.is_empty() {
+        println!(
+            "removed {} stale shared-memory segment(s) of dead runs: {}",
+            removed.len(),
+            removed.join(", ")
+        );
+    }
+    let (device, fallback) = device::select(cfg.device)?;
+    if let Some(reason) = fallback {
+        println!("--device auto: using the CPU ({reason})");
+    }
+    println!(
+        "learner on {}; game {} ({} actors, n-step {})",
+        device::describe(device),
+        spec.name,
+        cfg.processes,
+        cfg.n_step
+    );
+
+    // The action count and observation shape come from the game itself.
+    let probe = AtariEnv::new(&atari_config(&cfg, &spec, cfg.seed)).context("loading the game")?;
+    let (num_actions, obs_shape) = (probe.num_actions(), probe.obs_shape());
+    drop(probe);
+
+    let model = QNetwork::new(cfg.network, obs_shape, num_actions, device);
+    let optim = RmsProp::new(model.params(), cfg.rms_decay, cfg.rms_eps);
+    let mut trainer = Trainer {
+        model,
+        optim,
+        device,
+        obs_shape,
+    };
+    let mut counters = Counters::default();
+    if let Some(ckpt) = resume {
+        let st = &ckpt.state;
+        if st.rom != spec.rom
+            || st.network != cfg.network
+            || st.num_actions != num_actions
+            || st.obs_shape != obs_shape
+        {
+            bail!(
+                "--checkpoint: trained on {} with the {:?} network ({} actions); this run is {} with {:?} ({} actions)",
+                st.game, st.network, st.num_actions, spec.name, cfg.network, num_actions
+            );
+        }
+        trainer
+            .model
+            .load_named(&ckpt.params)
+            .map_err(|e| anyhow::anyhow!("--checkpoint: {e}"))?;
+        let state: Vec<Tensor> = trainer
+            .model
+            .params()
+            .iter()
+            .map(|(n, _)| ckpt.rmsprop.get(n).map(|t| t.shallow_clone()))
+            .collect::<Option<_>>()
+            .context("--checkpoint: optimizer state is incomplete")?;
+        trainer
+            .optim
+            .load_state(&state)
+            .map_err(|e| anyhow::anyhow!("--checkpoint: {e}"))?;
+        counters = Counters {
+            frames: st.frames,
+            steps: st.steps,
+            updates: st.updates,
+            episodes: st.episodes,
+            wall_s: st.wall_s,
+        };
+        println!("resumed at {} frames, {} updates", st.frames, st.updates);
+    }
+    std::fs::write(run_dir.join("config.toml"), cfg.to_toml())
+        .with_context(|| format!("--logdir {}: cannot write config.toml", run_dir.display()))?;
+
+    // Shared memory: the queue (one lane per actor) and the weight snapshot.
+    let layout = SlotLayout {
+        obs_bytes: obs_shape.iter().product(),
+    };
+    let queue = ExperienceQueue::create(
+        &shm::segment_name("queue"),
+        cfg.processes,
+        cfg.queue_size,
+        layout,
+    )
+    .context("creating the experience queue")?;
+    queue.frames().store(counters.frames, Ordering::Relaxed);
+    let snapshot = WeightSnapshot::create(&shm::segment_name("snapshot"), trainer.model.numel())
+        .context("creating the weight snapshot")?;
+    let mut flat = vec![0f32; trainer.model.numel()];
+    trainer.model.flat_params_into(&mut flat);
+    snapshot.publish(&flat)?;
+
+    let (reports_tx, reports_rx) =
+        ipc::channel::<ActorMsg>().context("creating the report channel")?;
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let finals: Vec<f64> = (0..cfg.processes)
+        .map(|_| {
+            schedule::sample_final_epsilon(&cfg.final_epsilons, &cfg.final_epsilon_probs, rng.gen())
+        })
+        .collect();
+    let mut actors: Vec<ActorProcess> = Vec::with_capacity(cfg.processes);
+    let pids = Arc::new(Mutex::new(Vec::new()));
+    crate::signals::set_actor_pids(pids.clone());
+    let generation = counters.updates; // differs between a run and its resumption
+    let mut outcome: Result<()> = Ok(());
+    for (i, final_epsilon) in finals.iter().enumerate() {
+        let init = ActorInit {
+            actor: i,
+            lane: i,
+            seed: actor_seed(cfg.seed, i, generation),
+            final_epsilon: *final_epsilon,
+            config: cfg.clone(),
+            queue: shm::segment_name("queue"),
+            snapshot: shm::segment_name("snapshot"),
+            reports: reports_tx.clone(),
+        };
+        match supervisor::spawn_actor(init, Duration::from_secs(30)) {
+            Ok(a) => {
+                pids.lock().unwrap().push(a.child.id());
+                actors.push(a);
+            }
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+
+    let started = counters;
+    if outcome.is_ok() {
+        outcome = train(
+            &cfg,
+            &mut trainer,
+            &queue,
+            &snapshot,
+            &reports_rx,
+            &mut actors,
+            &finals,
+            &mut counters,
+            &stop,
+            &run_dir,
+        );
+    }
+    // Shut down in order: close the queue (actors see it and exit), reap, then save.
+    queue.close();
+    let killed = supervisor::stop_all(&mut actors, Duration::from_secs(5));
+    if !killed.is_empty() {
+        eprintln!("actors {killed:?} did not stop within 5 s and were killed");
+    }
+    counters.frames = queue.frames().load(Ordering::Relaxed);
+    if counters.updates > started.updates || counters.frames > started.frames {
+        let path = save(
+            &cfg,
+            &spec,
+            &trainer,
+            num_actions,
+            obs_shape,
+            &counters,
+            &run_dir,
+        )?;
+        println!("saved {}", path.display());
+    }
+    outcome
+}
+
+fn atari_config(cfg: &Config, spec: &game::GameSpec, seed: u64) -> AtariConfig {
+    AtariConfig {
+        game: spec.clone(),
+        rom_path: cfg.rom.clone(),
+        seed,
+        frame_skip: cfg.frame_skip,
+        noop_max: cfg.noop_max,
+        repeat_action_probability: cfg.sticky(spec),
+        terminal_on_life_loss: cfg.terminal_on_life_loss,
+        max_episode_frames: cfg.max_episode_frames,
+    }
+}
+
+fn save(
+    cfg: &Config,
+    spec: &game::GameSpec,
+    trainer: &Trainer,
+    num_actions: usize,
+    obs_shape: [usize; 3],
+    c: &Counters,
+    run_dir: &std::path::Path,
+) -> Result<std::path::PathBuf> {
+    let state = TrainingState {
+        format_version: checkpoint::FORMAT_VERSION,
+        rom: spec.rom.clone(),
+        game: spec.name.clone(),
+        network: cfg.network,
+        num_actions,
+        obs_shape,
+        frames: c.frames,
+        steps: c.steps,
+        updates: c.updates,
+        episodes: c.episodes,
+        wall_s: c.wall_s,
+        config: cfg.clone(),
+    };
+    let path = checkpoint::path_for(run_dir, c.frames);
+    checkpoint::save(&path, &state, trainer.model.params(), trainer.optim.state())?;
+    Ok(path)
+}
+
+/// The training loop proper.
+#[allow(clippy::too_many_arguments)]
+fn train(
+    cfg: &Config,
+    trainer: &mut Trainer,
+    queue: &ExperienceQueue,
+    snapshot: &WeightSnapshot,
+    reports: &IpcReceiver<ActorMsg>,
+    actors: &mut Vec<ActorProcess>,
+    finals: &[f64],
+    c: &mut Counters,
+    stop: &AtomicBool,
+    run_dir: &std::path::Path,
+) -> Result<()> {
+    let spec = cfg.game_spec().map_err(anyhow::Error::msg)?;
+    let mut csv = CsvWriter::open(&run_dir.join("metrics.csv"))
+        .with_context(|| format!("--logdir {}: cannot write metrics.csv", run_dir.display()))?;
+    let progress = Progress::new(c.frames, cfg.max_frames);
+    let mut batch = Batch::new(cfg.batch_size, queue.layout());
+    let mut scores = ReturnWindow::new(100);
+    let mut flat = vec![0f32; trainer.model.numel()];
+    let start = Instant::now();
+    let wall0 = c.wall_s;
+    let log_every = Duration::from_secs_f64(cfg.log_interval);
+    let mut next_log = start + log_every;
+    let mut last = (start, c.frames, c.updates);
+    let mut next_sync = c.frames + cfg.sync_frames;
+    let mut next_save = (c.frames / cfg.save_freq + 1) * cfg.save_freq;
+    let (mut busy, mut fill_sum, mut fill_n) = (Duration::ZERO, 0.0, 0u64);
+    let (mut loss_sum, mut q_sum, mut stat_n) = (0.0, 0.0, 0u64);
+    let mut ready = 0;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            progress.println("stopping on signal: final checkpoint follows");
+            break;
+        }
+        c.frames = queue.frames().load(Ordering::Relaxed);
+        if c.frames >= cfg.max_frames {
+            break;
+        }
+        while let Ok(msg) = reports.try_recv() {
+            match msg {
+                ActorMsg::Ready { .. } => ready += 1,
+                ActorMsg::Episode { score, .. } => {
+                    scores.push(score as f64);
+                    c.episodes += 1;
+                }
+                ActorMsg::Failed { actor, message } => bail!("actor {actor} failed: {message}"),
+            }
+        }
+        if let Some((actor, status)) = supervisor::reap_exited(actors).into_iter().next() {
+            bail!("actor {actor} exited unexpectedly ({status})");
+        }
+        fill_sum += queue.len() as f64 / queue.capacity() as f64;
+        fill_n += 1;
+        if queue.pop_into(&mut batch, Duration::from_millis(100))? {
+            let t = Instant::now();
+            let lr = schedule::learning_rate(cfg.lr, cfg.lr_decay, c.frames);
+            let s = trainer.update(&batch, cfg, lr);
+            if !s.loss.is_finite() || !s.q_mean.is_finite() {
+                bail!(
+                    "training diverged at {} frames: loss {}, mean Q {}",
+                    c.frames,
+                    s.loss,
+                    s.q_mean
+                );
+            }
+            busy += t.elapsed();
+            c.updates += 1;
+            c.steps += batch.len() as u64;
+            batch.clear();
+            loss_sum += s.loss;
+            q_sum += s.q_mean;
+            stat_n += 1;
+            if c.frames >= next_sync {
+                trainer.model.flat_params_into(&mut flat);
+                snapshot.publish(&flat)?;
+                next_sync = c.frames + cfg.sync_frames;
+            }
+            if c.frames >= next_save {
+                c.wall_s = wall0 + start.elapsed().as_secs_f64();
+                let path = save(
+                    cfg,
+                    &spec,
+                    trainer,
+                    trainer.model.num_actions(),
+                    trainer.obs_shape,
+                    c,
+                    run_dir,
+                )?;
+                progress.println(&format!("saved {}", path.display()));
+                next_save = (c.frames / cfg.save_freq + 1) * cfg.save_freq;
+            }
+        }
+        let now = Instant::now();
+        if now >= next_log {
+            let dt = now.duration_since(last.0).as_secs_f64();
+            c.wall_s = wall0 + start.elapsed().as_secs_f64();
+            let row = Row {
+                wall_s: c.wall_s,
+                frames: c.frames,
+                steps: c.steps,
+                updates: c.updates,
+                episodes: c.episodes,
+                fps: (c.frames - last.1) as f64 / dt,
+                mean_return: scores.mean(),
+                epsilon: finals
+                    .iter()
+                    .map(|f| schedule::epsilon(*f, cfg.eps_decay, c.frames))
+                    .sum::<f64>()
+                    / finals.len() as f64,
+                loss: (stat_n > 0).then(|| loss_sum / stat_n as f64),
+                q_mean: (stat_n > 0).then(|| q_sum / stat_n as f64),
+                lr: schedule::learning_rate(cfg.lr, cfg.lr_decay, c.frames),
+                updates_per_s: (c.updates - last.2) as f64 / dt,
+                queue_fill: if fill_n > 0 {
+                    fill_sum / fill_n as f64
+                } else {
+                    0.0
+                },
+                learner_busy: busy.as_secs_f64() / dt,
+            };
+            csv.write(&row).context("writing metrics.csv")?;
+            progress.update(&row);
+            if ready < actors.len() {
+                progress.println(&format!("{ready} of {} actors ready", actors.len()));
+            }
+            last = (now, c.frames, c.updates);
+            next_log = now + log_every;
+            (busy, fill_sum, fill_n, loss_sum, q_sum, stat_n) =
+                (Duration::ZERO, 0.0, 0, 0.0, 0.0, 0);
+        }
+    }
+    c.wall_s = wall0 + start.elapsed().as_secs_f64();
+    progress.finish();
+    Ok(())
+}

@@ -1,0 +1,27 @@
+//! async-rl: asynchronous n-step Q-learning (Mnih et al. 2016) on Atari, with many actor
+//! processes feeding one learner through shared memory.
+//!
+//! Layout, by concept: [`env`] and [`preprocess`] (the Atari emulator and DeepMind's
+//! preprocessing), [`game`] (game names and ROMs), [`model`] (the Q-networks), [`returns`] and
+//! [`schedule`] (the RL math), [`optim`] (RMSProp), [`shm`] (the experience queue and weight
+//! snapshot in shared memory), [`actor`] and [`learner`] (the two loops), [`supervisor`] and
+//! [`signals`] (process management), [`protocol`] (ipc messages), [`checkpoint`], [`metrics`],
+//! [`config`] and [`device`].
+
+pub mod actor;
+pub mod checkpoint;
+pub mod config;
+pub mod device;
+pub mod env;
+pub mod game;
+pub mod learner;
+pub mod metrics;
+pub mod model;
+pub mod optim;
+pub mod preprocess;
+pub mod protocol;
+pub mod returns;
+pub mod schedule;
+pub mod shm;
+pub mod signals;
+pub mod supervisor;

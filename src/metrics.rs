@@ -1,0 +1,218 @@
+//! Training metrics: `metrics.csv` in the run directory, appended as training goes (a resumed
+//! run continues the same file from its checkpoint's counters), and what the user sees: an
+//! indicatif progress bar on a terminal, plain periodic log lines otherwise.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// The CSV header; one [`Row`] per line.
+pub const CSV_HEADER: &str =
+    "wall_s,frames,steps,updates,episodes,fps,mean_return,epsilon,loss,q_mean,lr,updates_per_s,queue_fill,learner_busy";
+
+/// One metrics row. Frames are emulator frames over all actors; `fps` is frames per second
+/// over the last interval; `mean_return` is the mean unclipped game score of the last 100
+/// finished games (None before the first); `queue_fill` is the mean fraction of occupied queue
+/// slots seen by the learner; `learner_busy` the fraction of wall time spent training.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Row {
+    pub wall_s: f64,
+    pub frames: u64,
+    pub steps: u64,
+    pub updates: u64,
+    pub episodes: u64,
+    pub fps: f64,
+    pub mean_return: Option<f64>,
+    pub epsilon: f64,
+    pub loss: Option<f64>,
+    pub q_mean: Option<f64>,
+    pub lr: f64,
+    pub updates_per_s: f64,
+    pub queue_fill: f64,
+    pub learner_busy: f64,
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.6}")).unwrap_or_default()
+}
+
+impl Row {
+    pub fn to_csv(&self) -> String {
+        format!(
+            "{:.3},{},{},{},{},{:.1},{},{:.5},{},{},{:.3e},{:.2},{:.4},{:.4}",
+            self.wall_s,
+            self.frames,
+            self.steps,
+            self.updates,
+            self.episodes,
+            self.fps,
+            opt(self.mean_return),
+            self.epsilon,
+            opt(self.loss),
+            opt(self.q_mean),
+            self.lr,
+            self.updates_per_s,
+            self.queue_fill,
+            self.learner_busy
+        )
+    }
+
+    /// One human-readable line.
+    pub fn summary(&self) -> String {
+        format!(
+            "frames {} | fps {:.0} | episodes {} | mean return {} | eps {:.3} | loss {} | q {} | queue {:.0}% | busy {:.0}%",
+            self.frames, self.fps, self.episodes,
+            self.mean_return.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into()),
+            self.epsilon,
+            self.loss.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into()),
+            self.q_mean.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into()),
+            100.0 * self.queue_fill, 100.0 * self.learner_busy
+        )
+    }
+}
+
+/// Appends rows to `metrics.csv`, writing the header when the file is new or empty.
+pub struct CsvWriter {
+    file: File,
+}
+
+impl CsvWriter {
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+        if file.metadata()?.len() == 0 {
+            writeln!(file, "{CSV_HEADER}")?;
+        }
+        Ok(CsvWriter { file })
+    }
+
+    pub fn write(&mut self, row: &Row) -> std::io::Result<()> {
+        writeln!(self.file, "{}", row.to_csv())?;
+        self.file.flush()
+    }
+}
+
+/// Mean of the last `capacity` game scores.
+pub struct ReturnWindow {
+    scores: VecDeque<f64>,
+    capacity: usize,
+}
+
+impl ReturnWindow {
+    pub fn new(capacity: usize) -> Self {
+        ReturnWindow {
+            scores: VecDeque::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    pub fn push(&mut self, score: f64) {
+        if self.scores.len() == self.capacity {
+            self.scores.pop_front();
+        }
+        self.scores.push_back(score);
+    }
+
+    pub fn mean(&self) -> Option<f64> {
+        (!self.scores.is_empty())
+            .then(|| self.scores.iter().sum::<f64>() / self.scores.len() as f64)
+    }
+}
+
+/// Progress shown to the user: a bar on a terminal, log lines otherwise.
+pub enum Progress {
+    Bar(ProgressBar),
+    Lines,
+}
+
+impl Progress {
+    /// A bar from `start` to `max_frames` frames when stdout is a terminal.
+    pub fn new(start: u64, max_frames: u64) -> Self {
+        if std::io::stdout().is_terminal() {
+            let bar = ProgressBar::new(max_frames);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:30}] {pos}/{len} frames {msg}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_position(start);
+            Progress::Bar(bar)
+        } else {
+            Progress::Lines
+        }
+    }
+
+    pub fn update(&self, row: &Row) {
+        match self {
+            Progress::Bar(bar) => {
+                bar.set_position(row.frames);
+                bar.set_message(format!(
+                    "| fps {:.0} | ep {} | return {} | eps {:.3} | loss {}",
+                    row.fps,
+                    row.episodes,
+                    row.mean_return
+                        .map(|x| format!("{x:.1}"))
+                        .unwrap_or_else(|| "-".into()),
+                    row.epsilon,
+                    row.loss
+                        .map(|x| format!("{x:.4}"))
+                        .unwrap_or_else(|| "-".into())
+                ));
+            }
+            Progress::Lines => println!("{}", row.summary()),
+        }
+    }
+
+    /// Prints a message without breaking the bar.
+    pub fn println(&self, msg: &str) {
+        match self {
+            Progress::Bar(bar) => bar.println(msg),
+            Progress::Lines => println!("{msg}"),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Progress::Bar(bar) = self {
+            bar.finish();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_keeps_the_last_scores() {
+        let mut w = ReturnWindow::new(3);
+        assert_eq!(w.mean(), None);
+        for s in [1.0, 2.0, 3.0, 10.0] {
+            w.push(s);
+        }
+        assert_eq!(w.mean(), Some(5.0));
+    }
+
+    #[test]
+    fn csv_has_one_field_per_column() {
+        let row = Row {
+            frames: 10,
+            mean_return: None,
+            loss: Some(0.5),
+            ..Default::default()
+        };
+        assert_eq!(
+            row.to_csv().split(',').count(),
+            CSV_HEADER.split(',').count()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.csv");
+        CsvWriter::open(&path).unwrap().write(&row).unwrap();
+        CsvWriter::open(&path).unwrap().write(&row).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3, "one header, two rows: {text}");
+    }
+}

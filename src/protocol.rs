@@ -1,0 +1,72 @@
+//! The small messages that travel over ipc-channel between the learner and its actors: the
+//! handshake that hands an actor its settings, and the actor's reports (readiness, finished
+//! games, fatal errors). Bulk data never goes here: experience travels through the shared-memory
+//! queue and weights through the snapshot.
+
+use ipc_channel::ipc::IpcSender;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+
+/// Everything an actor needs, sent by the learner in reply to the actor's connection.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ActorInit {
+    /// Actor index, 0..processes.
+    pub actor: usize,
+    /// The queue lane this actor produces into (one lane per actor).
+    pub lane: usize,
+    /// Seed for the emulator and exploration, derived from `--seed`, the index and the restart.
+    pub seed: u64,
+    /// This actor's final epsilon (drawn from `--final-epsilons`).
+    pub final_epsilon: f64,
+    pub config: Config,
+    /// Shared-memory segment names.
+    pub queue: String,
+    pub snapshot: String,
+    /// Where to send [`ActorMsg`]s.
+    pub reports: IpcSender<ActorMsg>,
+}
+
+/// What actors tell the learner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ActorMsg {
+    /// The actor loaded its emulator and the first snapshot and is about to act.
+    Ready {
+        actor: usize,
+        pid: u32,
+        num_actions: usize,
+    },
+    /// A game ended (game over or time-limit truncation): unclipped score and its length.
+    Episode {
+        actor: usize,
+        score: f32,
+        frames: u64,
+    },
+    /// The actor is giving up; the learner logs this and stops the run.
+    Failed { actor: usize, message: String },
+}
+
+/// Seed of actor `actor` in restart generation `generation` from the run's base seed:
+/// distinct per actor, reproducible per run (splitmix64 of the three).
+pub fn actor_seed(base: u64, actor: usize, generation: u64) -> u64 {
+    let mut z = base
+        .wrapping_add((actor as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(generation.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actor_seeds_differ_and_repeat() {
+        let seeds: std::collections::BTreeSet<u64> = (0..64).map(|i| actor_seed(7, i, 0)).collect();
+        assert_eq!(seeds.len(), 64);
+        assert_eq!(actor_seed(7, 3, 0), actor_seed(7, 3, 0));
+        assert_ne!(actor_seed(7, 3, 0), actor_seed(7, 3, 1));
+        assert_ne!(actor_seed(7, 3, 0), actor_seed(8, 3, 0));
+    }
+}
