@@ -1,0 +1,105 @@
+//! Bad input: clear errors naming the input, before anything starts; never a panic.
+
+use std::time::Duration;
+
+use crate::util::*;
+
+#[test]
+fn invalid_flags_are_all_reported_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pid, out) = run(
+        LEARNER,
+        &[
+            "--processes",
+            "0",
+            "--n-step",
+            "0",
+            "--batch-size",
+            "512",
+            "--game",
+            "SpaceInvader",
+            "--logdir",
+            "x",
+        ],
+        tmp.path(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    for needle in [
+        "--processes 0",
+        "--n-step 0",
+        "--batch-size 512",
+        "SpaceInvaders",
+        "--list-games",
+    ] {
+        assert!(err.contains(needle), "stderr lacks {needle:?}:\n{err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        !tmp.path().join("x").exists(),
+        "nothing may start on invalid input"
+    );
+    assert_clean(pid);
+}
+
+#[test]
+fn missing_checkpoint_lists_the_ones_that_exist() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, out) = run(
+        LEARNER,
+        &["--checkpoint", "1250000", "--logdir", "nowhere"],
+        tmp.path(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("model-1250000.pt") && err.contains("no checkpoints"),
+        "{err}"
+    );
+}
+
+#[test]
+fn play_refuses_what_is_not_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let junk = tmp.path().join("junk.pt");
+    std::fs::write(&junk, b"this is not a checkpoint").unwrap();
+    for (path, needle) in [
+        (junk.to_str().unwrap(), "not a readable checkpoint"),
+        ("missing.pt", "no such file"),
+    ] {
+        let (_, out) = run(
+            PLAY,
+            &["--model", path],
+            tmp.path(),
+            Duration::from_secs(60),
+        );
+        assert_eq!(out.status.code(), Some(1));
+        let err = text(&out.stderr);
+        assert!(err.contains(needle) && err.contains(path), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn config_file_values_apply_and_unknown_keys_fail() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("bad.toml"), "n-step = 5\nprocesess = 3\n").unwrap();
+    let (_, out) = run(
+        LEARNER,
+        &["--config", "bad.toml"],
+        tmp.path(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("unknown key `procesess`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("valid keys") && err.contains("processes"),
+        "{err}"
+    );
+}

@@ -1,0 +1,6 @@
+//! Integration tests, one module per area (as ripgrep does).
+
+mod cli;
+mod e2e;
+mod queue;
+mod util;

@@ -1,0 +1,107 @@
+//! Helpers shared by the integration tests: running the binaries with a time limit, and
+//! checking that a run left no actor process and no shared-memory segment behind.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const LEARNER: &str = env!("CARGO_BIN_EXE_learner");
+pub const PLAY: &str = env!("CARGO_BIN_EXE_play");
+
+/// Runs `bin args` to completion within `limit` (killed and failed past it); returns its pid
+/// and output.
+pub fn run(bin: &str, args: &[&str], cwd: &Path, limit: Duration) -> (u32, Output) {
+    let child = Command::new(bin)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+    let pid = child.id();
+    let deadline = Instant::now() + limit;
+    let waiter = std::thread::spawn(move || child.wait_with_output());
+    while !waiter.is_finished() {
+        if Instant::now() > deadline {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let out = waiter.join().unwrap().unwrap();
+            panic!(
+                "{bin} {args:?} ran past {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (pid, waiter.join().unwrap().unwrap())
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Asserts the run succeeded, printing its output otherwise.
+pub fn assert_ok(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// Pids of live actor processes started by learner `pid` (their command line names it).
+pub fn actors_of(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{p}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| text(a)).collect();
+        if args.get(1).map(String::as_str) == Some("__actor")
+            && args.get(3) == Some(&pid.to_string())
+        {
+            found.push(p);
+        }
+    }
+    found
+}
+
+/// Shared-memory segments of learner `pid` still in /dev/shm.
+pub fn segments_of(pid: u32) -> Vec<String> {
+    let prefix = format!("async-rl-{pid}-");
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Asserts that learner `pid` left nothing behind (children get a moment to die).
+pub fn assert_clean(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !actors_of(pid).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        actors_of(pid),
+        Vec::<u32>::new(),
+        "actor processes of learner {pid} survive it"
+    );
+    assert_eq!(
+        segments_of(pid),
+        Vec::<String>::new(),
+        "segments of learner {pid} left in /dev/shm"
+    );
+}
