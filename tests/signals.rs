@@ -1,0 +1,123 @@
+//! Stopping a run from outside: SIGINT finishes with a checkpoint; a SIGKILLed learner takes
+//! its actors with it, and the next learner removes the segments it left.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::util::*;
+
+/// Starts a long learner run in `dir` and waits until its actors produce (a metrics row).
+fn start_learner(dir: &std::path::Path) -> std::process::Child {
+    let child = Command::new(LEARNER)
+        .args([
+            "--processes",
+            "2",
+            "--device",
+            "cpu",
+            "--logdir",
+            "run",
+            "--log-interval",
+            "0.5",
+            "--max-frames",
+            "100000000",
+        ])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let metrics = dir.join("run/metrics.csv");
+    while std::fs::read_to_string(&metrics)
+        .map(|t| t.lines().count() < 2)
+        .unwrap_or(true)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the learner produced no metrics within 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+fn wait_with_limit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the learner did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigint_stops_with_a_final_checkpoint_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = start_learner(tmp.path());
+    let pid = child.id();
+    assert_eq!(actors_of(pid).len(), 2);
+    kill(Pid::from_raw(pid as i32), Signal::SIGINT).unwrap();
+    let status = wait_with_limit(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+    assert!(
+        !async_rl::checkpoint::list(&tmp.path().join("run")).is_empty(),
+        "no final checkpoint"
+    );
+    assert_clean(pid);
+}
+
+#[test]
+fn killed_learner_takes_its_actors_and_its_segments_are_reclaimed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = start_learner(tmp.path());
+    let pid = child.id();
+    let actors = actors_of(pid);
+    assert_eq!(actors.len(), 2);
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !actors_of(pid).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "actors {:?} outlived their learner by 5 s",
+            actors_of(pid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !segments_of(pid).is_empty(),
+        "a SIGKILLed learner cannot unlink; expected leftovers to reclaim"
+    );
+    let (next, out) = run(
+        LEARNER,
+        &[
+            "--processes",
+            "1",
+            "--device",
+            "cpu",
+            "--logdir",
+            "run2",
+            "--max-frames",
+            "2000",
+        ],
+        tmp.path(),
+        Duration::from_secs(120),
+    );
+    assert_ok("next learner", &out);
+    // (Another test's learner may have reclaimed them first: the check is that they are gone.)
+    assert_eq!(
+        segments_of(pid),
+        Vec::<String>::new(),
+        "the dead learner's segments survive the next start"
+    );
+    assert_clean(next);
+}
