@@ -1,20 +1,19 @@
-//! `play`: loads a checkpoint and plays whole games with it; see `play --help`.
+//! `play`: loads a checkpoint and plays whole episodes with it; see `play --help`.
 //!
-//! Everything it needs (game, preprocessing, network) comes from the checkpoint. Games are
-//! played as evaluation plays them: the loss of a life is not terminal, the score is the
-//! unclipped game score, and a game ends at game over or the episode frame cap.
+//! Everything it needs (environment, preprocessing, network) comes from the checkpoint.
+//! Episodes are played as evaluation plays them: the loss of a life is not terminal, the score
+//! is the unclipped game score, and an episode ends at game over or its time limit.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use async_rl::actor::epsilon_greedy;
 use async_rl::config::DeviceChoice;
-use async_rl::env::atari::{AtariConfig, AtariEnv};
-use async_rl::{checkpoint, device, game, model::QNetwork};
+use async_rl::model::{obs_tensor, QNetwork};
+use async_rl::{checkpoint, device, env};
 use clap::Parser;
 use rand::{rngs::StdRng, SeedableRng};
-use tch::Tensor;
 
 /// Play Atari games with a trained checkpoint and report the scores.
 #[derive(Parser, Debug)]
@@ -59,28 +58,25 @@ fn play(args: &Args) -> Result<()> {
     let ckpt = checkpoint::load(&args.model)?;
     let st = &ckpt.state;
     let cfg = &st.config;
-    let spec = match &cfg.rom {
-        Some(_) => cfg.game_spec().map_err(anyhow::Error::msg)?,
-        None => game::resolve_game(&st.rom)
-            .with_context(|| format!("checkpoint {}: game `{}`", args.model.display(), st.rom))?,
-    };
-    let mut env = AtariEnv::new(&AtariConfig {
-        repeat_action_probability: cfg.sticky(&spec),
-        game: spec,
-        rom_path: cfg.rom.clone(),
-        seed: args.seed,
-        frame_skip: cfg.frame_skip,
-        noop_max: cfg.noop_max,
-        terminal_on_life_loss: false,
-        max_episode_frames: cfg.max_episode_frames,
-    })?;
-    if env.num_actions() != st.num_actions || env.obs_shape() != st.obs_shape {
+    let id = cfg
+        .env_id()
+        .map_err(|e| anyhow::anyhow!("checkpoint {}: {e}", args.model.display()))?;
+    // Evaluation: a lost life is not terminal; everything else as in training.
+    let mut settings = cfg.env_settings(args.seed);
+    settings.terminal_on_life_loss = false;
+    let mut env = env::make(&id, &settings)?;
+    if env.num_actions() != st.num_actions || env.obs_spec() != st.obs {
         bail!(
-            "checkpoint {}: trained with {} actions and observations {:?}, the game has {} and {:?}",
-            args.model.display(), st.num_actions, st.obs_shape, env.num_actions(), env.obs_shape()
+            "checkpoint {}: trained with {} actions and observations {:?}, {} has {} and {:?}",
+            args.model.display(),
+            st.num_actions,
+            st.obs,
+            id.name(),
+            env.num_actions(),
+            env.obs_spec()
         );
     }
-    let mut model = QNetwork::new(st.network, st.obs_shape, st.num_actions, device);
+    let mut model = QNetwork::new(st.network, st.obs, st.num_actions, device);
     model
         .load_named(&ckpt.params)
         .map_err(|e| anyhow::anyhow!("checkpoint {}: {e}", args.model.display()))?;
@@ -94,16 +90,13 @@ fn play(args: &Args) -> Result<()> {
     );
 
     let _no_grad = tch::no_grad_guard();
-    let shape = st.obs_shape.map(|d| d as i64);
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut q = vec![0f32; st.num_actions];
     let mut scores = Vec::with_capacity(args.episodes);
     for episode in 1..=args.episodes {
         env.reset();
         loop {
-            let x = Tensor::from_slice(env.obs())
-                .view([1, shape[0], shape[1], shape[2]])
-                .to_device(device);
+            let x = obs_tensor(st.obs, env.obs(), 1).to_device(device);
             model
                 .forward(&x)
                 .to_device(tch::Device::Cpu)

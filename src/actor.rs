@@ -5,18 +5,19 @@
 //! doing the gradient step: each actor keeps its last n (observation, action, clipped reward);
 //! when n are held, or a terminal state is reached, it computes their returns (see
 //! [`crate::returns`]) and pushes one transition per held step. The bootstrap value for a full
-//! segment is the greedy value of the next observation, taken from the forward pass that picks
-//! the next action anyway, so an actor runs one forward pass per agent step.
+//! segment comes from the forward pass that picks the next action anyway (max_a Q for
+//! Q-learning, Q of that action for SARSA), so an actor runs one forward pass per agent step.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ipc_channel::ipc::IpcSender;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use tch::{Device, Tensor};
+use tch::Device;
 
-use crate::env::atari::{AtariConfig, AtariEnv};
-use crate::model::QNetwork;
+use crate::env::{self, ObsSpec};
+use crate::model::{obs_tensor, resolve_network, QNetwork};
 use crate::protocol::{ActorInit, ActorMsg};
 use crate::returns::{bootstrap_value, n_step_returns};
 use crate::schedule;
@@ -44,10 +45,16 @@ impl Segment {
         self.actions.len()
     }
 
-    fn hold(&mut self, obs: &[u8], action: u32, clipped_reward: f32) {
+    /// Holds the observation and action of the step about to be taken.
+    fn hold(&mut self, obs: &[u8], action: u32) {
         let i = self.actions.len();
         self.obs[i].copy_from_slice(obs);
         self.actions.push(action);
+    }
+
+    /// Records the clipped reward of the step just taken.
+    fn reward(&mut self, clipped_reward: f32) {
+        debug_assert_eq!(self.rewards.len() + 1, self.actions.len());
         self.rewards.push(clipped_reward);
     }
 
@@ -92,10 +99,9 @@ pub fn epsilon_greedy(q: &[f32], epsilon: f64, rng: &mut impl Rng) -> usize {
     }
 }
 
-/// Q-values of one observation `[4, 84, 84]` u8 with the CPU network, into `out`.
-fn q_values(model: &QNetwork, obs: &[u8], shape: [usize; 3], out: &mut [f32]) {
-    let x = Tensor::from_slice(obs).view([1, shape[0] as i64, shape[1] as i64, shape[2] as i64]);
-    let q = model.forward(&x);
+/// Q-values of one observation with the CPU network, into `out`.
+fn q_values(model: &QNetwork, obs_spec: ObsSpec, obs: &[u8], out: &mut [f32]) {
+    let q = model.forward(&obs_tensor(obs_spec, obs, 1));
     q.copy_data(out, out.len());
 }
 
@@ -118,23 +124,15 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
     tch::manual_seed(init.seed as i64);
     let _no_grad = tch::no_grad_guard();
     let cfg = &init.config;
-    let spec = cfg.game_spec().map_err(anyhow::Error::msg)?;
-    let mut env = AtariEnv::new(&AtariConfig {
-        repeat_action_probability: cfg.sticky(&spec),
-        game: spec,
-        rom_path: cfg.rom.clone(),
-        seed: init.seed,
-        frame_skip: cfg.frame_skip,
-        noop_max: cfg.noop_max,
-        terminal_on_life_loss: cfg.terminal_on_life_loss,
-        max_episode_frames: cfg.max_episode_frames,
-    })
-    .context("starting the emulator")?;
+    let id = cfg.env_id().map_err(anyhow::Error::msg)?;
+    let mut env =
+        env::make(&id, &cfg.env_settings(init.seed)).context("starting the environment")?;
     let queue = ExperienceQueue::open(&init.queue).context("opening the experience queue")?;
     let snapshot = WeightSnapshot::open(&init.snapshot).context("opening the weight snapshot")?;
-    let shape = env.obs_shape();
+    let obs_spec = env.obs_spec();
     let num_actions = env.num_actions();
-    let mut model = QNetwork::new(cfg.network, shape, num_actions, Device::Cpu);
+    let network = resolve_network(cfg.network, obs_spec).map_err(anyhow::Error::msg)?;
+    let mut model = QNetwork::new(network, obs_spec, num_actions, Device::Cpu);
     let mut flat = vec![0f32; snapshot.numel()];
     anyhow::ensure!(
         flat.len() == model.numel(),
@@ -162,9 +160,17 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("reporting to the learner: {e:?}"))?;
 
     let mut rng = StdRng::seed_from_u64(init.seed ^ 0x5EED);
-    let mut segment = Segment::new(cfg.n_step, shape.iter().product());
+    let mut segment = Segment::new(cfg.n_step, obs_spec.bytes());
     let mut q = vec![0f32; num_actions];
     let frames = queue.frames();
+    let epsilon = |rng: &mut StdRng, q: &[f32]| {
+        let eps = schedule::epsilon(
+            init.final_epsilon,
+            cfg.eps_decay,
+            frames.load(Ordering::Relaxed),
+        );
+        epsilon_greedy(q, eps, rng)
+    };
     env.reset();
     loop {
         if queue.is_closed() {
@@ -174,36 +180,34 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
             version = snapshot.read_into(&mut flat)?;
             model.load_flat(&flat);
         }
-        q_values(&model, env.obs(), shape, &mut q);
+        q_values(&model, obs_spec, env.obs(), &mut q);
+        let action = epsilon(&mut rng, &q);
         if segment.len() == cfg.n_step {
-            // A full segment bootstraps with max_a Q(s_{t+n}, a): the values just computed.
-            match segment.flush(bootstrap_value(false, &q), cfg.gamma, &queue, init.lane) {
-                Err(PushError::Closed) => return Ok(()),
-                other => other?,
+            // A full segment bootstraps from this state: max_a Q(s, a), or Q(s, a) of the
+            // action just chosen for SARSA. These are the values computed for acting anyway.
+            let bootstrap = bootstrap_value(cfg.algorithm, &q, action);
+            if !pushed(segment.flush(bootstrap, cfg.gamma, &queue, init.lane))? {
+                return Ok(());
             }
         }
-        let epsilon = schedule::epsilon(
-            init.final_epsilon,
-            cfg.eps_decay,
-            frames.load(std::sync::atomic::Ordering::Relaxed),
-        );
-        let action = epsilon_greedy(&q, epsilon, &mut rng);
-        segment.hold(env.obs(), action as u32, 0.0);
+        segment.hold(env.obs(), action as u32);
         let step = env.step(action)?;
-        *segment.rewards.last_mut().expect("just held") = step.clipped_reward;
-        frames.fetch_add(step.frames as u64, std::sync::atomic::Ordering::Relaxed);
-        let flushed = if step.terminal {
-            segment.flush(0.0, cfg.gamma, &queue, init.lane)
+        segment.reward(step.clipped_reward);
+        frames.fetch_add(step.frames as u64, Ordering::Relaxed);
+        let bootstrap = if step.terminal {
+            Some(0.0)
         } else if step.truncated {
             // A time limit is not a terminal state: bootstrap from the last observation.
-            q_values(&model, env.obs(), shape, &mut q);
-            segment.flush(bootstrap_value(false, &q), cfg.gamma, &queue, init.lane)
+            q_values(&model, obs_spec, env.obs(), &mut q);
+            let next = epsilon(&mut rng, &q);
+            Some(bootstrap_value(cfg.algorithm, &q, next))
         } else {
-            Ok(())
+            None
         };
-        match flushed {
-            Err(PushError::Closed) => return Ok(()),
-            other => other?,
+        if let Some(b) = bootstrap {
+            if !pushed(segment.flush(b, cfg.gamma, &queue, init.lane))? {
+                return Ok(());
+            }
         }
         if step.game_over || step.truncated {
             let msg = ActorMsg::Episode {
@@ -216,6 +220,16 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("reporting to the learner: {e:?}"))?;
             env.reset();
         }
+    }
+}
+
+/// Ok(true) when the segment was pushed, Ok(false) when the learner closed the queue (the
+/// normal way to stop), and any other push error as an error.
+fn pushed(result: Result<(), PushError>) -> Result<bool> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(PushError::Closed) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::config::{Config, Network};
+use crate::env::ObsSpec;
 
 /// Bumped whenever the layout of a checkpoint changes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -23,14 +24,13 @@ pub const FORMAT_VERSION: u32 = 1;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainingState {
     pub format_version: u32,
-    /// ALE ROM stem, e.g. `breakout`.
-    pub rom: String,
-    /// Display name, e.g. `Breakout`.
+    /// Display name of the environment, e.g. `Breakout`, `CartPole`.
     pub game: String,
+    /// The network (resolved: never `auto`).
     pub network: Network,
     pub num_actions: usize,
-    /// Observation shape, `[4, 84, 84]` for Atari.
-    pub obs_shape: [usize; 3],
+    /// Observations: `Frames([4, 84, 84])` for Atari, `Vector(4)` for CartPole.
+    pub obs: ObsSpec,
     /// Emulator frames over all actors.
     pub frames: u64,
     /// Agent steps over all actors (frames / frame skip).

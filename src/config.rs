@@ -11,16 +11,21 @@ use std::path::{Path, PathBuf};
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::game;
+use crate::env::{self, EnvId, EnvSettings};
+pub use crate::returns::Algorithm;
 
 /// The Q-network architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
+    /// `nips` for frame observations, `mlp` for vector observations.
+    Auto,
     /// Mnih et al. 2013 (NIPS workshop) and the A3C paper: conv 16x8x8/4, conv 32x4x4/2, fc 256.
     Nips,
     /// Mnih et al. 2015 (Nature): conv 32x8x8/4, 64x4x4/2, 64x3x3/1, fc 512.
     Nature,
+    /// For vector observations (CartPole): fc 64, fc 64.
+    Mlp,
 }
 
 /// Where the learner's network lives. Actors always run on the CPU.
@@ -60,6 +65,9 @@ pub struct Config {
     /// Number of actor processes
     #[arg(long, default_value_t = 16)]
     pub processes: usize,
+    /// Learning rule: n-step Q-learning, or SARSA (bootstraps with the action taken next)
+    #[arg(long, value_enum, default_value_t = Algorithm::Q)]
+    pub algorithm: Algorithm,
     /// n of the n-step return (1 = 1-step Q-learning)
     #[arg(long, default_value_t = 5)]
     pub n_step: usize,
@@ -109,7 +117,7 @@ pub struct Config {
     #[arg(long, default_value_t = 80_000_000)]
     pub max_frames: u64,
     /// Q-network architecture
-    #[arg(long, value_enum, default_value_t = Network::Nips)]
+    #[arg(long, value_enum, default_value_t = Network::Auto)]
     pub network: Network,
     /// Device of the learner's network
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
@@ -291,38 +299,29 @@ pub fn table_keys() -> BTreeSet<&'static str> {
 }
 
 impl Config {
-    /// The game this config plays, resolved from `--game` (and `--rom`).
-    pub fn game_spec(&self) -> Result<game::GameSpec, String> {
-        if let Some(rom) = &self.rom {
-            let stem = game::validate_rom_file(rom).map_err(|e| format!("--rom: {e}"))?;
-            return Ok(game::GameSpec {
-                name: game::display_name(&stem),
-                rom: stem,
-                repeat_action_probability: None,
-            });
-        }
-        let spec = game::resolve_game(&self.game).map_err(|e| format!("--game: {e}"))?;
-        if game::bundled_rom(&spec.rom).is_none() {
-            return Err(format!(
-                "--game {}: ALE supports {} but its ROM is not bundled; pass --rom path/to/{}.bin",
-                self.game, spec.name, spec.rom
-            ));
-        }
-        Ok(spec)
+    /// The environment this config plays, resolved from `--game` (and `--rom`).
+    pub fn env_id(&self) -> Result<EnvId, String> {
+        env::resolve(&self.game, self.rom.as_deref())
     }
 
-    /// Sticky-action probability: the flag, else the Gym id's, else 0 (the DeepMind protocol).
-    pub fn sticky(&self, spec: &game::GameSpec) -> f32 {
-        self.repeat_action_probability
-            .or(spec.repeat_action_probability)
-            .unwrap_or(0.0)
+    /// Environment settings for an instance seeded with `seed`.
+    pub fn env_settings(&self, seed: u64) -> EnvSettings {
+        EnvSettings {
+            seed,
+            frame_skip: self.frame_skip,
+            noop_max: self.noop_max,
+            repeat_action_probability: self.repeat_action_probability,
+            terminal_on_life_loss: self.terminal_on_life_loss,
+            max_episode_frames: self.max_episode_frames,
+            rom: self.rom.clone(),
+        }
     }
 
     /// The run directory: `--logdir`, or `runs/<Game>`.
     pub fn run_dir(&self) -> PathBuf {
-        match (&self.logdir, self.game_spec()) {
+        match (&self.logdir, self.env_id()) {
             (Some(dir), _) => dir.clone(),
-            (None, Ok(spec)) => PathBuf::from("runs").join(spec.name),
+            (None, Ok(id)) => PathBuf::from("runs").join(id.name()),
             (None, Err(_)) => PathBuf::from("runs").join(&self.game),
         }
     }
@@ -435,7 +434,7 @@ impl Config {
                 self.log_interval
             ),
         );
-        if let Err(msg) = self.game_spec() {
+        if let Err(msg) = self.env_id() {
             e.push(msg);
         }
         if e.is_empty() {

@@ -14,15 +14,15 @@ use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::checkpoint::{self, TrainingState};
 use crate::config::{Config, Loss};
-use crate::env::atari::{AtariConfig, AtariEnv};
+use crate::device;
+use crate::env::{self, ObsSpec};
 use crate::metrics::{CsvWriter, Progress, ReturnWindow, Row};
-use crate::model::QNetwork;
+use crate::model::{obs_tensor, resolve_network, QNetwork};
 use crate::optim::{clip_grad_norm, zero_grad, RmsProp};
 use crate::protocol::{actor_seed, ActorInit, ActorMsg};
 use crate::schedule;
 use crate::shm::{self, Batch, ExperienceQueue, SlotLayout, WeightSnapshot};
 use crate::supervisor::{self, ActorProcess};
-use crate::{device, game};
 
 /// Run counters, saved in checkpoints.
 #[derive(Clone, Copy, Debug, Default)]
@@ -39,7 +39,9 @@ struct Trainer {
     model: QNetwork,
     optim: RmsProp,
     device: Device,
-    obs_shape: [usize; 3],
+    obs: ObsSpec,
+    /// Display name of the environment.
+    game: String,
 }
 
 /// Loss and mean max-Q of one update.
@@ -51,11 +53,9 @@ struct UpdateStats {
 impl Trainer {
     /// One regression step of Q(s_i, a_i) towards R_i on `batch`.
     fn update(&mut self, batch: &Batch, cfg: &Config, lr: f64) -> UpdateStats {
-        let b = batch.len() as i64;
-        let [c, h, w] = self.obs_shape.map(|d| d as i64);
-        let obs = Tensor::from_slice(&batch.obs[..batch.len() * (c * h * w) as usize])
-            .view([b, c, h, w])
-            .to_device(self.device);
+        let n = batch.len();
+        let obs =
+            obs_tensor(self.obs, &batch.obs[..n * self.obs.bytes()], n).to_device(self.device);
         let actions = Tensor::from_slice(&batch.actions[..batch.len()]).to_device(self.device);
         let returns = Tensor::from_slice(&batch.returns[..batch.len()]).to_device(self.device);
         let q = self.model.forward(&obs);
@@ -85,7 +85,7 @@ pub fn run(
     resume: Option<checkpoint::Checkpoint>,
     stop: Arc<AtomicBool>,
 ) -> Result<()> {
-    let spec = cfg.game_spec().map_err(anyhow::Error::msg)?;
+    let id = cfg.env_id().map_err(anyhow::Error::msg)?;
     let run_dir = cfg.run_dir();
     std::fs::create_dir_all(&run_dir).with_context(|| {
         format!(
@@ -106,37 +106,40 @@ pub fn run(
         println!("--device auto: using the CPU ({reason})");
     }
     println!(
-        "learner on {}; game {} ({} actors, n-step {})",
+        "learner on {}; game {} ({} actors, {:?} with n-step {})",
         device::describe(device),
-        spec.name,
+        id.name(),
         cfg.processes,
+        cfg.algorithm,
         cfg.n_step
     );
 
-    // The action count and observation shape come from the game itself.
-    let probe = AtariEnv::new(&atari_config(&cfg, &spec, cfg.seed)).context("loading the game")?;
-    let (num_actions, obs_shape) = (probe.num_actions(), probe.obs_shape());
+    // The action count and observation shape come from the environment itself.
+    let probe = env::make(&id, &cfg.env_settings(cfg.seed)).context("starting the environment")?;
+    let (num_actions, obs) = (probe.num_actions(), probe.obs_spec());
     drop(probe);
+    let network = resolve_network(cfg.network, obs).map_err(anyhow::Error::msg)?;
 
-    let model = QNetwork::new(cfg.network, obs_shape, num_actions, device);
+    let model = QNetwork::new(network, obs, num_actions, device);
     let optim = RmsProp::new(model.params(), cfg.rms_decay, cfg.rms_eps);
     let mut trainer = Trainer {
         model,
         optim,
         device,
-        obs_shape,
+        obs,
+        game: id.name().to_string(),
     };
     let mut counters = Counters::default();
     if let Some(ckpt) = resume {
         let st = &ckpt.state;
-        if st.rom != spec.rom
-            || st.network != cfg.network
+        if st.game != id.name()
+            || st.network != network
             || st.num_actions != num_actions
-            || st.obs_shape != obs_shape
+            || st.obs != obs
         {
             bail!(
                 "--checkpoint: trained on {} with the {:?} network ({} actions); this run is {} with {:?} ({} actions)",
-                st.game, st.network, st.num_actions, spec.name, cfg.network, num_actions
+                st.game, st.network, st.num_actions, id.name(), network, num_actions
             );
         }
         trainer
@@ -168,7 +171,7 @@ pub fn run(
 
     // Shared memory: the queue (one lane per actor) and the weight snapshot.
     let layout = SlotLayout {
-        obs_bytes: obs_shape.iter().product(),
+        obs_bytes: obs.bytes(),
     };
     let queue = ExperienceQueue::create(
         &shm::segment_name("queue"),
@@ -246,49 +249,25 @@ pub fn run(
     }
     counters.frames = queue.frames().load(Ordering::Relaxed);
     if counters.updates > started.updates || counters.frames > started.frames {
-        let path = save(
-            &cfg,
-            &spec,
-            &trainer,
-            num_actions,
-            obs_shape,
-            &counters,
-            &run_dir,
-        )?;
+        let path = save(&cfg, &trainer, &counters, &run_dir)?;
         println!("saved {}", path.display());
     }
     outcome
 }
 
-fn atari_config(cfg: &Config, spec: &game::GameSpec, seed: u64) -> AtariConfig {
-    AtariConfig {
-        game: spec.clone(),
-        rom_path: cfg.rom.clone(),
-        seed,
-        frame_skip: cfg.frame_skip,
-        noop_max: cfg.noop_max,
-        repeat_action_probability: cfg.sticky(spec),
-        terminal_on_life_loss: cfg.terminal_on_life_loss,
-        max_episode_frames: cfg.max_episode_frames,
-    }
-}
-
+/// Writes checkpoint `model-<frames>.pt` of the run's current state.
 fn save(
     cfg: &Config,
-    spec: &game::GameSpec,
     trainer: &Trainer,
-    num_actions: usize,
-    obs_shape: [usize; 3],
     c: &Counters,
     run_dir: &std::path::Path,
 ) -> Result<std::path::PathBuf> {
     let state = TrainingState {
         format_version: checkpoint::FORMAT_VERSION,
-        rom: spec.rom.clone(),
-        game: spec.name.clone(),
-        network: cfg.network,
-        num_actions,
-        obs_shape,
+        game: trainer.game.clone(),
+        network: trainer.model.arch(),
+        num_actions: trainer.model.num_actions(),
+        obs: trainer.obs,
         frames: c.frames,
         steps: c.steps,
         updates: c.updates,
@@ -315,7 +294,6 @@ fn train(
     stop: &AtomicBool,
     run_dir: &std::path::Path,
 ) -> Result<()> {
-    let spec = cfg.game_spec().map_err(anyhow::Error::msg)?;
     let mut csv = CsvWriter::open(&run_dir.join("metrics.csv"))
         .with_context(|| format!("--logdir {}: cannot write metrics.csv", run_dir.display()))?;
     let progress = Progress::new(c.frames, cfg.max_frames);
@@ -382,15 +360,7 @@ fn train(
             }
             if c.frames >= next_save {
                 c.wall_s = wall0 + start.elapsed().as_secs_f64();
-                let path = save(
-                    cfg,
-                    &spec,
-                    trainer,
-                    trainer.model.num_actions(),
-                    trainer.obs_shape,
-                    c,
-                    run_dir,
-                )?;
+                let path = save(cfg, trainer, c, run_dir)?;
                 progress.println(&format!("saved {}", path.display()));
                 next_save = (c.frames / cfg.save_freq + 1) * cfg.save_freq;
             }

@@ -5,11 +5,12 @@
 //! preprocessing), [`game`] (game names and ROMs), [`model`] (the Q-networks), [`returns`] and
 //! [`schedule`] (the RL math), [`optim`] (RMSProp), [`shm`] (the experience queue and weight
 //! snapshot in shared memory), [`actor`] and [`learner`] (the two loops), [`supervisor`] and
-//! [`signals`] (process management), [`protocol`] (ipc messages), [`checkpoint`], [`metrics`],
+//! [`signals`] (process management), [`cli`] (the learner's command line), [`protocol`] (ipc messages), [`checkpoint`], [`metrics`],
 //! [`config`] and [`device`].
 
 pub mod actor;
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod device;
 pub mod env;

@@ -1,6 +1,7 @@
 //! The Q-networks: `nips` (Mnih et al. 2013; the A3C paper's network) and `nature` (Mnih et al.
-//! 2015). Inputs are u8 frames `[batch, 4, 84, 84]`; the scaling by 1/255 happens inside the
-//! model, so an exported model is whole. Outputs are Q-values `[batch, num_actions]` f32.
+//! 2015) for u8 frames `[batch, 4, 84, 84]`, scaled by 1/255 inside the model so an exported
+//! model is whole; `mlp` (two hidden layers of 64) for f32 vectors `[batch, n]` such as
+//! CartPole's. Outputs are Q-values `[batch, num_actions]` f32.
 //!
 //! Parameters are kept in a fixed order (sorted by name) so the learner can flatten them into
 //! a weight snapshot and actors can load the same flat vector back.
@@ -8,6 +9,39 @@
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 
 use crate::config::Network;
+use crate::env::ObsSpec;
+
+/// Resolves `--network` for observations `obs`: `auto` is `nips` for frames and `mlp` for
+/// vectors; the convolutional networks need frames, the MLP vectors.
+pub fn resolve_network(choice: Network, obs: ObsSpec) -> Result<Network, String> {
+    match (choice, obs) {
+        (Network::Auto, ObsSpec::Frames(_)) => Ok(Network::Nips),
+        (Network::Auto, ObsSpec::Vector(_)) => Ok(Network::Mlp),
+        (Network::Nips | Network::Nature, ObsSpec::Frames(_))
+        | (Network::Mlp, ObsSpec::Vector(_)) => Ok(choice),
+        (n, obs) => Err(format!(
+            "--network {}: does not fit observations {obs:?}; use {} (or auto)",
+            format!("{n:?}").to_lowercase(),
+            if matches!(obs, ObsSpec::Frames(_)) {
+                "nips or nature"
+            } else {
+                "mlp"
+            }
+        )),
+    }
+}
+
+/// A batch of `batch` observations from their bytes (`batch * obs.bytes()` long): u8
+/// `[batch, c, h, w]` for frames, f32 `[batch, n]` for vectors.
+pub fn obs_tensor(obs: ObsSpec, bytes: &[u8], batch: usize) -> Tensor {
+    let b = batch as i64;
+    match obs {
+        ObsSpec::Frames([c, h, w]) => {
+            Tensor::from_slice(bytes).view([b, c as i64, h as i64, w as i64])
+        }
+        ObsSpec::Vector(n) => Tensor::from_data_size(bytes, &[b, n as i64], Kind::Float),
+    }
+}
 
 /// A Q-network and the variable store that owns its parameters.
 pub struct QNetwork {
@@ -20,12 +54,15 @@ pub struct QNetwork {
 }
 
 impl QNetwork {
-    /// Builds `arch` for observations of shape `obs_shape` (`[4, 84, 84]` for Atari) and
-    /// `num_actions` outputs on `device`, with libtorch's default initialisation.
-    pub fn new(arch: Network, obs_shape: [usize; 3], num_actions: usize, device: Device) -> Self {
+    /// Builds `arch` (resolved: not `auto`; see [`resolve_network`]) for observations `obs`
+    /// and `num_actions` outputs on `device`, with libtorch's default initialisation.
+    pub fn new(arch: Network, obs: ObsSpec, num_actions: usize, device: Device) -> Self {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
-        let [c, h, w] = obs_shape.map(|d| d as i64);
+        let [c, h, w] = match obs {
+            ObsSpec::Frames(s) => s.map(|d| d as i64),
+            ObsSpec::Vector(n) => [n as i64, 1, 1],
+        };
         let conv = |p: nn::Path, i, o, k, s| {
             nn::conv2d(
                 p,
@@ -78,6 +115,15 @@ impl QNetwork {
                     .add_fn(|x| x.relu())
                     .add(nn::linear(&root / "q", 512, a, Default::default()))
             }
+            Network::Mlp => nn::seq()
+                .add(nn::linear(&root / "fc1", c * h * w, 64, Default::default()))
+                .add_fn(|x| x.relu())
+                .add(nn::linear(&root / "fc2", 64, 64, Default::default()))
+                .add_fn(|x| x.relu())
+                .add(nn::linear(&root / "q", 64, a, Default::default())),
+            Network::Auto => {
+                unreachable!("QNetwork::new takes a resolved network (see resolve_network)")
+            }
         };
         let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
@@ -102,10 +148,15 @@ impl QNetwork {
         self.vs.device()
     }
 
-    /// Q-values `[batch, num_actions]` f32 for u8 observations `[batch, 4, 84, 84]`.
+    /// Q-values `[batch, num_actions]` f32 for observations from [`obs_tensor`]: u8 frames
+    /// (scaled by 1/255 here) or f32 vectors.
     pub fn forward(&self, obs: &Tensor) -> Tensor {
-        let x = obs.to_kind(Kind::Float) * (1.0 / 255.0);
-        self.net.forward(&x)
+        if obs.kind() == Kind::Uint8 {
+            self.net
+                .forward(&(obs.to_kind(Kind::Float) * (1.0 / 255.0)))
+        } else {
+            self.net.forward(obs)
+        }
     }
 
     /// Parameters in snapshot order (sorted by name).
@@ -180,20 +231,51 @@ mod tests {
 
     #[test]
     fn shapes_and_parameter_counts() {
-        let nips = QNetwork::new(Network::Nips, [4, 84, 84], 4, Device::Cpu);
+        let frames = ObsSpec::Frames([4, 84, 84]);
+        let nips = QNetwork::new(Network::Nips, frames, 4, Device::Cpu);
         // conv1 4*16*64+16, conv2 16*32*16+32, fc 2592*256+256, q 256*4+4
         assert_eq!(nips.numel(), 4112 + 8224 + 663_808 + 1028);
         let x = Tensor::zeros([3, 4, 84, 84], (Kind::Uint8, Device::Cpu));
         assert_eq!(nips.forward(&x).size(), vec![3, 4]);
-        let nature = QNetwork::new(Network::Nature, [4, 84, 84], 6, Device::Cpu);
+        let nature = QNetwork::new(Network::Nature, frames, 6, Device::Cpu);
         assert_eq!(nature.forward(&x).size(), vec![3, 6]);
+        let mlp = QNetwork::new(Network::Mlp, ObsSpec::Vector(4), 2, Device::Cpu);
+        assert_eq!(mlp.numel(), 4 * 64 + 64 + 64 * 64 + 64 + 64 * 2 + 2);
+        let bytes: Vec<u8> = [0.1f32, -0.2, 0.3, 0.0, 1.0, 2.0, 3.0, 4.0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        let v = obs_tensor(ObsSpec::Vector(4), &bytes, 2);
+        assert_eq!(v.size(), vec![2, 4]);
+        assert_eq!(v.double_value(&[1, 2]), 3.0);
+        assert_eq!(mlp.forward(&v).size(), vec![2, 2]);
+    }
+
+    #[test]
+    fn auto_network_follows_the_observations() {
+        let frames = ObsSpec::Frames([4, 84, 84]);
+        assert_eq!(resolve_network(Network::Auto, frames), Ok(Network::Nips));
+        assert_eq!(
+            resolve_network(Network::Auto, ObsSpec::Vector(4)),
+            Ok(Network::Mlp)
+        );
+        assert_eq!(
+            resolve_network(Network::Nature, frames),
+            Ok(Network::Nature)
+        );
+        assert!(resolve_network(Network::Mlp, frames)
+            .unwrap_err()
+            .contains("--network mlp"));
+        assert!(resolve_network(Network::Nips, ObsSpec::Vector(4))
+            .unwrap_err()
+            .contains("use mlp"));
     }
 
     #[test]
     fn flat_round_trip_reproduces_outputs() {
         tch::manual_seed(1);
-        let a = QNetwork::new(Network::Nips, [4, 84, 84], 4, Device::Cpu);
-        let mut b = QNetwork::new(Network::Nips, [4, 84, 84], 4, Device::Cpu);
+        let a = QNetwork::new(Network::Nips, ObsSpec::Frames([4, 84, 84]), 4, Device::Cpu);
+        let mut b = QNetwork::new(Network::Nips, ObsSpec::Frames([4, 84, 84]), 4, Device::Cpu);
         let x = Tensor::randint(256, [2, 4, 84, 84], (Kind::Uint8, Device::Cpu));
         assert!(!a.forward(&x).allclose(&b.forward(&x), 1e-6, 1e-6, false));
         let mut flat = vec![0f32; a.numel()];

@@ -13,6 +13,22 @@
 //! and walks back `R = r_i + gamma * R`, so the most recent step gets a 1-step return and the
 //! oldest an n-step return. Each (s_i, a_i, R_i) becomes one transition in the queue; the
 //! learner regresses Q(s_i, a_i) towards R_i. The snapshot plays the role of the target network.
+//!
+//! SARSA (Rummery & Niranjan 1994; the paper's 1-step SARSA, and its n-step form) bootstraps
+//! instead with Q(s_{t+n}, a_{t+n}) for the action the actor really takes there. A time-limit
+//! truncation is not terminal: it bootstraps like any other cut of the segment.
+
+use serde::{Deserialize, Serialize};
+
+/// The learning rule: which value a segment bootstraps from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    /// n-step Q-learning: max_a Q(s', a).
+    Q,
+    /// SARSA: Q(s', a') for the action a' taken next (n-step SARSA for n > 1).
+    Sarsa,
+}
 
 /// Writes the discounted returns of `rewards` (oldest first) into `out`, bootstrapped with
 /// `bootstrap` after the last reward: `out[i] = sum_{k=i}^{n-1} gamma^(k-i) r_k
@@ -27,14 +43,14 @@ pub fn n_step_returns(rewards: &[f32], bootstrap: f32, gamma: f32, out: &mut [f3
     }
 }
 
-/// The bootstrap value for a held segment: 0 if the segment ended in a terminal state, else the
-/// greedy value max_a Q(s_{t+n}, a) of the state after it (a time-limit truncation is not
-/// terminal and bootstraps).
-pub fn bootstrap_value(terminal: bool, next_q: &[f32]) -> f32 {
-    if terminal {
-        0.0
-    } else {
-        next_q.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+/// The bootstrap value of a segment that did not end in a terminal state (pass 0 for a
+/// terminal one): given the snapshot's Q-values `next_q` of the state after the segment and
+/// the action `next_action` the actor takes there, `max_a Q(s', a)` for Q-learning and
+/// `Q(s', a')` for SARSA.
+pub fn bootstrap_value(algorithm: Algorithm, next_q: &[f32], next_action: usize) -> f32 {
+    match algorithm {
+        Algorithm::Q => next_q.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        Algorithm::Sarsa => next_q[next_action],
     }
 }
 
@@ -57,19 +73,67 @@ mod tests {
 
     #[test]
     fn terminal_does_not_bootstrap() {
-        let q = [3.0, 7.0, -1.0];
+        // A segment ending in a terminal state gets bootstrap 0, whatever Q says.
         let mut out = [0.0; 2];
-        n_step_returns(&[1.0, 1.0], bootstrap_value(true, &q), 0.9, &mut out);
+        n_step_returns(&[1.0, 1.0], 0.0, 0.9, &mut out);
         assert!(close(&out, &[1.9, 1.0]), "{out:?}");
     }
 
     #[test]
-    fn non_terminal_bootstraps_with_the_greedy_value() {
+    fn q_learning_bootstraps_with_the_greedy_value() {
         let q = [3.0, 7.0, -1.0];
-        assert_eq!(bootstrap_value(false, &q), 7.0);
+        // The action taken next does not matter to Q-learning.
+        assert_eq!(bootstrap_value(Algorithm::Q, &q, 2), 7.0);
         let mut out = [0.0; 1];
-        n_step_returns(&[-1.0], bootstrap_value(false, &q), 0.99, &mut out);
+        n_step_returns(
+            &[-1.0],
+            bootstrap_value(Algorithm::Q, &q, 0),
+            0.99,
+            &mut out,
+        );
         assert!(close(&out, &[-1.0 + 0.99 * 7.0]), "{out:?}");
+    }
+
+    #[test]
+    fn sarsa_bootstraps_with_the_action_taken() {
+        let q = [3.0, 7.0, -1.0];
+        assert_eq!(bootstrap_value(Algorithm::Sarsa, &q, 0), 3.0);
+        assert_eq!(bootstrap_value(Algorithm::Sarsa, &q, 2), -1.0);
+        // 1-step SARSA target: r + gamma * Q(s', a') = 0.5 + 0.9 * -1 = -0.4
+        let mut out = [0.0; 1];
+        n_step_returns(
+            &[0.5],
+            bootstrap_value(Algorithm::Sarsa, &q, 2),
+            0.9,
+            &mut out,
+        );
+        assert!(close(&out, &[-0.4]), "{out:?}");
+    }
+
+    #[test]
+    fn truncation_bootstraps_but_termination_does_not() {
+        // CartPole: reward 1 per step, gamma 0.9, the last state valued 10 by the snapshot.
+        let q = [10.0, 4.0];
+        let (mut truncated, mut terminated) = ([0.0; 2], [0.0; 2]);
+        n_step_returns(
+            &[1.0, 1.0],
+            bootstrap_value(Algorithm::Q, &q, 1),
+            0.9,
+            &mut truncated,
+        );
+        n_step_returns(&[1.0, 1.0], 0.0, 0.9, &mut terminated);
+        // truncated: R1 = 1 + 0.9*10 = 10, R0 = 1 + 0.9*10 = 10; terminated: 1.9, 1
+        assert!(close(&truncated, &[10.0, 10.0]), "{truncated:?}");
+        assert!(close(&terminated, &[1.9, 1.0]), "{terminated:?}");
+        // SARSA after a truncation takes the next action's value: R1 = 1 + 0.9*4 = 4.6.
+        let mut sarsa = [0.0; 1];
+        n_step_returns(
+            &[1.0],
+            bootstrap_value(Algorithm::Sarsa, &q, 1),
+            0.9,
+            &mut sarsa,
+        );
+        assert!(close(&sarsa, &[4.6]), "{sarsa:?}");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::ale::{Ale, AleSettings};
-use super::EnvError;
+use super::{EnvError, Environment, ObsSpec, Step};
 use crate::game::{self, GameSpec};
 use crate::preprocess::{
     clip_reward, max_pool, FrameStack, Resizer, FRAME_LEN, OBS_H, OBS_W, SCREEN_H, SCREEN_W, STACK,
@@ -96,26 +96,6 @@ impl AtariConfig {
             max_episode_frames: 108_000,
         }
     }
-}
-
-/// Outcome of one agent step.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Step {
-    /// Raw game score gained during this step.
-    pub reward: f32,
-    /// `reward` sign-clipped to {-1, 0, +1}, for training.
-    pub clipped_reward: f32,
-    /// Terminal for training: game over, or a life lost when
-    /// `terminal_on_life_loss`. Not set by truncation alone.
-    pub terminal: bool,
-    /// The game itself ended; call [`AtariEnv::reset`] before stepping again.
-    pub game_over: bool,
-    /// The episode hit `max_episode_frames`; call [`AtariEnv::reset`] before
-    /// stepping again (bootstrap from the last observation when learning).
-    pub truncated: bool,
-    /// Emulator frames this step took: `frame_skip`, or fewer if the game
-    /// ended mid-step.
-    pub frames: u32,
 }
 
 /// One emulator with DeepMind preprocessing. Observations are
@@ -383,3 +363,33 @@ impl AtariEnv {
 #[cfg(test)]
 #[path = "atari_tests.rs"]
 mod tests;
+
+impl Environment for AtariEnv {
+    fn obs_spec(&self) -> ObsSpec {
+        ObsSpec::Frames(AtariEnv::obs_shape(self))
+    }
+
+    fn num_actions(&self) -> usize {
+        AtariEnv::num_actions(self)
+    }
+
+    fn reset(&mut self) {
+        AtariEnv::reset(self);
+    }
+
+    fn obs(&self) -> &[u8] {
+        AtariEnv::obs(self)
+    }
+
+    fn step(&mut self, action: usize) -> Result<Step, EnvError> {
+        AtariEnv::step(self, action)
+    }
+
+    fn episode_return(&self) -> f32 {
+        AtariEnv::episode_return(self)
+    }
+
+    fn episode_frames(&self) -> u64 {
+        AtariEnv::episode_frames(self)
+    }
+}

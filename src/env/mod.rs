@@ -1,16 +1,21 @@
-//! The Atari environment the learners act in.
+//! The environments actors act in, behind one interface: [`Environment`].
 //!
-//! Split in two so that all `unsafe` code lives in one small file:
-//! [`ale`] is a thin safe wrapper over ALE 0.6's C API (from `ale-sys`), and
-//! [`atari`] builds DeepMind's Nature DQN preprocessing on top of it.
+//! Two implementations ship: Atari games ([`atari`], DeepMind's preprocessing over [`ale`], a
+//! thin safe wrapper of ALE 0.6's C API that holds all the `unsafe` code) and CartPole-v1
+//! ([`cartpole`], pure Rust). Users add their own by implementing [`Environment`] and
+//! registering a factory under a name with [`register`] (see [`registry`]).
 
 pub mod ale;
 pub mod atari;
+pub mod cartpole;
+pub mod registry;
 
 use std::path::PathBuf;
 
 pub use self::ale::{Ale, AleError, AleSettings};
-pub use self::atari::{AtariConfig, AtariEnv, Step};
+pub use self::atari::{AtariConfig, AtariEnv};
+pub use self::cartpole::CartPole;
+pub use self::registry::{make, register, resolve, EnvFactory, EnvId, EnvSettings};
 
 use crate::game::GameError;
 use crate::preprocess::ShapeError;
@@ -67,4 +72,68 @@ pub enum EnvError {
     /// Internal buffer shape mismatch (a bug, reported rather than panicking).
     #[error(transparent)]
     Shape(#[from] ShapeError),
+    /// An error of a user-registered environment.
+    #[error("{0}")]
+    Custom(String),
+}
+
+/// Outcome of one agent step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Step {
+    /// Raw game score gained during this step.
+    pub reward: f32,
+    /// `reward` sign-clipped to {-1, 0, +1}, for training.
+    pub clipped_reward: f32,
+    /// Terminal for training: game over, or a life lost when
+    /// `terminal_on_life_loss`. Not set by truncation alone.
+    pub terminal: bool,
+    /// The game itself ended; call `reset` before stepping again.
+    pub game_over: bool,
+    /// The episode hit `max_episode_frames`; call `reset` before
+    /// stepping again (bootstrap from the last observation when learning).
+    pub truncated: bool,
+    /// Emulator frames this step took: `frame_skip`, or fewer if the game
+    /// ended mid-step.
+    pub frames: u32,
+}
+
+/// What an environment's observations are, and so how a transition's observation bytes are
+/// read (the queue's slots and the model's input).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ObsSpec {
+    /// Stacked u8 frames `[channels, height, width]` (Atari: `[4, 84, 84]`); the model scales
+    /// them by 1/255.
+    Frames([usize; 3]),
+    /// A vector of `n` f32 features, stored as native-endian bytes (CartPole: 4).
+    Vector(usize),
+}
+
+impl ObsSpec {
+    /// Bytes of one observation.
+    pub fn bytes(&self) -> usize {
+        match self {
+            ObsSpec::Frames(s) => s.iter().product(),
+            ObsSpec::Vector(n) => 4 * n,
+        }
+    }
+}
+
+/// An environment: a Markov decision process with discrete actions, stepped one agent step at
+/// a time. Not required to be `Send`: each actor builds its own.
+pub trait Environment {
+    /// Shape and type of the observations.
+    fn obs_spec(&self) -> ObsSpec;
+    /// Number of discrete actions; actions are `0..num_actions()`.
+    fn num_actions(&self) -> usize;
+    /// Starts a new episode; `obs()` is then its first observation.
+    fn reset(&mut self);
+    /// The current observation, `obs_spec().bytes()` long.
+    fn obs(&self) -> &[u8];
+    /// One agent step. After a step with `game_over` or `truncated`, call `reset` first.
+    /// Errors: an action out of range, a step after the episode ended, the simulator's own.
+    fn step(&mut self, action: usize) -> Result<Step, EnvError>;
+    /// Unclipped score of the current episode so far.
+    fn episode_return(&self) -> f32;
+    /// Frames of the current episode so far (for Atari, emulator frames; else steps).
+    fn episode_frames(&self) -> u64;
 }

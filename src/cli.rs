@@ -1,0 +1,91 @@
+//! The learner's command line as a library function, so that a binary of the user's own (one
+//! that registers extra environments) runs exactly what `learner` runs.
+
+use std::process::ExitCode;
+
+use crate::config::{self, Config, DeviceChoice};
+use crate::{actor, checkpoint, device, env, game, learner, signals, supervisor};
+
+/// The `learner` command line: trains (see `learner --help`), or runs as an actor when
+/// re-executed by a learner. Call it from your own `main` after registering environments with
+/// [`crate::env::register`]; exit codes: 0 success, 1 runtime failure, 2 invalid input.
+pub fn learner_main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(supervisor::ACTOR_ARG) {
+        return actor_main(&args);
+    }
+    let (cli, explicit) = config::parse_args();
+    if cli.list_games {
+        for name in env::registry::registered_names() {
+            println!("{name}");
+        }
+        for rom in game::SUPPORTED_ROMS {
+            let bundled = if game::bundled_rom(rom).is_some() {
+                ""
+            } else {
+                "  (needs --rom)"
+            };
+            println!("{}{bundled}", game::display_name(rom));
+        }
+        return ExitCode::SUCCESS;
+    }
+    // libtorch_cuda must be loaded before any tensor work, a checkpoint read included.
+    if !(explicit.contains("device") && cli.device == DeviceChoice::Cpu) {
+        let _ = device::load_cuda();
+    }
+    match prepare(&cli, &explicit) {
+        Ok((cfg, resume)) => {
+            let stop = match signals::install() {
+                Ok(s) => s,
+                Err(e) => return fail(1, &format!("installing signal handlers: {e}")),
+            };
+            match learner::run(cfg, resume, stop) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(1, &format!("{e:#}")),
+            }
+        }
+        Err(e) => fail(2, &format!("{e:#}")),
+    }
+}
+
+/// Merges defaults, a resumed checkpoint's config, the config file and the flags; validates.
+fn prepare(
+    cli: &Config,
+    explicit: &std::collections::BTreeSet<String>,
+) -> anyhow::Result<(Config, Option<checkpoint::Checkpoint>)> {
+    let file = cli
+        .config
+        .as_ref()
+        .map(|p| config::read_file(p).map(|t| (p.clone(), t)))
+        .transpose()?;
+    let file_ref = file.as_ref().map(|(p, t)| (p.as_path(), t));
+    let fresh = config::merge(&Config::default(), file_ref, cli, explicit)?;
+    let Some(spec) = &cli.checkpoint else {
+        fresh.validate()?;
+        return Ok((fresh, None));
+    };
+    let path = checkpoint::resolve(&fresh.run_dir(), spec)?;
+    let ckpt = checkpoint::load(&path)?;
+    let cfg = config::merge(&ckpt.state.config, file_ref, cli, explicit)?;
+    cfg.validate()?;
+    println!("resuming from {}", path.display());
+    Ok((cfg, Some(ckpt)))
+}
+
+fn actor_main(args: &[String]) -> ExitCode {
+    let (Some(server), Some(pid)) = (args.get(2), args.get(3).and_then(|p| p.parse().ok())) else {
+        return fail(
+            2,
+            "actor: usage: learner __actor <server> <learner-pid> (started by the learner only)",
+        );
+    };
+    match supervisor::actor_handshake(server, pid).and_then(actor::run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, &format!("actor: {e:#}")),
+    }
+}
+
+fn fail(code: u8, msg: &str) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(code)
+}

@@ -1,0 +1,223 @@
+//! Environments by name: `--game` resolves to a registered environment (CartPole is built in)
+//! or, failing that, to an Atari game; [`make`] builds it.
+//!
+//! To add an environment, implement [`Environment`] and register a factory before the learner's
+//! command line runs, in your own binary (actors re-execute that same binary, so they see the
+//! registration too):
+//!
+//! ```no_run
+//! use async_rl::env::{self, EnvError, EnvSettings, Environment};
+//! # struct MyEnv;
+//! # impl MyEnv { fn new(_seed: u64) -> Self { MyEnv } }
+//! # impl Environment for MyEnv {
+//! #     fn obs_spec(&self) -> env::ObsSpec { env::ObsSpec::Vector(1) }
+//! #     fn num_actions(&self) -> usize { 2 }
+//! #     fn reset(&mut self) {}
+//! #     fn obs(&self) -> &[u8] { &[0; 4] }
+//! #     fn step(&mut self, _: usize) -> Result<env::Step, EnvError> { Err(EnvError::EpisodeOver) }
+//! #     fn episode_return(&self) -> f32 { 0.0 }
+//! #     fn episode_frames(&self) -> u64 { 0 }
+//! # }
+//! fn main() -> std::process::ExitCode {
+//!     env::register("MyEnv", |s: &EnvSettings| Ok(Box::new(MyEnv::new(s.seed))));
+//!     async_rl::cli::learner_main() // then: my-learner --game MyEnv
+//! }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use super::atari::{AtariConfig, AtariEnv};
+use super::cartpole::{self, CartPole};
+use super::{EnvError, Environment};
+use crate::game::{self, GameSpec};
+
+/// Settings every environment is built with (from the run's config). Environments use what
+/// applies to them: CartPole only `seed`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EnvSettings {
+    /// Seed of this environment instance (each actor has its own).
+    pub seed: u64,
+    /// Atari: emulator frames per agent step.
+    pub frame_skip: u32,
+    /// Atari: up to this many no-op frames at the start of a game.
+    pub noop_max: u32,
+    /// Atari: sticky-action probability; None = the Gym id's, else 0.
+    pub repeat_action_probability: Option<f32>,
+    /// Atari: a lost life is terminal for training.
+    pub terminal_on_life_loss: bool,
+    /// Atari: games are truncated after this many frames.
+    pub max_episode_frames: u64,
+    /// Atari: a ROM file instead of the bundled ROM.
+    pub rom: Option<PathBuf>,
+}
+
+/// Builds a registered environment.
+pub type EnvFactory = fn(&EnvSettings) -> Result<Box<dyn Environment>, EnvError>;
+
+/// A resolved `--game`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EnvId {
+    /// A registered environment, by its registered name.
+    Registered(String),
+    /// An Atari game.
+    Atari(GameSpec),
+}
+
+impl EnvId {
+    /// Display name: `CartPole`, `Breakout`, `SpaceInvaders`.
+    pub fn name(&self) -> &str {
+        match self {
+            EnvId::Registered(name) => name,
+            EnvId::Atari(spec) => &spec.name,
+        }
+    }
+}
+
+struct Entry {
+    name: String,
+    aliases: Vec<String>,
+    factory: EnvFactory,
+}
+
+fn registry() -> &'static Mutex<Vec<Entry>> {
+    static REGISTRY: OnceLock<Mutex<Vec<Entry>>> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        Mutex::new(vec![Entry {
+            name: "CartPole".into(),
+            aliases: vec!["CartPole-v1".into()],
+            factory: |s| Ok(Box::new(CartPole::new(s.seed, cartpole::MAX_STEPS))),
+        }])
+    })
+}
+
+/// Registers `factory` under `name` (matched case-insensitively; replaces an entry of the
+/// same name). Registered names take precedence over Atari games.
+pub fn register(name: &str, factory: EnvFactory) {
+    let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+    reg.retain(|e| !e.name.eq_ignore_ascii_case(name));
+    reg.push(Entry {
+        name: name.to_string(),
+        aliases: vec![],
+        factory,
+    });
+}
+
+/// Names of the registered environments.
+pub fn registered_names() -> Vec<String> {
+    registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|e| e.name.clone())
+        .collect()
+}
+
+/// Resolves `--game` (and `--rom`). Errors name the flag and what would be valid.
+pub fn resolve(game_name: &str, rom: Option<&Path>) -> Result<EnvId, String> {
+    if let Some(rom) = rom {
+        let stem = game::validate_rom_file(rom).map_err(|e| format!("--rom: {e}"))?;
+        return Ok(EnvId::Atari(GameSpec {
+            name: game::display_name(&stem),
+            rom: stem,
+            repeat_action_probability: None,
+        }));
+    }
+    {
+        let reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+        let found = reg.iter().find(|e| {
+            e.name.eq_ignore_ascii_case(game_name)
+                || e.aliases.iter().any(|a| a.eq_ignore_ascii_case(game_name))
+        });
+        if let Some(e) = found {
+            return Ok(EnvId::Registered(e.name.clone()));
+        }
+    }
+    let spec = game::resolve_game(game_name).map_err(|e| format!("--game: {e}"))?;
+    if game::bundled_rom(&spec.rom).is_none() {
+        return Err(format!(
+            "--game {game_name}: ALE supports {} but its ROM is not bundled; pass --rom path/to/{}.bin",
+            spec.name, spec.rom
+        ));
+    }
+    Ok(EnvId::Atari(spec))
+}
+
+/// Builds an instance of `id` with `settings`.
+pub fn make(id: &EnvId, settings: &EnvSettings) -> Result<Box<dyn Environment>, EnvError> {
+    match id {
+        EnvId::Registered(name) => {
+            let factory = {
+                let reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+                reg.iter().find(|e| &e.name == name).map(|e| e.factory)
+            };
+            let factory = factory
+                .ok_or_else(|| EnvError::Custom(format!("no environment registered as {name}")))?;
+            factory(settings)
+        }
+        EnvId::Atari(spec) => Ok(Box::new(AtariEnv::new(&AtariConfig {
+            game: spec.clone(),
+            rom_path: settings.rom.clone(),
+            seed: settings.seed,
+            frame_skip: settings.frame_skip,
+            noop_max: settings.noop_max,
+            repeat_action_probability: settings
+                .repeat_action_probability
+                .or(spec.repeat_action_probability)
+                .unwrap_or(0.0),
+            terminal_on_life_loss: settings.terminal_on_life_loss,
+            max_episode_frames: settings.max_episode_frames,
+        })?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::ObsSpec;
+
+    fn settings() -> EnvSettings {
+        EnvSettings {
+            seed: 1,
+            frame_skip: 4,
+            noop_max: 30,
+            repeat_action_probability: None,
+            terminal_on_life_loss: true,
+            max_episode_frames: 108_000,
+            rom: None,
+        }
+    }
+
+    #[test]
+    fn cartpole_and_atari_resolve_and_build() {
+        for name in ["CartPole", "cartpole", "CartPole-v1"] {
+            assert_eq!(
+                resolve(name, None).unwrap(),
+                EnvId::Registered("CartPole".into())
+            );
+        }
+        let cp = make(&resolve("CartPole-v1", None).unwrap(), &settings()).unwrap();
+        assert_eq!((cp.obs_spec(), cp.num_actions()), (ObsSpec::Vector(4), 2));
+        let id = resolve("BreakoutNoFrameskip-v4", None).unwrap();
+        assert_eq!(id.name(), "Breakout");
+        let atari = make(&id, &settings()).unwrap();
+        assert_eq!(
+            (atari.obs_spec(), atari.num_actions()),
+            (ObsSpec::Frames([4, 84, 84]), 4)
+        );
+        assert!(resolve("Tetris", None).unwrap_err().contains("--rom"));
+        assert!(resolve("CartPol", None).unwrap_err().contains("--game"));
+    }
+
+    #[test]
+    fn registered_environments_take_precedence() {
+        register("TestPong", |s| Ok(Box::new(CartPole::new(s.seed, 3))));
+        assert!(registered_names().contains(&"TestPong".to_string()));
+        let mut env = make(&resolve("testpong", None).unwrap(), &settings()).unwrap();
+        env.reset();
+        let truncated = (0..3)
+            .map(|_| env.step(1).unwrap())
+            .any(|s| s.truncated || s.terminal);
+        assert!(truncated, "the registered factory (3-step limit) was used");
+    }
+}
