@@ -99,10 +99,16 @@ pub fn epsilon_greedy(q: &[f32], epsilon: f64, rng: &mut impl Rng) -> usize {
     }
 }
 
-/// Q-values of one observation with the CPU network, into `out`.
-fn q_values(model: &QNetwork, obs_spec: ObsSpec, obs: &[u8], out: &mut [f32]) {
-    let q = model.forward(&obs_tensor(obs_spec, obs, 1));
+/// Q-values `[batch, num_actions]` of `batch` observations (their bytes, back to back) with
+/// the CPU network, into `out`.
+fn q_values(model: &QNetwork, obs_spec: ObsSpec, obs: &[u8], batch: usize, out: &mut [f32]) {
+    let q = model.forward(&obs_tensor(obs_spec, obs, batch));
     q.copy_data(out, out.len());
+}
+
+/// Seed of environment `j` of an actor seeded `seed` (environment 0 keeps the actor's seed).
+fn env_seed(seed: u64, j: usize) -> u64 {
+    seed.wrapping_add((j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 /// Runs one actor until the learner closes the queue. `init` comes from the handshake.
@@ -125,12 +131,15 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
     let _no_grad = tch::no_grad_guard();
     let cfg = &init.config;
     let id = cfg.env_id().map_err(anyhow::Error::msg)?;
-    let mut env =
-        env::make(&id, &cfg.env_settings(init.seed)).context("starting the environment")?;
+    let k = cfg.envs_per_actor;
+    let mut envs = (0..k)
+        .map(|j| env::make(&id, &cfg.env_settings(env_seed(init.seed, j))))
+        .collect::<Result<Vec<_>, _>>()
+        .context("starting the environments")?;
     let queue = ExperienceQueue::open(&init.queue).context("opening the experience queue")?;
     let snapshot = WeightSnapshot::open(&init.snapshot).context("opening the weight snapshot")?;
-    let obs_spec = env.obs_spec();
-    let num_actions = env.num_actions();
+    let obs_spec = envs[0].obs_spec();
+    let num_actions = envs[0].num_actions();
     let network = resolve_network(cfg.network, obs_spec).map_err(anyhow::Error::msg)?;
     let mut model = QNetwork::new(network, obs_spec, num_actions, Device::Cpu);
     let mut flat = vec![0f32; snapshot.numel()];
@@ -160,8 +169,14 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("reporting to the learner: {e:?}"))?;
 
     let mut rng = StdRng::seed_from_u64(init.seed ^ 0x5EED);
-    let mut segment = Segment::new(cfg.n_step, obs_spec.bytes());
-    let mut q = vec![0f32; num_actions];
+    let obs_bytes = obs_spec.bytes();
+    let mut segments: Vec<Segment> = (0..k)
+        .map(|_| Segment::new(cfg.n_step, obs_bytes))
+        .collect();
+    // All environments' observations and Q-values, for one batched forward pass per step.
+    let mut obs = vec![0u8; k * obs_bytes];
+    let mut q = vec![0f32; k * num_actions];
+    let mut last_q = vec![0f32; num_actions];
     let frames = queue.frames();
     let epsilon = |rng: &mut StdRng, q: &[f32]| {
         let eps = schedule::epsilon(
@@ -171,7 +186,9 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
         );
         epsilon_greedy(q, eps, rng)
     };
-    env.reset();
+    for env in envs.iter_mut() {
+        env.reset();
+    }
     loop {
         if queue.is_closed() {
             return Ok(());
@@ -180,45 +197,51 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
             version = snapshot.read_into(&mut flat)?;
             model.load_flat(&flat);
         }
-        q_values(&model, obs_spec, env.obs(), &mut q);
-        let action = epsilon(&mut rng, &q);
-        if segment.len() == cfg.n_step {
-            // A full segment bootstraps from this state: max_a Q(s, a), or Q(s, a) of the
-            // action just chosen for SARSA. These are the values computed for acting anyway.
-            let bootstrap = bootstrap_value(cfg.algorithm, &q, action);
-            if !pushed(segment.flush(bootstrap, cfg.gamma, &queue, init.lane))? {
-                return Ok(());
-            }
+        for (j, env) in envs.iter().enumerate() {
+            obs[j * obs_bytes..(j + 1) * obs_bytes].copy_from_slice(env.obs());
         }
-        segment.hold(env.obs(), action as u32);
-        let step = env.step(action)?;
-        segment.reward(step.clipped_reward);
-        frames.fetch_add(step.frames as u64, Ordering::Relaxed);
-        let bootstrap = if step.terminal {
-            Some(0.0)
-        } else if step.truncated {
-            // A time limit is not a terminal state: bootstrap from the last observation.
-            q_values(&model, obs_spec, env.obs(), &mut q);
-            let next = epsilon(&mut rng, &q);
-            Some(bootstrap_value(cfg.algorithm, &q, next))
-        } else {
-            None
-        };
-        if let Some(b) = bootstrap {
-            if !pushed(segment.flush(b, cfg.gamma, &queue, init.lane))? {
-                return Ok(());
+        q_values(&model, obs_spec, &obs, k, &mut q);
+        for (j, (env, segment)) in envs.iter_mut().zip(segments.iter_mut()).enumerate() {
+            let qj = &q[j * num_actions..(j + 1) * num_actions];
+            let action = epsilon(&mut rng, qj);
+            if segment.len() == cfg.n_step {
+                // A full segment bootstraps from this state: max_a Q(s, a), or Q(s, a) of the
+                // action just chosen for SARSA. These are the values computed for acting anyway.
+                let bootstrap = bootstrap_value(cfg.algorithm, qj, action);
+                if !pushed(segment.flush(bootstrap, cfg.gamma, &queue, init.lane))? {
+                    return Ok(());
+                }
             }
-        }
-        if step.game_over || step.truncated {
-            let msg = ActorMsg::Episode {
-                actor: init.actor,
-                score: env.episode_return(),
-                frames: env.episode_frames(),
+            segment.hold(env.obs(), action as u32);
+            let step = env.step(action)?;
+            segment.reward(step.clipped_reward);
+            frames.fetch_add(step.frames as u64, Ordering::Relaxed);
+            let bootstrap = if step.terminal {
+                Some(0.0)
+            } else if step.truncated {
+                // A time limit is not a terminal state: bootstrap from the last observation.
+                q_values(&model, obs_spec, env.obs(), 1, &mut last_q);
+                let next = epsilon(&mut rng, &last_q);
+                Some(bootstrap_value(cfg.algorithm, &last_q, next))
+            } else {
+                None
             };
-            reports
-                .send(msg)
-                .map_err(|e| anyhow::anyhow!("reporting to the learner: {e:?}"))?;
-            env.reset();
+            if let Some(b) = bootstrap {
+                if !pushed(segment.flush(b, cfg.gamma, &queue, init.lane))? {
+                    return Ok(());
+                }
+            }
+            if step.game_over || step.truncated {
+                let msg = ActorMsg::Episode {
+                    actor: init.actor,
+                    score: env.episode_return(),
+                    frames: env.episode_frames(),
+                };
+                reports
+                    .send(msg)
+                    .map_err(|e| anyhow::anyhow!("reporting to the learner: {e:?}"))?;
+                env.reset();
+            }
         }
     }
 }

@@ -65,6 +65,9 @@ pub struct Config {
     /// Number of actor processes
     #[arg(long, default_value_t = 16)]
     pub processes: usize,
+    /// Environments per actor process, stepped in lockstep with one batched forward pass
+    #[arg(long, default_value_t = 1)]
+    pub envs_per_actor: usize,
     /// Learning rule: n-step Q-learning, or SARSA (bootstraps with the action taken next)
     #[arg(long, value_enum, default_value_t = Algorithm::Q)]
     pub algorithm: Algorithm,
@@ -116,12 +119,18 @@ pub struct Config {
     /// Stop after this many frames, with a final checkpoint
     #[arg(long, default_value_t = 80_000_000)]
     pub max_frames: u64,
+    /// Stop (with a final checkpoint) once the mean return of the last 100 episodes reaches this
+    #[arg(long)]
+    pub target_return: Option<f64>,
     /// Q-network architecture
     #[arg(long, value_enum, default_value_t = Network::Auto)]
     pub network: Network,
     /// Device of the learner's network
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+    /// CPU threads of the learner's libtorch (more threads fight the actors for the cores)
+    #[arg(long, default_value_t = 1)]
+    pub learner_threads: usize,
     /// Base random seed; actor i's emulator and exploration derive theirs from it
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -268,6 +277,7 @@ pub fn table_keys() -> BTreeSet<&'static str> {
         "game",
         "rom",
         "processes",
+        "envs-per-actor",
         "n-step",
         "gamma",
         "batch-size",
@@ -284,8 +294,10 @@ pub fn table_keys() -> BTreeSet<&'static str> {
         "sync-frames",
         "save-freq",
         "max-frames",
+        "target-return",
         "network",
         "device",
+        "learner-threads",
         "seed",
         "frame-skip",
         "noop-max",
@@ -394,6 +406,26 @@ impl Config {
                 && (psum - 1.0).abs() < 1e-6,
             format!("--final-epsilon-probs {:?}: need one non-negative probability per final epsilon ({}), summing to 1",
                 self.final_epsilon_probs, self.final_epsilons.len()));
+        if let Some(t) = self.target_return {
+            check(
+                t.is_finite(),
+                format!("--target-return {t}: must be a finite number"),
+            );
+        }
+        check(
+            (1..=256).contains(&self.envs_per_actor),
+            format!(
+                "--envs-per-actor {}: must be between 1 and 256",
+                self.envs_per_actor
+            ),
+        );
+        check(
+            (1..=1024).contains(&self.learner_threads),
+            format!(
+                "--learner-threads {}: must be between 1 and 1024",
+                self.learner_threads
+            ),
+        );
         check(
             self.sync_frames >= 1,
             "--sync-frames 0: must be at least 1".into(),

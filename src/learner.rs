@@ -101,6 +101,7 @@ pub fn run(
             removed.join(", ")
         );
     }
+    tch::set_num_threads(cfg.learner_threads as i32);
     let (device, fallback) = device::select(cfg.device)?;
     if let Some(reason) = fallback {
         println!("--device auto: using the CPU ({reason})");
@@ -280,7 +281,74 @@ fn save(
     Ok(path)
 }
 
-/// The training loop proper.
+/// What the learner accumulates between two metrics rows.
+struct Interval {
+    start: Instant,
+    frames: u64,
+    updates: u64,
+    busy: Duration,
+    fill_sum: f64,
+    fill_n: u64,
+    loss_sum: f64,
+    q_sum: f64,
+    stat_n: u64,
+}
+
+impl Interval {
+    fn new(now: Instant, c: &Counters) -> Self {
+        Interval {
+            start: now,
+            frames: c.frames,
+            updates: c.updates,
+            busy: Duration::ZERO,
+            fill_sum: 0.0,
+            fill_n: 0,
+            loss_sum: 0.0,
+            q_sum: 0.0,
+            stat_n: 0,
+        }
+    }
+
+    /// The metrics row for the interval ending `now`.
+    fn row(
+        &self,
+        now: Instant,
+        c: &Counters,
+        cfg: &Config,
+        finals: &[f64],
+        scores: &ReturnWindow,
+    ) -> Row {
+        let dt = now.duration_since(self.start).as_secs_f64().max(1e-9);
+        let epsilon = finals
+            .iter()
+            .map(|f| schedule::epsilon(*f, cfg.eps_decay, c.frames))
+            .sum::<f64>()
+            / finals.len().max(1) as f64;
+        Row {
+            wall_s: c.wall_s,
+            frames: c.frames,
+            steps: c.steps,
+            updates: c.updates,
+            episodes: c.episodes,
+            fps: (c.frames - self.frames) as f64 / dt,
+            mean_return: scores.mean(),
+            epsilon,
+            loss: (self.stat_n > 0).then(|| self.loss_sum / self.stat_n as f64),
+            q_mean: (self.stat_n > 0).then(|| self.q_sum / self.stat_n as f64),
+            lr: schedule::learning_rate(cfg.lr, cfg.lr_decay, c.frames),
+            updates_per_s: (c.updates - self.updates) as f64 / dt,
+            queue_fill: if self.fill_n > 0 {
+                self.fill_sum / self.fill_n as f64
+            } else {
+                0.0
+            },
+            learner_busy: self.busy.as_secs_f64() / dt,
+        }
+    }
+}
+
+/// The training loop proper. Returns when `--max-frames` or `--target-return` is reached or a
+/// signal asks to stop (after writing a last metrics row), or with the first failure.
 #[allow(clippy::too_many_arguments)]
 fn train(
     cfg: &Config,
@@ -304,21 +372,12 @@ fn train(
     let wall0 = c.wall_s;
     let log_every = Duration::from_secs_f64(cfg.log_interval);
     let mut next_log = start + log_every;
-    let mut last = (start, c.frames, c.updates);
+    let mut interval = Interval::new(start, c);
     let mut next_sync = c.frames + cfg.sync_frames;
     let mut next_save = (c.frames / cfg.save_freq + 1) * cfg.save_freq;
-    let (mut busy, mut fill_sum, mut fill_n) = (Duration::ZERO, 0.0, 0u64);
-    let (mut loss_sum, mut q_sum, mut stat_n) = (0.0, 0.0, 0u64);
     let mut ready = 0;
     loop {
-        if stop.load(Ordering::Relaxed) {
-            progress.println("stopping on signal: final checkpoint follows");
-            break;
-        }
         c.frames = queue.frames().load(Ordering::Relaxed);
-        if c.frames >= cfg.max_frames {
-            break;
-        }
         while let Ok(msg) = reports.try_recv() {
             match msg {
                 ActorMsg::Ready { .. } => ready += 1,
@@ -332,79 +391,70 @@ fn train(
         if let Some((actor, status)) = supervisor::reap_exited(actors).into_iter().next() {
             bail!("actor {actor} exited unexpectedly ({status})");
         }
-        fill_sum += queue.len() as f64 / queue.capacity() as f64;
-        fill_n += 1;
-        if queue.pop_into(&mut batch, Duration::from_millis(100))? {
-            let t = Instant::now();
-            let lr = schedule::learning_rate(cfg.lr, cfg.lr_decay, c.frames);
-            let s = trainer.update(&batch, cfg, lr);
-            if !s.loss.is_finite() || !s.q_mean.is_finite() {
-                bail!(
-                    "training diverged at {} frames: loss {}, mean Q {}",
-                    c.frames,
-                    s.loss,
-                    s.q_mean
-                );
+        let done = if stop.load(Ordering::Relaxed) {
+            Some("stopping on signal".to_string())
+        } else if c.frames >= cfg.max_frames {
+            Some(format!("reached --max-frames {}", cfg.max_frames))
+        } else {
+            match (cfg.target_return, scores.mean()) {
+                (Some(target), Some(mean)) if scores.is_full() && mean >= target => Some(format!(
+                    "reached --target-return {target}: mean return {mean:.2} over the last 100 episodes at {} frames",
+                    c.frames
+                )),
+                _ => None,
             }
-            busy += t.elapsed();
-            c.updates += 1;
-            c.steps += batch.len() as u64;
-            batch.clear();
-            loss_sum += s.loss;
-            q_sum += s.q_mean;
-            stat_n += 1;
-            if c.frames >= next_sync {
-                trainer.model.flat_params_into(&mut flat);
-                snapshot.publish(&flat)?;
-                next_sync = c.frames + cfg.sync_frames;
-            }
-            if c.frames >= next_save {
-                c.wall_s = wall0 + start.elapsed().as_secs_f64();
-                let path = save(cfg, trainer, c, run_dir)?;
-                progress.println(&format!("saved {}", path.display()));
-                next_save = (c.frames / cfg.save_freq + 1) * cfg.save_freq;
+        };
+        if done.is_none() {
+            interval.fill_sum += queue.len() as f64 / queue.capacity() as f64;
+            interval.fill_n += 1;
+            if queue.pop_into(&mut batch, Duration::from_millis(100))? {
+                let t = Instant::now();
+                let lr = schedule::learning_rate(cfg.lr, cfg.lr_decay, c.frames);
+                let s = trainer.update(&batch, cfg, lr);
+                if !s.loss.is_finite() || !s.q_mean.is_finite() {
+                    bail!(
+                        "training diverged at {} frames: loss {}, mean Q {}",
+                        c.frames,
+                        s.loss,
+                        s.q_mean
+                    );
+                }
+                interval.busy += t.elapsed();
+                c.updates += 1;
+                c.steps += batch.len() as u64;
+                batch.clear();
+                interval.loss_sum += s.loss;
+                interval.q_sum += s.q_mean;
+                interval.stat_n += 1;
+                if c.frames >= next_sync {
+                    trainer.model.flat_params_into(&mut flat);
+                    snapshot.publish(&flat)?;
+                    next_sync = c.frames + cfg.sync_frames;
+                }
+                if c.frames >= next_save {
+                    c.wall_s = wall0 + start.elapsed().as_secs_f64();
+                    let path = save(cfg, trainer, c, run_dir)?;
+                    progress.println(&format!("saved {}", path.display()));
+                    next_save = (c.frames / cfg.save_freq + 1) * cfg.save_freq;
+                }
             }
         }
         let now = Instant::now();
-        if now >= next_log {
-            let dt = now.duration_since(last.0).as_secs_f64();
+        if now >= next_log || done.is_some() {
             c.wall_s = wall0 + start.elapsed().as_secs_f64();
-            let row = Row {
-                wall_s: c.wall_s,
-                frames: c.frames,
-                steps: c.steps,
-                updates: c.updates,
-                episodes: c.episodes,
-                fps: (c.frames - last.1) as f64 / dt,
-                mean_return: scores.mean(),
-                epsilon: finals
-                    .iter()
-                    .map(|f| schedule::epsilon(*f, cfg.eps_decay, c.frames))
-                    .sum::<f64>()
-                    / finals.len() as f64,
-                loss: (stat_n > 0).then(|| loss_sum / stat_n as f64),
-                q_mean: (stat_n > 0).then(|| q_sum / stat_n as f64),
-                lr: schedule::learning_rate(cfg.lr, cfg.lr_decay, c.frames),
-                updates_per_s: (c.updates - last.2) as f64 / dt,
-                queue_fill: if fill_n > 0 {
-                    fill_sum / fill_n as f64
-                } else {
-                    0.0
-                },
-                learner_busy: busy.as_secs_f64() / dt,
-            };
+            let row = interval.row(now, c, cfg, finals, &scores);
             csv.write(&row).context("writing metrics.csv")?;
             progress.update(&row);
             if ready < actors.len() {
                 progress.println(&format!("{ready} of {} actors ready", actors.len()));
             }
-            last = (now, c.frames, c.updates);
+            interval = Interval::new(now, c);
             next_log = now + log_every;
-            (busy, fill_sum, fill_n, loss_sum, q_sum, stat_n) =
-                (Duration::ZERO, 0.0, 0, 0.0, 0.0, 0);
+        }
+        if let Some(reason) = done {
+            progress.finish();
+            println!("{reason}");
+            return Ok(());
         }
     }
-    c.wall_s = wall0 + start.elapsed().as_secs_f64();
-    progress.finish();
-    Ok(())
 }

@@ -26,3 +26,8 @@ pub mod schedule;
 pub mod shm;
 pub mod signals;
 pub mod supervisor;
+
+/// The README's Rust examples, compiled by `cargo test` so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

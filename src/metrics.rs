@@ -115,6 +115,11 @@ impl ReturnWindow {
         self.scores.push_back(score);
     }
 
+    /// Whether the window holds `capacity` scores.
+    pub fn is_full(&self) -> bool {
+        self.scores.len() == self.capacity
+    }
+
     pub fn mean(&self) -> Option<f64> {
         (!self.scores.is_empty())
             .then(|| self.scores.iter().sum::<f64>() / self.scores.len() as f64)

@@ -2,6 +2,7 @@
 
 mod cli;
 mod e2e;
+mod learning;
 mod queue;
 mod signals;
 mod util;
