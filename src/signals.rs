@@ -1,10 +1,10 @@
-//! SIGINT/SIGTERM: the first asks the learner to stop after a final checkpoint; the second
+//! SIGINT, SIGTERM and SIGHUP (a closed terminal): the first asks the learner to stop after a final checkpoint; the second
 //! stops at once, after killing the actors and unlinking this run's shared-memory segments.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 static ACTOR_PIDS: OnceLock<Arc<Mutex<Vec<u32>>>> = OnceLock::new();
@@ -17,7 +17,7 @@ pub fn set_actor_pids(pids: Arc<Mutex<Vec<u32>>>) {
 /// Installs the handlers and returns the stop flag that the first signal sets.
 pub fn install() -> std::io::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let flag = stop.clone();
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         for (count, sig) in signals.forever().enumerate() {

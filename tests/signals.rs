@@ -59,20 +59,31 @@ fn wait_with_limit(child: &mut std::process::Child, limit: Duration) -> std::pro
     }
 }
 
-#[test]
-fn sigint_stops_with_a_final_checkpoint_and_leaves_nothing() {
+/// Sends `signal` to a running learner: it must exit 0 with a final checkpoint and leave no
+/// actor and no segment behind.
+fn stops_cleanly_on(signal: Signal) {
     let tmp = tempfile::tempdir().unwrap();
     let mut child = start_learner(tmp.path());
     let pid = child.id();
     assert_eq!(actors_of(pid).len(), 2);
-    kill(Pid::from_raw(pid as i32), Signal::SIGINT).unwrap();
+    kill(Pid::from_raw(pid as i32), signal).unwrap();
     let status = wait_with_limit(&mut child, Duration::from_secs(30));
-    assert!(status.success(), "{status}");
+    assert!(status.success(), "{signal}: {status}");
     assert!(
         !async_rl::checkpoint::list(&tmp.path().join("run")).is_empty(),
-        "no final checkpoint"
+        "{signal}: no final checkpoint"
     );
     assert_clean(pid);
+}
+
+#[test]
+fn sigint_stops_with_a_final_checkpoint_and_leaves_nothing() {
+    stops_cleanly_on(Signal::SIGINT);
+}
+
+#[test]
+fn sighup_from_a_closed_terminal_stops_the_same_way() {
+    stops_cleanly_on(Signal::SIGHUP);
 }
 
 #[test]
