@@ -86,6 +86,12 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<()> {
     let id = cfg.env_id().map_err(anyhow::Error::msg)?;
+    // The device first: `--device cuda` without CUDA fails before anything is created.
+    tch::set_num_threads(cfg.learner_threads as i32);
+    let (device, fallback) = device::select(cfg.device)?;
+    if let Some(reason) = fallback {
+        println!("--device auto: using the CPU ({reason})");
+    }
     let run_dir = cfg.run_dir();
     std::fs::create_dir_all(&run_dir).with_context(|| {
         format!(
@@ -100,11 +106,6 @@ pub fn run(
             removed.len(),
             removed.join(", ")
         );
-    }
-    tch::set_num_threads(cfg.learner_threads as i32);
-    let (device, fallback) = device::select(cfg.device)?;
-    if let Some(reason) = fallback {
-        println!("--device auto: using the CPU ({reason})");
     }
     println!(
         "learner on {}; game {} ({} actors, {:?} with n-step {})",

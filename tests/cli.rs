@@ -103,3 +103,23 @@ fn config_file_values_apply_and_unknown_keys_fail() {
         "{err}"
     );
 }
+
+#[test]
+fn device_cuda_without_cuda_fails_before_starting() {
+    if std::path::Path::new("/dev/nvidia0").exists() {
+        eprintln!("skipped: this machine has an NVIDIA GPU");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (pid, out) = run(
+        LEARNER,
+        &["--device", "cuda", "--processes", "1", "--logdir", "run"],
+        tmp.path(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("--device cuda: CUDA is not usable"), "{err}");
+    assert!(!tmp.path().join("run").exists(), "nothing may be created");
+    assert_clean(pid);
+}
