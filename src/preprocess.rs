@@ -31,7 +31,8 @@ pub struct ShapeError {
     pub got: usize,
 }
 
-fn check(what: &'static str, expected: usize, got: usize) -> Result<(), ShapeError> {
+/// Ok if a buffer `what` has the `expected` length, else a [`ShapeError`] naming it.
+pub(crate) fn check(what: &'static str, expected: usize, got: usize) -> Result<(), ShapeError> {
     if expected == got {
         Ok(())
     } else {

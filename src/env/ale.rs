@@ -303,14 +303,5 @@ impl Ale {
 }
 
 fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), AleError> {
-    if expected == got {
-        Ok(())
-    } else {
-        Err(ShapeError {
-            what,
-            expected,
-            got,
-        }
-        .into())
-    }
+    Ok(crate::preprocess::check(what, expected, got)?)
 }
