@@ -16,6 +16,7 @@ use ipc_channel::ipc::IpcSender;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tch::Device;
 
+use crate::config::BenchPhase;
 use crate::env::{self, ObsSpec};
 use crate::model::{obs_tensor, resolve_network, QNetwork};
 use crate::protocol::{ActorInit, ActorMsg};
@@ -137,6 +138,9 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
         .collect::<Result<Vec<_>, _>>()
         .context("starting the environments")?;
     let queue = ExperienceQueue::open(&init.queue).context("opening the experience queue")?;
+    if init.phase == BenchPhase::Limit {
+        return emulate(init, reports, &mut envs, &queue);
+    }
     let snapshot = WeightSnapshot::open(&init.snapshot).context("opening the weight snapshot")?;
     let obs_spec = envs[0].obs_spec();
     let num_actions = envs[0].num_actions();
@@ -244,6 +248,33 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
             }
         }
     }
+}
+
+/// The `limit` benchmark phase: the environments stepped with uniformly random actions and
+/// full preprocessing, with no network and no queue, until the learner closes the queue.
+fn emulate(
+    init: &ActorInit,
+    reports: &IpcSender<ActorMsg>,
+    envs: &mut [Box<dyn env::Environment>],
+    queue: &ExperienceQueue,
+) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(init.seed ^ 0x5EED);
+    let frames = queue.frames();
+    for env in envs.iter_mut() {
+        env.reset();
+    }
+    while !queue.is_closed() {
+        for env in envs.iter_mut() {
+            let step = env.step(rng.gen_range(0..env.num_actions()))?;
+            frames.fetch_add(step.frames as u64, Ordering::Relaxed);
+            if step.game_over || step.truncated {
+                let msg = ActorMsg::Episode { actor: init.actor, score: env.episode_return(), frames: env.episode_frames() };
+                reports.send(msg).map_err(|e| anyhow::anyhow!("reporting to the learner: {e:?}"))?;
+                env.reset();
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Ok(true) when the segment was pushed, Ok(false) when the learner closed the queue (the

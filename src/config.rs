@@ -39,6 +39,20 @@ pub enum DeviceChoice {
     Cuda,
 }
 
+/// What a run exercises: the phases of `scripts/bench`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchPhase {
+    /// Actors step their emulators with random actions and full preprocessing: no network, no
+    /// queue. The ceiling of the machine.
+    Limit,
+    /// Actors act with their networks and fill the queue; the learner drains it, no training.
+    Acting,
+    /// The full system.
+    #[default]
+    Training,
+}
+
 /// The regression loss between Q(s, a) and the n-step return.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -168,6 +182,10 @@ pub struct Config {
     #[arg(long)]
     #[serde(skip)]
     pub list_games: bool,
+    /// Benchmark phase, used by scripts/bench: limit, acting or training (the default)
+    #[arg(long, value_enum, default_value_t = BenchPhase::Training, hide = true)]
+    #[serde(skip)]
+    pub bench_phase: BenchPhase,
 }
 
 /// Everything wrong with a configuration, one line each.
@@ -268,6 +286,7 @@ pub fn merge(
     merged.config = cli.config.clone();
     merged.checkpoint = cli.checkpoint.clone();
     merged.list_games = cli.list_games;
+    merged.bench_phase = cli.bench_phase;
     Ok(merged)
 }
 

@@ -13,7 +13,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::checkpoint::{self, TrainingState};
-use crate::config::{Config, Loss};
+use crate::config::{BenchPhase, Config, Loss};
 use crate::device;
 use crate::env::{self, ObsSpec};
 use crate::metrics::{CsvWriter, Progress, ReturnWindow, Row};
@@ -209,6 +209,7 @@ pub fn run(
             seed: actor_seed(cfg.seed, i, generation),
             final_epsilon: *final_epsilon,
             config: cfg.clone(),
+            phase: cfg.bench_phase,
             queue: shm::segment_name("queue"),
             snapshot: shm::segment_name("snapshot"),
             reports: reports_tx.clone(),
@@ -250,7 +251,8 @@ pub fn run(
         eprintln!("actors {killed:?} did not stop within 5 s and were killed");
     }
     counters.frames = queue.frames().load(Ordering::Relaxed);
-    if counters.updates > started.updates || counters.frames > started.frames {
+    let trained = cfg.bench_phase == BenchPhase::Training;
+    if trained && (counters.updates > started.updates || counters.frames > started.frames) {
         let path = save(&cfg, &trainer, &counters, &run_dir)?;
         println!("saved {}", path.display());
     }
@@ -408,7 +410,12 @@ fn train(
         if done.is_none() {
             interval.fill_sum += queue.len() as f64 / queue.capacity() as f64;
             interval.fill_n += 1;
-            if queue.pop_into(&mut batch, Duration::from_millis(100))? {
+            let full = queue.pop_into(&mut batch, Duration::from_millis(100))?;
+            if full && cfg.bench_phase != BenchPhase::Training {
+                // Benchmark phases drain the queue without training.
+                c.steps += batch.len() as u64;
+                batch.clear();
+            } else if full {
                 let t = Instant::now();
                 let lr = schedule::learning_rate(cfg.lr, cfg.lr_decay, c.frames);
                 let s = trainer.update(&batch, cfg, lr);

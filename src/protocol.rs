@@ -6,7 +6,7 @@
 use ipc_channel::ipc::IpcSender;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{BenchPhase, Config};
 
 /// Everything an actor needs, sent by the learner in reply to the actor's connection.
 #[derive(Debug, Serialize, Deserialize)]
@@ -20,6 +20,8 @@ pub struct ActorInit {
     /// This actor's final epsilon (drawn from `--final-epsilons`).
     pub final_epsilon: f64,
     pub config: Config,
+    /// What to run (the config does not carry it: it is not a hyperparameter).
+    pub phase: BenchPhase,
     /// Shared-memory segment names.
     pub queue: String,
     pub snapshot: String,

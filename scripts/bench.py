@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Throughput benchmark of async-rl, in three phases run one after the other:
+
+1. limit:    actor processes step their emulators with random actions and full preprocessing,
+             no network and no queue: the ceiling of this machine;
+2. acting:   actors act with their networks and fill the queue; the learner drains it without
+             training;
+3. training: the full system, as `learner` runs it.
+
+Each phase runs for --warmup + --seconds; the numbers are medians (with min and max) of the
+learner's metrics intervals (--interval seconds) after the warm-up: emulator frames/s, agent
+steps/s (transitions consumed by the learner), updates/s, the learner's busy fraction and the
+queue's mean fill; plus CPU use (percent of one core) and peak RSS (VmHWM) per process kind,
+sampled from /proc. Prints a table and writes the same as JSON (--out).
+"""
+import argparse, csv, json, os, signal, statistics, subprocess, sys, tempfile, time
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def actors_of(pid):
+    """Pids of the actor processes of learner `pid` (their command line names it)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            args = open(f"/proc/{name}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if len(args) > 3 and args[1] == b"__actor" and args[3] == str(pid).encode():
+            found.append(int(name))
+    return found
+
+
+def cpu_ticks(pid):
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+        fields = stat[stat.rindex(")") + 2:].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+    except (OSError, ValueError):
+        return None
+
+
+def peak_rss_mb(pid):
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def summary(values):
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def run_phase(phase, a, workdir):
+    logdir = os.path.join(workdir, phase)
+    cmd = [a.learner, "--bench-phase", phase, "--game", a.game, "--processes", str(a.processes),
+           "--envs-per-actor", str(a.envs_per_actor), "--device", a.device,
+           "--log-interval", str(a.interval), "--logdir", logdir,
+           "--max-frames", str(10**15), "--save-freq", str(10**15)] + a.extra
+    log = open(os.path.join(workdir, f"{phase}.log"), "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    start = time.time()
+    warm_ticks, peaks, actors = None, {}, []
+    while time.time() - start < a.warmup + a.seconds and proc.poll() is None:
+        time.sleep(0.5)
+        actors = actors_of(proc.pid) or actors
+        for pid in [proc.pid] + actors:
+            rss = peak_rss_mb(pid)
+            if rss is not None:
+                peaks[pid] = max(peaks.get(pid, 0), rss)
+        if warm_ticks is None and time.time() - start >= a.warmup:
+            warm_ticks = {pid: cpu_ticks(pid) for pid in [proc.pid] + actors}
+            warm_at = time.time()
+    end_ticks = {pid: cpu_ticks(pid) for pid in [proc.pid] + actors}
+    measured = time.time() - warm_at if warm_ticks else 0
+    if proc.poll() is not None:
+        sys.exit(f"{phase}: the learner exited early ({proc.returncode}); see {log.name}")
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+
+    def cpu_percent(pid):
+        t0, t1 = (warm_ticks or {}).get(pid), end_ticks.get(pid)
+        return None if t0 is None or t1 is None or measured <= 0 else 100 * (t1 - t0) / CLK / measured
+
+    rows = list(csv.DictReader(open(os.path.join(logdir, "metrics.csv"))))
+    rows = [r for r in rows if float(r["wall_s"]) > a.warmup][:-1]  # drop the partial last row
+    steps = []
+    for prev, row in zip(rows, rows[1:]):
+        dt = float(row["wall_s"]) - float(prev["wall_s"])
+        steps.append((int(row["steps"]) - int(prev["steps"])) / dt)
+    actor_cpu = [c for c in (cpu_percent(p) for p in actors) if c is not None]
+    actor_rss = [peaks[p] for p in actors if p in peaks]
+    return {
+        "frames_per_s": summary([float(r["fps"]) for r in rows]),
+        "samples_per_s": summary(steps),
+        "updates_per_s": summary([float(r["updates_per_s"]) for r in rows]),
+        "learner_busy": summary([float(r["learner_busy"]) for r in rows]),
+        "queue_fill": summary([float(r["queue_fill"]) for r in rows]),
+        "cpu_percent": {"learner": cpu_percent(proc.pid),
+                        "actor_mean": statistics.mean(actor_cpu) if actor_cpu else None,
+                        "actors_total": sum(actor_cpu) if actor_cpu else None},
+        "peak_rss_mb": {"learner": peaks.get(proc.pid), "actor_max": max(actor_rss) if actor_rss else None},
+    }
+
+
+def fmt(s, scale=1.0, digits=0):
+    if not s:
+        return "-"
+    return f"{s['median'] * scale:.{digits}f} [{s['min'] * scale:.{digits}f}-{s['max'] * scale:.{digits}f}]"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--learner", required=True, help="the learner binary")
+    p.add_argument("--game", default="Breakout")
+    p.add_argument("--processes", type=int, default=2, help="actor processes")
+    p.add_argument("--envs-per-actor", type=int, default=1)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seconds", type=float, default=60, help="measured seconds per phase")
+    p.add_argument("--warmup", type=float, default=15, help="seconds per phase before measuring")
+    p.add_argument("--interval", type=float, default=5, help="seconds per metrics interval")
+    p.add_argument("--phases", default="limit,acting,training")
+    p.add_argument("--out", default="bench.json", help="where the JSON goes")
+    p.add_argument("extra", nargs="*", help="more learner flags, after --")
+    a = p.parse_args()
+    if a.seconds < 3 * a.interval:
+        sys.exit(f"--seconds {a.seconds}: need at least 3 intervals of --interval {a.interval}")
+    phases = [x for x in a.phases.split(",") if x]
+    bad = [x for x in phases if x not in ("limit", "acting", "training")]
+    if bad:
+        sys.exit(f"--phases: unknown {bad}; valid: limit, acting, training")
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="async-rl-bench-") as workdir:
+        for phase in phases:
+            print(f"[bench] {phase}: {a.warmup:.0f} s warm-up + {a.seconds:.0f} s", file=sys.stderr)
+            results[phase] = run_phase(phase, a, workdir)
+    limit = results.get("limit", {}).get("frames_per_s")
+    for r in results.values():
+        fps = r["frames_per_s"]
+        r["ratio_to_limit"] = fps["median"] / limit["median"] if fps and limit else None
+    print(f"\n{a.game}, {a.processes} actor processes x {a.envs_per_actor} envs, {os.cpu_count()} cores; "
+          f"median [min-max] of {a.interval:.0f}-s intervals over {a.seconds:.0f} s after {a.warmup:.0f} s")
+    head = f"{'phase':9} {'frames/s':>22} {'ratio':>6} {'samples/s':>18} {'updates/s':>15} {'busy':>6} {'queue':>6} {'CPU% L/A':>11} {'RSS MB L/A':>11}"
+    print(head)
+    for phase, r in results.items():
+        cpu, rss = r["cpu_percent"], r["peak_rss_mb"]
+        ratio = f"{r['ratio_to_limit']:.2f}" if r["ratio_to_limit"] is not None else "-"
+        cpus = f"{cpu['learner'] or 0:.0f}/{cpu['actor_mean'] or 0:.0f}"
+        rsss = f"{rss['learner'] or 0:.0f}/{rss['actor_max'] or 0:.0f}"
+        busy = f"{r['learner_busy']['median']:.2f}" if r["learner_busy"] else "-"
+        fill = f"{r['queue_fill']['median']:.2f}" if r["queue_fill"] else "-"
+        print(f"{phase:9} {fmt(r['frames_per_s']):>22} {ratio:>6} {fmt(r['samples_per_s']):>18} "
+              f"{fmt(r['updates_per_s'], digits=1):>15} {busy:>6} {fill:>6} {cpus:>11} {rsss:>11}")
+    json.dump({"game": a.game, "processes": a.processes, "envs_per_actor": a.envs_per_actor,
+               "cores": os.cpu_count(), "seconds": a.seconds, "warmup": a.warmup,
+               "interval": a.interval, "phases": results}, open(a.out, "w"), indent=2)
+    print(f"\n(CPU% is of one core: learner / mean per actor; RSS is the peak: learner / largest actor)\nwrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
