@@ -268,8 +268,14 @@ fn emulate(
             let step = env.step(rng.gen_range(0..env.num_actions()))?;
             frames.fetch_add(step.frames as u64, Ordering::Relaxed);
             if step.game_over || step.truncated {
-                let msg = ActorMsg::Episode { actor: init.actor, score: env.episode_return(), frames: env.episode_frames() };
-                reports.send(msg).map_err(|e| anyhow::anyhow!("reporting to the learner: {e:?}"))?;
+                let msg = ActorMsg::Episode {
+                    actor: init.actor,
+                    score: env.episode_return(),
+                    frames: env.episode_frames(),
+                };
+                reports
+                    .send(msg)
+                    .map_err(|e| anyhow::anyhow!("reporting to the learner: {e:?}"))?;
                 env.reset();
             }
         }

@@ -1,5 +1,6 @@
 //! Integration tests, one module per area (as ripgrep does).
 
+mod bench;
 mod cli;
 mod e2e;
 mod learning;
