@@ -296,6 +296,7 @@ pub fn table_keys() -> BTreeSet<&'static str> {
         "game",
         "rom",
         "processes",
+        "algorithm",
         "envs-per-actor",
         "n-step",
         "gamma",
@@ -590,5 +591,47 @@ mod tests {
         let (c, _) = parse(&["--game", "Pong", "--n-step", "1", "--network", "nature"]);
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn every_shipped_config_file_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            let (cli, explicit) = parse(&[]);
+            let file = read_file(&path).unwrap();
+            let c = merge(&Config::default(), Some((&path, &file)), &cli, &explicit)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            c.validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+        assert!(n >= 2, "configs/ has {n} files");
+    }
+
+    #[test]
+    fn every_flag_but_the_run_only_ones_is_a_file_key() {
+        let run_only = [
+            "config",
+            "checkpoint",
+            "list_games",
+            "bench_phase",
+            "help",
+            "version",
+        ];
+        let keys = table_keys();
+        for arg in Config::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            if !run_only.contains(&id) {
+                assert!(
+                    keys.contains(id.replace('_', "-").as_str()),
+                    "flag --{id} cannot be set in a config file"
+                );
+            }
+        }
     }
 }
