@@ -56,6 +56,10 @@ pub enum CheckpointError {
     Foreign { path: PathBuf, reason: String },
     #[error("checkpoint {path}: {reason}")]
     Mismatch { path: PathBuf, reason: String },
+    #[error(
+        "checkpoint {path}: not written: parameter `{param}` is not finite (training diverged)"
+    )]
+    NonFinite { path: PathBuf, param: String },
     #[error("checkpoint {path}: cannot write: {source}")]
     Write {
         path: PathBuf,
@@ -131,6 +135,7 @@ pub struct Checkpoint {
 }
 
 /// Writes a checkpoint atomically (temporary file, fsync, rename, fsync of the directory).
+/// Refuses weights that are not all finite, so a diverged run never replaces a good checkpoint.
 pub fn save(
     path: &Path,
     state: &TrainingState,
@@ -141,6 +146,15 @@ pub fn save(
         path: path.to_path_buf(),
         source,
     };
+    if let Some((name, _)) = params
+        .iter()
+        .find(|(_, p)| p.isfinite().all().int64_value(&[]) == 0)
+    {
+        return Err(CheckpointError::NonFinite {
+            path: path.to_path_buf(),
+            param: name.clone(),
+        });
+    }
     let bytes = bincode::serde::encode_to_vec(state, bincode::config::standard())
         .map_err(|e| werr(std::io::Error::other(e.to_string())))?;
     let mut named: Vec<(String, Tensor)> = Vec::with_capacity(2 * params.len() + 1);
@@ -229,4 +243,49 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
 
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> TrainingState {
+        TrainingState {
+            format_version: FORMAT_VERSION,
+            game: "CartPole".into(),
+            network: Network::Mlp,
+            num_actions: 2,
+            obs: ObsSpec::Vector(4),
+            frames: 1000,
+            steps: 1000,
+            updates: 10,
+            episodes: 3,
+            wall_s: 1.5,
+            config: Config::default(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_refusal_of_non_finite_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_for(dir.path(), 1000);
+        let w = Tensor::from_slice(&[1.0f32, 2.0]);
+        let params = vec![("w".to_string(), w.shallow_clone())];
+        save(&path, &state(), &params, &[w.zeros_like()]).unwrap();
+        let ck = load(&path).unwrap();
+        assert_eq!(ck.state, state());
+        assert!(ck.params["w"].equal(&w));
+        assert_eq!(list(dir.path()), vec![1000]);
+
+        let bad = vec![("w".to_string(), Tensor::from_slice(&[1.0f32, f32::NAN]))];
+        let later = path_for(dir.path(), 2000);
+        let err = save(&later, &state(), &bad, &[w.zeros_like()]).unwrap_err();
+        assert!(err.to_string().contains("not finite"), "{err}");
+        assert!(!later.exists());
+        assert_eq!(
+            list(dir.path()),
+            vec![1000],
+            "the good checkpoint stays the newest"
+        );
+    }
 }

@@ -253,8 +253,12 @@ pub fn run(
     counters.frames = queue.frames().load(Ordering::Relaxed);
     let trained = cfg.bench_phase == BenchPhase::Training;
     if trained && (counters.updates > started.updates || counters.frames > started.frames) {
-        let path = save(&cfg, &trainer, &counters, &run_dir)?;
-        println!("saved {}", path.display());
+        match save(&cfg, &trainer, &counters, &run_dir) {
+            Ok(path) => println!("saved {}", path.display()),
+            // After a failure (e.g. divergence) report that failure; the refused save is a note.
+            Err(e) if outcome.is_err() => eprintln!("{e:#}"),
+            Err(e) => return Err(e),
+        }
     }
     outcome
 }

@@ -123,3 +123,34 @@ fn device_cuda_without_cuda_fails_before_starting() {
     assert!(!tmp.path().join("run").exists(), "nothing may be created");
     assert_clean(pid);
 }
+
+#[test]
+fn divergence_stops_the_run_without_a_non_finite_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "--game",
+        "CartPole",
+        "--processes",
+        "1",
+        "--lr",
+        "1e30",
+        "--max-frames",
+        "200000",
+        "--device",
+        "cpu",
+        "--logdir",
+        "run",
+    ];
+    let (pid, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("training diverged at") && err.contains("not finite"),
+        "{err}"
+    );
+    assert!(
+        async_rl::checkpoint::list(&tmp.path().join("run")).is_empty(),
+        "a diverged checkpoint was written"
+    );
+    assert_clean(pid);
+}
