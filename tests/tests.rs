@@ -3,7 +3,6 @@
 mod bench;
 mod cli;
 mod e2e;
-mod learning;
 mod queue;
 mod signals;
 mod util;
