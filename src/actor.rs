@@ -164,13 +164,14 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
         }
     }
     model.load_flat(&flat);
-    reports
-        .send(ActorMsg::Ready {
+    report(
+        reports,
+        ActorMsg::Ready {
             actor: init.actor,
             pid: std::process::id(),
             num_actions,
-        })
-        .map_err(|e| anyhow::anyhow!("reporting to the learner: {e:?}"))?;
+        },
+    )?;
 
     let mut rng = StdRng::seed_from_u64(init.seed ^ 0x5EED);
     let obs_bytes = obs_spec.bytes();
@@ -236,15 +237,7 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
                 }
             }
             if step.game_over || step.truncated {
-                let msg = ActorMsg::Episode {
-                    actor: init.actor,
-                    score: env.episode_return(),
-                    frames: env.episode_frames(),
-                };
-                reports
-                    .send(msg)
-                    .map_err(|e| anyhow::anyhow!("reporting to the learner: {e:?}"))?;
-                env.reset();
+                end_episode(init, reports, env.as_mut())?;
             }
         }
     }
@@ -268,18 +261,35 @@ fn emulate(
             let step = env.step(rng.gen_range(0..env.num_actions()))?;
             frames.fetch_add(step.frames as u64, Ordering::Relaxed);
             if step.game_over || step.truncated {
-                let msg = ActorMsg::Episode {
-                    actor: init.actor,
-                    score: env.episode_return(),
-                    frames: env.episode_frames(),
-                };
-                reports
-                    .send(msg)
-                    .map_err(|e| anyhow::anyhow!("reporting to the learner: {e:?}"))?;
-                env.reset();
+                end_episode(init, reports, env.as_mut())?;
             }
         }
     }
+    Ok(())
+}
+
+/// Sends `msg` to the learner.
+fn report(reports: &IpcSender<ActorMsg>, msg: ActorMsg) -> Result<()> {
+    reports
+        .send(msg)
+        .map_err(|e| anyhow::anyhow!("reporting to the learner: {e:?}"))
+}
+
+/// Reports the game that just ended (score and frames) and starts the next one.
+fn end_episode(
+    init: &ActorInit,
+    reports: &IpcSender<ActorMsg>,
+    env: &mut dyn env::Environment,
+) -> Result<()> {
+    report(
+        reports,
+        ActorMsg::Episode {
+            actor: init.actor,
+            score: env.episode_return(),
+            frames: env.episode_frames(),
+        },
+    )?;
+    env.reset();
     Ok(())
 }
 
