@@ -35,6 +35,12 @@ pub struct Row {
     pub learner_busy: f64,
 }
 
+/// `v` with `digits` decimals, or "-" when there is none yet (for people, not the CSV).
+fn or_dash(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
 fn opt(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.6}")).unwrap_or_default()
 }
@@ -65,10 +71,10 @@ impl Row {
         format!(
             "frames {} | fps {:.0} | episodes {} | mean return {} | eps {:.3} | loss {} | q {} | queue {:.0}% | busy {:.0}%",
             self.frames, self.fps, self.episodes,
-            self.mean_return.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into()),
+            or_dash(self.mean_return, 1),
             self.epsilon,
-            self.loss.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into()),
-            self.q_mean.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into()),
+            or_dash(self.loss, 4),
+            or_dash(self.q_mean, 3),
             100.0 * self.queue_fill, 100.0 * self.learner_busy
         )
     }
@@ -159,13 +165,9 @@ impl Progress {
                     "| fps {:.0} | ep {} | return {} | eps {:.3} | loss {}",
                     row.fps,
                     row.episodes,
-                    row.mean_return
-                        .map(|x| format!("{x:.1}"))
-                        .unwrap_or_else(|| "-".into()),
+                    or_dash(row.mean_return, 1),
                     row.epsilon,
-                    row.loss
-                        .map(|x| format!("{x:.4}"))
-                        .unwrap_or_else(|| "-".into())
+                    or_dash(row.loss, 4)
                 ));
             }
             Progress::Lines => println!("{}", row.summary()),
