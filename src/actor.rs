@@ -194,9 +194,17 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
     for env in envs.iter_mut() {
         env.reset();
     }
+    let fault = injected_fault()?;
+    let mut passes = 0u64;
     loop {
         if queue.is_closed() {
             return Ok(());
+        }
+        passes += 1;
+        if let Some((kind, at)) = fault {
+            if passes == at {
+                kind.trigger(init.actor)?;
+            }
         }
         if snapshot.version() != version {
             version = snapshot.read_into(&mut flat)?;
@@ -266,6 +274,52 @@ fn emulate(
         }
     }
     Ok(())
+}
+
+/// Environment variable of the fault-injection tests: `<kind>@<n>` makes every actor of the
+/// run fail at its `n`-th forward pass (one step of each of its environments). Kinds: `panic`
+/// (a Rust panic), `exit` (`exit(1)` without unwinding, as ALE does on a fatal error), `error`
+/// (an error reported to the learner). Unset, it has no effect.
+pub const FAULT_ENV: &str = "ASYNC_RL_INJECT_FAULT";
+
+/// A fault that [`FAULT_ENV`] can inject.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    Panic,
+    Exit,
+    Error,
+}
+
+impl Fault {
+    fn trigger(self, actor: usize) -> Result<()> {
+        match self {
+            Fault::Panic => panic!("actor {actor}: injected panic ({FAULT_ENV})"),
+            Fault::Exit => {
+                eprintln!("actor {actor}: injected exit(1) ({FAULT_ENV})");
+                std::process::exit(1)
+            }
+            Fault::Error => anyhow::bail!("injected error ({FAULT_ENV})"),
+        }
+    }
+}
+
+/// Reads [`FAULT_ENV`]; a malformed value is an error, never silently ignored.
+fn injected_fault() -> Result<Option<(Fault, u64)>> {
+    let Ok(spec) = std::env::var(FAULT_ENV) else {
+        return Ok(None);
+    };
+    let parsed = spec.split_once('@').and_then(|(kind, n)| {
+        let kind = match kind {
+            "panic" => Fault::Panic,
+            "exit" => Fault::Exit,
+            "error" => Fault::Error,
+            _ => return None,
+        };
+        Some((kind, n.parse::<u64>().ok().filter(|n| *n >= 1)?))
+    });
+    parsed.map(Some).ok_or_else(|| {
+        anyhow::anyhow!("{FAULT_ENV}={spec}: expected panic@N, exit@N or error@N with N >= 1")
+    })
 }
 
 /// Sends `msg` to the learner.

@@ -3,12 +3,16 @@
 //! config), so that `--checkpoint N` resumes exactly and `play --model` needs nothing else.
 //!
 //! The file is libtorch's named-tensor archive (`Tensor::save_multi`): parameters under
-//! `param/<name>`, optimizer state under `rmsprop/<name>`, and the [`TrainingState`] encoded
-//! with bincode 2 in a u8 tensor named `state`. It is written to a temporary file, fsynced,
-//! and renamed into place, so a crash never leaves a half-written checkpoint under its name.
+//! `param/<name>`, optimizer state under `rmsprop/<name>`, the [`TrainingState`] encoded with
+//! bincode 2 in a u8 tensor named `state` (its first field is the format version, so a file of
+//! another version is named as such), and a CRC-32 of all of that in `checksum`, so a flipped
+//! byte anywhere is caught on load. It is written to a temporary file, fsynced, renamed into
+//! place and the directory fsynced, so a crash or a full disk never leaves a half-written
+//! checkpoint under its name, and the previous checkpoints stay intact.
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -17,8 +21,9 @@ use tch::Tensor;
 use crate::config::{Config, Network};
 use crate::env::ObsSpec;
 
-/// Bumped whenever the layout of a checkpoint changes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped whenever the layout of a checkpoint changes. Version 2 added the checksum and
+/// stores the config as TOML text.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// What a checkpoint knows besides tensors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,7 +46,9 @@ pub struct TrainingState {
     pub episodes: u64,
     /// Seconds of training so far, over all resumed runs.
     pub wall_s: f64,
-    /// The config the run was trained with.
+    /// The config the run was trained with (stored as TOML: settings added later read as
+    /// their defaults).
+    #[serde(with = "crate::config::as_toml")]
     pub config: Config,
 }
 
@@ -52,6 +59,17 @@ pub enum CheckpointError {
     Missing { path: PathBuf, available: Vec<u64> },
     #[error("checkpoint {path}: not a readable checkpoint (truncated, corrupted, or not a libtorch archive): {reason}")]
     Unreadable { path: PathBuf, reason: String },
+    #[error("checkpoint {path}: corrupted: its checksum is {stored:#010x} but its contents sum to {actual:#010x}")]
+    Corrupted {
+        path: PathBuf,
+        stored: u32,
+        actual: u32,
+    },
+    #[error("--checkpoint latest: no usable checkpoint in {dir}:\n  - {}", .failures.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  - "))]
+    NoneUsable {
+        dir: PathBuf,
+        failures: Vec<CheckpointError>,
+    },
     #[error("checkpoint {path}: not an async-rl checkpoint: {reason}")]
     Foreign { path: PathBuf, reason: String },
     #[error("checkpoint {path}: {reason}")]
@@ -60,10 +78,10 @@ pub enum CheckpointError {
         "checkpoint {path}: not written: parameter `{param}` is not finite (training diverged)"
     )]
     NonFinite { path: PathBuf, param: String },
-    #[error("checkpoint {path}: cannot write: {source}")]
+    #[error("checkpoint {path}: cannot write: {error}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -125,6 +143,85 @@ pub fn resolve(dir: &Path, spec: &str) -> Result<PathBuf, CheckpointError> {
     Ok(path)
 }
 
+/// A checkpoint found for `--checkpoint`, and the newer ones that `latest` had to pass over
+/// because they could not be loaded (each error names its file and what is wrong).
+pub struct Found {
+    pub path: PathBuf,
+    pub checkpoint: Checkpoint,
+    pub skipped: Vec<CheckpointError>,
+}
+
+/// Resolves and loads `--checkpoint` (see [`resolve`]). `latest` falls back from the newest
+/// file to older ones until one loads, so a checkpoint truncated by a crash or corrupted on
+/// disk costs only the progress since the one before it.
+pub fn open(dir: &Path, spec: &str) -> Result<Found, CheckpointError> {
+    if spec != "latest" {
+        let path = resolve(dir, spec)?;
+        let checkpoint = load(&path)?;
+        return Ok(Found {
+            path,
+            checkpoint,
+            skipped: vec![],
+        });
+    }
+    let mut skipped = Vec::new();
+    for frames in list(dir).into_iter().rev() {
+        let path = path_for(dir, frames);
+        match load(&path) {
+            Ok(checkpoint) => {
+                return Ok(Found {
+                    path,
+                    checkpoint,
+                    skipped,
+                })
+            }
+            Err(e) => skipped.push(e),
+        }
+    }
+    if skipped.is_empty() {
+        Err(CheckpointError::Missing {
+            path: dir.join("model-*.pt"),
+            available: vec![],
+        })
+    } else {
+        Err(CheckpointError::NoneUsable {
+            dir: dir.to_path_buf(),
+            failures: skipped,
+        })
+    }
+}
+
+/// Deletes all but the newest `keep` checkpoints in `dir` (`keep` 0 keeps all); returns the
+/// deleted paths.
+pub fn prune(dir: &Path, keep: usize) -> std::io::Result<Vec<PathBuf>> {
+    let frames = list(dir);
+    if keep == 0 || frames.len() <= keep {
+        return Ok(vec![]);
+    }
+    let mut removed = Vec::new();
+    for f in &frames[..frames.len() - keep] {
+        let path = path_for(dir, *f);
+        std::fs::remove_file(&path)?;
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
+/// Removes the temporary files (`model-*.pt.tmp`) of saves that a crash interrupted; returns
+/// their paths.
+pub fn remove_partial(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("model-") && name.ends_with(".pt.tmp") {
+            std::fs::remove_file(entry.path())?;
+            removed.push(entry.path());
+        }
+    }
+    Ok(removed)
+}
+
 /// A loaded checkpoint.
 pub struct Checkpoint {
     pub state: TrainingState,
@@ -142,9 +239,9 @@ pub fn save(
     params: &[(String, Tensor)],
     rmsprop: &[Tensor],
 ) -> Result<(), CheckpointError> {
-    let werr = |source| CheckpointError::Write {
+    let werr = |error| CheckpointError::Write {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     if let Some((name, _)) = params
         .iter()
@@ -168,10 +265,30 @@ pub fn save(
         named.push((format!("rmsprop/{name}"), v.to_device(tch::Device::Cpu)));
     }
     named.push(("state".to_string(), Tensor::from_slice(&bytes)));
+    let sum = checksum(&named).map_err(|e| werr(std::io::Error::other(e.to_string())))?;
+    named.push((
+        "checksum".to_string(),
+        Tensor::from_slice(&sum.to_le_bytes()),
+    ));
+    // Serialized in memory first: libtorch aborts the process (an exception from a destructor)
+    // when its own file writer fails, e.g. on a full disk; our write reports the error instead.
+    let archive = SharedBuf::default();
+    Tensor::save_multi_to_stream(&named, archive.clone())
+        .map_err(|e| werr(std::io::Error::other(first_line(&e.to_string()))))?;
+    let bytes = archive.0.take();
     let tmp = path.with_extension("pt.tmp");
-    Tensor::save_multi(&named, &tmp).map_err(|e| werr(std::io::Error::other(e.to_string())))?;
-    File::open(&tmp).and_then(|f| f.sync_all()).map_err(werr)?;
-    std::fs::rename(&tmp, path).map_err(werr)?;
+    let written = File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(&bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(werr);
+    if let Err(e) = written {
+        // Out of space or killed mid-write: the older checkpoints are untouched.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     if let Some(dir) = path.parent() {
         let dir = if dir.as_os_str().is_empty() {
             Path::new(".")
@@ -196,28 +313,66 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
         path: path.to_path_buf(),
         reason: first_line(&e.to_string()),
     })?;
+    let foreign = |reason: &str| CheckpointError::Foreign {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let bytes_of = |t: &Tensor, what: &str| -> Result<Vec<u8>, CheckpointError> {
+        if t.kind() != tch::Kind::Uint8 || t.dim() != 1 {
+            return Err(foreign(&format!(
+                "its `{what}` record is not a byte string"
+            )));
+        }
+        Vec::try_from(t).map_err(|e: tch::TchError| foreign(&e.to_string()))
+    };
+    let state = named
+        .iter()
+        .find(|(n, _)| n == "state")
+        .ok_or_else(|| foreign("it has no `state` record"))?;
+    let bytes = bytes_of(&state.1, "state")?;
+    // The format version leads the state, so any version can be named before anything else.
+    let version: u32 = bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+        .map_err(|e| CheckpointError::Unreadable {
+            path: path.to_path_buf(),
+            reason: format!("training state: {e}"),
+        })?
+        .0;
+    if version != FORMAT_VERSION {
+        return Err(CheckpointError::Mismatch {
+            path: path.to_path_buf(),
+            reason: format!("format version {version}, this build reads version {FORMAT_VERSION}"),
+        });
+    }
+    let stored = named
+        .iter()
+        .find(|(n, _)| n == "checksum")
+        .ok_or_else(|| foreign("it has no `checksum` record"))
+        .and_then(|(_, t)| bytes_of(t, "checksum"))?;
+    let stored = <[u8; 4]>::try_from(stored.as_slice())
+        .map(u32::from_le_bytes)
+        .map_err(|_| foreign("its `checksum` record is not 4 bytes"))?;
+    let rest: Vec<(String, Tensor)> = named
+        .iter()
+        .filter(|(n, _)| n != "checksum")
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    let actual = checksum(&rest).map_err(|e| foreign(&e.to_string()))?;
+    if actual != stored {
+        return Err(CheckpointError::Corrupted {
+            path: path.to_path_buf(),
+            stored,
+            actual,
+        });
+    }
     let mut params = HashMap::new();
     let mut rmsprop = HashMap::new();
-    let mut state = None;
     for (name, t) in named {
         if let Some(n) = name.strip_prefix("param/") {
             params.insert(n.to_string(), t);
         } else if let Some(n) = name.strip_prefix("rmsprop/") {
             rmsprop.insert(n.to_string(), t);
-        } else if name == "state" {
-            state = Some(t);
         }
     }
-    let foreign = |reason: &str| CheckpointError::Foreign {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    };
-    let state = state.ok_or_else(|| foreign("it has no `state` record"))?;
-    if state.kind() != tch::Kind::Uint8 || state.dim() != 1 {
-        return Err(foreign("its `state` record is not a byte string"));
-    }
-    let bytes: Vec<u8> =
-        Vec::try_from(&state).map_err(|e: tch::TchError| foreign(&e.to_string()))?;
     let (state, _): (TrainingState, usize) =
         bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).map_err(|e| {
             CheckpointError::Unreadable {
@@ -225,20 +380,46 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
                 reason: format!("training state: {e}"),
             }
         })?;
-    if state.format_version != FORMAT_VERSION {
-        return Err(CheckpointError::Mismatch {
-            path: path.to_path_buf(),
-            reason: format!(
-                "format version {}, this build reads version {FORMAT_VERSION}",
-                state.format_version
-            ),
-        });
-    }
     Ok(Checkpoint {
         state,
         params,
         rmsprop,
     })
+}
+
+/// An in-memory `Write` that libtorch's stream writer can own while we keep a handle on it.
+#[derive(Clone, Default)]
+struct SharedBuf(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
+
+impl Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// CRC-32 (IEEE) over the records in name order: each name, its shape and its raw bytes.
+fn checksum(named: &[(String, Tensor)]) -> Result<u32, tch::TchError> {
+    let mut sorted: Vec<&(String, Tensor)> = named.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = Vec::new();
+    for (name, t) in sorted {
+        h.update(name.as_bytes());
+        for d in t.size() {
+            h.update(&d.to_le_bytes());
+        }
+        let t = t.f_contiguous()?;
+        let n = t.numel();
+        buf.resize(n * t.f_kind()?.elt_size_in_bytes(), 0);
+        t.f_copy_data_u8(&mut buf, n)?;
+        h.update(&buf);
+    }
+    Ok(h.finalize())
 }
 
 fn first_line(s: &str) -> String {
@@ -263,6 +444,114 @@ mod tests {
             wall_s: 1.5,
             config: Config::default(),
         }
+    }
+
+    /// Saves a small checkpoint at `frames` in `dir` and returns its path.
+    fn write(dir: &Path, frames: u64) -> PathBuf {
+        let path = path_for(dir, frames);
+        let w = Tensor::from_slice(&[1234.5f32; 64]);
+        let params = vec![("w".to_string(), w.shallow_clone())];
+        let mut st = state();
+        st.frames = frames;
+        save(&path, &st, &params, &[w.zeros_like()]).unwrap();
+        path
+    }
+
+    #[test]
+    fn damaged_files_are_named_and_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // A flipped byte inside the parameters' data.
+        let path = write(dir.path(), 1000);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let needle = 1234.5f32.to_le_bytes();
+        let at = bytes.windows(4).position(|w| w == needle).unwrap();
+        bytes[at + 10] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        // libtorch reads a damaged tensor without complaint; the checksum catches it.
+        let err = load(&path).err().expect("a flipped byte must be caught");
+        assert!(matches!(err, CheckpointError::Corrupted { .. }), "{err}");
+        assert!(err.to_string().contains(&path.display().to_string()));
+
+        // Truncated, as by a crash of a tool that copied it.
+        let path = write(dir.path(), 2000);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let err = load(&path).err().unwrap();
+        assert!(matches!(err, CheckpointError::Unreadable { .. }), "{err}");
+
+        // A libtorch archive that is not ours.
+        let path = dir.path().join("other.pt");
+        Tensor::save_multi(&[("x", Tensor::from_slice(&[1f32]))], &path).unwrap();
+        let err = load(&path).err().unwrap();
+        assert!(
+            err.to_string().contains("not an async-rl checkpoint"),
+            "{err}"
+        );
+
+        // Another format version.
+        let path = path_for(dir.path(), 3000);
+        let mut old = state();
+        old.format_version = 1;
+        let w = Tensor::from_slice(&[1f32]);
+        save(
+            &path,
+            &old,
+            &[("w".into(), w.shallow_clone())],
+            &[w.zeros_like()],
+        )
+        .unwrap();
+        let err = load(&path).err().unwrap();
+        assert!(
+            err.to_string()
+                .contains("format version 1, this build reads version 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn latest_falls_back_past_damaged_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in [1000, 2000, 3000] {
+            write(dir.path(), f);
+        }
+        let newest = path_for(dir.path(), 3000);
+        let bytes = std::fs::read(&newest).unwrap();
+        std::fs::write(&newest, &bytes[..100]).unwrap();
+        let found = open(dir.path(), "latest").unwrap();
+        assert_eq!(found.path, path_for(dir.path(), 2000));
+        assert_eq!(found.checkpoint.state.frames, 2000);
+        assert_eq!(found.skipped.len(), 1);
+        assert!(found.skipped[0].to_string().contains("model-3000.pt"));
+        // An explicit frame count does not fall back.
+        assert!(open(dir.path(), "3000").is_err());
+        // Nothing usable: every failure is listed.
+        for f in [1000, 2000] {
+            std::fs::write(path_for(dir.path(), f), b"junk").unwrap();
+        }
+        let err = open(dir.path(), "latest").err().unwrap().to_string();
+        for f in ["model-1000.pt", "model-2000.pt", "model-3000.pt"] {
+            assert!(err.contains(f), "{err}");
+        }
+        // No checkpoints at all.
+        let empty = tempfile::tempdir().unwrap();
+        let err = open(empty.path(), "latest").err().unwrap().to_string();
+        assert!(err.contains("no checkpoints"), "{err}");
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_and_partial_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in [1000, 2000, 3000, 4000] {
+            write(dir.path(), f);
+        }
+        assert!(prune(dir.path(), 0).unwrap().is_empty());
+        let removed = prune(dir.path(), 2).unwrap();
+        assert_eq!(removed.len(), 2);
+        assert_eq!(list(dir.path()), vec![3000, 4000]);
+        std::fs::write(dir.path().join("model-5000.pt.tmp"), b"half").unwrap();
+        let partial = remove_partial(dir.path()).unwrap();
+        assert_eq!(partial, vec![dir.path().join("model-5000.pt.tmp")]);
+        assert_eq!(list(dir.path()), vec![3000, 4000]);
     }
 
     #[test]

@@ -64,12 +64,14 @@ fn prepare(
         fresh.validate()?;
         return Ok((fresh, None));
     };
-    let path = checkpoint::resolve(&fresh.run_dir(), spec)?;
-    let ckpt = checkpoint::load(&path)?;
-    let cfg = config::merge(&ckpt.state.config, file_ref, cli, explicit)?;
+    let found = checkpoint::open(&fresh.run_dir(), spec)?;
+    for e in &found.skipped {
+        eprintln!("warning: --checkpoint latest: skipping {e}");
+    }
+    let cfg = config::merge(&found.checkpoint.state.config, file_ref, cli, explicit)?;
     cfg.validate()?;
-    println!("resuming from {}", path.display());
-    Ok((cfg, Some(ckpt)))
+    println!("resuming from {}", found.path.display());
+    Ok((cfg, Some(found.checkpoint)))
 }
 
 fn actor_main(args: &[String]) -> ExitCode {

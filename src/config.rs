@@ -169,6 +169,13 @@ pub struct Config {
     /// Seconds between metrics rows and progress log lines
     #[arg(long, default_value_t = 10.0)]
     pub log_interval: f64,
+    /// Keep only the newest this many checkpoints (0 keeps all)
+    #[arg(long, default_value_t = 0)]
+    pub keep_checkpoints: usize,
+    /// Replace an actor that dies up to this many times over the run; one more death stops the
+    /// run with a checkpoint and an error
+    #[arg(long, default_value_t = 10)]
+    pub max_actor_restarts: u32,
     /// Read settings from this TOML file (keys are the flag names); flags override it
     #[arg(long)]
     #[serde(skip)]
@@ -326,6 +333,8 @@ pub fn table_keys() -> BTreeSet<&'static str> {
         "terminal-on-life-loss",
         "logdir",
         "log-interval",
+        "keep-checkpoints",
+        "max-actor-restarts",
     ];
     KEYS.iter().copied().collect()
 }
@@ -500,6 +509,39 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("Config serializes to TOML")
     }
+
+    /// Reads a config written by [`Config::to_toml`] (e.g. by an older version, in a
+    /// checkpoint): keys it lacks take today's defaults, so adding a flag keeps old checkpoints
+    /// usable. Errors name the first bad key.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        let stored: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+        let mut table = to_table(&Config::default());
+        for (key, value) in stored {
+            if !table_keys().contains(key.as_str()) {
+                return Err(format!("unknown setting `{key}`"));
+            }
+            table.insert(key, value);
+        }
+        table
+            .try_into()
+            .map_err(|e: toml::de::Error| e.message().to_string())
+    }
+}
+
+/// Serde adapter that stores a [`Config`] as its TOML text (see [`Config::from_toml`]), so a
+/// binary record of it survives flags being added.
+pub mod as_toml {
+    use super::Config;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(cfg: &Config, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&cfg.to_toml())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Config, D::Error> {
+        let text = String::deserialize(d)?;
+        Config::from_toml(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 #[cfg(test)]
@@ -591,6 +633,26 @@ mod tests {
         let (c, _) = parse(&["--game", "Pong", "--n-step", "1", "--network", "nature"]);
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn stored_config_missing_newer_keys_takes_defaults() {
+        let (c, _) = parse(&["--game", "Pong", "--max-actor-restarts", "3"]);
+        let old: String = c
+            .to_toml()
+            .lines()
+            .filter(|l| !l.starts_with("max-actor-restarts"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let back = Config::from_toml(&old).unwrap();
+        assert_eq!(back.game, "Pong");
+        assert_eq!(
+            back.max_actor_restarts,
+            Config::default().max_actor_restarts
+        );
+        let err = Config::from_toml("no-such-flag = 1").unwrap_err();
+        assert!(err.contains("no-such-flag"), "{err}");
     }
 
     #[test]

@@ -19,10 +19,10 @@ use crate::env::{self, ObsSpec};
 use crate::metrics::{CsvWriter, Progress, ReturnWindow, Row};
 use crate::model::{obs_tensor, resolve_network, QNetwork};
 use crate::optim::{clip_grad_norm, zero_grad, RmsProp};
-use crate::protocol::{actor_seed, ActorInit, ActorMsg};
+use crate::protocol::ActorMsg;
 use crate::schedule;
 use crate::shm::{self, Batch, ExperienceQueue, SlotLayout, WeightSnapshot};
-use crate::supervisor::{self, ActorProcess};
+use crate::supervisor::{ActorPool, PoolSettings};
 
 /// Run counters, saved in checkpoints.
 #[derive(Clone, Copy, Debug, Default)]
@@ -99,6 +99,14 @@ pub fn run(
             run_dir.display()
         )
     })?;
+    let partial = checkpoint::remove_partial(&run_dir)
+        .with_context(|| format!("--logdir {}: cannot clean up", run_dir.display()))?;
+    for p in partial {
+        println!(
+            "removed {}, the unfinished save of a run that was killed",
+            p.display()
+        );
+    }
     let removed = shm::remove_stale_segments().context("removing stale shared-memory segments")?;
     if !removed.is_empty() {
         println!(
@@ -197,37 +205,22 @@ pub fn run(
             schedule::sample_final_epsilon(&cfg.final_epsilons, &cfg.final_epsilon_probs, rng.gen())
         })
         .collect();
-    let mut actors: Vec<ActorProcess> = Vec::with_capacity(cfg.processes);
     let pids = Arc::new(Mutex::new(Vec::new()));
     crate::signals::set_actor_pids(pids.clone());
-    let generation = counters.updates; // differs between a run and its resumption
-    let mut outcome: Result<()> = Ok(());
-    for (i, final_epsilon) in finals.iter().enumerate() {
-        let init = ActorInit {
-            actor: i,
-            lane: i,
-            seed: actor_seed(cfg.seed, i, generation),
-            final_epsilon: *final_epsilon,
+    let mut pool = ActorPool::new(
+        PoolSettings {
             config: cfg.clone(),
-            phase: cfg.bench_phase,
+            final_epsilons: finals.clone(),
             queue: shm::segment_name("queue"),
             snapshot: shm::segment_name("snapshot"),
-            reports: reports_tx.clone(),
-        };
-        match supervisor::spawn_actor(init, Duration::from_secs(30)) {
-            Ok(a) => {
-                pids.lock().unwrap().push(a.child.id());
-                actors.push(a);
-            }
-            Err(e) => {
-                outcome = Err(e);
-                break;
-            }
-        }
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-    }
+            reports: reports_tx,
+            // Differs between a run and its resumption, so resumed actors get fresh seeds.
+            generation: counters.updates,
+            start_timeout: Duration::from_secs(30),
+        },
+        pids,
+    );
+    let mut outcome = pool.start_all(&stop);
 
     let started = counters;
     if outcome.is_ok() {
@@ -237,7 +230,7 @@ pub fn run(
             &queue,
             &snapshot,
             &reports_rx,
-            &mut actors,
+            &mut pool,
             &finals,
             &mut counters,
             &stop,
@@ -246,7 +239,7 @@ pub fn run(
     }
     // Shut down in order: close the queue (actors see it and exit), reap, then save.
     queue.close();
-    let killed = supervisor::stop_all(&mut actors, Duration::from_secs(5));
+    let killed = pool.stop_all(Duration::from_secs(5));
     if !killed.is_empty() {
         eprintln!("actors {killed:?} did not stop within 5 s and were killed");
     }
@@ -285,6 +278,13 @@ fn save(
     };
     let path = checkpoint::path_for(run_dir, c.frames);
     checkpoint::save(&path, &state, trainer.model.params(), trainer.optim.state())?;
+    checkpoint::prune(run_dir, cfg.keep_checkpoints).with_context(|| {
+        format!(
+            "--keep-checkpoints {}: removing older checkpoints in {}",
+            cfg.keep_checkpoints,
+            run_dir.display()
+        )
+    })?;
     Ok(path)
 }
 
@@ -363,7 +363,7 @@ fn train(
     queue: &ExperienceQueue,
     snapshot: &WeightSnapshot,
     reports: &IpcReceiver<ActorMsg>,
-    actors: &mut Vec<ActorProcess>,
+    pool: &mut ActorPool,
     finals: &[f64],
     c: &mut Counters,
     stop: &AtomicBool,
@@ -382,21 +382,30 @@ fn train(
     let mut interval = Interval::new(start, c);
     let mut next_sync = c.frames + cfg.sync_frames;
     let mut next_save = (c.frames / cfg.save_freq + 1) * cfg.save_freq;
-    let mut ready = 0;
+    let mut ready = std::collections::BTreeSet::new();
     loop {
         c.frames = queue.frames().load(Ordering::Relaxed);
         while let Ok(msg) = reports.try_recv() {
             match msg {
-                ActorMsg::Ready { .. } => ready += 1,
+                ActorMsg::Ready { actor, .. } => {
+                    ready.insert(actor);
+                }
                 ActorMsg::Episode { score, .. } => {
                     scores.push(score as f64);
                     c.episodes += 1;
                 }
-                ActorMsg::Failed { actor, message } => bail!("actor {actor} failed: {message}"),
+                // Its exit follows; the replacement is made when it is reaped.
+                ActorMsg::Failed { actor, message } => {
+                    progress.println(&format!("actor {actor} failed: {message}"));
+                }
             }
         }
-        if let Some((actor, status)) = supervisor::reap_exited(actors).into_iter().next() {
-            bail!("actor {actor} exited unexpectedly ({status})");
+        for r in pool.replace_exited()? {
+            ready.remove(&r.actor);
+            progress.println(&format!(
+                "actor {} exited unexpectedly ({}) at {} frames; restarted it with seed {} (restart {} of --max-actor-restarts {})",
+                r.actor, r.status, c.frames, r.seed, r.restarts, cfg.max_actor_restarts
+            ));
         }
         let done = if stop.load(Ordering::Relaxed) {
             Some("stopping on signal".to_string())
@@ -445,6 +454,8 @@ fn train(
                 }
                 if c.frames >= next_save {
                     c.wall_s = wall0 + start.elapsed().as_secs_f64();
+                    // A failed save (a full disk, non-finite weights) stops the run; the older
+                    // checkpoints are intact.
                     let path = save(cfg, trainer, c, run_dir)?;
                     progress.println(&format!("saved {}", path.display()));
                     next_save = (c.frames / cfg.save_freq + 1) * cfg.save_freq;
@@ -457,8 +468,8 @@ fn train(
             let row = interval.row(now, c, cfg, finals, &scores);
             csv.write(&row).context("writing metrics.csv")?;
             progress.update(&row);
-            if ready < actors.len() {
-                progress.println(&format!("{ready} of {} actors ready", actors.len()));
+            if ready.len() < pool.size() {
+                progress.println(&format!("{} of {} actors ready", ready.len(), pool.size()));
             }
             interval = Interval::new(now, c);
             next_log = now + log_every;

@@ -149,14 +149,14 @@ mod tests {
         let (g, b) = (0.99f32, 2.5f32);
         let mut out = [0.0; 5];
         n_step_returns(&r, b, g, &mut out);
-        for i in 0..5 {
+        for (i, got) in out.iter().enumerate() {
             let mut expect = 0.0f32;
             for (k, rk) in r.iter().enumerate().skip(i) {
                 expect += g.powi((k - i) as i32) * rk;
             }
             expect += g.powi((5 - i) as i32) * b;
             assert!(
-                (out[i] - expect).abs() < 1e-5,
+                (got - expect).abs() < 1e-5,
                 "i={i}: {} vs {expect}",
                 out[i]
             );

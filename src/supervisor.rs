@@ -5,15 +5,20 @@
 //! them in order). Each asks the kernel for SIGKILL when the learner dies (PR_SET_PDEATHSIG)
 //! and then checks that the learner is still its parent, which closes the race where the
 //! learner died before the prctl.
+//!
+//! [`ActorPool`] keeps the run's actors going: an actor that dies (SIGKILL, a panic, the
+//! emulator's own `exit`) is replaced by a new process with a fresh seed on the same queue lane,
+//! up to `--max-actor-restarts` times over the run.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
 
-use crate::protocol::ActorInit;
+use crate::config::Config;
+use crate::protocol::{actor_seed, ActorInit, ActorMsg};
 
 /// First argument that turns the learner binary into an actor.
 pub const ACTOR_ARG: &str = "__actor";
@@ -128,4 +133,146 @@ pub fn reap_exited(actors: &mut Vec<ActorProcess>) -> Vec<(usize, String)> {
         }
     });
     exited
+}
+
+/// What every actor of a run shares; [`ActorPool::start`] fills in the rest.
+pub struct PoolSettings {
+    pub config: Config,
+    /// Final epsilon of each actor slot (its length is the number of actors).
+    pub final_epsilons: Vec<f64>,
+    /// Shared-memory segment names.
+    pub queue: String,
+    pub snapshot: String,
+    pub reports: IpcSender<ActorMsg>,
+    /// Distinguishes the seeds of a run from those of its resumptions (e.g. the update count).
+    pub generation: u64,
+    /// How long a new actor may take to connect.
+    pub start_timeout: Duration,
+}
+
+/// An actor that died and what became of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replacement {
+    pub actor: usize,
+    /// How the dead process ended, e.g. `signal: 9 (SIGKILL)`.
+    pub status: String,
+    /// The replacement's seed.
+    pub seed: u64,
+    /// Restarts so far over the run, this one included.
+    pub restarts: u32,
+}
+
+/// The run's actor processes, one per queue lane, with their replacement budget.
+pub struct ActorPool {
+    settings: PoolSettings,
+    running: Vec<ActorProcess>,
+    /// Live pids, shared with the signal handler (a second signal kills them).
+    pids: Arc<Mutex<Vec<u32>>>,
+    restarts: u32,
+}
+
+impl ActorPool {
+    pub fn new(settings: PoolSettings, pids: Arc<Mutex<Vec<u32>>>) -> Self {
+        ActorPool {
+            settings,
+            running: Vec::new(),
+            pids,
+            restarts: 0,
+        }
+    }
+
+    /// Number of actor slots.
+    pub fn size(&self) -> usize {
+        self.settings.final_epsilons.len()
+    }
+
+    /// Actors running now.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Restarts made so far.
+    pub fn restarts(&self) -> u32 {
+        self.restarts
+    }
+
+    /// Starts actor `actor` on lane `actor` with `seed`.
+    fn start(&mut self, actor: usize, seed: u64) -> Result<()> {
+        let s = &self.settings;
+        let init = ActorInit {
+            actor,
+            lane: actor,
+            seed,
+            final_epsilon: s.final_epsilons[actor],
+            config: s.config.clone(),
+            phase: s.config.bench_phase,
+            queue: s.queue.clone(),
+            snapshot: s.snapshot.clone(),
+            reports: s.reports.clone(),
+        };
+        let a = spawn_actor(init, s.start_timeout)?;
+        self.pids.lock().unwrap().push(a.child.id());
+        self.running.push(a);
+        Ok(())
+    }
+
+    /// Starts every actor, stopping early (without error) when `stop` is set.
+    pub fn start_all(&mut self, stop: &std::sync::atomic::AtomicBool) -> Result<()> {
+        for i in 0..self.size() {
+            let seed = actor_seed(self.settings.config.seed, i, self.settings.generation);
+            self.start(i, seed)?;
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reaps actors that have exited and starts a replacement for each, with a fresh seed on
+    /// the same lane (the queue discards a dead producer's unfinished slot, so nothing torn is
+    /// consumed). Fails, naming the actor and how it ended, once more than
+    /// `--max-actor-restarts` replacements would be needed.
+    pub fn replace_exited(&mut self) -> Result<Vec<Replacement>> {
+        let exited = reap_exited(&mut self.running);
+        let mut done = Vec::new();
+        for (actor, status) in exited {
+            self.forget_dead_pids();
+            let max = self.settings.config.max_actor_restarts;
+            if self.restarts >= max {
+                bail!(
+                    "actor {actor} exited unexpectedly ({status}) after {} restart(s); --max-actor-restarts {max} reached",
+                    self.restarts
+                );
+            }
+            self.restarts += 1;
+            // Fresh seeds: restart r of a run uses generation + r * 2^32.
+            let generation = self
+                .settings
+                .generation
+                .wrapping_add(u64::from(self.restarts) << 32);
+            let seed = actor_seed(self.settings.config.seed, actor, generation);
+            self.start(actor, seed)
+                .with_context(|| format!("restarting actor {actor}"))?;
+            done.push(Replacement {
+                actor,
+                status,
+                seed,
+                restarts: self.restarts,
+            });
+        }
+        Ok(done)
+    }
+
+    fn forget_dead_pids(&self) {
+        let live: Vec<u32> = self.running.iter().map(|a| a.child.id()).collect();
+        self.pids.lock().unwrap().retain(|p| live.contains(p));
+    }
+
+    /// Waits up to `grace` for all actors to exit (after the queue was closed), then SIGKILLs
+    /// the rest; returns the actors that had to be killed.
+    pub fn stop_all(&mut self, grace: Duration) -> Vec<usize> {
+        let killed = stop_all(&mut self.running, grace);
+        self.forget_dead_pids();
+        killed
+    }
 }

@@ -23,6 +23,8 @@ fn start_learner(dir: &std::path::Path) -> std::process::Child {
             "0.5",
             "--max-frames",
             "100000000",
+            "--save-freq",
+            "5000",
         ])
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -87,27 +89,40 @@ fn sighup_from_a_closed_terminal_stops_the_same_way() {
 }
 
 #[test]
-fn killed_learner_takes_its_actors_and_its_segments_are_reclaimed() {
+fn killed_learner_takes_its_actors_and_the_next_resumes_from_the_latest_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let mut child = start_learner(tmp.path());
     let pid = child.id();
     let actors = actors_of(pid);
     assert_eq!(actors.len(), 2);
+    let run_dir = tmp.path().join("run");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while async_rl::checkpoint::list(&run_dir).is_empty() {
+        assert!(Instant::now() < deadline, "no checkpoint within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let killed_at = Instant::now();
     let _ = child.wait();
-    let deadline = Instant::now() + Duration::from_secs(5);
     while !actors_of(pid).is_empty() {
         assert!(
-            Instant::now() < deadline,
+            killed_at.elapsed() < Duration::from_secs(5),
             "actors {:?} outlived their learner by 5 s",
             actors_of(pid)
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
+    println!(
+        "actors exited {:?} after the learner's SIGKILL",
+        killed_at.elapsed()
+    );
     assert!(
         !segments_of(pid).is_empty(),
         "a SIGKILLed learner cannot unlink; expected leftovers to reclaim"
     );
+    // The newest checkpoint may be one the kill interrupted; `latest` takes the newest good one.
+    let newest = *async_rl::checkpoint::list(&run_dir).last().unwrap();
+    let until = (newest + 3000).to_string();
     let (next, out) = run(
         LEARNER,
         &[
@@ -116,14 +131,25 @@ fn killed_learner_takes_its_actors_and_its_segments_are_reclaimed() {
             "--device",
             "cpu",
             "--logdir",
-            "run2",
+            "run",
+            "--checkpoint",
+            "latest",
             "--max-frames",
-            "2000",
+            &until,
         ],
         tmp.path(),
         Duration::from_secs(120),
     );
     assert_ok("next learner", &out);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("resuming from run/model-{newest}.pt")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("resumed at {newest} frames")),
+        "{stdout}"
+    );
     // (Another test's learner may have reclaimed them first: the check is that they are gone.)
     assert_eq!(
         segments_of(pid),

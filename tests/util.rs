@@ -65,7 +65,7 @@ pub fn actors_of(pid: u32) -> Vec<u32> {
         let Ok(cmd) = std::fs::read(format!("/proc/{p}/cmdline")) else {
             continue;
         };
-        let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| text(a)).collect();
+        let args: Vec<String> = cmd.split(|b| *b == 0).map(text).collect();
         if args.get(1).map(String::as_str) == Some("__actor")
             && args.get(3) == Some(&pid.to_string())
         {

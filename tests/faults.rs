@@ -1,0 +1,396 @@
+//! Faults a long run must survive, each injected for real: actors SIGKILLed, panicking or
+//! exiting the way ALE does; the restart bound; a disk that fills up while saving; a run
+//! directory that cannot be created.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::util::*;
+
+/// A learner on CartPole (fast to start and step) whose stdout and stderr go to files in `dir`.
+struct Run {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Run {
+    fn start(dir: &Path, logdir: &str, extra: &[&str], env: &[(&str, &str)]) -> Run {
+        let out = dir.join(format!("{logdir}.stdout"));
+        let err = dir.join(format!("{logdir}.stderr"));
+        let mut cmd = Command::new(LEARNER);
+        cmd.args([
+            "--game",
+            "CartPole",
+            "--device",
+            "cpu",
+            "--logdir",
+            logdir,
+            "--log-interval",
+            "0.5",
+        ])
+        .args(extra)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out).unwrap())
+        .stderr(File::create(&err).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Run {
+            child: cmd.spawn().unwrap(),
+            out,
+            err,
+        }
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// Waits until stdout holds `n` lines containing `needle`; returns the time it took.
+    fn wait_for(&self, needle: &str, n: usize, limit: Duration) -> Duration {
+        let t0 = Instant::now();
+        while self.stdout().matches(needle).count() < n {
+            assert!(
+                t0.elapsed() < limit,
+                "no {n} x `{needle}` within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        t0.elapsed()
+    }
+
+    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if t0.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!(
+                    "the learner did not exit within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Frame counts of the metrics rows written so far.
+fn metric_frames(run_dir: &Path) -> Vec<u64> {
+    std::fs::read_to_string(run_dir.join("metrics.csv"))
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').nth(1)?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn sigkilled_actor_is_replaced_and_training_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut run = Run::start(
+        tmp.path(),
+        "run",
+        &["--processes", "2", "--max-frames", "100000000"],
+        &[],
+    );
+    let pid = run.child.id();
+    run.wait_for("frames ", 2, Duration::from_secs(60));
+    let victims = actors_of(pid);
+    assert_eq!(victims.len(), 2, "{}", run.stdout());
+    let mut detected = Vec::new();
+    for (round, victim) in victims.iter().enumerate() {
+        kill(Pid::from_raw(*victim as i32), Signal::SIGKILL).unwrap();
+        let took = run.wait_for("restarted it with seed", round + 1, Duration::from_secs(10));
+        detected.push(took);
+        let log = run.stdout();
+        assert!(
+            log.contains("(signal: 9 (SIGKILL))"),
+            "the log names how the actor died:\n{log}"
+        );
+        assert!(log.contains(&format!("restart {} of --max-actor-restarts 10", round + 1)));
+        // Two actors again, the dead one among neither.
+        let t0 = Instant::now();
+        while actors_of(pid).len() != 2 || actors_of(pid).contains(victim) {
+            assert!(t0.elapsed() < Duration::from_secs(10), "no replacement");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // Training goes on: frames keep growing in the metrics after the restarts.
+    let before = *metric_frames(&tmp.path().join("run")).last().unwrap();
+    let t0 = Instant::now();
+    while *metric_frames(&tmp.path().join("run")).last().unwrap() < before + 20_000 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "training stalled");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill(Pid::from_raw(pid as i32), Signal::SIGINT).unwrap();
+    let status = run.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status}\n{}", run.stderr());
+    assert!(!async_rl::checkpoint::list(&tmp.path().join("run")).is_empty());
+    assert_clean(pid);
+    println!("SIGKILLed actor detected and replaced in {detected:?}");
+}
+
+/// Every actor fails at its 300th step in the way `kind` says; with one actor and a bound of
+/// 2, the third failure stops the run with a checkpoint and an error that says why.
+fn restarts_are_bounded(kind: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let fault = format!("{kind}@300");
+    let mut run = Run::start(
+        tmp.path(),
+        "run",
+        &[
+            "--processes",
+            "1",
+            "--max-frames",
+            "100000000",
+            "--max-actor-restarts",
+            "2",
+        ],
+        &[(async_rl::actor::FAULT_ENV, &fault)],
+    );
+    let pid = run.child.id();
+    let status = run.wait(Duration::from_secs(60));
+    let (out, err) = (run.stdout(), run.stderr());
+    assert_eq!(status.code(), Some(1), "{kind}: {status}\n{out}\n{err}");
+    assert_eq!(
+        out.matches("restarted it with seed").count(),
+        2,
+        "{kind}:\n{out}"
+    );
+    assert!(
+        err.contains("after 2 restart(s); --max-actor-restarts 2 reached"),
+        "{kind}:\n{err}"
+    );
+    if kind == "error" {
+        assert!(out.contains("actor 0 failed: injected error"), "{out}");
+    }
+    let saved = async_rl::checkpoint::list(&tmp.path().join("run"));
+    assert_eq!(saved.len(), 1, "{kind}: a final checkpoint\n{out}");
+    async_rl::checkpoint::load(&async_rl::checkpoint::path_for(
+        &tmp.path().join("run"),
+        saved[0],
+    ))
+    .unwrap();
+    // Three actor lives of 300 steps each reached the learner.
+    assert!(saved[0] >= 600, "{kind}: {saved:?}");
+    assert_clean(pid);
+}
+
+#[test]
+fn panicking_actor_is_restarted_up_to_the_bound() {
+    restarts_are_bounded("panic");
+}
+
+#[test]
+fn actor_exiting_like_ale_is_restarted_up_to_the_bound() {
+    restarts_are_bounded("exit");
+}
+
+#[test]
+fn actor_error_is_reported_and_restarted_up_to_the_bound() {
+    restarts_are_bounded("error");
+}
+
+#[test]
+fn malformed_fault_spec_is_an_error_not_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut run = Run::start(
+        tmp.path(),
+        "run",
+        &[
+            "--processes",
+            "1",
+            "--max-frames",
+            "100000000",
+            "--max-actor-restarts",
+            "0",
+        ],
+        &[(async_rl::actor::FAULT_ENV, "explode@3")],
+    );
+    let status = run.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1));
+    let out = run.stdout();
+    assert!(
+        out.contains("expected panic@N, exit@N or error@N"),
+        "{out}\n{}",
+        run.stderr()
+    );
+}
+
+/// Mounts a tmpfs of `kib` KiB at `dir`; false where mounting is not permitted (not root, or
+/// no CAP_SYS_ADMIN in a container).
+fn mount_tmpfs(dir: &Path, kib: u32) -> bool {
+    std::fs::create_dir_all(dir).unwrap();
+    Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+        .arg(dir)
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn full_disk_while_saving_stops_with_the_older_checkpoints_intact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("disk");
+    // Room for three CartPole checkpoints (43 KB each) and the logs, not for a fourth.
+    if !mount_tmpfs(&disk, 160) {
+        eprintln!("skipped: mounting a tmpfs is not permitted here");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(disk.clone());
+    let mut run = Run::start(
+        tmp.path(),
+        "disk/run",
+        &[
+            "--processes",
+            "1",
+            "--save-freq",
+            "5000",
+            "--max-frames",
+            "100000000",
+        ],
+        &[],
+    );
+    let pid = run.child.id();
+    let status = run.wait(Duration::from_secs(120));
+    let err = run.stderr();
+    assert_eq!(status.code(), Some(1), "{status}\n{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    let run_dir = disk.join("run");
+    let saved = async_rl::checkpoint::list(&run_dir);
+    assert!(!saved.is_empty(), "{}", run.stdout());
+    // The save that failed names its file, left no temporary file, and every checkpoint that
+    // is there loads.
+    assert!(err.contains("checkpoint disk/run/model-"), "{err}");
+    let names: Vec<String> = std::fs::read_dir(&run_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    for f in &saved {
+        async_rl::checkpoint::load(&async_rl::checkpoint::path_for(&run_dir, *f)).unwrap();
+    }
+    assert_clean(pid);
+}
+
+#[test]
+fn uncreatable_logdir_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("afile"), b"").unwrap();
+    let (_, out) = run(
+        LEARNER,
+        &[
+            "--game",
+            "CartPole",
+            "--device",
+            "cpu",
+            "--logdir",
+            "afile/run",
+        ],
+        tmp.path(),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--logdir afile/run: cannot create the run directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn latest_skips_a_damaged_newest_checkpoint_and_a_missing_one_lists_those_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = [
+        "--game",
+        "CartPole",
+        "--processes",
+        "1",
+        "--device",
+        "cpu",
+        "--logdir",
+        "run",
+    ];
+    let args = |extra: &[&str]| -> Vec<String> {
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let first = args(&["--max-frames", "12000", "--save-freq", "5000"]);
+    let (_, out) = run(LEARNER, &argv(&first), tmp.path(), Duration::from_secs(60));
+    assert_ok("first run", &out);
+    let run_dir = tmp.path().join("run");
+    let saved = async_rl::checkpoint::list(&run_dir);
+    assert!(saved.len() >= 2, "{saved:?}");
+
+    let missing = args(&["--checkpoint", "777"]);
+    let (_, out) = run(
+        LEARNER,
+        &argv(&missing),
+        tmp.path(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    let listed: Vec<String> = saved.iter().map(|f| f.to_string()).collect();
+    assert!(
+        err.contains("run/model-777.pt: no such file")
+            && err.contains(&format!(
+                "checkpoints in the run directory: {}",
+                listed.join(", ")
+            )),
+        "{err}"
+    );
+
+    // Damage the newest (a flipped byte in its data): `latest` says so and takes the one before.
+    let newest = async_rl::checkpoint::path_for(&run_dir, saved[saved.len() - 1]);
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xFF;
+    std::fs::write(&newest, &bytes).unwrap();
+    let previous = saved[saved.len() - 2];
+    let until = (previous + 3000).to_string();
+    let resume = args(&["--checkpoint", "latest", "--max-frames", &until]);
+    let (pid, out) = run(LEARNER, &argv(&resume), tmp.path(), Duration::from_secs(60));
+    assert_ok("resumed run", &out);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        stderr.contains(&format!(
+            "warning: --checkpoint latest: skipping checkpoint {}",
+            newest.strip_prefix(tmp.path()).unwrap().display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains(&format!("resuming from run/model-{previous}.pt")),
+        "{stdout}"
+    );
+    assert_clean(pid);
+}
+
+fn argv(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
