@@ -6,4 +6,5 @@ mod e2e;
 mod faults;
 mod queue;
 mod signals;
+mod snapshot;
 mod util;
