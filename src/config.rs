@@ -636,6 +636,61 @@ mod tests {
         assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
     }
 
+    /// One bad value per flag; the error must name the flag, and every key must be covered.
+    #[test]
+    fn every_flag_has_a_bad_value_that_is_refused_by_name() {
+        let bad: &[(&str, &str)] = &[
+            ("game", "SpaceInvader"),
+            ("rom", "/no/such/rom.bin"),
+            ("processes", "0"),
+            ("algorithm", "dqn"),
+            ("envs-per-actor", "0"),
+            ("n-step", "0"),
+            ("gamma", "1.5"),
+            ("batch-size", "0"),
+            ("queue-size", "0"),
+            ("lr", "-1"),
+            ("lr-decay", "-5"),
+            ("rms-decay", "1"),
+            ("rms-eps", "0"),
+            ("max-grad-norm", "nan"),
+            ("loss", "l1"),
+            ("eps-decay", "x"),
+            ("final-epsilons", "2"),
+            ("final-epsilon-probs", "0.5,0.5"),
+            ("sync-frames", "0"),
+            ("save-freq", "0"),
+            ("max-frames", "0"),
+            ("target-return", "inf"),
+            ("network", "resnet"),
+            ("device", "tpu"),
+            ("learner-threads", "0"),
+            ("seed", "-1"),
+            ("frame-skip", "0"),
+            ("noop-max", "-3"),
+            ("repeat-action-probability", "1"),
+            ("max-episode-frames", "0"),
+            ("terminal-on-life-loss", "maybe"),
+            ("logdir", ""),
+            ("log-interval", "0"),
+            ("keep-checkpoints", "-1"),
+            ("max-actor-restarts", "many"),
+        ];
+        let covered: BTreeSet<&str> = bad.iter().map(|(k, _)| *k).collect();
+        assert_eq!(covered, table_keys(), "every flag needs a bad value here");
+        for (flag, value) in bad {
+            let arg = format!("--{flag}={value}");
+            let message = match Config::command().try_get_matches_from(["learner", &arg]) {
+                Err(e) => e.to_string(),
+                Ok(m) => match Config::from_arg_matches(&m).unwrap().validate() {
+                    Err(e) => e.to_string(),
+                    Ok(()) => panic!("{arg} was accepted"),
+                },
+            };
+            assert!(message.contains(&format!("--{flag}")), "{arg}: {message}");
+        }
+    }
+
     #[test]
     fn stored_config_missing_newer_keys_takes_defaults() {
         let (c, _) = parse(&["--game", "Pong", "--max-actor-restarts", "3"]);

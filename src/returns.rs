@@ -155,11 +155,7 @@ mod tests {
                 expect += g.powi((k - i) as i32) * rk;
             }
             expect += g.powi((5 - i) as i32) * b;
-            assert!(
-                (got - expect).abs() < 1e-5,
-                "i={i}: {} vs {expect}",
-                out[i]
-            );
+            assert!((got - expect).abs() < 1e-5, "i={i}: {} vs {expect}", out[i]);
         }
     }
 }
