@@ -53,8 +53,28 @@ fn prepare(
     cli: &Config,
     explicit: &std::collections::BTreeSet<String>,
 ) -> anyhow::Result<(Config, Option<checkpoint::Checkpoint>)> {
-    let file = cli
-        .config
+    // `--config none`: the defaults only. No --config on a new run: the game's tuned config,
+    // if there is one (a resumed run keeps the config it was trained with).
+    let file_path = match &cli.config {
+        Some(p) if p.as_os_str() == "none" => None,
+        Some(p) => Some(p.clone()),
+        None if cli.checkpoint.is_none() => {
+            let game = config::merge(&Config::default(), None, cli, explicit)?.env_id();
+            let tuned = game
+                .ok()
+                .and_then(|id| config::tuned_config(id.name()).map(|p| (id, p)));
+            if let Some((id, p)) = &tuned {
+                println!(
+                    "using {}, the tuned config for {} (--config none for the built-in defaults)",
+                    p.display(),
+                    id.name()
+                );
+            }
+            tuned.map(|(_, p)| p)
+        }
+        None => None,
+    };
+    let file = file_path
         .as_ref()
         .map(|p| config::read_file(p).map(|t| (p.clone(), t)))
         .transpose()?;

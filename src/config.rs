@@ -176,7 +176,9 @@ pub struct Config {
     /// run with a checkpoint and an error
     #[arg(long, default_value_t = 10)]
     pub max_actor_restarts: u32,
-    /// Read settings from this TOML file (keys are the flag names); flags override it
+    /// Read settings from this TOML file (keys are the flag names); flags override it.
+    /// Without it, a new run of a game uses configs/<game>.toml when there is one (see
+    /// tuned_config); `none` uses only the built-in defaults
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -295,6 +297,21 @@ pub fn merge(
     merged.list_games = cli.list_games;
     merged.bench_phase = cli.bench_phase;
     Ok(merged)
+}
+
+/// Environment variable naming the directory of tuned per-game configs (`scripts/learner`
+/// sets it to the repository's `configs/`); without it, `configs/` in the current directory.
+pub const CONFIG_DIR_ENV: &str = "ASYNC_RL_CONFIG_DIR";
+
+/// The tuned config of game `name` (its display name, e.g. `SpaceInvaders`):
+/// `<dir>/<name in lower case>.toml` if that file exists, where `<dir>` is
+/// `$ASYNC_RL_CONFIG_DIR` or `configs`.
+pub fn tuned_config(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os(CONFIG_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("configs"));
+    let path = dir.join(format!("{}.toml", name.to_lowercase()));
+    path.is_file().then_some(path)
 }
 
 /// The keys a config file may set: every flag but the run-only ones.
@@ -727,7 +744,24 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             n += 1;
         }
-        assert!(n >= 2, "configs/ has {n} files");
+        assert!(n >= 5, "configs/ has {n} files");
+    }
+
+    #[test]
+    fn configs_defaults_toml_is_the_built_in_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/defaults.toml");
+        let (cli, explicit) = parse(&[]);
+        let file = read_file(&path).unwrap();
+        let c = merge(&Config::default(), Some((&path, &file)), &cli, &explicit).unwrap();
+        assert_eq!(c, Config::default());
+        // Every key is written out (commented-out keys are those without a default value).
+        let text = std::fs::read_to_string(&path).unwrap();
+        for key in table_keys() {
+            assert!(
+                text.contains(&format!("\n{key} =")) || text.contains(&format!("# {key} =")),
+                "configs/defaults.toml does not document `{key}`"
+            );
+        }
     }
 
     #[test]

@@ -154,3 +154,66 @@ fn divergence_stops_the_run_without_a_non_finite_checkpoint() {
     );
     assert_clean(pid);
 }
+
+#[test]
+fn a_new_run_uses_the_games_tuned_config_and_says_so_unless_told_otherwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("configs")).unwrap();
+    std::fs::write(
+        tmp.path().join("configs/cartpole.toml"),
+        "game = \"CartPole\"\nprocesses = 1\ngamma = 0.5\nmax-frames = 3000\n",
+    )
+    .unwrap();
+    let common = ["--game", "CartPole", "--device", "cpu"];
+    let with =
+        |extra: &[&'static str]| -> Vec<&str> { common.iter().chain(extra).copied().collect() };
+    let (pid, out) = run(
+        LEARNER,
+        &with(&["--logdir", "tuned"]),
+        tmp.path(),
+        Duration::from_secs(60),
+    );
+    assert_ok("tuned run", &out);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(
+            "using configs/cartpole.toml, the tuned config for CartPole (--config none for the built-in defaults)"
+        ),
+        "{stdout}"
+    );
+    let saved = std::fs::read_to_string(tmp.path().join("tuned/config.toml")).unwrap();
+    assert!(
+        saved.contains("gamma = 0.5") && saved.contains("max-frames = 3000"),
+        "{saved}"
+    );
+    assert_clean(pid);
+
+    // --config none: the built-in defaults, with the flags given.
+    let (pid, out) = run(
+        LEARNER,
+        &with(&[
+            "--config",
+            "none",
+            "--processes",
+            "1",
+            "--max-frames",
+            "2000",
+            "--logdir",
+            "plain",
+        ]),
+        tmp.path(),
+        Duration::from_secs(60),
+    );
+    assert_ok("untuned run", &out);
+    assert!(
+        !text(&out.stdout).contains("using configs/"),
+        "{}",
+        text(&out.stdout)
+    );
+    let saved = std::fs::read_to_string(tmp.path().join("plain/config.toml")).unwrap();
+    assert!(
+        saved.contains("gamma = 0.99") && saved.contains("max-frames = 2000"),
+        "{saved}"
+    );
+    assert_clean(pid);
+}
