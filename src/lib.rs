@@ -6,7 +6,7 @@
 //! [`schedule`] (the RL math), [`optim`] (RMSProp), [`shm`] (the experience queue and weight
 //! snapshot in shared memory), [`actor`] and [`learner`] (the two loops), [`supervisor`] and
 //! [`signals`] (process management), [`cli`] (the learner's command line), [`protocol`] (ipc messages), [`checkpoint`], [`metrics`],
-//! [`config`] and [`device`].
+//! [`tensorboard`] (event files), [`config`] and [`device`].
 
 pub mod actor;
 pub mod checkpoint;
@@ -26,6 +26,7 @@ pub mod schedule;
 pub mod shm;
 pub mod signals;
 pub mod supervisor;
+pub mod tensorboard;
 
 /// The README's Rust examples, compiled by `cargo test` so they stay true.
 #[cfg(doctest)]
