@@ -527,6 +527,15 @@ impl Config {
         toml::to_string_pretty(self).expect("Config serializes to TOML")
     }
 
+    /// Every setting as (flag name, TOML value), sorted by name (for TensorBoard's
+    /// hyperparameter table).
+    pub fn key_values(&self) -> Vec<(String, String)> {
+        to_table(self)
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect()
+    }
+
     /// Reads a config written by [`Config::to_toml`] (e.g. by an older version, in a
     /// checkpoint): keys it lacks take today's defaults, so adding a flag keeps old checkpoints
     /// usable. Errors name the first bad key.

@@ -16,7 +16,7 @@ use crate::checkpoint::{self, TrainingState};
 use crate::config::{BenchPhase, Config, Loss};
 use crate::device;
 use crate::env::{self, ObsSpec};
-use crate::metrics::{CsvWriter, Progress, ReturnWindow, Row};
+use crate::metrics::{Board, CsvWriter, Progress, ReturnWindow, Row};
 use crate::model::{obs_tensor, resolve_network, QNetwork};
 use crate::optim::{clip_grad_norm, zero_grad, RmsProp};
 use crate::protocol::ActorMsg;
@@ -371,6 +371,8 @@ fn train(
 ) -> Result<()> {
     let mut csv = CsvWriter::open(&run_dir.join("metrics.csv"))
         .with_context(|| format!("--logdir {}: cannot write metrics.csv", run_dir.display()))?;
+    let mut board = Board::create(run_dir, &cfg.key_values(), c.frames)
+        .with_context(|| format!("--logdir {}: TensorBoard", run_dir.display()))?;
     let progress = Progress::new(c.frames, cfg.max_frames);
     let mut batch = Batch::new(cfg.batch_size, queue.layout());
     let mut scores = ReturnWindow::new(100);
@@ -390,9 +392,12 @@ fn train(
                 ActorMsg::Ready { actor, .. } => {
                     ready.insert(actor);
                 }
-                ActorMsg::Episode { score, .. } => {
+                ActorMsg::Episode { score, frames, .. } => {
                     scores.push(score as f64);
                     c.episodes += 1;
+                    board
+                        .episode(c.frames, score as f64, frames)
+                        .context("writing the TensorBoard event file")?;
                 }
                 // Its exit follows; the replacement is made when it is reaped.
                 ActorMsg::Failed { actor, message } => {
@@ -467,6 +472,9 @@ fn train(
             c.wall_s = wall0 + start.elapsed().as_secs_f64();
             let row = interval.row(now, c, cfg, finals, &scores);
             csv.write(&row).context("writing metrics.csv")?;
+            board
+                .row(&row)
+                .context("writing the TensorBoard event file")?;
             progress.update(&row);
             if ready.len() < pool.size() {
                 progress.println(&format!("{} of {} actors ready", ready.len(), pool.size()));

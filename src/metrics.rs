@@ -1,6 +1,7 @@
 //! Training metrics: `metrics.csv` in the run directory, appended as training goes (a resumed
-//! run continues the same file from its checkpoint's counters), and what the user sees: an
-//! indicatif progress bar on a terminal, plain periodic log lines otherwise.
+//! run continues the same file from its checkpoint's counters); the same numbers as TensorBoard
+//! scalars ([`Board`]), with CleanRL's tag names and emulator frames on the x-axis; and what
+//! the user sees: an indicatif progress bar on a terminal, plain periodic log lines otherwise.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -8,6 +9,8 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::tensorboard::{markdown_table, EventWriter, TensorBoardError};
 
 /// The CSV header; one [`Row`] per line.
 pub const CSV_HEADER: &str =
@@ -221,5 +224,65 @@ mod tests {
         CsvWriter::open(&path).unwrap().write(&row).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 3, "one header, two rows: {text}");
+    }
+}
+
+/// TensorBoard event file of a run (a new file per start; TensorBoard merges a resumed run's
+/// files by step). Every step is emulator frames over all actors. Tags, after CleanRL:
+/// `charts/episodic_return` and `charts/episode_length` (frames) per finished game;
+/// `charts/epsilon`, `charts/learning_rate`, `charts/fps`, `charts/mean_return`,
+/// `losses/td_loss`, `losses/q_values` (mean max-Q), `perf/queue_fill`, `perf/learner_busy`,
+/// `perf/updates_per_s` per metrics row; the hyperparameters as the text `hparams`.
+pub struct Board {
+    writer: EventWriter,
+}
+
+impl Board {
+    /// Creates the event file in `dir` and writes the hyperparameters at step `frames`.
+    pub fn create(
+        dir: &Path,
+        hparams: &[(String, String)],
+        frames: u64,
+    ) -> Result<Board, TensorBoardError> {
+        let mut writer = EventWriter::create(dir)?;
+        writer.add_text("hparams", &markdown_table(hparams), frames as i64)?;
+        writer.flush()?;
+        Ok(Board { writer })
+    }
+
+    /// A finished game: unclipped score and length in frames, at `frames`.
+    pub fn episode(
+        &mut self,
+        frames: u64,
+        score: f64,
+        length: u64,
+    ) -> Result<(), TensorBoardError> {
+        let step = frames as i64;
+        self.writer
+            .add_scalar("charts/episodic_return", score, step)?;
+        self.writer
+            .add_scalar("charts/episode_length", length as f64, step)
+    }
+
+    /// One metrics row; flushes, so TensorBoard sees it.
+    pub fn row(&mut self, r: &Row) -> Result<(), TensorBoardError> {
+        let step = r.frames as i64;
+        let w = &mut self.writer;
+        w.add_scalar("charts/epsilon", r.epsilon, step)?;
+        w.add_scalar("charts/learning_rate", r.lr, step)?;
+        w.add_scalar("charts/fps", r.fps, step)?;
+        if let Some(m) = r.mean_return {
+            w.add_scalar("charts/mean_return", m, step)?;
+        }
+        if let Some(l) = r.loss {
+            w.add_scalar("losses/td_loss", l, step)?;
+        }
+        if let Some(q) = r.q_mean {
+            w.add_scalar("losses/q_values", q, step)?;
+        }
+        w.add_scalar("perf/queue_fill", r.queue_fill, step)?;
+        w.add_scalar("perf/learner_busy", r.learner_busy, step)?;
+        w.add_scalar("perf/updates_per_s", r.updates_per_s, step)?;
+        w.flush()
     }
 }

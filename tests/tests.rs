@@ -7,4 +7,5 @@ mod faults;
 mod queue;
 mod signals;
 mod snapshot;
+mod tensorboard;
 mod util;

@@ -1,0 +1,89 @@
+//! The TensorBoard event file a run writes: framing and CRCs (checked by the reader), the
+//! hyperparameters, every required tag, and values that agree with metrics.csv.
+
+use std::time::Duration;
+
+use async_rl::tensorboard::{read_events, scalars, texts, FILE_VERSION};
+
+use crate::util::*;
+
+#[test]
+fn a_run_writes_every_tag_with_frames_as_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pid, out) = run(
+        LEARNER,
+        &[
+            "--game",
+            "CartPole",
+            "--processes",
+            "1",
+            "--device",
+            "cpu",
+            "--logdir",
+            "run",
+            "--max-frames",
+            "20000",
+            "--log-interval",
+            "0.2",
+        ],
+        tmp.path(),
+        Duration::from_secs(60),
+    );
+    assert_ok("run", &out);
+    assert_clean(pid);
+    let run_dir = tmp.path().join("run");
+    let files: Vec<_> = std::fs::read_dir(&run_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("events.out.tfevents.")
+        })
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let events = read_events(&files[0]).unwrap();
+    assert_eq!(events[0].file_version, FILE_VERSION);
+
+    let hparams = texts(&events, "hparams");
+    assert_eq!(hparams.len(), 1);
+    assert!(hparams[0].1.contains("| game | \"CartPole\" |"), "{}", hparams[0].1);
+    assert!(hparams[0].1.contains("| max-frames | 20000 |"), "{}", hparams[0].1);
+
+    let csv = std::fs::read_to_string(run_dir.join("metrics.csv")).unwrap();
+    let last: Vec<&str> = csv.lines().last().unwrap().split(',').collect();
+    let (frames, episodes): (i64, usize) = (last[1].parse().unwrap(), last[4].parse().unwrap());
+    let mean_return: f64 = last[6].parse().unwrap();
+    for tag in [
+        "charts/episodic_return",
+        "charts/episode_length",
+        "charts/epsilon",
+        "charts/learning_rate",
+        "charts/fps",
+        "losses/td_loss",
+        "losses/q_values",
+        "perf/queue_fill",
+        "perf/learner_busy",
+    ] {
+        let s = scalars(&events, tag);
+        assert!(!s.is_empty(), "no {tag}");
+        assert!(
+            s.windows(2).all(|w| w[0].0 <= w[1].0) && s.last().unwrap().0 <= frames,
+            "{tag}: steps are not frames: {s:?}"
+        );
+    }
+    // One point per finished game; the last 100 average to the CSV's mean return.
+    let returns = scalars(&events, "charts/episodic_return");
+    assert_eq!(returns.len(), episodes);
+    let tail = &returns[returns.len().saturating_sub(100)..];
+    let mean = tail.iter().map(|(_, v)| *v as f64).sum::<f64>() / tail.len() as f64;
+    assert!((mean - mean_return).abs() < 1e-2, "{mean} vs {mean_return}");
+    // CartPole games last as many frames as they score.
+    let lengths = scalars(&events, "charts/episode_length");
+    assert!(returns.iter().zip(&lengths).all(|(r, l)| r.1 == l.1));
+    // The CSV's final row is the final scalar row.
+    let eps = scalars(&events, "charts/epsilon");
+    assert_eq!(eps.last().unwrap().0, frames);
+    assert!((eps.last().unwrap().1 as f64 - last[7].parse::<f64>().unwrap()).abs() < 1e-4);
+}
