@@ -17,7 +17,7 @@ pub fn learner_main() -> ExitCode {
     let (cli, explicit) = config::parse_args();
     if cli.list_games {
         for name in env::registry::registered_names() {
-            println!("{name}");
+            crate::say!("{name}");
         }
         for rom in game::SUPPORTED_ROMS {
             let bundled = if game::bundled_rom(rom).is_some() {
@@ -25,7 +25,7 @@ pub fn learner_main() -> ExitCode {
             } else {
                 "  (needs --rom)"
             };
-            println!("{}{bundled}", game::display_name(rom));
+            crate::say!("{}{bundled}", game::display_name(rom));
         }
         return ExitCode::SUCCESS;
     }
@@ -64,7 +64,7 @@ fn prepare(
                 .ok()
                 .and_then(|id| config::tuned_config(id.name()).map(|p| (id, p)));
             if let Some((id, p)) = &tuned {
-                println!(
+                crate::say!(
                     "using {}, the tuned config for {} (--config none for the built-in defaults)",
                     p.display(),
                     id.name()
@@ -86,11 +86,11 @@ fn prepare(
     };
     let found = checkpoint::open(&fresh.run_dir(), spec)?;
     for e in &found.skipped {
-        eprintln!("warning: --checkpoint latest: skipping {e}");
+        crate::say_err!("warning: --checkpoint latest: skipping {e}");
     }
     let cfg = config::merge(&found.checkpoint.state.config, file_ref, cli, explicit)?;
     cfg.validate()?;
-    println!("resuming from {}", found.path.display());
+    crate::say!("resuming from {}", found.path.display());
     Ok((cfg, Some(found.checkpoint)))
 }
 
@@ -108,6 +108,6 @@ fn actor_main(args: &[String]) -> ExitCode {
 }
 
 fn fail(code: u8, msg: &str) -> ExitCode {
-    eprintln!("error: {msg}");
+    crate::say_err!("error: {msg}");
     ExitCode::from(code)
 }

@@ -90,7 +90,7 @@ pub fn run(
     tch::set_num_threads(cfg.learner_threads as i32);
     let (device, fallback) = device::select(cfg.device)?;
     if let Some(reason) = fallback {
-        println!("--device auto: using the CPU ({reason})");
+        crate::say!("--device auto: using the CPU ({reason})");
     }
     let run_dir = cfg.run_dir();
     std::fs::create_dir_all(&run_dir).with_context(|| {
@@ -102,20 +102,20 @@ pub fn run(
     let partial = checkpoint::remove_partial(&run_dir)
         .with_context(|| format!("--logdir {}: cannot clean up", run_dir.display()))?;
     for p in partial {
-        println!(
+        crate::say!(
             "removed {}, the unfinished save of a run that was killed",
             p.display()
         );
     }
     let removed = shm::remove_stale_segments().context("removing stale shared-memory segments")?;
     if !removed.is_empty() {
-        println!(
+        crate::say!(
             "removed {} stale shared-memory segment(s) of dead runs: {}",
             removed.len(),
             removed.join(", ")
         );
     }
-    println!(
+    crate::say!(
         "learner on {}; game {} ({} actors, {:?} with n-step {})",
         device::describe(device),
         id.name(),
@@ -174,7 +174,7 @@ pub fn run(
             episodes: st.episodes,
             wall_s: st.wall_s,
         };
-        println!("resumed at {} frames, {} updates", st.frames, st.updates);
+        crate::say!("resumed at {} frames, {} updates", st.frames, st.updates);
     }
     std::fs::write(run_dir.join("config.toml"), cfg.to_toml())
         .with_context(|| format!("--logdir {}: cannot write config.toml", run_dir.display()))?;
@@ -241,15 +241,15 @@ pub fn run(
     queue.close();
     let killed = pool.stop_all(Duration::from_secs(5));
     if !killed.is_empty() {
-        eprintln!("actors {killed:?} did not stop within 5 s and were killed");
+        crate::say_err!("actors {killed:?} did not stop within 5 s and were killed");
     }
     counters.frames = queue.frames().load(Ordering::Relaxed);
     let trained = cfg.bench_phase == BenchPhase::Training;
     if trained && (counters.updates > started.updates || counters.frames > started.frames) {
         match save(&cfg, &trainer, &counters, &run_dir) {
-            Ok(path) => println!("saved {}", path.display()),
+            Ok(path) => crate::say!("saved {}", path.display()),
             // After a failure (e.g. divergence) report that failure; the refused save is a note.
-            Err(e) if outcome.is_err() => eprintln!("{e:#}"),
+            Err(e) if outcome.is_err() => crate::say_err!("{e:#}"),
             Err(e) => return Err(e),
         }
     }
@@ -484,7 +484,7 @@ fn train(
         }
         if let Some(reason) = done {
             progress.finish();
-            println!("{reason}");
+            crate::say!("{reason}");
             return Ok(());
         }
     }

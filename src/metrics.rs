@@ -12,6 +12,28 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::tensorboard::{markdown_table, EventWriter, TensorBoardError};
 
+/// Prints a line to stdout like `println!`, but a failed write (stdout on a full disk, or a
+/// closed pipe) is ignored instead of panicking: a run's log must never take the run down.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::metrics::write_line(&mut std::io::stdout(), &format!($($arg)*))
+    };
+}
+
+/// [`say!`] for stderr.
+#[macro_export]
+macro_rules! say_err {
+    ($($arg:tt)*) => {
+        $crate::metrics::write_line(&mut std::io::stderr(), &format!($($arg)*))
+    };
+}
+
+/// Writes `msg` and a newline to `out`, ignoring errors (see [`say!`]).
+pub fn write_line(out: &mut impl Write, msg: &str) {
+    let _ = writeln!(out, "{msg}");
+}
+
 /// The CSV header; one [`Row`] per line.
 pub const CSV_HEADER: &str =
     "wall_s,frames,steps,updates,episodes,fps,mean_return,epsilon,loss,q_mean,lr,updates_per_s,queue_fill,learner_busy";
@@ -173,7 +195,7 @@ impl Progress {
                     or_dash(row.loss, 4)
                 ));
             }
-            Progress::Lines => println!("{}", row.summary()),
+            Progress::Lines => crate::say!("{}", row.summary()),
         }
     }
 
@@ -181,7 +203,7 @@ impl Progress {
     pub fn println(&self, msg: &str) {
         match self {
             Progress::Bar(bar) => bar.println(msg),
-            Progress::Lines => println!("{msg}"),
+            Progress::Lines => crate::say!("{msg}"),
         }
     }
 

@@ -23,10 +23,10 @@ pub fn install() -> std::io::Result<Arc<AtomicBool>> {
         for (count, sig) in signals.forever().enumerate() {
             if count == 0 {
                 flag.store(true, Ordering::SeqCst);
-                eprintln!("\nsignal {sig}: stopping after a final checkpoint (send it again to stop at once)");
+                crate::say_err!("\nsignal {sig}: stopping after a final checkpoint (send it again to stop at once)");
                 continue;
             }
-            eprintln!("\nsignal {sig} again: stopping now");
+            crate::say_err!("\nsignal {sig} again: stopping now");
             if let Some(pids) = ACTOR_PIDS.get() {
                 for pid in pids.lock().map(|p| p.clone()).unwrap_or_default() {
                     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);

@@ -112,12 +112,12 @@ pub struct Dim {
 /// What went wrong with an event file; each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TensorBoardError {
-    #[error("cannot create TensorBoard event file {}: {source}", .path.display())]
-    Create { path: PathBuf, source: io::Error },
-    #[error("cannot write TensorBoard event file {}: {source}", .path.display())]
-    Write { path: PathBuf, source: io::Error },
-    #[error("cannot read TensorBoard event file {}: {source}", .path.display())]
-    Read { path: PathBuf, source: io::Error },
+    #[error("cannot create TensorBoard event file {}: {error}", .path.display())]
+    Create { path: PathBuf, error: io::Error },
+    #[error("cannot write TensorBoard event file {}: {error}", .path.display())]
+    Write { path: PathBuf, error: io::Error },
+    #[error("cannot read TensorBoard event file {}: {error}", .path.display())]
+    Read { path: PathBuf, error: io::Error },
     /// A record whose framing or checksums do not hold; `record` counts from 0 and `offset`
     /// is the byte where the record starts.
     #[error("TensorBoard event file {}: record {record} at byte {offset}: {problem}", .path.display())]
@@ -127,12 +127,12 @@ pub enum TensorBoardError {
         offset: usize,
         problem: Corruption,
     },
-    #[error("TensorBoard event file {}: record {record} at byte {offset} is not an Event: {source}", .path.display())]
+    #[error("TensorBoard event file {}: record {record} at byte {offset} is not an Event: {error}", .path.display())]
     Decode {
         path: PathBuf,
         record: usize,
         offset: usize,
-        source: prost::DecodeError,
+        error: prost::DecodeError,
     },
 }
 
@@ -182,7 +182,7 @@ impl EventWriter {
         };
         let file = match create() {
             Ok(file) => file,
-            Err(source) => return Err(TensorBoardError::Create { path, source }),
+            Err(error) => return Err(TensorBoardError::Create { path, error }),
         };
         let mut writer = EventWriter {
             path,
@@ -246,9 +246,9 @@ impl EventWriter {
 
     /// Writes the buffered records to the file.
     pub fn flush(&mut self) -> Result<(), TensorBoardError> {
-        self.file.flush().map_err(|source| TensorBoardError::Write {
+        self.file.flush().map_err(|error| TensorBoardError::Write {
             path: self.path.clone(),
-            source,
+            error,
         })
     }
 
@@ -265,9 +265,9 @@ impl EventWriter {
         let record = frame(&event.encode_to_vec());
         self.file
             .write_all(&record)
-            .map_err(|source| TensorBoardError::Write {
+            .map_err(|error| TensorBoardError::Write {
                 path: self.path.clone(),
-                source,
+                error,
             })
     }
 }
@@ -282,9 +282,9 @@ impl Drop for EventWriter {
 /// of its checksums. A truncated last record is an error here (TensorBoard itself waits for
 /// the rest of it, as a file being written can end mid-record).
 pub fn read_events(path: &Path) -> Result<Vec<Event>, TensorBoardError> {
-    let bytes = fs::read(path).map_err(|source| TensorBoardError::Read {
+    let bytes = fs::read(path).map_err(|error| TensorBoardError::Read {
         path: path.into(),
-        source,
+        error,
     })?;
     let mut events = Vec::new();
     let mut offset = 0;
@@ -297,11 +297,11 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>, TensorBoardError> {
                 offset,
                 problem,
             })?;
-        let event = Event::decode(data).map_err(|source| TensorBoardError::Decode {
+        let event = Event::decode(data).map_err(|error| TensorBoardError::Decode {
             path: path.into(),
             record,
             offset,
-            source,
+            error,
         })?;
         events.push(event);
         offset += len;

@@ -21,8 +21,10 @@ struct Run {
 
 impl Run {
     fn start(dir: &Path, logdir: &str, extra: &[&str], env: &[(&str, &str)]) -> Run {
-        let out = dir.join(format!("{logdir}.stdout"));
-        let err = dir.join(format!("{logdir}.stderr"));
+        // (Not inside `logdir`, which may be a disk that a test fills up.)
+        let name = logdir.replace('/', "-");
+        let out = dir.join(format!("{name}.stdout"));
+        let err = dir.join(format!("{name}.stderr"));
         let mut cmd = Command::new(LEARNER);
         cmd.args([
             "--game",
@@ -393,4 +395,33 @@ fn latest_skips_a_damaged_newest_checkpoint_and_a_missing_one_lists_those_there(
 
 fn argv(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn a_full_disk_behind_stdout_does_not_take_the_run_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let full = || File::options().write(true).open("/dev/full").unwrap();
+    let status = Command::new(LEARNER)
+        .args([
+            "--game",
+            "CartPole",
+            "--processes",
+            "1",
+            "--device",
+            "cpu",
+            "--logdir",
+            "run",
+            "--max-frames",
+            "3000",
+            "--log-interval",
+            "0.1",
+        ])
+        .current_dir(tmp.path())
+        .stdin(Stdio::null())
+        .stdout(full())
+        .stderr(full())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(async_rl::checkpoint::list(&tmp.path().join("run")).len(), 1);
 }

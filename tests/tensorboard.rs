@@ -48,8 +48,16 @@ fn a_run_writes_every_tag_with_frames_as_steps() {
 
     let hparams = texts(&events, "hparams");
     assert_eq!(hparams.len(), 1);
-    assert!(hparams[0].1.contains("| game | \"CartPole\" |"), "{}", hparams[0].1);
-    assert!(hparams[0].1.contains("| max-frames | 20000 |"), "{}", hparams[0].1);
+    assert!(
+        hparams[0].1.contains("| game | \"CartPole\" |"),
+        "{}",
+        hparams[0].1
+    );
+    assert!(
+        hparams[0].1.contains("| max-frames | 20000 |"),
+        "{}",
+        hparams[0].1
+    );
 
     let csv = std::fs::read_to_string(run_dir.join("metrics.csv")).unwrap();
     let last: Vec<&str> = csv.lines().last().unwrap().split(',').collect();
