@@ -6,7 +6,7 @@
 //! [`schedule`] (the RL math), [`optim`] (RMSProp), [`shm`] (the experience queue and weight
 //! snapshot in shared memory), [`actor`] and [`learner`] (the two loops), [`supervisor`] and
 //! [`signals`] (process management), [`cli`] (the learner's command line), [`protocol`] (ipc messages), [`checkpoint`], [`metrics`],
-//! [`config`] and [`device`].
+//! [`config`] and [`device`]; for measuring a result, [`eval`] (the evaluation protocols).
 
 pub mod actor;
 pub mod checkpoint;
@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod device;
 pub mod env;
+pub mod eval;
 pub mod game;
 pub mod learner;
 pub mod metrics;
