@@ -6,7 +6,8 @@
 //! [`schedule`] (the RL math), [`optim`] (RMSProp), [`shm`] (the experience queue and weight
 //! snapshot in shared memory), [`actor`] and [`learner`] (the two loops), [`supervisor`] and
 //! [`signals`] (process management), [`cli`] (the learner's command line), [`protocol`] (ipc messages), [`checkpoint`], [`metrics`],
-//! [`config`] and [`device`]; for measuring a result, [`eval`] (the evaluation protocols).
+//! [`config`] and [`device`]; for watching and measuring a result, [`eval`] (the evaluation
+//! protocols) and [`render`] (the screen on a terminal).
 
 pub mod actor;
 pub mod checkpoint;
@@ -22,6 +23,7 @@ pub mod model;
 pub mod optim;
 pub mod preprocess;
 pub mod protocol;
+pub mod render;
 pub mod returns;
 pub mod schedule;
 pub mod shm;
