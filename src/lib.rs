@@ -7,7 +7,7 @@
 //! snapshot in shared memory), [`actor`] and [`learner`] (the two loops), [`supervisor`] and
 //! [`signals`] (process management), [`cli`] (the learner's command line), [`protocol`] (ipc messages), [`checkpoint`], [`metrics`],
 //! [`config`] and [`device`]; for watching and measuring a result, [`eval`] (the evaluation
-//! protocols) and [`render`] (the screen on a terminal).
+//! protocols), [`render`] (the screen on a terminal) and [`recording`] (GIFs).
 
 pub mod actor;
 pub mod checkpoint;
@@ -23,6 +23,7 @@ pub mod model;
 pub mod optim;
 pub mod preprocess;
 pub mod protocol;
+pub mod recording;
 pub mod render;
 pub mod returns;
 pub mod schedule;
