@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod e2e;
+mod play;
 mod queue;
 mod signals;
 mod util;
