@@ -1,32 +1,48 @@
-//! `play`: loads a checkpoint and plays whole episodes with it; see `play --help`.
+//! `play`: loads a checkpoint and plays whole games with it, for people: shows them on a
+//! terminal, records one as a GIF, or evaluates the checkpoint by the standard protocol; see
+//! `play --help`.
 //!
-//! Everything it needs (environment, preprocessing, network) comes from the checkpoint.
-//! Episodes are played as evaluation plays them: the loss of a life is not terminal, the score
-//! is the unclipped game score, and an episode ends at game over or its time limit.
+//! Everything it needs (environment, preprocessing, network) comes from the checkpoint. Games
+//! are whole games (the loss of a life is not terminal), scored by the unclipped game score,
+//! and end at game over or their frame limit. The playing itself is the library's
+//! [`async_rl::eval::evaluate_with`]; this file adds the screen, the GIF and the report.
 
+use std::io::IsTerminal;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
-use async_rl::actor::epsilon_greedy;
+use anyhow::{anyhow, bail, Context, Result};
 use async_rl::config::DeviceChoice;
-use async_rl::model::{obs_tensor, QNetwork};
+use async_rl::env::{EnvId, Environment};
+use async_rl::eval::{self, Event, Protocol, Report};
+use async_rl::model::QNetwork;
+use async_rl::recording::GifRecorder;
+use async_rl::render::TerminalScreen;
 use async_rl::{checkpoint, device, env};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use rand::{rngs::StdRng, SeedableRng};
 
-/// Play Atari games with a trained checkpoint and report the scores.
+/// Emulator frames per second of game time.
+const GAME_FPS: f64 = 60.0;
+/// Largest `--fps`.
+const MAX_FPS: f64 = 1000.0;
+
+/// Play Atari games with a trained checkpoint: watch them, record one, or evaluate.
 #[derive(Parser, Debug)]
-#[command(name = "play", version, about)]
+#[command(name = "play", version)]
 struct Args {
     /// Checkpoint file written by `learner` (e.g. runs/Breakout/model-1250000.pt)
     #[arg(long)]
     model: PathBuf,
-    /// Number of whole games to play
-    #[arg(long, default_value_t = 5)]
-    episodes: usize,
+    /// Number of whole games to play [default: 5, or 30 with --eval]
+    #[arg(long)]
+    episodes: Option<usize>,
     /// Probability of a random action (0.05 is the usual evaluation setting)
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = eval::EPSILON)]
     epsilon: f64,
     /// Random seed for the emulator and the random actions
     #[arg(long, default_value_t = 0)]
@@ -34,12 +50,54 @@ struct Args {
     /// Device for the network
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     device: DeviceChoice,
+    /// How to show the games: `terminal` draws the screen in colour at the game's speed,
+    /// `none` prints one line per game; `auto` is `terminal` when stdout is a terminal (and the
+    /// game has a screen), except with --eval
+    #[arg(long, value_enum, default_value_t = Render::Auto)]
+    render: Render,
+    /// Frames per second of the terminal display and of the GIF, one frame per agent step
+    /// [default: the game's speed, 60 / frame skip = 15]
+    #[arg(long)]
+    fps: Option<f64>,
+    /// Record the first game as an animated GIF (original colours, 160x210) at this path
+    #[arg(long, value_name = "PATH")]
+    record: Option<PathBuf>,
+    /// Record every K-th agent step of the game [default: 1]
+    #[arg(long, value_name = "K")]
+    record_every: Option<usize>,
+    /// Stop recording after N frames [default: the whole first game]
+    #[arg(long, value_name = "N")]
+    record_frames: Option<usize>,
+    /// Evaluate by the standard protocol: 30 games (unless --episodes), up to 30 no-op
+    /// frames at the start, epsilon 0.05 (unless --epsilon), no sticky actions; prints mean,
+    /// median, std, min and max and writes them as JSON next to the model
+    #[arg(long)]
+    eval: bool,
+    /// Sticky actions (repeat_action_probability 0.25, Machado et al. 2018): with --eval, its
+    /// protocol (written to <model>.eval-sticky.json); without, for watching
+    #[arg(long)]
+    sticky: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Render {
+    Auto,
+    Terminal,
+    None,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let problems = check_flags(&args);
+    if !problems.is_empty() {
+        for p in problems {
+            eprintln!("error: {p}");
+        }
+        return ExitCode::from(2);
+    }
     match play(&args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Interrupted) => ExitCode::from(130),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -47,23 +105,184 @@ fn main() -> ExitCode {
     }
 }
 
-fn play(args: &Args) -> Result<()> {
-    if args.episodes == 0 {
-        bail!("--episodes 0: must be at least 1");
+/// Every flag with a bad value, each naming the flag and what is valid.
+fn check_flags(args: &Args) -> Vec<String> {
+    let mut e = Vec::new();
+    if args.episodes == Some(0) {
+        e.push("--episodes 0: must be at least 1".to_string());
     }
     if !(0.0..=1.0).contains(&args.epsilon) {
-        bail!("--epsilon {}: must be in [0, 1]", args.epsilon);
+        e.push(format!("--epsilon {}: must be in [0, 1]", args.epsilon));
     }
+    if let Some(fps) = args.fps {
+        if !(fps > 0.0 && fps <= MAX_FPS) {
+            e.push(format!("--fps {fps}: must be a number in (0, {MAX_FPS}]"));
+        }
+    }
+    for (flag, value) in [
+        ("--record-every", args.record_every),
+        ("--record-frames", args.record_frames),
+    ] {
+        match value {
+            Some(0) => e.push(format!("{flag} 0: must be at least 1")),
+            Some(_) if args.record.is_none() => {
+                e.push(format!("{flag}: only applies with --record PATH"))
+            }
+            _ => {}
+        }
+    }
+    e
+}
+
+enum Outcome {
+    Done,
+    Interrupted,
+}
+
+/// What the observer of the games shows and records.
+struct Watch {
+    game: String,
+    episodes: usize,
+    /// Seconds one agent step is shown for (display and GIF).
+    step_s: f64,
+    screen: Option<(usize, usize, Vec<u8>)>,
+    terminal: Option<TerminalScreen>,
+    recorder: Option<GifRecorder>,
+    record_every: usize,
+    record_frames: usize,
+    record_path: PathBuf,
+    /// Steps of the first game so far (the reset counts as step 0).
+    recorded_steps: usize,
+    /// Lines for stdout: printed at once without a terminal display, after it otherwise.
+    lines: Vec<String>,
+    next_draw: Instant,
+    stop: Arc<AtomicBool>,
+    error: Option<anyhow::Error>,
+}
+
+impl Watch {
+    fn say(&mut self, line: String) {
+        if self.terminal.is_some() {
+            self.lines.push(line);
+        } else {
+            println!("{line}");
+        }
+    }
+
+    fn observe(&mut self, env: &mut dyn Environment, event: Event) -> ControlFlow<()> {
+        match self.try_observe(env, event) {
+            Ok(()) if !self.stop.load(Ordering::SeqCst) => ControlFlow::Continue(()),
+            Ok(()) => ControlFlow::Break(()),
+            Err(e) => {
+                self.error = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    fn try_observe(&mut self, env: &mut dyn Environment, event: Event) -> Result<()> {
+        let episode = match event {
+            Event::Reset { episode } | Event::Step { episode, .. } => episode,
+            Event::Finished { episode, result } => {
+                let cut = if result.truncated { " (truncated)" } else { "" };
+                self.say(format!(
+                    "episode {episode}: score {}, frames {}{cut}",
+                    result.score, result.frames
+                ));
+                if episode == 1 {
+                    self.finish_recording()?;
+                }
+                return Ok(());
+            }
+        };
+        if self.terminal.is_none() && self.recorder.is_none() {
+            return Ok(());
+        }
+        let Some((w, h, rgb)) = &mut self.screen else {
+            return Ok(());
+        };
+        let (w, h) = (*w, *h);
+        env.screen_rgb(rgb)?;
+        if let Some(rec) = &mut self.recorder {
+            if self.recorded_steps.is_multiple_of(self.record_every) {
+                rec.push(rgb, self.step_s * self.record_every as f64)?;
+            }
+            self.recorded_steps += 1;
+            if rec.frames() >= self.record_frames {
+                self.finish_recording()?;
+            }
+        }
+        if let Some(term) = &mut self.terminal {
+            let status = format!(
+                "{}  game {episode}/{}  score {}  frame {}  {} fps  Ctrl-C stops",
+                self.game,
+                self.episodes,
+                env.episode_return(),
+                env.episode_frames(),
+                (1000.0 / self.step_s).round() / 1000.0
+            );
+            let rgb = self.screen.as_ref().map_or(&[][..], |s| &s.2[..]);
+            term.draw(rgb, w, h, &status)
+                .context("drawing on the terminal")?;
+            self.pace();
+        }
+        Ok(())
+    }
+
+    /// Waits until the next frame is due (game speed or --fps), in slices short enough for
+    /// Ctrl-C to stop it promptly; a display that falls behind starts over rather than rushing.
+    fn pace(&mut self) {
+        self.next_draw += Duration::from_secs_f64(self.step_s);
+        let now = Instant::now();
+        if self.next_draw < now {
+            self.next_draw = now;
+        }
+        while !self.stop.load(Ordering::SeqCst) {
+            let left = self.next_draw.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
+        }
+    }
+
+    fn finish_recording(&mut self) -> Result<()> {
+        if let Some(rec) = self.recorder.take() {
+            let frames = rec.frames();
+            let bytes = rec
+                .finish()
+                .with_context(|| format!("--record {}", self.record_path.display()))?;
+            self.say(format!(
+                "recorded {frames} frames of game 1 to {} ({} KB)",
+                self.record_path.display(),
+                bytes.div_ceil(1024)
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn play(args: &Args) -> Result<Outcome> {
     let (device, _) = device::select(args.device)?;
     let ckpt = checkpoint::load(&args.model)?;
     let st = &ckpt.state;
     let cfg = &st.config;
     let id = cfg
         .env_id()
-        .map_err(|e| anyhow::anyhow!("checkpoint {}: {e}", args.model.display()))?;
-    // Evaluation: a lost life is not terminal; everything else as in training.
-    let mut settings = cfg.env_settings(args.seed);
-    settings.terminal_on_life_loss = false;
+        .map_err(|e| anyhow!("checkpoint {}: {e}", args.model.display()))?;
+    let game = id.name().to_string();
+    if args.sticky && !matches!(id, EnvId::Atari(_)) {
+        bail!("--sticky: {game} has no sticky actions (they are an Atari emulator setting)");
+    }
+    let protocol = args.eval.then(|| Protocol {
+        epsilon: args.epsilon,
+        ..Protocol::new(args.sticky)
+    });
+    let trained = cfg.env_settings(args.seed);
+    let settings = match &protocol {
+        Some(p) => p.env_settings(&trained),
+        None => eval::play_settings(&trained, args.sticky),
+    };
     let mut env = env::make(&id, &settings)?;
     if env.num_actions() != st.num_actions || env.obs_spec() != st.obs {
         bail!(
@@ -71,15 +290,42 @@ fn play(args: &Args) -> Result<()> {
             args.model.display(),
             st.num_actions,
             st.obs,
-            id.name(),
+            game,
             env.num_actions(),
             env.obs_spec()
         );
     }
+    let screen = env.screen_size();
+    if screen.is_none() {
+        if args.render == Render::Terminal {
+            bail!("--render terminal: {game} has no screen to show (use --render none)");
+        }
+        if let Some(path) = &args.record {
+            bail!(
+                "--record {}: {game} has no screen to record",
+                path.display()
+            );
+        }
+    }
+    let terminal = match args.render {
+        Render::Terminal => true,
+        Render::None => false,
+        Render::Auto => screen.is_some() && !args.eval && std::io::stdout().is_terminal(),
+    };
+    let recorder = match (&args.record, screen) {
+        (Some(path), Some((w, h))) => Some(
+            GifRecorder::create(path, w, h)
+                .with_context(|| format!("--record {}", path.display()))?,
+        ),
+        _ => None,
+    };
     let mut model = QNetwork::new(st.network, st.obs, st.num_actions, device);
     model
         .load_named(&ckpt.params)
-        .map_err(|e| anyhow::anyhow!("checkpoint {}: {e}", args.model.display()))?;
+        .map_err(|e| anyhow!("checkpoint {}: {e}", args.model.display()))?;
+    let episodes = args
+        .episodes
+        .unwrap_or(if args.eval { eval::EPISODES } else { 5 });
     println!(
         "{}: {} ({:?} network) after {} frames; epsilon {}",
         args.model.display(),
@@ -88,39 +334,128 @@ fn play(args: &Args) -> Result<()> {
         st.frames,
         args.epsilon
     );
-
-    let _no_grad = tch::no_grad_guard();
-    let mut rng = StdRng::seed_from_u64(args.seed);
-    let mut q = vec![0f32; st.num_actions];
-    let mut scores = Vec::with_capacity(args.episodes);
-    for episode in 1..=args.episodes {
-        env.reset();
-        loop {
-            let x = obs_tensor(st.obs, env.obs(), 1).to_device(device);
-            model
-                .forward(&x)
-                .to_device(tch::Device::Cpu)
-                .copy_data(&mut q, st.num_actions);
-            let step = env.step(epsilon_greedy(&q, args.epsilon, &mut rng))?;
-            if step.game_over || step.truncated {
-                break;
-            }
-        }
-        let score = env.episode_return() as f64;
+    if let Some(p) = &protocol {
         println!(
-            "episode {episode}: score {score}, frames {}",
-            env.episode_frames()
+            "evaluation, {} protocol: {episodes} games, epsilon {}, up to {} no-op frames, \
+             sticky actions {}, a lost life not terminal, games cut at {} frames, seed {}",
+            protocol_name(args.sticky),
+            p.epsilon,
+            p.noop_max,
+            p.repeat_action_probability,
+            settings.max_episode_frames,
+            args.seed
         );
-        scores.push(score);
     }
-    let n = scores.len() as f64;
-    let mean = scores.iter().sum::<f64>() / n;
-    let std = (scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / n).sqrt();
-    let min = scores.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    println!(
-        "{} episodes: mean {mean:.2}, std {std:.2}, min {min}, max {max}",
-        scores.len()
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    let step_s = match args.fps {
+        Some(fps) => 1.0 / fps,
+        None => f64::from(settings.frame_skip.max(1)) / GAME_FPS,
+    };
+    let mut watch = Watch {
+        game: game.clone(),
+        episodes,
+        step_s,
+        screen: screen.map(|(w, h)| (w, h, vec![0u8; w * h * 3])),
+        terminal: if terminal {
+            Some(TerminalScreen::enter().context("preparing the terminal")?)
+        } else {
+            None
+        },
+        recorder,
+        record_every: args.record_every.unwrap_or(1),
+        record_frames: args.record_frames.unwrap_or(usize::MAX),
+        record_path: args.record.clone().unwrap_or_default(),
+        recorded_steps: 0,
+        lines: Vec::new(),
+        next_draw: Instant::now(),
+        stop: stop.clone(),
+        error: None,
+    };
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let result = eval::evaluate_with(
+        &model,
+        env.as_mut(),
+        episodes,
+        protocol.map_or(args.epsilon, |p| p.epsilon),
+        &mut rng,
+        |env, event| watch.observe(env, event),
     );
-    Ok(())
+    // Give the terminal back before anything else is printed.
+    watch.terminal = None;
+    for line in std::mem::take(&mut watch.lines) {
+        println!("{line}");
+    }
+    let finished = watch.finish_recording();
+    for line in std::mem::take(&mut watch.lines) {
+        println!("{line}");
+    }
+    let result = result?;
+    if let Some(e) = watch.error.take() {
+        return Err(e);
+    }
+    finished?;
+
+    let interrupted = result.stopped;
+    if interrupted {
+        eprintln!(
+            "stopped: {} of {episodes} games finished",
+            result.episodes.len()
+        );
+    }
+    let Some(stats) = result.stats() else {
+        return Ok(Outcome::Interrupted);
+    };
+    println!(
+        "{} episodes: mean {:.2}, median {}, std {:.2}, min {}, max {}",
+        result.episodes.len(),
+        stats.mean,
+        stats.median,
+        stats.std,
+        stats.min,
+        stats.max
+    );
+    if let (Some(p), false) = (protocol, interrupted) {
+        let path = eval::report_path(&args.model, args.sticky);
+        let report = Report {
+            model: args.model.display().to_string(),
+            game,
+            frames_trained: st.frames,
+            protocol: protocol_name(args.sticky).to_string(),
+            epsilon: p.epsilon,
+            noop_max: p.noop_max,
+            repeat_action_probability: p.repeat_action_probability,
+            max_episode_frames: settings.max_episode_frames,
+            frame_skip: settings.frame_skip,
+            seed: args.seed,
+            episodes: result.episodes.len(),
+            frames: result.frames(),
+            truncated: result.episodes.iter().filter(|e| e.truncated).count(),
+            mean: stats.mean,
+            median: stats.median,
+            std: stats.std,
+            min: stats.min,
+            max: stats.max,
+            scores: result.scores(),
+            episode_frames: result.episodes.iter().map(|e| e.frames).collect(),
+        };
+        eval::write_report(&path, &report).context("--eval: the scores above are not saved")?;
+        println!("wrote {}", path.display());
+    }
+    Ok(if interrupted {
+        Outcome::Interrupted
+    } else {
+        Outcome::Done
+    })
+}
+
+fn protocol_name(sticky: bool) -> &'static str {
+    if sticky {
+        "sticky"
+    } else {
+        "standard"
+    }
 }

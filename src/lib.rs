@@ -6,7 +6,9 @@
 //! [`schedule`] (the RL math), [`optim`] (RMSProp), [`shm`] (the experience queue and weight
 //! snapshot in shared memory), [`actor`] and [`learner`] (the two loops), [`supervisor`] and
 //! [`signals`] (process management), [`cli`] (the learner's command line), [`protocol`] (ipc messages), [`checkpoint`], [`metrics`],
-//! [`tensorboard`] (event files), [`config`] and [`device`].
+//! [`tensorboard`] (event files), [`config`] and [`device`]; for watching and measuring a result,
+//! [`eval`] (the evaluation protocols), [`render`] (the screen on a terminal) and [`recording`]
+//! (GIFs).
 
 pub mod actor;
 pub mod checkpoint;
@@ -14,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod device;
 pub mod env;
+pub mod eval;
 pub mod game;
 pub mod learner;
 pub mod metrics;
@@ -21,6 +24,8 @@ pub mod model;
 pub mod optim;
 pub mod preprocess;
 pub mod protocol;
+pub mod recording;
+pub mod render;
 pub mod returns;
 pub mod schedule;
 pub mod shm;

@@ -4,6 +4,7 @@ mod bench;
 mod cli;
 mod e2e;
 mod faults;
+mod play;
 mod queue;
 mod signals;
 mod snapshot;

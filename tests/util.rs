@@ -105,3 +105,38 @@ pub fn assert_clean(pid: u32) {
         "segments of learner {pid} left in /dev/shm"
     );
 }
+
+/// Writes a checkpoint of an untrained network for `game` (`Breakout` or `CartPole`) as
+/// `dir/model-1000.pt`, in no time: for tests of `play` that need a model, not a good one.
+pub fn untrained_checkpoint(dir: &Path, game: &str) -> std::path::PathBuf {
+    use async_rl::checkpoint::{self, TrainingState, FORMAT_VERSION};
+    use async_rl::config::{Config, Network};
+    use async_rl::env::ObsSpec;
+    use async_rl::model::QNetwork;
+    let (network, obs, num_actions) = match game {
+        "CartPole" => (Network::Mlp, ObsSpec::Vector(4), 2),
+        "Breakout" => (Network::Nips, ObsSpec::Frames([4, 84, 84]), 4),
+        other => panic!("no untrained checkpoint for {other}"),
+    };
+    let model = QNetwork::new(network, obs, num_actions, tch::Device::Cpu);
+    let state = TrainingState {
+        format_version: FORMAT_VERSION,
+        game: game.to_string(),
+        network,
+        num_actions,
+        obs,
+        frames: 1000,
+        steps: 250,
+        updates: 0,
+        episodes: 0,
+        wall_s: 0.0,
+        config: Config {
+            game: game.to_string(),
+            ..Config::default()
+        },
+    };
+    let rmsprop: Vec<tch::Tensor> = model.params().iter().map(|(_, p)| p.zeros_like()).collect();
+    let path = checkpoint::path_for(dir, 1000);
+    checkpoint::save(&path, &state, model.params(), &rmsprop).unwrap();
+    path
+}

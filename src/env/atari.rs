@@ -352,7 +352,9 @@ impl AtariEnv {
         self.lives
     }
 
-    /// Writes the current screen as RGB, `[210, 160, 3] u8`, for rendering.
+    /// Writes the current screen as RGB, `[210, 160, 3] u8`, for rendering: the last emulator
+    /// frame of the last step (not the max over two frames that the agent sees), in the colours
+    /// of [`super::ale::NTSC_PALETTE`].
     ///
     /// Errors: [`EnvError::Ale`] (shape) unless `out.len() == 210 * 160 * 3`.
     pub fn rgb_screen(&mut self, out: &mut [u8]) -> Result<(), EnvError> {
@@ -391,5 +393,13 @@ impl Environment for AtariEnv {
 
     fn episode_frames(&self) -> u64 {
         AtariEnv::episode_frames(self)
+    }
+
+    fn screen_size(&self) -> Option<(usize, usize)> {
+        Some((SCREEN_W, SCREEN_H))
+    }
+
+    fn screen_rgb(&mut self, out: &mut [u8]) -> Result<(), EnvError> {
+        self.rgb_screen(out)
     }
 }

@@ -212,6 +212,44 @@ fn rgb_screen_shape_checked() {
 }
 
 #[test]
+fn screens_through_the_trait_use_the_ntsc_palette_only() {
+    let palette: std::collections::HashSet<u32> =
+        crate::env::ale::NTSC_PALETTE.iter().copied().collect();
+    for game in ["Breakout", "Pong"] {
+        let mut e: Box<dyn Environment> = Box::new(env(game, 2));
+        assert_eq!(e.screen_size(), Some((160, 210)));
+        let mut rng = StdRng::seed_from_u64(2);
+        let mut rgb = vec![0u8; 210 * 160 * 3];
+        let mut colours = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let action = rng.gen_range(0..e.num_actions());
+            let step = e.step(action).unwrap();
+            e.screen_rgb(&mut rgb).unwrap();
+            colours.extend(
+                rgb.chunks_exact(3)
+                    .map(|p| u32::from_be_bytes([0, p[0], p[1], p[2]])),
+            );
+            if step.game_over {
+                e.reset();
+            }
+        }
+        assert!(colours.len() > 2, "{game}: {} colours", colours.len());
+        let foreign: Vec<_> = colours.difference(&palette).collect();
+        assert!(
+            foreign.is_empty(),
+            "{game}: colours outside the palette {foreign:x?}"
+        );
+    }
+}
+
+#[test]
+fn environments_without_a_screen_say_so() {
+    let mut cp = crate::env::CartPole::new(0, 10);
+    assert_eq!(cp.screen_size(), None);
+    assert!(matches!(cp.screen_rgb(&mut []), Err(EnvError::NoScreen)));
+}
+
+#[test]
 fn throughput_random_actions() {
     let steps: u32 = if cfg!(debug_assertions) {
         2_000

@@ -63,6 +63,9 @@ pub enum EnvError {
         /// Size of the minimal action set.
         num_actions: usize,
     },
+    /// [`Environment::screen_rgb`] on an environment without a screen.
+    #[error("this environment has no screen (only its observations)")]
+    NoScreen,
     /// `step` after game over or truncation without `reset`.
     #[error("the episode is over (game over or truncated); call reset() before step()")]
     EpisodeOver,
@@ -136,4 +139,19 @@ pub trait Environment {
     fn episode_return(&self) -> f32;
     /// Frames of the current episode so far (for Atari, emulator frames; else steps).
     fn episode_frames(&self) -> u64;
+    /// Size `(width, height)` in pixels of the screen that [`Environment::screen_rgb`] writes
+    /// (Atari: `(160, 210)`), or `None` when there is no screen to show: the default, for
+    /// environments whose observations are all there is (CartPole).
+    fn screen_size(&self) -> Option<(usize, usize)> {
+        None
+    }
+    /// Writes the current screen for people to watch (`play`'s terminal display and GIFs; the
+    /// agent never sees it) as RGB, `[height, width, 3] u8` row-major, with the size that
+    /// [`Environment::screen_size`] reports.
+    ///
+    /// Errors: [`EnvError::NoScreen`] without a screen (the default); a buffer of another length.
+    fn screen_rgb(&mut self, out: &mut [u8]) -> Result<(), EnvError> {
+        let _ = out;
+        Err(EnvError::NoScreen)
+    }
 }
