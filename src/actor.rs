@@ -8,6 +8,7 @@
 //! segment comes from the forward pass that picks the next action anyway (max_a Q for
 //! Q-learning, Q of that action for SARSA), so an actor runs one forward pass per agent step.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -18,8 +19,9 @@ use tch::Device;
 
 use crate::config::BenchPhase;
 use crate::env::{self, ObsSpec};
+use crate::eval;
 use crate::model::{obs_tensor, resolve_network, QNetwork};
-use crate::protocol::{ActorInit, ActorMsg};
+use crate::protocol::{ActorInit, ActorMsg, EvalScores, Role};
 use crate::returns::{bootstrap_value, n_step_returns};
 use crate::schedule;
 use crate::shm::{ExperienceQueue, PushError, Transition, WeightSnapshot};
@@ -130,6 +132,9 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
     tch::set_num_threads(1);
     tch::manual_seed(init.seed as i64);
     let _no_grad = tch::no_grad_guard();
+    if init.role == Role::Evaluate {
+        return evaluate_periodically(init, reports);
+    }
     let cfg = &init.config;
     let id = cfg.env_id().map_err(anyhow::Error::msg)?;
     let k = cfg.envs_per_actor;
@@ -248,6 +253,77 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
                 end_episode(init, reports, env.as_mut())?;
             }
         }
+    }
+}
+
+/// The evaluator (`--eval-every`): each time the frame count passes a multiple of
+/// `--eval-every`, copies the newest snapshot and plays `--eval-episodes` whole games with the
+/// standard protocol ([`eval::Protocol::standard`]: epsilon 0.05, up to 30 no-op starts, a
+/// lost life not terminal, unclipped scores), and reports their statistics. Training does not
+/// wait for it; an evaluation that spans several multiples reports once.
+fn evaluate_periodically(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
+    let cfg = &init.config;
+    let id = cfg.env_id().map_err(anyhow::Error::msg)?;
+    let protocol = eval::Protocol::standard();
+    let mut env = env::make(&id, &protocol.env_settings(&cfg.env_settings(init.seed)))
+        .context("starting the evaluation environment")?;
+    let queue = ExperienceQueue::open(&init.queue).context("opening the experience queue")?;
+    let snapshot = WeightSnapshot::open(&init.snapshot).context("opening the weight snapshot")?;
+    let network = resolve_network(cfg.network, env.obs_spec()).map_err(anyhow::Error::msg)?;
+    let mut model = QNetwork::new(network, env.obs_spec(), env.num_actions(), Device::Cpu);
+    let mut flat = vec![0f32; snapshot.numel()];
+    anyhow::ensure!(
+        flat.len() == model.numel(),
+        "snapshot has {} parameters, the evaluator's network {}",
+        flat.len(),
+        model.numel()
+    );
+    let mut rng = StdRng::seed_from_u64(init.seed ^ 0xE7A1);
+    let frames = queue.frames();
+    let every = cfg.eval_every.max(1);
+    let mut next = (frames.load(Ordering::Relaxed) / every + 1) * every;
+    loop {
+        while frames.load(Ordering::Relaxed) < next {
+            if queue.is_closed() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let at = frames.load(Ordering::Relaxed);
+        snapshot.read_into(&mut flat)?;
+        model.load_flat(&flat);
+        let result = eval::evaluate_with(
+            &model,
+            env.as_mut(),
+            cfg.eval_episodes,
+            protocol.epsilon,
+            &mut rng,
+            |_, _| {
+                if queue.is_closed() {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )?;
+        if queue.is_closed() {
+            return Ok(());
+        }
+        if let Some(s) = result.stats() {
+            report(
+                reports,
+                ActorMsg::Eval(EvalScores {
+                    frames: at,
+                    mean: s.mean,
+                    median: s.median,
+                    std: s.std,
+                    min: s.min,
+                    max: s.max,
+                    episodes: result.episodes.len(),
+                }),
+            )?;
+        }
+        next = (frames.load(Ordering::Relaxed) / every + 1) * every;
     }
 }
 

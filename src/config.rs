@@ -169,6 +169,14 @@ pub struct Config {
     /// Seconds between metrics rows and progress log lines
     #[arg(long, default_value_t = 10.0)]
     pub log_interval: f64,
+    /// Evaluate the current weights every this many frames on a separate actor process (0: never):
+    /// the standard protocol (epsilon 0.05, up to 30 no-op starts, whole games, unclipped
+    /// score), logged as eval/mean_return
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: u64,
+    /// Games per periodic evaluation (--eval-every)
+    #[arg(long, default_value_t = 10)]
+    pub eval_episodes: usize,
     /// Keep only the newest this many checkpoints (0 keeps all)
     #[arg(long, default_value_t = 0)]
     pub keep_checkpoints: usize,
@@ -352,6 +360,8 @@ pub fn table_keys() -> BTreeSet<&'static str> {
         "log-interval",
         "keep-checkpoints",
         "max-actor-restarts",
+        "eval-every",
+        "eval-episodes",
     ];
     KEYS.iter().copied().collect()
 }
@@ -483,6 +493,13 @@ impl Config {
         check(
             self.max_frames >= 1,
             "--max-frames 0: must be at least 1".into(),
+        );
+        check(
+            (1..=10_000).contains(&self.eval_episodes),
+            format!(
+                "--eval-episodes {}: must be between 1 and 10000",
+                self.eval_episodes
+            ),
         );
         check(
             (1..=64).contains(&self.frame_skip),
@@ -701,6 +718,8 @@ mod tests {
             ("log-interval", "0"),
             ("keep-checkpoints", "-1"),
             ("max-actor-restarts", "many"),
+            ("eval-every", "-1"),
+            ("eval-episodes", "0"),
         ];
         let covered: BTreeSet<&str> = bad.iter().map(|(k, _)| *k).collect();
         assert_eq!(covered, table_keys(), "every flag needs a bad value here");

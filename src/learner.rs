@@ -217,6 +217,7 @@ pub fn run(
             // Differs between a run and its resumption, so resumed actors get fresh seeds.
             generation: counters.updates,
             start_timeout: Duration::from_secs(30),
+            evaluator: cfg.eval_every > 0 && cfg.bench_phase == BenchPhase::Training,
         },
         pids,
     );
@@ -397,6 +398,15 @@ fn train(
                     c.episodes += 1;
                     board
                         .episode(c.frames, score as f64, frames)
+                        .context("writing the TensorBoard event file")?;
+                }
+                ActorMsg::Eval(e) => {
+                    progress.println(&format!(
+                        "evaluation at {} frames: mean {:.2}, median {:.2}, std {:.2}, min {}, max {} over {} games",
+                        e.frames, e.mean, e.median, e.std, e.min, e.max, e.episodes
+                    ));
+                    board
+                        .eval(&e)
                         .context("writing the TensorBoard event file")?;
                 }
                 // Its exit follows; the replacement is made when it is reaped.

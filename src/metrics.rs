@@ -254,7 +254,8 @@ mod tests {
 /// `charts/episodic_return` and `charts/episode_length` (frames) per finished game;
 /// `charts/epsilon`, `charts/learning_rate`, `charts/fps`, `charts/mean_return`,
 /// `losses/td_loss`, `losses/q_values` (mean max-Q), `perf/queue_fill`, `perf/learner_busy`,
-/// `perf/updates_per_s` per metrics row; the hyperparameters as the text `hparams`.
+/// `perf/updates_per_s` per metrics row; `eval/mean_return`, `eval/median_return` and
+/// `eval/std_return` per periodic evaluation; the hyperparameters as the text `hparams`.
 pub struct Board {
     writer: EventWriter,
 }
@@ -284,6 +285,17 @@ impl Board {
             .add_scalar("charts/episodic_return", score, step)?;
         self.writer
             .add_scalar("charts/episode_length", length as f64, step)
+    }
+
+    /// A periodic evaluation (`eval/mean_return`, `eval/median_return`, `eval/std_return`) at
+    /// the frames of the evaluated snapshot; flushes.
+    pub fn eval(&mut self, e: &crate::protocol::EvalScores) -> Result<(), TensorBoardError> {
+        let step = e.frames as i64;
+        self.writer.add_scalar("eval/mean_return", e.mean, step)?;
+        self.writer
+            .add_scalar("eval/median_return", e.median, step)?;
+        self.writer.add_scalar("eval/std_return", e.std, step)?;
+        self.writer.flush()
     }
 
     /// One metrics row; flushes, so TensorBoard sees it.

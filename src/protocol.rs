@@ -22,11 +22,37 @@ pub struct ActorInit {
     pub config: Config,
     /// What to run (the config does not carry it: it is not a hyperparameter).
     pub phase: BenchPhase,
+    /// Acting for training, or evaluating the snapshot every `--eval-every` frames.
+    pub role: Role,
     /// Shared-memory segment names.
     pub queue: String,
     pub snapshot: String,
     /// Where to send [`ActorMsg`]s.
     pub reports: IpcSender<ActorMsg>,
+}
+
+/// What an actor process does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Plays with epsilon-greedy exploration and pushes n-step transitions into its lane.
+    Act,
+    /// Every `--eval-every` frames, copies the snapshot and plays `--eval-episodes` games with
+    /// the evaluation protocol; pushes nothing.
+    Evaluate,
+}
+
+/// Scores of one periodic evaluation (unclipped, whole games).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalScores {
+    /// Frames trained when the evaluated snapshot was copied.
+    pub frames: u64,
+    pub mean: f64,
+    pub median: f64,
+    /// Population standard deviation.
+    pub std: f64,
+    pub min: f64,
+    pub max: f64,
+    pub episodes: usize,
 }
 
 /// What actors tell the learner.
@@ -44,8 +70,10 @@ pub enum ActorMsg {
         score: f32,
         frames: u64,
     },
-    /// The actor is giving up; the learner logs this and stops the run.
+    /// The actor is giving up; the learner logs this and replaces it.
     Failed { actor: usize, message: String },
+    /// The evaluator finished an evaluation.
+    Eval(EvalScores),
 }
 
 /// Seed of actor `actor` in restart generation `generation` from the run's base seed:

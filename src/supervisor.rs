@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
 
 use crate::config::Config;
-use crate::protocol::{actor_seed, ActorInit, ActorMsg};
+use crate::protocol::{actor_seed, ActorInit, ActorMsg, Role};
 
 /// First argument that turns the learner binary into an actor.
 pub const ACTOR_ARG: &str = "__actor";
@@ -148,6 +148,8 @@ pub struct PoolSettings {
     pub generation: u64,
     /// How long a new actor may take to connect.
     pub start_timeout: Duration,
+    /// Also run an evaluator (`--eval-every`): one more process, after the actors.
+    pub evaluator: bool,
 }
 
 /// An actor that died and what became of it.
@@ -181,9 +183,14 @@ impl ActorPool {
         }
     }
 
-    /// Number of actor slots.
+    /// Number of acting actors (the evaluator not counted).
     pub fn size(&self) -> usize {
         self.settings.final_epsilons.len()
+    }
+
+    /// Processes in the pool: the actors and the evaluator if there is one.
+    fn slots(&self) -> usize {
+        self.size() + usize::from(self.settings.evaluator)
     }
 
     /// Actors running now.
@@ -196,16 +203,23 @@ impl ActorPool {
         self.restarts
     }
 
-    /// Starts actor `actor` on lane `actor` with `seed`.
+    /// Starts actor `actor` on lane `actor` with `seed` (the slot after the actors is the
+    /// evaluator, which has no lane).
     fn start(&mut self, actor: usize, seed: u64) -> Result<()> {
         let s = &self.settings;
+        let evaluator = actor >= s.final_epsilons.len();
         let init = ActorInit {
             actor,
             lane: actor,
             seed,
-            final_epsilon: s.final_epsilons[actor],
+            final_epsilon: if evaluator {
+                crate::eval::EPSILON
+            } else {
+                s.final_epsilons[actor]
+            },
             config: s.config.clone(),
             phase: s.config.bench_phase,
+            role: if evaluator { Role::Evaluate } else { Role::Act },
             queue: s.queue.clone(),
             snapshot: s.snapshot.clone(),
             reports: s.reports.clone(),
@@ -218,7 +232,7 @@ impl ActorPool {
 
     /// Starts every actor, stopping early (without error) when `stop` is set.
     pub fn start_all(&mut self, stop: &std::sync::atomic::AtomicBool) -> Result<()> {
-        for i in 0..self.size() {
+        for i in 0..self.slots() {
             let seed = actor_seed(self.settings.config.seed, i, self.settings.generation);
             self.start(i, seed)?;
             if stop.load(std::sync::atomic::Ordering::Relaxed) {

@@ -95,3 +95,60 @@ fn a_run_writes_every_tag_with_frames_as_steps() {
     assert_eq!(eps.last().unwrap().0, frames);
     assert!((eps.last().unwrap().1 as f64 - last[7].parse::<f64>().unwrap()).abs() < 1e-4);
 }
+
+#[test]
+fn periodic_evaluation_runs_beside_training_and_logs_eval_mean_return() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pid, out) = run(
+        LEARNER,
+        &[
+            "--game",
+            "CartPole",
+            "--processes",
+            "1",
+            "--device",
+            "cpu",
+            "--logdir",
+            "run",
+            "--max-frames",
+            "60000",
+            "--eval-every",
+            "10000",
+            "--eval-episodes",
+            "3",
+        ],
+        tmp.path(),
+        Duration::from_secs(60),
+    );
+    assert_ok("run", &out);
+    assert_clean(pid);
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("evaluation at "))
+        .collect();
+    assert!(!lines.is_empty(), "{stdout}");
+    assert!(
+        lines.iter().all(|l| l.ends_with("over 3 games")),
+        "{lines:?}"
+    );
+    let file = std::fs::read_dir(tmp.path().join("run"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("tfevents"))
+        .unwrap();
+    let events = read_events(&file).unwrap();
+    let evals = scalars(&events, "eval/mean_return");
+    assert_eq!(evals.len(), lines.len());
+    // Evaluations happen at (or after) multiples of --eval-every, each at most once.
+    assert!(evals.iter().all(|(f, _)| *f >= 10_000), "{evals:?}");
+    assert!(
+        evals.windows(2).all(|w| w[1].0 / 10_000 > w[0].0 / 10_000),
+        "{evals:?}"
+    );
+    // CartPole scores are at least 1 and at most 500.
+    assert!(
+        evals.iter().all(|(_, v)| (1.0..=500.0).contains(v)),
+        "{evals:?}"
+    );
+}
