@@ -91,7 +91,7 @@ fn main() -> ExitCode {
     let problems = check_flags(&args);
     if !problems.is_empty() {
         for p in problems {
-            eprintln!("error: {p}");
+            async_rl::say_err!("error: {p}");
         }
         return ExitCode::from(2);
     }
@@ -99,7 +99,7 @@ fn main() -> ExitCode {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Interrupted) => ExitCode::from(130),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            async_rl::say_err!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -165,7 +165,7 @@ impl Watch {
         if self.terminal.is_some() {
             self.lines.push(line);
         } else {
-            println!("{line}");
+            async_rl::say!("{line}");
         }
     }
 
@@ -326,7 +326,7 @@ fn play(args: &Args) -> Result<Outcome> {
     let episodes = args
         .episodes
         .unwrap_or(if args.eval { eval::EPISODES } else { 5 });
-    println!(
+    async_rl::say!(
         "{}: {} ({:?} network) after {} frames; epsilon {}",
         args.model.display(),
         st.game,
@@ -335,7 +335,7 @@ fn play(args: &Args) -> Result<Outcome> {
         args.epsilon
     );
     if let Some(p) = &protocol {
-        println!(
+        async_rl::say!(
             "evaluation, {} protocol: {episodes} games, epsilon {}, up to {} no-op frames, \
              sticky actions {}, a lost life not terminal, games cut at {} frames, seed {}",
             protocol_name(args.sticky),
@@ -387,11 +387,11 @@ fn play(args: &Args) -> Result<Outcome> {
     // Give the terminal back before anything else is printed.
     watch.terminal = None;
     for line in std::mem::take(&mut watch.lines) {
-        println!("{line}");
+        async_rl::say!("{line}");
     }
     let finished = watch.finish_recording();
     for line in std::mem::take(&mut watch.lines) {
-        println!("{line}");
+        async_rl::say!("{line}");
     }
     let result = result?;
     if let Some(e) = watch.error.take() {
@@ -401,7 +401,7 @@ fn play(args: &Args) -> Result<Outcome> {
 
     let interrupted = result.stopped;
     if interrupted {
-        eprintln!(
+        async_rl::say_err!(
             "stopped: {} of {episodes} games finished",
             result.episodes.len()
         );
@@ -409,7 +409,7 @@ fn play(args: &Args) -> Result<Outcome> {
     let Some(stats) = result.stats() else {
         return Ok(Outcome::Interrupted);
     };
-    println!(
+    async_rl::say!(
         "{} episodes: mean {:.2}, median {}, std {:.2}, min {}, max {}",
         result.episodes.len(),
         stats.mean,
@@ -443,7 +443,7 @@ fn play(args: &Args) -> Result<Outcome> {
             episode_frames: result.episodes.iter().map(|e| e.frames).collect(),
         };
         eval::write_report(&path, &report).context("--eval: the scores above are not saved")?;
-        println!("wrote {}", path.display());
+        async_rl::say!("wrote {}", path.display());
     }
     Ok(if interrupted {
         Outcome::Interrupted
