@@ -214,41 +214,6 @@ impl Progress {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn window_keeps_the_last_scores() {
-        let mut w = ReturnWindow::new(3);
-        assert_eq!(w.mean(), None);
-        for s in [1.0, 2.0, 3.0, 10.0] {
-            w.push(s);
-        }
-        assert_eq!(w.mean(), Some(5.0));
-    }
-
-    #[test]
-    fn csv_has_one_field_per_column() {
-        let row = Row {
-            frames: 10,
-            mean_return: None,
-            loss: Some(0.5),
-            ..Default::default()
-        };
-        assert_eq!(
-            row.to_csv().split(',').count(),
-            CSV_HEADER.split(',').count()
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.csv");
-        CsvWriter::open(&path).unwrap().write(&row).unwrap();
-        CsvWriter::open(&path).unwrap().write(&row).unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text.lines().count(), 3, "one header, two rows: {text}");
-    }
-}
-
 /// TensorBoard event file of a run (a new file per start; TensorBoard merges a resumed run's
 /// files by step). Every step is emulator frames over all actors. Tags, after CleanRL:
 /// `charts/episodic_return` and `charts/episode_length` (frames) per finished game;
@@ -318,5 +283,40 @@ impl Board {
         w.add_scalar("perf/learner_busy", r.learner_busy, step)?;
         w.add_scalar("perf/updates_per_s", r.updates_per_s, step)?;
         w.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_keeps_the_last_scores() {
+        let mut w = ReturnWindow::new(3);
+        assert_eq!(w.mean(), None);
+        for s in [1.0, 2.0, 3.0, 10.0] {
+            w.push(s);
+        }
+        assert_eq!(w.mean(), Some(5.0));
+    }
+
+    #[test]
+    fn csv_has_one_field_per_column() {
+        let row = Row {
+            frames: 10,
+            mean_return: None,
+            loss: Some(0.5),
+            ..Default::default()
+        };
+        assert_eq!(
+            row.to_csv().split(',').count(),
+            CSV_HEADER.split(',').count()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.csv");
+        CsvWriter::open(&path).unwrap().write(&row).unwrap();
+        CsvWriter::open(&path).unwrap().write(&row).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3, "one header, two rows: {text}");
     }
 }
