@@ -80,8 +80,11 @@ fn prepare(
         .transpose()?;
     let file_ref = file.as_ref().map(|(p, t)| (p.as_path(), t));
     let fresh = config::merge(&Config::default(), file_ref, cli, explicit)?;
+    let game_given =
+        explicit.contains("game") || file.as_ref().is_some_and(|(_, t)| t.contains_key("game"));
     let Some(spec) = &cli.checkpoint else {
         fresh.validate()?;
+        check_game_matches_rom(&fresh, game_given)?;
         return Ok((fresh, None));
     };
     let found = checkpoint::open(&fresh.run_dir(), spec)?;
@@ -90,8 +93,58 @@ fn prepare(
     }
     let cfg = config::merge(&found.checkpoint.state.config, file_ref, cli, explicit)?;
     cfg.validate()?;
+    check_game_matches_rom(&cfg, game_given)?;
+    check_resumable(&cfg, &found)?;
     crate::say!("resuming from {}", found.path.display());
     Ok((cfg, Some(found.checkpoint)))
+}
+
+/// With `--rom`, the game is the ROM's; a `--game` given as well (on the command line or in
+/// the config file) must name the same game rather than be ignored.
+fn check_game_matches_rom(cfg: &Config, game_given: bool) -> anyhow::Result<()> {
+    let (Some(rom), true) = (&cfg.rom, game_given) else {
+        return Ok(());
+    };
+    let id = cfg.env_id().map_err(anyhow::Error::msg)?;
+    match game::resolve_game(&cfg.game) {
+        Ok(spec) if spec.name == id.name() => Ok(()),
+        _ => anyhow::bail!(
+            "--game {} and --rom {}: the ROM plays {}; give --game {} or leave --game out",
+            cfg.game,
+            rom.display(),
+            id.name(),
+            id.name()
+        ),
+    }
+}
+
+/// Refuses to resume a checkpoint of another game or network before anything is created; the
+/// error names the file, what it was trained on and what this run asks for.
+fn check_resumable(cfg: &Config, found: &checkpoint::Found) -> anyhow::Result<()> {
+    let st = &found.checkpoint.state;
+    let id = cfg.env_id().map_err(anyhow::Error::msg)?;
+    let trained = format!("{:?}", st.network).to_lowercase();
+    if st.game != id.name() {
+        anyhow::bail!(
+            "--checkpoint {}: trained on {} ({trained} network); this run is {} \
+             (resume with --game {}, or start a new run in another --logdir)",
+            found.path.display(),
+            st.game,
+            id.name(),
+            st.game
+        );
+    }
+    // The same game has the same observations, so `auto` resolves as it did for the checkpoint.
+    let network = crate::model::resolve_network(cfg.network, st.obs).map_err(anyhow::Error::msg)?;
+    if st.network != network {
+        anyhow::bail!(
+            "--checkpoint {}: trained with the {trained} network; this run asks for {} \
+             (resume with --network {trained}, or start a new run in another --logdir)",
+            found.path.display(),
+            format!("{network:?}").to_lowercase()
+        );
+    }
+    Ok(())
 }
 
 fn actor_main(args: &[String]) -> ExitCode {

@@ -44,6 +44,15 @@ struct Trainer {
     game: String,
 }
 
+/// A batch whose loss or mean max-Q was not finite: the run stops without applying it.
+#[derive(Debug, thiserror::Error)]
+#[error("training diverged at {frames} frames: loss {loss}, mean Q {q_mean} (the update was not applied)")]
+struct Diverged {
+    frames: u64,
+    loss: f64,
+    q_mean: f64,
+}
+
 /// Loss and mean max-Q of one update.
 struct UpdateStats {
     loss: f64,
@@ -51,8 +60,10 @@ struct UpdateStats {
 }
 
 impl Trainer {
-    /// One regression step of Q(s_i, a_i) towards R_i on `batch`.
-    fn update(&mut self, batch: &Batch, cfg: &Config, lr: f64) -> UpdateStats {
+    /// One regression step of Q(s_i, a_i) towards R_i on `batch`. A non-finite loss or mean
+    /// max-Q is returned as `Err` before the optimizer touches the weights, so the network
+    /// stays as the last good update left it.
+    fn update(&mut self, batch: &Batch, cfg: &Config, lr: f64) -> Result<UpdateStats, UpdateStats> {
         let n = batch.len();
         let obs =
             obs_tensor(self.obs, &batch.obs[..n * self.obs.bytes()], n).to_device(self.device);
@@ -64,16 +75,20 @@ impl Trainer {
             Loss::Huber => q_sa.huber_loss(&returns, Reduction::Mean, 1.0),
             Loss::Mse => q_sa.mse_loss(&returns, Reduction::Mean),
         };
+        let q_mean = q.detach().max_dim(1, false).0.mean(Kind::Float);
+        let stats = UpdateStats {
+            loss: loss.double_value(&[]),
+            q_mean: q_mean.double_value(&[]),
+        };
+        if !stats.loss.is_finite() || !stats.q_mean.is_finite() {
+            return Err(stats);
+        }
         let params = self.model.params();
         zero_grad(params);
         loss.backward();
         let _grad_norm = clip_grad_norm(params, cfg.max_grad_norm);
         self.optim.step(params, lr);
-        let q_mean = q.detach().max_dim(1, false).0.mean(Kind::Float);
-        UpdateStats {
-            loss: loss.double_value(&[]),
-            q_mean: q_mean.double_value(&[]),
-        }
+        Ok(stats)
     }
 }
 
@@ -246,10 +261,16 @@ pub fn run(
     }
     counters.frames = queue.frames().load(Ordering::Relaxed);
     let trained = cfg.bench_phase == BenchPhase::Training;
-    if trained && (counters.updates > started.updates || counters.frames > started.frames) {
+    // A diverged run keeps its last periodic checkpoint as the newest: the weights that gave
+    // a non-finite loss are not saved over it.
+    let diverged = matches!(&outcome, Err(e) if e.is::<Diverged>());
+    if diverged {
+        crate::say_err!("not saving a final checkpoint: training diverged");
+    } else if trained && (counters.updates > started.updates || counters.frames > started.frames) {
         match save(&cfg, &trainer, &counters, &run_dir) {
             Ok(path) => crate::say!("saved {}", path.display()),
-            // After a failure (e.g. divergence) report that failure; the refused save is a note.
+            // After a failure (e.g. past --max-actor-restarts) report that failure; a refused
+            // save is a note.
             Err(e) if outcome.is_err() => crate::say_err!("{e:#}"),
             Err(e) => return Err(e),
         }
@@ -446,15 +467,11 @@ fn train(
             } else if full {
                 let t = Instant::now();
                 let lr = schedule::learning_rate(cfg.lr, cfg.lr_decay, c.frames);
-                let s = trainer.update(&batch, cfg, lr);
-                if !s.loss.is_finite() || !s.q_mean.is_finite() {
-                    bail!(
-                        "training diverged at {} frames: loss {}, mean Q {}",
-                        c.frames,
-                        s.loss,
-                        s.q_mean
-                    );
-                }
+                let s = trainer.update(&batch, cfg, lr).map_err(|s| Diverged {
+                    frames: c.frames,
+                    loss: s.loss,
+                    q_mean: s.q_mean,
+                })?;
                 interval.busy += t.elapsed();
                 c.updates += 1;
                 c.steps += batch.len() as u64;

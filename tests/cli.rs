@@ -125,33 +125,58 @@ fn device_cuda_without_cuda_fails_before_starting() {
 }
 
 #[test]
-fn divergence_stops_the_run_without_a_non_finite_checkpoint() {
+fn divergence_stops_the_run_and_the_last_good_checkpoint_stays_the_newest() {
     let tmp = tempfile::tempdir().unwrap();
-    let args = [
+    let base = [
         "--game",
         "CartPole",
         "--processes",
         "1",
-        "--lr",
-        "1e30",
-        "--max-frames",
-        "200000",
         "--device",
         "cpu",
         "--logdir",
         "run",
     ];
+    // A healthy run leaves a good checkpoint...
+    let mut args = base.to_vec();
+    args.extend(["--max-frames", "5000"]);
+    let (pid, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(60));
+    assert_ok("healthy run", &out);
+    assert_clean(pid);
+    let dir = tmp.path().join("run");
+    let good = async_rl::checkpoint::list(&dir);
+    assert_eq!(good.len(), 1, "{good:?}");
+    // ...which a resumed run with an absurd learning rate diverges from.
+    let mut args = base.to_vec();
+    args.extend([
+        "--checkpoint",
+        "latest",
+        "--lr",
+        "1e30",
+        "--max-frames",
+        "500000",
+    ]);
     let (pid, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
-        err.contains("training diverged at") && err.contains("not finite"),
+        err.contains("training diverged at")
+            && err.contains("the update was not applied")
+            && err.contains("not saving a final checkpoint"),
         "{err}"
     );
-    assert!(
-        async_rl::checkpoint::list(&tmp.path().join("run")).is_empty(),
-        "a diverged checkpoint was written"
+    assert_eq!(
+        async_rl::checkpoint::list(&dir),
+        good,
+        "the diverged run wrote a checkpoint"
     );
+    let ckpt = async_rl::checkpoint::load(&async_rl::checkpoint::path_for(&dir, good[0])).unwrap();
+    for (name, t) in &ckpt.params {
+        assert!(
+            t.isfinite().all().int64_value(&[]) == 1,
+            "{name} is not finite"
+        );
+    }
     assert_clean(pid);
 }
 
@@ -216,4 +241,60 @@ fn a_new_run_uses_the_games_tuned_config_and_says_so_unless_told_otherwise() {
         "{saved}"
     );
     assert_clean(pid);
+}
+
+#[test]
+fn list_games_names_the_bundled_games_and_cartpole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, out) = run(
+        LEARNER,
+        &["--list-games"],
+        tmp.path(),
+        Duration::from_secs(60),
+    );
+    assert_ok("--list-games", &out);
+    let names: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    for game in ["CartPole", "Breakout", "Pong", "SpaceInvaders"] {
+        assert!(names.iter().any(|n| n == game), "{game} missing: {names:?}");
+    }
+    assert!(
+        names.iter().any(|n| n.ends_with("(needs --rom)")),
+        "games without a bundled ROM are marked: {names:?}"
+    );
+}
+
+#[test]
+fn rom_files_are_checked_before_ale_sees_them_and_must_agree_with_game() {
+    let tmp = tempfile::tempdir().unwrap();
+    let learner = |extra: &[&str]| {
+        let mut args = vec!["--processes", "1", "--device", "cpu", "--logdir", "run"];
+        args.extend(extra);
+        let (pid, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(60));
+        assert_clean(pid);
+        (out.status.code(), text(&out.stderr))
+    };
+    // Missing, and too small to be an Atari ROM (ALE would exit(1) on it).
+    let (code, err) = learner(&["--rom", "nowhere/pong.bin"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--rom: ROM file nowhere/pong.bin does not exist"),
+        "{err}"
+    );
+    std::fs::write(tmp.path().join("pong.bin"), [0u8; 100]).unwrap();
+    let (code, err) = learner(&["--rom", "pong.bin"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--rom: ROM file pong.bin is 100 bytes; Atari 2600 ROMs are between"),
+        "{err}"
+    );
+    // A real ROM with a --game that names another game is refused, not silently overridden.
+    let pong = async_rl::game::bundled_rom("pong").unwrap();
+    std::fs::write(tmp.path().join("pong.bin"), pong).unwrap();
+    let (code, err) = learner(&["--rom", "pong.bin", "--game", "Breakout"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--game Breakout and --rom pong.bin: the ROM plays Pong; give --game Pong"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("run").exists(), "nothing may start");
 }

@@ -425,3 +425,64 @@ fn a_full_disk_behind_stdout_does_not_take_the_run_down() {
     assert!(status.success(), "{status}");
     assert_eq!(async_rl::checkpoint::list(&tmp.path().join("run")).len(), 1);
 }
+
+#[test]
+fn a_checkpoint_of_another_game_is_refused_before_anything_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    untrained_checkpoint(&run_dir, "CartPole");
+    let args = [
+        "--game",
+        "Breakout",
+        "--processes",
+        "1",
+        "--device",
+        "cpu",
+        "--logdir",
+        "run",
+        "--checkpoint",
+        "latest",
+    ];
+    let (pid, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--checkpoint run/model-1000.pt: trained on CartPole (mlp network)")
+            && err.contains("this run is Breakout (resume with --game CartPole"),
+        "{err}"
+    );
+    assert!(
+        !run_dir.join("metrics.csv").exists(),
+        "the refused run started"
+    );
+    assert_clean(pid);
+}
+
+#[test]
+fn keep_checkpoints_keeps_only_the_newest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "--game",
+        "CartPole",
+        "--processes",
+        "1",
+        "--device",
+        "cpu",
+        "--logdir",
+        "run",
+        "--max-frames",
+        "12000",
+        "--save-freq",
+        "2000",
+        "--keep-checkpoints",
+        "2",
+    ];
+    let (pid, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(60));
+    assert_ok("run", &out);
+    let saved = async_rl::checkpoint::list(&tmp.path().join("run"));
+    // Six or more saves (every 2,000 frames and a final one), of which the newest two stay.
+    assert_eq!(saved.len(), 2, "{saved:?}");
+    assert!(saved[1] >= 12_000 && saved[0] >= 10_000, "{saved:?}");
+    assert_clean(pid);
+}

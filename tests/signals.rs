@@ -1,5 +1,6 @@
-//! Stopping a run from outside: SIGINT finishes with a checkpoint; a SIGKILLed learner takes
-//! its actors with it, and the next learner removes the segments it left.
+//! Stopping a run from outside: SIGINT, SIGTERM and SIGHUP finish with a checkpoint, a second
+//! SIGINT stops at once; a SIGKILLed learner takes its actors with it, and the next learner
+//! removes the segments it left.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,7 +10,8 @@ use nix::unistd::Pid;
 
 use crate::util::*;
 
-/// Starts a long learner run in `dir` and waits until its actors produce (a metrics row).
+/// Starts a long learner run in `dir` and waits until its actors produce (a metrics row with
+/// frames; rows are written from the start, before the actors are ready).
 fn start_learner(dir: &std::path::Path) -> std::process::Child {
     let child = Command::new(LEARNER)
         .args([
@@ -34,10 +36,12 @@ fn start_learner(dir: &std::path::Path) -> std::process::Child {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     let metrics = dir.join("run/metrics.csv");
-    while std::fs::read_to_string(&metrics)
-        .map(|t| t.lines().count() < 2)
-        .unwrap_or(true)
-    {
+    let produced = || {
+        let text = std::fs::read_to_string(&metrics).unwrap_or_default();
+        let last = text.lines().skip(1).last().unwrap_or("");
+        last.split(',').nth(1).and_then(|f| f.parse::<u64>().ok()) > Some(0)
+    };
+    while !produced() {
         assert!(
             Instant::now() < deadline,
             "the learner produced no metrics within 120 s"
@@ -68,8 +72,13 @@ fn stops_cleanly_on(signal: Signal) {
     let mut child = start_learner(tmp.path());
     let pid = child.id();
     assert_eq!(actors_of(pid).len(), 2);
+    let sent = Instant::now();
     kill(Pid::from_raw(pid as i32), signal).unwrap();
     let status = wait_with_limit(&mut child, Duration::from_secs(30));
+    println!(
+        "{signal}: the learner exited {:?} after the signal",
+        sent.elapsed()
+    );
     assert!(status.success(), "{signal}: {status}");
     assert!(
         !async_rl::checkpoint::list(&tmp.path().join("run")).is_empty(),
@@ -84,8 +93,34 @@ fn sigint_stops_with_a_final_checkpoint_and_leaves_nothing() {
 }
 
 #[test]
+fn sigterm_stops_the_same_way() {
+    stops_cleanly_on(Signal::SIGTERM);
+}
+
+#[test]
 fn sighup_from_a_closed_terminal_stops_the_same_way() {
     stops_cleanly_on(Signal::SIGHUP);
+}
+
+#[test]
+fn a_second_sigint_stops_at_once_and_still_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = start_learner(tmp.path());
+    let pid = child.id();
+    assert_eq!(actors_of(pid).len(), 2);
+    let sent = Instant::now();
+    kill(Pid::from_raw(pid as i32), Signal::SIGINT).unwrap();
+    // Apart, so the kernel cannot merge them into one pending signal; well inside the time a
+    // stop with a final checkpoint takes (see the SIGINT test's printed time).
+    std::thread::sleep(Duration::from_millis(20));
+    kill(Pid::from_raw(pid as i32), Signal::SIGINT).unwrap();
+    let status = wait_with_limit(&mut child, Duration::from_secs(10));
+    println!(
+        "two SIGINTs: the learner exited {:?} after them",
+        sent.elapsed()
+    );
+    assert_eq!(status.code(), Some(130), "{status}");
+    assert_clean(pid);
 }
 
 #[test]
