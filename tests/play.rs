@@ -281,3 +281,69 @@ fn screens_and_sticky_actions_need_a_game_that_has_them() {
     );
     assert!(!text(&out.stdout).contains("episode"), "no game was played");
 }
+
+#[test]
+fn render_terminal_draws_the_screen_with_a_status_line_and_none_prints_lines_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = untrained_checkpoint(tmp.path(), "Breakout");
+    let m = model.to_str().unwrap();
+    // Random play (epsilon 1) ends a game of Breakout within a few hundred agent steps.
+    let base = [
+        "--model",
+        m,
+        "--episodes",
+        "1",
+        "--epsilon",
+        "1",
+        "--seed",
+        "3",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--render", "terminal", "--fps", "1000"]);
+    let started = std::time::Instant::now();
+    let out = play(&args, tmp.path());
+    let took = started.elapsed();
+    assert_ok("play --render terminal", &out);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("\x1b[38;2;") && stdout.contains("\x1b[48;2;") && stdout.contains('▀'),
+        "no 24-bit colour half blocks drawn"
+    );
+    assert!(
+        stdout.contains("Breakout  game 1/1  score ") && stdout.contains("  1000 fps  "),
+        "no status line"
+    );
+    // The line follows the picture (and the escape codes that give the terminal back).
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("episode 1: score"))
+        .unwrap();
+    let summary = &line[line.find("episode 1: score").unwrap()..];
+    // The game's frame count, from the summary line: at 1000 pictures/s (one per agent step of
+    // 4 frames) drawing must take at least frames / 4 milliseconds.
+    let frames: u64 = summary
+        .split("frames ")
+        .nth(1)
+        .map(|s| {
+            s.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no frame count in {summary:?}"));
+    assert!(
+        took >= Duration::from_millis(frames / 4),
+        "{frames} frames drawn in {took:?}: not paced"
+    );
+
+    let mut args = base.to_vec();
+    args.extend(["--render", "none"]);
+    let out = play(&args, tmp.path());
+    assert_ok("play --render none", &out);
+    let plain = text(&out.stdout);
+    assert!(!plain.contains('\x1b') && !plain.contains('▀'), "{plain}");
+    assert!(
+        plain.contains(summary),
+        "the same game, as a line:\n{plain}"
+    );
+}
