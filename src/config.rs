@@ -145,6 +145,10 @@ pub struct Config {
     /// CPU threads of the learner's libtorch (more threads fight the actors for the cores)
     #[arg(long, default_value_t = 1)]
     pub learner_threads: usize,
+    /// Niceness that actor processes add to the learner's (0-19): when the cores are
+    /// oversubscribed, the learner, which every actor waits on, gets its share first
+    #[arg(long, default_value_t = 10)]
+    pub actor_nice: u32,
     /// Base random seed; actor i's emulator and exploration derive theirs from it
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -350,6 +354,7 @@ pub fn table_keys() -> BTreeSet<&'static str> {
         "network",
         "device",
         "learner-threads",
+        "actor-nice",
         "seed",
         "frame-skip",
         "noop-max",
@@ -480,6 +485,13 @@ impl Config {
             format!(
                 "--learner-threads {}: must be between 1 and 1024",
                 self.learner_threads
+            ),
+        );
+        check(
+            self.actor_nice <= 19,
+            format!(
+                "--actor-nice {}: must be between 0 and 19 (Linux's niceness range)",
+                self.actor_nice
             ),
         );
         check(
@@ -708,6 +720,7 @@ mod tests {
             ("network", "resnet"),
             ("device", "tpu"),
             ("learner-threads", "0"),
+            ("actor-nice", "20"),
             ("seed", "-1"),
             ("frame-skip", "0"),
             ("noop-max", "-3"),
