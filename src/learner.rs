@@ -17,7 +17,7 @@ use crate::config::{BenchPhase, Config, Loss};
 use crate::device;
 use crate::env::{self, ObsSpec};
 use crate::metrics::{Board, CsvWriter, Progress, ReturnWindow, Row};
-use crate::model::{obs_tensor, resolve_network, QNetwork};
+use crate::model::{channels_last, obs_tensor, resolve_network, QNetwork};
 use crate::optim::{clip_grad_norm, zero_grad, RmsProp};
 use crate::protocol::ActorMsg;
 use crate::schedule;
@@ -67,6 +67,13 @@ impl Trainer {
         let n = batch.len();
         let obs =
             obs_tensor(self.obs, &batch.obs[..n * self.obs.bytes()], n).to_device(self.device);
+        // NHWC frames take libtorch's faster CPU convolutions (see `channels_last`); the GPU
+        // path keeps the layout it was verified with.
+        let obs = if self.device == Device::Cpu {
+            channels_last(&obs)
+        } else {
+            obs
+        };
         let actions = Tensor::from_slice(&batch.actions[..batch.len()]).to_device(self.device);
         let returns = Tensor::from_slice(&batch.returns[..batch.len()]).to_device(self.device);
         let q = self.model.forward(&obs);

@@ -43,6 +43,20 @@ pub fn obs_tensor(obs: ObsSpec, bytes: &[u8], batch: usize) -> Tensor {
     }
 }
 
+/// The same batch of frames `[batch, c, h, w]` in channels-last memory order (NHWC strides,
+/// same shape and values); other tensors are returned as they are. On the CPU, libtorch's
+/// convolutions then take oneDNN's NHWC kernels for the forward and backward passes, which
+/// made a training step of the `nips` network on a batch of 64 about 1.5x faster on one thread
+/// (30 ms instead of 46-60 ms, measured on an AMD EPYC with AVX2). Batch-1 inference is a
+/// little faster without it, so only the learner uses it.
+pub fn channels_last(obs: &Tensor) -> Tensor {
+    if obs.dim() == 4 {
+        obs.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+    } else {
+        obs.shallow_clone()
+    }
+}
+
 /// A Q-network and the variable store that owns its parameters.
 pub struct QNetwork {
     vs: nn::VarStore,
@@ -269,6 +283,35 @@ mod tests {
         assert!(resolve_network(Network::Nips, ObsSpec::Vector(4))
             .unwrap_err()
             .contains("use mlp"));
+    }
+
+    #[test]
+    fn channels_last_changes_the_layout_not_the_values_nor_the_gradients() {
+        tch::manual_seed(2);
+        let net = QNetwork::new(Network::Nips, ObsSpec::Frames([4, 84, 84]), 4, Device::Cpu);
+        let x = Tensor::randint(256, [5, 4, 84, 84], (Kind::Uint8, Device::Cpu));
+        let y = channels_last(&x);
+        assert_eq!(y.size(), x.size());
+        assert_eq!(y.stride(), vec![4 * 84 * 84, 1, 84 * 4, 4]);
+        assert!(y.equal(&x));
+        let grads = |input: &Tensor| {
+            for (_, p) in net.params() {
+                let mut p = p.shallow_clone();
+                p.zero_grad();
+            }
+            let q = net.forward(input);
+            q.sum(Kind::Float).backward();
+            let g: Vec<Tensor> = net.params().iter().map(|(_, p)| p.grad().copy()).collect();
+            (q.detach(), g)
+        };
+        let (q1, g1) = grads(&x);
+        let (q2, g2) = grads(&y);
+        assert!(q1.allclose(&q2, 1e-4, 1e-5, false));
+        for (a, b) in g1.iter().zip(&g2) {
+            assert!(a.allclose(b, 1e-3, 1e-4, false));
+        }
+        let v = Tensor::zeros([3, 4], (Kind::Float, Device::Cpu));
+        assert_eq!(channels_last(&v).stride(), v.stride());
     }
 
     #[test]
