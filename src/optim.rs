@@ -68,10 +68,13 @@ impl RmsProp {
             if !g.defined() {
                 continue;
             }
-            let _ = v.g_mul_scalar_(self.decay);
-            let _ = v.g_add_(&(&g * &g * (1.0 - self.decay)));
+            // Six kernels and three temporaries per parameter: v <- v + (1 - decay)(g^2 - v),
+            // then p <- p + (-lr g) / (sqrt(v) + eps).
+            let _ = v.lerp_(&(&g * &g), 1.0 - self.decay);
+            let mut denom = v.sqrt();
+            let _ = denom.g_add_scalar_(self.eps);
             let mut p = p.shallow_clone();
-            let _ = p.g_sub_(&(&g / (v.sqrt() + self.eps) * lr));
+            let _ = p.addcdiv_(&(&g * -lr), &denom);
         }
     }
 }
