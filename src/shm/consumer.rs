@@ -56,7 +56,7 @@ impl ExperienceQueue {
                 Some(d) => (d - now).min(MAX_WAIT),
                 None => MAX_WAIT,
             };
-            self.wait_for_data(sleep);
+            self.wait_for_data(sleep, batch.capacity() - batch.len());
         }
     }
 
@@ -102,15 +102,30 @@ impl ExperienceQueue {
         true
     }
 
-    fn wait_for_data(&self, timeout: Duration) {
-        let data = &self.header().data;
+    /// Sleeps (at most `timeout`) until `need` more transitions have been committed, a lane
+    /// is full, or the queue is closed; returns at once if they are already there.
+    ///
+    /// No lost wake-up: the target `wake_at` and `consumer_waiting` are stored (SeqCst) before
+    /// `committed` is read again, and a producer increments `committed` before it reads them
+    /// (SeqCst). So either this read sees the increment that reaches the target (no sleep), or
+    /// that producer sees the target and bumps `epoch`, which was read before everything
+    /// here, so the futex wait returns at once. `committed` is read before the lanes are
+    /// counted: a transition counted in both only makes the wake-up early, never late.
+    fn wait_for_data(&self, timeout: Duration, need: usize) {
+        let header = self.header();
+        let data = &header.data;
         let epoch = data.epoch.load(Ordering::SeqCst);
+        let committed = header.committed.committed.load(Ordering::SeqCst);
+        let available = self.len();
+        // At most `capacity` transitions can be in the queue: never wait for more.
+        let missing = need.min(self.capacity).saturating_sub(available);
+        if missing == 0 || self.is_closed() {
+            return;
+        }
+        let target = committed + missing as u64;
+        data.wake_at.store(target, Ordering::SeqCst);
         data.consumer_waiting.store(1, Ordering::SeqCst);
-        let any = self.lanes.iter().any(|l| {
-            let c = self.ctrl(l);
-            c.prod.tail.load(Ordering::SeqCst) != c.cons.head.load(Ordering::Relaxed)
-        });
-        if !any && !self.is_closed() {
+        if header.committed.committed.load(Ordering::SeqCst) < target && !self.is_closed() {
             futex::wait(&data.epoch, epoch, timeout);
         }
         data.consumer_waiting.store(0, Ordering::Relaxed);

@@ -307,10 +307,23 @@ impl ExperienceQueue {
         // above); the lane guard makes us its only writer in this process.
         unsafe { self.layout.write(self.slot(l, tail), t) };
         ctrl.prod.tail.store(tail.wrapping_add(1), Ordering::SeqCst);
-        let data = &self.header().data;
+        // Wake a sleeping consumer only when its batch can be completed (the committed count
+        // reached what it asked for) or when this lane is now full (this producer will block
+        // next, so the consumer must drain even a short batch): one wake-up per batch instead
+        // of one per transition. A stale `head` only makes the lane look fuller: an early,
+        // harmless wake-up. See `wait_for_data` for why no wake-up is lost.
+        let header = self.header();
+        let committed = header.committed.committed.fetch_add(1, Ordering::SeqCst) + 1;
+        let data = &header.data;
         if data.consumer_waiting.load(Ordering::SeqCst) != 0 {
-            data.epoch.fetch_add(1, Ordering::SeqCst);
-            futex::wake(&data.epoch, i32::MAX);
+            let lane_full = tail
+                .wrapping_add(1)
+                .wrapping_sub(ctrl.cons.head.load(Ordering::SeqCst))
+                >= l.cap;
+            if lane_full || committed >= data.wake_at.load(Ordering::SeqCst) {
+                data.epoch.fetch_add(1, Ordering::SeqCst);
+                futex::wake(&data.epoch, i32::MAX);
+            }
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 pub(super) const QUEUE_MAGIC: u64 = u64::from_le_bytes(*b"ARLQUEUE");
 /// Version of the segment layout (header, lane control and [`SlotLayout`]).
 /// Bump whenever any of them changes so stale actors fail loudly on `open`.
-pub const QUEUE_LAYOUT_VERSION: u32 = 1;
+pub const QUEUE_LAYOUT_VERSION: u32 = 2;
 
 /// Read-mostly part of the header: written once by the creator (magic last).
 #[repr(C, align(128))]
@@ -33,11 +33,20 @@ pub(super) struct FramesLine {
     pub(super) frames: AtomicU64,
 }
 
-/// Consumer wake-up word: producers bump `epoch` when `consumer_waiting`.
+/// Consumer wake-up word, written by the consumer: while `consumer_waiting`, it sleeps on
+/// `epoch` until [`CommittedLine::committed`] reaches `wake_at` (the transitions its batch
+/// still needs) or a producer's lane fills up; the producer that sees either bumps `epoch`.
 #[repr(C, align(128))]
 pub(super) struct DataLine {
     pub(super) epoch: AtomicU32,
     pub(super) consumer_waiting: AtomicU32,
+    pub(super) wake_at: AtomicU64,
+}
+
+/// Transitions committed over all lanes since creation; every producer adds one per push.
+#[repr(C, align(128))]
+pub(super) struct CommittedLine {
+    pub(super) committed: AtomicU64,
 }
 
 #[repr(C)]
@@ -45,6 +54,7 @@ pub(super) struct Header {
     pub(super) cfg: ConfigLine,
     pub(super) frames: FramesLine,
     pub(super) data: DataLine,
+    pub(super) committed: CommittedLine,
 }
 
 /// Written by the lane's producer.
