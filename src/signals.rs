@@ -33,7 +33,10 @@ pub fn install() -> std::io::Result<Arc<AtomicBool>> {
                 }
             }
             let _ = crate::shm::remove_segments_of(std::process::id());
-            std::process::exit(130);
+            // SAFETY: _exit ends the process without running atexit handlers or C++ static
+            // destructors. `std::process::exit` would run libtorch's destructors while the
+            // main thread may still be training with it, which crashed the learner (SIGSEGV).
+            unsafe { libc::_exit(130) }
         }
     })?;
     Ok(stop)
