@@ -134,6 +134,23 @@ fn sigkilled_actor_is_replaced_and_training_goes_on() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    // Fresh seeds: neither replacement repeats an original actor's seed, nor each other's.
+    let log = run.stdout();
+    let seeds: Vec<u64> = log
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split("restarted it with seed ").nth(1)?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .collect();
+    let originals: Vec<u64> = (0..2)
+        .map(|i| async_rl::protocol::actor_seed(0, i, 0))
+        .collect();
+    assert_eq!(seeds.len(), 2, "{log}");
+    assert!(
+        seeds.iter().all(|s| !originals.contains(s)) && seeds[0] != seeds[1],
+        "replacement seeds {seeds:?}, original {originals:?}"
+    );
     // Training goes on: frames keep growing in the metrics after the restarts.
     let before = *metric_frames(&tmp.path().join("run")).last().unwrap();
     let t0 = Instant::now();
@@ -255,6 +272,11 @@ fn full_disk_while_saving_stops_with_the_older_checkpoints_intact() {
     let disk = tmp.path().join("disk");
     // Room for three CartPole checkpoints (43 KB each) and the logs, not for a fourth.
     if !mount_tmpfs(&disk, 160) {
+        // CI runs as root, where this must not be skipped silently.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI: mounting a tmpfs failed, so the full-disk test cannot run"
+        );
         eprintln!("skipped: mounting a tmpfs is not permitted here");
         return;
     }

@@ -93,7 +93,39 @@ fn a_run_writes_every_tag_with_frames_as_steps() {
     // The CSV's final row is the final scalar row.
     let eps = scalars(&events, "charts/epsilon");
     assert_eq!(eps.last().unwrap().0, frames);
-    assert!((eps.last().unwrap().1 as f64 - last[7].parse::<f64>().unwrap()).abs() < 1e-4);
+    // Every per-interval tag holds one point per CSV row that has the value, at that row's
+    // frames, equal to it (the CSV rounds: lr to 4 significant digits, fps to 0.1).
+    for (tag, column) in [
+        ("charts/epsilon", 7),
+        ("charts/learning_rate", 10),
+        ("charts/fps", 5),
+        ("charts/mean_return", 6),
+        ("losses/td_loss", 8),
+        ("losses/q_values", 9),
+        ("perf/updates_per_s", 11),
+        ("perf/queue_fill", 12),
+        ("perf/learner_busy", 13),
+    ] {
+        let expected: Vec<(i64, f64)> = csv
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split(',').collect();
+                let value = f[column].parse().ok()?;
+                Some((f[1].parse().unwrap(), value))
+            })
+            .collect();
+        let got = scalars(&events, tag);
+        assert_eq!(got.len(), expected.len(), "{tag}: {got:?} vs {expected:?}");
+        for ((step, v), (frames, want)) in got.iter().zip(&expected) {
+            assert_eq!(step, frames, "{tag}");
+            let tol = 1e-3 * want.abs().max(1.0);
+            assert!(
+                (*v as f64 - want).abs() <= tol,
+                "{tag} at {step}: {v} vs {want}"
+            );
+        }
+    }
 }
 
 #[test]

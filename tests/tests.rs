@@ -5,6 +5,7 @@ mod cli;
 mod e2e;
 mod faults;
 mod play;
+mod plot;
 mod queue;
 mod signals;
 mod snapshot;
