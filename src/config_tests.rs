@@ -1,0 +1,228 @@
+//! Unit tests for `config`: parsing, merging, validation of every flag, and the shipped
+//! config files.
+
+use super::*;
+
+fn parse(args: &[&str]) -> (Config, BTreeSet<String>) {
+    let mut argv = vec!["learner"];
+    argv.extend_from_slice(args);
+    let m = Config::command().try_get_matches_from(argv).unwrap();
+    (Config::from_arg_matches(&m).unwrap(), explicit_flags(&m))
+}
+
+#[test]
+fn defaults_are_the_reference_values() {
+    let c = Config::default();
+    assert_eq!(
+        (c.processes, c.n_step, c.batch_size, c.queue_size),
+        (16, 5, 64, 256)
+    );
+    assert_eq!(c.sync_frames, 10_000);
+    assert_eq!(c.save_freq, 250_000);
+    assert_eq!(c.final_epsilons, vec![0.1, 0.01, 0.5]);
+    assert!(c.validate().is_ok(), "{:?}", c.validate());
+}
+
+#[test]
+fn flags_override_the_file_which_overrides_defaults() {
+    let (cli, explicit) = parse(&["--n-step", "3", "--config", "x.toml"]);
+    let file: toml::Table = "n-step = 7\nbatch-size = 32\n".parse().unwrap();
+    let c = merge(
+        &Config::default(),
+        Some((Path::new("x.toml"), &file)),
+        &cli,
+        &explicit,
+    )
+    .unwrap();
+    assert_eq!(c.n_step, 3);
+    assert_eq!(c.batch_size, 32);
+    assert_eq!(c.processes, 16);
+    assert_eq!(c.config.as_deref(), Some(Path::new("x.toml")));
+}
+
+#[test]
+fn unknown_and_mistyped_file_keys_are_refused() {
+    let (cli, explicit) = parse(&[]);
+    let file: toml::Table = "n_stepp = 7\n".parse().unwrap();
+    let err = merge(
+        &Config::default(),
+        Some((Path::new("f.toml"), &file)),
+        &cli,
+        &explicit,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("unknown key `n_stepp`"), "{err}");
+    let file: toml::Table = "n-step = \"five\"\n".parse().unwrap();
+    let err = merge(
+        &Config::default(),
+        Some((Path::new("f.toml"), &file)),
+        &cli,
+        &explicit,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("f.toml"), "{err}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let (c, _) = parse(&[
+        "--processes",
+        "0",
+        "--n-step",
+        "0",
+        "--batch-size",
+        "300",
+        "--game",
+        "NoSuchGame",
+    ]);
+    let err = c.validate().unwrap_err();
+    let text = err.to_string();
+    for flag in ["--processes 0", "--n-step 0", "--batch-size 300", "--game"] {
+        assert!(text.contains(flag), "missing {flag} in {text}");
+    }
+    assert_eq!(err.0.len(), 4, "{text}");
+}
+
+#[test]
+fn config_round_trips_through_toml() {
+    let (c, _) = parse(&["--game", "Pong", "--n-step", "1", "--network", "nature"]);
+    let back: Config = toml::from_str(&c.to_toml()).unwrap();
+    assert_eq!(back, c);
+    assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+}
+
+/// One bad value per flag; the error must name the flag, and every key must be covered.
+#[test]
+fn every_flag_has_a_bad_value_that_is_refused_by_name() {
+    let bad: &[(&str, &str)] = &[
+        ("game", "SpaceInvader"),
+        ("rom", "/no/such/rom.bin"),
+        ("processes", "0"),
+        ("algorithm", "dqn"),
+        ("envs-per-actor", "0"),
+        ("n-step", "0"),
+        ("gamma", "1.5"),
+        ("batch-size", "0"),
+        ("queue-size", "0"),
+        ("lr", "-1"),
+        ("lr-decay", "-5"),
+        ("rms-decay", "1"),
+        ("rms-eps", "0"),
+        ("max-grad-norm", "nan"),
+        ("loss", "l1"),
+        ("eps-decay", "x"),
+        ("final-epsilons", "2"),
+        ("final-epsilon-probs", "0.5,0.5"),
+        ("sync-frames", "0"),
+        ("save-freq", "0"),
+        ("max-frames", "0"),
+        ("target-return", "inf"),
+        ("network", "resnet"),
+        ("device", "tpu"),
+        ("learner-threads", "0"),
+        ("actor-nice", "20"),
+        ("seed", "-1"),
+        ("frame-skip", "0"),
+        ("noop-max", "-3"),
+        ("repeat-action-probability", "1"),
+        ("max-episode-frames", "0"),
+        ("terminal-on-life-loss", "maybe"),
+        ("logdir", ""),
+        ("log-interval", "0"),
+        ("keep-checkpoints", "-1"),
+        ("max-actor-restarts", "many"),
+        ("eval-every", "-1"),
+        ("eval-episodes", "0"),
+    ];
+    let covered: BTreeSet<&str> = bad.iter().map(|(k, _)| *k).collect();
+    assert_eq!(covered, table_keys(), "every flag needs a bad value here");
+    for (flag, value) in bad {
+        let arg = format!("--{flag}={value}");
+        let message = match Config::command().try_get_matches_from(["learner", &arg]) {
+            Err(e) => e.to_string(),
+            Ok(m) => match Config::from_arg_matches(&m).unwrap().validate() {
+                Err(e) => e.to_string(),
+                Ok(()) => panic!("{arg} was accepted"),
+            },
+        };
+        assert!(message.contains(&format!("--{flag}")), "{arg}: {message}");
+    }
+}
+
+#[test]
+fn stored_config_missing_newer_keys_takes_defaults() {
+    let (c, _) = parse(&["--game", "Pong", "--max-actor-restarts", "3"]);
+    let old: String = c
+        .to_toml()
+        .lines()
+        .filter(|l| !l.starts_with("max-actor-restarts"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let back = Config::from_toml(&old).unwrap();
+    assert_eq!(back.game, "Pong");
+    assert_eq!(
+        back.max_actor_restarts,
+        Config::default().max_actor_restarts
+    );
+    let err = Config::from_toml("no-such-flag = 1").unwrap_err();
+    assert!(err.contains("no-such-flag"), "{err}");
+}
+
+#[test]
+fn every_shipped_config_file_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let (cli, explicit) = parse(&[]);
+        let file = read_file(&path).unwrap();
+        let c = merge(&Config::default(), Some((&path, &file)), &cli, &explicit)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        c.validate()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        n += 1;
+    }
+    assert!(n >= 5, "configs/ has {n} files");
+}
+
+#[test]
+fn configs_defaults_toml_is_the_built_in_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/defaults.toml");
+    let (cli, explicit) = parse(&[]);
+    let file = read_file(&path).unwrap();
+    let c = merge(&Config::default(), Some((&path, &file)), &cli, &explicit).unwrap();
+    assert_eq!(c, Config::default());
+    // Every key is written out (commented-out keys are those without a default value).
+    let text = std::fs::read_to_string(&path).unwrap();
+    for key in table_keys() {
+        assert!(
+            text.contains(&format!("\n{key} =")) || text.contains(&format!("# {key} =")),
+            "configs/defaults.toml does not document `{key}`"
+        );
+    }
+}
+
+#[test]
+fn every_flag_but_the_run_only_ones_is_a_file_key() {
+    let run_only = [
+        "config",
+        "checkpoint",
+        "list_games",
+        "bench_phase",
+        "help",
+        "version",
+    ];
+    let keys = table_keys();
+    for arg in Config::command().get_arguments() {
+        let id = arg.get_id().as_str();
+        if !run_only.contains(&id) {
+            assert!(
+                keys.contains(id.replace('_', "-").as_str()),
+                "flag --{id} cannot be set in a config file"
+            );
+        }
+    }
+}
