@@ -298,3 +298,64 @@ fn rom_files_are_checked_before_ale_sees_them_and_must_agree_with_game() {
     );
     assert!(!tmp.path().join("run").exists(), "nothing may start");
 }
+
+/// Niceness of process `pid` (field 19 of /proc/<pid>/stat).
+fn nice_of(pid: u32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(16)?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn actors_run_at_the_niceness_asked_for() {
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(LEARNER)
+        .args([
+            "--game",
+            "CartPole",
+            "--processes",
+            "2",
+            "--device",
+            "cpu",
+            "--logdir",
+            "run",
+            "--max-frames",
+            "100000000",
+            "--actor-nice",
+            "7",
+        ])
+        .current_dir(tmp.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let want = (nice_of(pid).unwrap() + 7).min(19);
+    // Actors lower their priority right after the handshake.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let nices = loop {
+        let actors = actors_of(pid);
+        let nices: Vec<Option<i32>> = actors.iter().map(|a| nice_of(*a)).collect();
+        if actors.len() == 2 && nices.iter().all(|n| *n == Some(want)) {
+            break nices;
+        }
+        if std::time::Instant::now() > deadline {
+            break nices;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(nices, vec![Some(want); 2], "actors' niceness");
+    assert!(status.success(), "{status}");
+    assert_clean(pid);
+}
