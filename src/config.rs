@@ -231,11 +231,39 @@ pub fn explicit_flags(matches: &ArgMatches) -> BTreeSet<String> {
         .collect()
 }
 
-/// Parses the command line (exits on --help, --version and clap usage errors, as clap does).
+/// Parses the command line. Exits as clap does on --help and --version (status 0), and on a
+/// usage error with clap's message made specific by [`explain`] (status 2).
 pub fn parse_args() -> (Config, BTreeSet<String>) {
-    let matches = Config::command().get_matches();
-    let cli = Config::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let fail = |e: clap::Error| -> ! {
+        if !e.use_stderr() {
+            e.exit(); // --help, --version
+        }
+        crate::say_err!("{}", explain(&e).trim_end());
+        std::process::exit(2)
+    };
+    let matches = Config::command()
+        .try_get_matches()
+        .unwrap_or_else(|e| fail(e));
+    let cli = Config::from_arg_matches(&matches).unwrap_or_else(|e| fail(e));
     (cli, explicit_flags(&matches))
+}
+
+/// clap's message for a usage error, saying what a valid value looks like where Rust's number
+/// parsers do not ("invalid digit found in string").
+pub fn explain(e: &clap::Error) -> String {
+    e.to_string()
+        .replace(
+            "invalid digit found in string",
+            "expected a whole number of 0 or more (digits only, e.g. 16)",
+        )
+        .replace(
+            "invalid float literal",
+            "expected a number (e.g. 0.99 or 7e-4)",
+        )
+        .replace(
+            "number too large to fit in target type",
+            "too large for a 64-bit whole number",
+        )
 }
 
 fn to_table(cfg: &Config) -> toml::Table {

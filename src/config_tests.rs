@@ -139,13 +139,30 @@ fn every_flag_has_a_bad_value_that_is_refused_by_name() {
     for (flag, value) in bad {
         let arg = format!("--{flag}={value}");
         let message = match Config::command().try_get_matches_from(["learner", &arg]) {
-            Err(e) => e.to_string(),
+            Err(e) => explain(&e),
             Ok(m) => match Config::from_arg_matches(&m).unwrap().validate() {
                 Err(e) => e.to_string(),
                 Ok(()) => panic!("{arg} was accepted"),
             },
         };
         assert!(message.contains(&format!("--{flag}")), "{arg}: {message}");
+        // ...and says what would be valid.
+        let hints = [
+            "must",
+            "expected",
+            "possible values",
+            "at least",
+            "at most",
+            "did you mean",
+            "need",
+            "required",
+            "is not in",
+            "does not exist",
+        ];
+        assert!(
+            hints.iter().any(|h| message.contains(h)),
+            "{arg}: says nothing of what is valid: {message}"
+        );
     }
 }
 

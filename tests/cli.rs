@@ -359,3 +359,27 @@ fn actors_run_at_the_niceness_asked_for() {
     assert!(status.success(), "{status}");
     assert_clean(pid);
 }
+
+#[test]
+fn malformed_numbers_say_what_a_valid_value_looks_like() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (args, needle) in [
+        (
+            &["--eps-decay", "4M"][..],
+            "invalid value '4M' for '--eps-decay <EPS_DECAY>': expected a whole number",
+        ),
+        (
+            &["--lr", "fast"][..],
+            "invalid value 'fast' for '--lr <LR>': expected a number (e.g. 0.99 or 7e-4)",
+        ),
+    ] {
+        let (pid, out) = run(LEARNER, args, tmp.path(), Duration::from_secs(60));
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_clean(pid);
+    }
+    let (_, out) = run(LEARNER, &["--help"], tmp.path(), Duration::from_secs(60));
+    assert_ok("--help", &out);
+    assert!(text(&out.stdout).contains("--actor-nice"));
+}
