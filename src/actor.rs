@@ -6,7 +6,8 @@
 //! when n are held, or a terminal state is reached, it computes their returns (see
 //! [`crate::returns`]) and pushes one transition per held step. The bootstrap value for a full
 //! segment comes from the forward pass that picks the next action anyway (max_a Q for
-//! Q-learning, Q of that action for SARSA), so an actor runs one forward pass per agent step.
+//! Q-learning, Q of that action for SARSA), so an actor runs at most one forward pass per agent
+//! step, over only the environments whose Q-values it uses (see `act`).
 
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
@@ -89,17 +90,28 @@ impl Segment {
 
 /// Greedy-or-random action: with probability `epsilon` a uniform action, else argmax of `q`.
 pub fn epsilon_greedy(q: &[f32], epsilon: f64, rng: &mut impl Rng) -> usize {
-    if rng.gen::<f64>() < epsilon {
+    if explores(epsilon, rng) {
         rng.gen_range(0..q.len())
     } else {
-        let mut best = 0;
-        for (i, v) in q.iter().enumerate() {
-            if *v > q[best] {
-                best = i;
-            }
-        }
-        best
+        argmax(q)
     }
+}
+
+/// The first half of [`epsilon_greedy`], drawn before the Q-values are known: true (a random
+/// action) with probability `epsilon`.
+fn explores(epsilon: f64, rng: &mut impl Rng) -> bool {
+    rng.gen::<f64>() < epsilon
+}
+
+/// Index of the largest value (the first of equals); 0 for an empty slice.
+fn argmax(q: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in q.iter().enumerate() {
+        if *v > q[best] {
+            best = i;
+        }
+    }
+    best
 }
 
 /// Q-values `[batch, num_actions]` of `batch` observations (their bytes, back to back) with
@@ -184,18 +196,20 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
     let mut segments: Vec<Segment> = (0..k)
         .map(|_| Segment::new(cfg.n_step, obs_bytes))
         .collect();
-    // All environments' observations and Q-values, for one batched forward pass per step.
+    // The observations and Q-values of the environments whose Q-values this step uses, for
+    // one batched forward pass; `row[j]` is environment j's row, if it has one.
     let mut obs = vec![0u8; k * obs_bytes];
     let mut q = vec![0f32; k * num_actions];
+    let mut row: Vec<Option<usize>> = vec![None; k];
+    let mut explore = vec![false; k];
     let mut last_q = vec![0f32; num_actions];
     let frames = queue.frames();
-    let epsilon = |rng: &mut StdRng, q: &[f32]| {
-        let eps = schedule::epsilon(
+    let epsilon = || {
+        schedule::epsilon(
             init.final_epsilon,
             cfg.eps_decay,
             frames.load(Ordering::Relaxed),
-        );
-        epsilon_greedy(q, eps, rng)
+        )
     };
     for env in envs.iter_mut() {
         env.reset();
@@ -216,16 +230,39 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
             version = snapshot.read_into(&mut flat)?;
             model.load_flat(&flat);
         }
-        for (j, env) in envs.iter().enumerate() {
-            obs[j * obs_bytes..(j + 1) * obs_bytes].copy_from_slice(env.obs());
+        // Epsilon-greedy, with the coin tossed first: an environment that acts at random
+        // needs no Q-values unless its full segment bootstraps from this state, so the
+        // forward pass covers only the others (most of them early on, while epsilon is
+        // near 1).
+        let eps = epsilon();
+        let mut rows = 0;
+        for (j, (env, segment)) in envs.iter().zip(&segments).enumerate() {
+            explore[j] = explores(eps, &mut rng);
+            row[j] = (!explore[j] || segment.len() == cfg.n_step).then(|| {
+                obs[rows * obs_bytes..(rows + 1) * obs_bytes].copy_from_slice(env.obs());
+                rows += 1;
+                rows - 1
+            });
         }
-        q_values(&model, obs_spec, &obs, k, &mut q);
+        if rows > 0 {
+            q_values(
+                &model,
+                obs_spec,
+                &obs[..rows * obs_bytes],
+                rows,
+                &mut q[..rows * num_actions],
+            );
+        }
         for (j, (env, segment)) in envs.iter_mut().zip(segments.iter_mut()).enumerate() {
-            let qj = &q[j * num_actions..(j + 1) * num_actions];
-            let action = epsilon(&mut rng, qj);
-            if segment.len() == cfg.n_step {
+            let qj = row[j].map(|r| &q[r * num_actions..(r + 1) * num_actions]);
+            // (A greedy environment always has a row.)
+            let action = match qj {
+                Some(qj) if !explore[j] => argmax(qj),
+                _ => rng.gen_range(0..num_actions),
+            };
+            if let (true, Some(qj)) = (segment.len() == cfg.n_step, qj) {
                 // A full segment bootstraps from this state: max_a Q(s, a), or Q(s, a) of the
-                // action just chosen for SARSA. These are the values computed for acting anyway.
+                // action just chosen for SARSA.
                 let bootstrap = bootstrap_value(cfg.algorithm, qj, action);
                 if !pushed(segment.flush(bootstrap, cfg.gamma, &queue, init.lane))? {
                     return Ok(());
@@ -240,7 +277,7 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
             } else if step.truncated {
                 // A time limit is not a terminal state: bootstrap from the last observation.
                 q_values(&model, obs_spec, env.obs(), 1, &mut last_q);
-                let next = epsilon(&mut rng, &last_q);
+                let next = epsilon_greedy(&last_q, epsilon(), &mut rng);
                 Some(bootstrap_value(cfg.algorithm, &last_q, next))
             } else {
                 None
