@@ -63,7 +63,12 @@ def run_phase(phase, a, workdir):
     cmd = [a.learner, "--bench-phase", phase, "--game", a.game, "--processes", str(a.processes),
            "--envs-per-actor", str(a.envs_per_actor), "--device", a.device,
            "--log-interval", str(a.interval), "--logdir", logdir,
-           "--max-frames", str(10**15), "--save-freq", str(10**15)] + a.extra
+           "--max-frames", str(10**15), "--save-freq", str(10**15)]
+    if a.exploration == "steady":
+        # Actors at their final epsilons from the first frame, as for all but the first
+        # --eps-decay frames of a run (4M of a default 80M).
+        cmd += ["--eps-decay", "1"]
+    cmd += a.extra
     log = open(os.path.join(workdir, f"{phase}.log"), "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     start = time.time()
@@ -127,6 +132,10 @@ def main():
     p.add_argument("--warmup", type=float, default=15, help="seconds per phase before measuring")
     p.add_argument("--interval", type=float, default=5, help="seconds per metrics interval")
     p.add_argument("--phases", default="limit,acting,training")
+    p.add_argument("--exploration", default="steady", choices=["steady", "start"],
+                   help="steady: actors at their final epsilons (most of a run); start: epsilon "
+                        "annealing from 1, as in the first --eps-decay frames, where acting skips "
+                        "most forward passes")
     p.add_argument("--out", default="bench.json", help="where the JSON goes")
     p.add_argument("extra", nargs="*", help="more learner flags, after --")
     a = p.parse_args()
@@ -145,7 +154,8 @@ def main():
     for r in results.values():
         fps = r["frames_per_s"]
         r["ratio_to_limit"] = fps["median"] / limit["median"] if fps and limit else None
-    print(f"\n{a.game}, {a.processes} actor processes x {a.envs_per_actor} envs, {os.cpu_count()} cores; "
+    print(f"\n{a.game}, {a.processes} actor processes x {a.envs_per_actor} envs, {os.cpu_count()} cores, "
+          f"{a.exploration} exploration; "
           f"median [min-max] of {a.interval:.0f}-s intervals over {a.seconds:.0f} s after {a.warmup:.0f} s")
     head = f"{'phase':9} {'frames/s':>22} {'ratio':>6} {'samples/s':>18} {'updates/s':>15} {'busy':>6} {'queue':>6} {'CPU% L/A':>11} {'RSS MB L/A':>11}"
     print(head)
@@ -159,6 +169,7 @@ def main():
         print(f"{phase:9} {fmt(r['frames_per_s']):>22} {ratio:>6} {fmt(r['samples_per_s']):>18} "
               f"{fmt(r['updates_per_s'], digits=1):>15} {busy:>6} {fill:>6} {cpus:>11} {rsss:>11}")
     json.dump({"game": a.game, "processes": a.processes, "envs_per_actor": a.envs_per_actor,
+               "exploration": a.exploration,
                "cores": os.cpu_count(), "seconds": a.seconds, "warmup": a.warmup,
                "interval": a.interval, "phases": results}, open(a.out, "w"), indent=2)
     print(f"\n(CPU% is of one core: learner / mean per actor; RSS is the peak: learner / largest actor)\nwrote {a.out}")
