@@ -319,7 +319,11 @@ fn play(args: &Args) -> Result<Outcome> {
         ),
         _ => None,
     };
-    let mut model = QNetwork::new(st.network, st.obs, st.num_actions, device);
+    let spec = async_rl::model::NetSpec {
+        arch: st.network,
+        dueling: st.config.dueling,
+    };
+    let mut model = QNetwork::new(spec, st.obs, st.num_actions, device);
     model
         .load_named(&ckpt.params)
         .map_err(|e| anyhow!("checkpoint {}: {e}", args.model.display()))?;

@@ -1,13 +1,13 @@
-//! The actor loop: one emulator, epsilon-greedy acting with a CPU copy of the network, n-step
-//! returns bootstrapped from the weight snapshot, transitions pushed into the shared queue.
+//! The actor loop: emulators stepped in lockstep, epsilon-greedy acting with a CPU copy of the
+//! network refreshed from the weight snapshot, and the learning rule's actor half
+//! ([`crate::rules::Adder`], one per environment) turning the steps into transitions for the
+//! queue.
 //!
-//! Follows Mnih et al. (2016), Algorithm S2 (asynchronous n-step Q-learning), with the learner
-//! doing the gradient step: each actor keeps its last n (observation, action, clipped reward);
-//! when n are held, or a terminal state is reached, it computes their returns (see
-//! [`crate::returns`]) and pushes one transition per held step. The bootstrap value for a full
-//! segment comes from the forward pass that picks the next action anyway (max_a Q for
-//! Q-learning, Q of that action for SARSA), so an actor runs at most one forward pass per agent
-//! step, over only the environments whose Q-values it uses (see `act`).
+//! Follows Mnih et al. (2016), Algorithm S2, with the learner doing the gradient step. The
+//! loop knows no rule by name: it asks each environment's adder whether this step needs the
+//! snapshot's Q-values (n-step Q bootstraps a full segment from the forward pass that picks the
+//! next action anyway), so an actor runs at most one forward pass per agent step, over only the
+//! environments whose Q-values it uses (see `act`).
 
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
@@ -21,72 +21,11 @@ use tch::Device;
 use crate::config::BenchPhase;
 use crate::env::{self, ObsSpec};
 use crate::eval;
-use crate::model::{obs_tensor, resolve_network, QNetwork};
+use crate::model::{obs_tensor, QNetwork};
 use crate::protocol::{ActorInit, ActorMsg, EvalScores, Role};
-use crate::returns::{bootstrap_value, n_step_returns};
+use crate::rules::{self, Adder, LaneSink, StepEnd};
 use crate::schedule;
-use crate::shm::{ExperienceQueue, PushError, Transition, WeightSnapshot};
-
-/// The last n steps an actor holds before it can compute their returns.
-struct Segment {
-    obs: Vec<Vec<u8>>,
-    actions: Vec<u32>,
-    rewards: Vec<f32>,
-    returns: Vec<f32>,
-}
-
-impl Segment {
-    fn new(n: usize, obs_bytes: usize) -> Self {
-        Segment {
-            obs: (0..n).map(|_| vec![0u8; obs_bytes]).collect(),
-            actions: Vec::with_capacity(n),
-            rewards: Vec::with_capacity(n),
-            returns: vec![0.0; n],
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.actions.len()
-    }
-
-    /// Holds the observation and action of the step about to be taken.
-    fn hold(&mut self, obs: &[u8], action: u32) {
-        let i = self.actions.len();
-        self.obs[i].copy_from_slice(obs);
-        self.actions.push(action);
-    }
-
-    /// Records the clipped reward of the step just taken.
-    fn reward(&mut self, clipped_reward: f32) {
-        debug_assert_eq!(self.rewards.len() + 1, self.actions.len());
-        self.rewards.push(clipped_reward);
-    }
-
-    /// Computes the held steps' returns with `bootstrap` and pushes them, oldest first.
-    fn flush(
-        &mut self,
-        bootstrap: f32,
-        gamma: f32,
-        queue: &ExperienceQueue,
-        lane: usize,
-    ) -> Result<(), PushError> {
-        let n = self.len();
-        n_step_returns(&self.rewards, bootstrap, gamma, &mut self.returns[..n]);
-        for i in 0..n {
-            queue.push(
-                lane,
-                &Transition {
-                    obs: &self.obs[i],
-                    action: self.actions[i],
-                    ret: self.returns[i],
-                },
-            )?;
-        }
-        self.actions.clear();
-        self.rewards.clear();
-        Ok(())
-    }
-}
+use crate::shm::{ExperienceQueue, PushError, WeightSnapshot};
 
 /// Greedy-or-random action: with probability `epsilon` a uniform action, else argmax of `q`.
 pub fn epsilon_greedy(q: &[f32], epsilon: f64, rng: &mut impl Rng) -> usize {
@@ -162,7 +101,7 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
     let snapshot = WeightSnapshot::open(&init.snapshot).context("opening the weight snapshot")?;
     let obs_spec = envs[0].obs_spec();
     let num_actions = envs[0].num_actions();
-    let network = resolve_network(cfg.network, obs_spec).map_err(anyhow::Error::msg)?;
+    let network = cfg.net_spec(obs_spec).map_err(anyhow::Error::msg)?;
     let mut model = QNetwork::new(network, obs_spec, num_actions, Device::Cpu);
     let mut flat = vec![0f32; snapshot.numel()];
     anyhow::ensure!(
@@ -193,9 +132,11 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
 
     let mut rng = StdRng::seed_from_u64(init.seed ^ 0x5EED);
     let obs_bytes = obs_spec.bytes();
-    let mut segments: Vec<Segment> = (0..k)
-        .map(|_| Segment::new(cfg.n_step, obs_bytes))
-        .collect();
+    let mut adders: Vec<Box<dyn Adder>> = (0..k).map(|_| rules::adder(cfg, obs_bytes)).collect();
+    let mut sink = LaneSink {
+        queue: &queue,
+        lane: init.lane,
+    };
     // The observations and Q-values of the environments whose Q-values this step uses, for
     // one batched forward pass; `row[j]` is environment j's row, if it has one.
     let mut obs = vec![0u8; k * obs_bytes];
@@ -236,9 +177,9 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
         // near 1).
         let eps = epsilon();
         let mut rows = 0;
-        for (j, (env, segment)) in envs.iter().zip(&segments).enumerate() {
+        for (j, (env, adder)) in envs.iter().zip(&adders).enumerate() {
             explore[j] = explores(eps, &mut rng);
-            row[j] = (!explore[j] || segment.len() == cfg.n_step).then(|| {
+            row[j] = (!explore[j] || adder.needs_values()).then(|| {
                 obs[rows * obs_bytes..(rows + 1) * obs_bytes].copy_from_slice(env.obs());
                 rows += 1;
                 rows - 1
@@ -253,39 +194,34 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
                 &mut q[..rows * num_actions],
             );
         }
-        for (j, (env, segment)) in envs.iter_mut().zip(segments.iter_mut()).enumerate() {
+        for (j, (env, adder)) in envs.iter_mut().zip(adders.iter_mut()).enumerate() {
             let qj = row[j].map(|r| &q[r * num_actions..(r + 1) * num_actions]);
             // (A greedy environment always has a row.)
             let action = match qj {
                 Some(qj) if !explore[j] => argmax(qj),
                 _ => rng.gen_range(0..num_actions),
             };
-            if let (true, Some(qj)) = (segment.len() == cfg.n_step, qj) {
-                // A full segment bootstraps from this state: max_a Q(s, a), or Q(s, a) of the
-                // action just chosen for SARSA.
-                let bootstrap = bootstrap_value(cfg.algorithm, qj, action);
-                if !pushed(segment.flush(bootstrap, cfg.gamma, &queue, init.lane))? {
-                    return Ok(());
-                }
+            if !pushed(adder.begin(env.obs(), action as u32, qj, &mut sink))? {
+                return Ok(());
             }
-            segment.hold(env.obs(), action as u32);
             let step = env.step(action)?;
-            segment.reward(step.clipped_reward);
             frames.fetch_add(step.frames as u64, Ordering::Relaxed);
-            let bootstrap = if step.terminal {
-                Some(0.0)
+            let end = if step.terminal {
+                StepEnd::Terminal
             } else if step.truncated {
-                // A time limit is not a terminal state: bootstrap from the last observation.
-                q_values(&model, obs_spec, env.obs(), 1, &mut last_q);
-                let next = epsilon_greedy(&last_q, epsilon(), &mut rng);
-                Some(bootstrap_value(cfg.algorithm, &last_q, next))
+                StepEnd::Truncated
             } else {
-                None
+                StepEnd::Continue
             };
-            if let Some(b) = bootstrap {
-                if !pushed(segment.flush(b, cfg.gamma, &queue, init.lane))? {
-                    return Ok(());
-                }
+            // Q-values on demand (a truncation's bootstrap), with the action epsilon-greedy
+            // would take there.
+            let mut values = |o: &[u8]| {
+                q_values(&model, obs_spec, o, 1, &mut last_q);
+                (last_q.clone(), epsilon_greedy(&last_q, epsilon(), &mut rng))
+            };
+            let result = adder.end(step.clipped_reward, end, env.obs(), &mut values, &mut sink);
+            if !pushed(result)? {
+                return Ok(());
             }
             if step.game_over || step.truncated {
                 end_episode(init, reports, env.as_mut())?;
@@ -307,7 +243,7 @@ fn evaluate_periodically(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Res
         .context("starting the evaluation environment")?;
     let queue = ExperienceQueue::open(&init.queue).context("opening the experience queue")?;
     let snapshot = WeightSnapshot::open(&init.snapshot).context("opening the weight snapshot")?;
-    let network = resolve_network(cfg.network, env.obs_spec()).map_err(anyhow::Error::msg)?;
+    let network = cfg.net_spec(env.obs_spec()).map_err(anyhow::Error::msg)?;
     let mut model = QNetwork::new(network, env.obs_spec(), env.num_actions(), Device::Cpu);
     let mut flat = vec![0f32; snapshot.numel()];
     anyhow::ensure!(

@@ -94,7 +94,13 @@ fn available_hint(frames: &[u64]) -> String {
     }
 }
 
-/// `<dir>/model-<frames>.pt`.
+/// The replay memory saved beside checkpoint `frames` (`--save-replay`):
+/// `<dir>/model-<frames>.replay`.
+pub fn replay_path_for(dir: &Path, frames: u64) -> PathBuf {
+    dir.join(format!("model-{frames}.replay"))
+}
+
+/// The checkpoint file of `frames` frames in run directory `dir`: `model-<frames>.pt`.
 pub fn path_for(dir: &Path, frames: u64) -> PathBuf {
     dir.join(format!("model-{frames}.pt"))
 }
@@ -203,18 +209,26 @@ pub fn prune(dir: &Path, keep: usize) -> std::io::Result<Vec<PathBuf>> {
         let path = path_for(dir, *f);
         std::fs::remove_file(&path)?;
         removed.push(path);
+        // Its replay memory (--save-replay) goes with it.
+        let replay = replay_path_for(dir, *f);
+        if replay.exists() {
+            std::fs::remove_file(&replay)?;
+            removed.push(replay);
+        }
     }
     Ok(removed)
 }
 
-/// Removes the temporary files (`model-*.pt.tmp`) of saves that a crash interrupted; returns
+/// Removes the temporary files (`model-*.pt.tmp`, `model-*.replay.tmp`) of saves that a crash interrupted; returns
 /// their paths.
 pub fn remove_partial(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     for entry in std::fs::read_dir(dir)?.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with("model-") && name.ends_with(".pt.tmp") {
+        if name.starts_with("model-")
+            && (name.ends_with(".pt.tmp") || name.ends_with(".replay.tmp"))
+        {
             std::fs::remove_file(entry.path())?;
             removed.push(entry.path());
         }
@@ -229,15 +243,20 @@ pub struct Checkpoint {
     pub params: HashMap<String, Tensor>,
     /// RMSProp state by parameter name.
     pub rmsprop: HashMap<String, Tensor>,
+    /// A learning rule's other tensors by full name (e.g. `target/<param>`, the target network).
+    pub extra: HashMap<String, Tensor>,
 }
 
-/// Writes a checkpoint atomically (temporary file, fsync, rename, fsync of the directory).
-/// Refuses weights that are not all finite, so a diverged run never replaces a good checkpoint.
+/// Writes a checkpoint atomically (temporary file, fsync, rename, fsync of the directory), with
+/// a learning rule's `extra` tensors under their own names (`<prefix>/<name>`, any prefix but
+/// `param` and `rmsprop`). Refuses weights that are not all finite, so a diverged run never
+/// replaces a good checkpoint.
 pub fn save(
     path: &Path,
     state: &TrainingState,
     params: &[(String, Tensor)],
     rmsprop: &[Tensor],
+    extra: &[(String, Tensor)],
 ) -> Result<(), CheckpointError> {
     let werr = |error| CheckpointError::Write {
         path: path.to_path_buf(),
@@ -263,6 +282,9 @@ pub fn save(
     }
     for ((name, _), v) in params.iter().zip(rmsprop) {
         named.push((format!("rmsprop/{name}"), v.to_device(tch::Device::Cpu)));
+    }
+    for (name, t) in extra {
+        named.push((name.clone(), t.detach().to_device(tch::Device::Cpu)));
     }
     named.push(("state".to_string(), Tensor::from_slice(&bytes)));
     let sum = checksum(&named).map_err(|e| werr(std::io::Error::other(e.to_string())))?;
@@ -366,11 +388,14 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
     }
     let mut params = HashMap::new();
     let mut rmsprop = HashMap::new();
+    let mut extra = HashMap::new();
     for (name, t) in named {
         if let Some(n) = name.strip_prefix("param/") {
             params.insert(n.to_string(), t);
         } else if let Some(n) = name.strip_prefix("rmsprop/") {
             rmsprop.insert(n.to_string(), t);
+        } else if name != "state" && name != "checksum" {
+            extra.insert(name, t);
         }
     }
     let (state, _): (TrainingState, usize) =
@@ -384,6 +409,7 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
         state,
         params,
         rmsprop,
+        extra,
     })
 }
 
@@ -453,7 +479,7 @@ mod tests {
         let params = vec![("w".to_string(), w.shallow_clone())];
         let mut st = state();
         st.frames = frames;
-        save(&path, &st, &params, &[w.zeros_like()]).unwrap();
+        save(&path, &st, &params, &[w.zeros_like()], &[]).unwrap();
         path
     }
 
@@ -498,6 +524,7 @@ mod tests {
             &old,
             &[("w".into(), w.shallow_clone())],
             &[w.zeros_like()],
+            &[],
         )
         .unwrap();
         let err = load(&path).err().unwrap();
@@ -560,7 +587,7 @@ mod tests {
         let path = path_for(dir.path(), 1000);
         let w = Tensor::from_slice(&[1.0f32, 2.0]);
         let params = vec![("w".to_string(), w.shallow_clone())];
-        save(&path, &state(), &params, &[w.zeros_like()]).unwrap();
+        save(&path, &state(), &params, &[w.zeros_like()], &[]).unwrap();
         let ck = load(&path).unwrap();
         assert_eq!(ck.state, state());
         assert!(ck.params["w"].equal(&w));
@@ -568,7 +595,7 @@ mod tests {
 
         let bad = vec![("w".to_string(), Tensor::from_slice(&[1.0f32, f32::NAN]))];
         let later = path_for(dir.path(), 2000);
-        let err = save(&later, &state(), &bad, &[w.zeros_like()]).unwrap_err();
+        let err = save(&later, &state(), &bad, &[w.zeros_like()], &[]).unwrap_err();
         assert!(err.to_string().contains("not finite"), "{err}");
         assert!(!later.exists());
         assert_eq!(

@@ -82,9 +82,14 @@ fn prepare(
     let fresh = config::merge(&Config::default(), file_ref, cli, explicit)?;
     let game_given =
         explicit.contains("game") || file.as_ref().is_some_and(|(_, t)| t.contains_key("game"));
+    let given = |key: &str| {
+        explicit.contains(&key.replace('-', "_"))
+            || file.as_ref().is_some_and(|(_, t)| t.contains_key(key))
+    };
     let Some(spec) = &cli.checkpoint else {
         fresh.validate()?;
         check_game_matches_rom(&fresh, game_given)?;
+        check_rule_flags(&fresh, given)?;
         return Ok((fresh, None));
     };
     let found = checkpoint::open(&fresh.run_dir(), spec)?;
@@ -94,6 +99,7 @@ fn prepare(
     let cfg = config::merge(&found.checkpoint.state.config, file_ref, cli, explicit)?;
     cfg.validate()?;
     check_game_matches_rom(&cfg, game_given)?;
+    check_rule_flags(&cfg, given)?;
     check_resumable(&cfg, &found)?;
     crate::say!("resuming from {}", found.path.display());
     Ok((cfg, Some(found.checkpoint)))
@@ -116,6 +122,39 @@ fn check_game_matches_rom(cfg: &Config, game_given: bool) -> anyhow::Result<()> 
             id.name()
         ),
     }
+}
+
+/// The settings that only `--algorithm dqn` reads; given (on the command line or in the
+/// config file) with another rule they would be ignored, so they are refused.
+const DQN_ONLY: &[&str] = &[
+    "replay-size",
+    "learning-starts",
+    "replay-ratio",
+    "target-update",
+    "double-q",
+    "priority-alpha",
+    "priority-beta",
+];
+
+fn check_rule_flags(cfg: &Config, given: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+    if cfg.algorithm == config::Algorithm::Dqn {
+        return Ok(());
+    }
+    let ignored: Vec<String> = DQN_ONLY
+        .iter()
+        .filter(|k| given(k))
+        .map(|k| format!("--{k}"))
+        .collect();
+    if ignored.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{}: only --algorithm dqn reads {}; this run is --algorithm {} (add --algorithm dqn, or leave {} out)",
+        ignored.join(", "),
+        if ignored.len() == 1 { "it" } else { "them" },
+        cfg.algorithm_name(),
+        if ignored.len() == 1 { "it" } else { "them" },
+    )
 }
 
 /// Refuses to resume a checkpoint of another game or network before anything is created; the
@@ -142,6 +181,27 @@ fn check_resumable(cfg: &Config, found: &checkpoint::Found) -> anyhow::Result<()
              (resume with --network {trained}, or start a new run in another --logdir)",
             found.path.display(),
             format!("{network:?}").to_lowercase()
+        );
+    }
+    let was = &st.config;
+    if was.algorithm != cfg.algorithm {
+        anyhow::bail!(
+            "--checkpoint {}: trained with --algorithm {}; this run asks for --algorithm {} \
+             (resume with --algorithm {}, or start a new run in another --logdir)",
+            found.path.display(),
+            was.algorithm_name(),
+            cfg.algorithm_name(),
+            was.algorithm_name()
+        );
+    }
+    if was.dueling != cfg.dueling {
+        anyhow::bail!(
+            "--checkpoint {}: trained with --dueling {}; this run asks for --dueling {} \
+             (resume with --dueling {}, or start a new run in another --logdir)",
+            found.path.display(),
+            was.dueling,
+            cfg.dueling,
+            was.dueling
         );
     }
     Ok(())

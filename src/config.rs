@@ -82,7 +82,8 @@ pub struct Config {
     /// Environments per actor process, stepped in lockstep with one batched forward pass
     #[arg(long, default_value_t = 1)]
     pub envs_per_actor: usize,
-    /// Learning rule: n-step Q-learning, or SARSA (bootstraps with the action taken next)
+    /// Learning rule: n-step Q-learning, n-step SARSA (bootstraps with the action taken next),
+    /// or DQN from a replay memory with a target network
     #[arg(long, value_enum, default_value_t = Algorithm::Q)]
     pub algorithm: Algorithm,
     /// n of the n-step return (1 = 1-step Q-learning)
@@ -139,6 +140,41 @@ pub struct Config {
     /// Q-network architecture
     #[arg(long, value_enum, default_value_t = Network::Auto)]
     pub network: Network,
+    /// Dueling head: V(s) and A(s, a) streams, Q = V + A - mean A (Wang et al. 2016); any
+    /// network and rule
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub dueling: bool,
+    /// dqn: transitions the replay memory holds (a FIFO ring; Atari about 7.4 KB each)
+    #[arg(long, default_value_t = 1_000_000)]
+    pub replay_size: usize,
+    /// dqn: frames (from this start) before the first update, while the memory fills
+    #[arg(long, default_value_t = 200_000)]
+    pub learning_starts: u64,
+    /// dqn: transitions trained on per transition inserted, enforced both ways (8: the Nature
+    /// DQN's batch of 32 every 4 agent steps)
+    #[arg(long, default_value_t = 8.0)]
+    pub replay_ratio: f64,
+    /// dqn: copy the online network to the target network every this many updates
+    #[arg(long, default_value_t = 2000)]
+    pub target_update: u64,
+    /// dqn: double Q-learning (the online network picks the next action, the target network
+    /// values it; van Hasselt et al. 2016)
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub double_q: bool,
+    /// dqn: proportional prioritized replay (Schaul et al. 2016)
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub prioritized: bool,
+    /// dqn --prioritized: priority exponent alpha, p = (|TD error| + 1e-6)^alpha
+    #[arg(long, default_value_t = 0.6)]
+    pub priority_alpha: f64,
+    /// dqn --prioritized: importance-sampling exponent beta at the start, annealed linearly to
+    /// 1 over --max-frames
+    #[arg(long, default_value_t = 0.4)]
+    pub priority_beta: f64,
+    /// dqn: also write the replay memory beside each checkpoint (model-N.replay), restored by
+    /// --checkpoint; without it a resumed run starts with an empty memory
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub save_replay: bool,
     /// Device of the learner's network
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
@@ -380,6 +416,16 @@ pub fn table_keys() -> BTreeSet<&'static str> {
         "max-frames",
         "target-return",
         "network",
+        "dueling",
+        "replay-size",
+        "learning-starts",
+        "replay-ratio",
+        "target-update",
+        "double-q",
+        "prioritized",
+        "priority-alpha",
+        "priority-beta",
+        "save-replay",
         "device",
         "learner-threads",
         "actor-nice",
@@ -403,6 +449,15 @@ impl Config {
     /// The environment this config plays, resolved from `--game` (and `--rom`).
     pub fn env_id(&self) -> Result<EnvId, String> {
         env::resolve(&self.game, self.rom.as_deref())
+    }
+
+    /// The network to build for observations `obs`: `--network` resolved (see
+    /// [`crate::model::resolve_network`]) and `--dueling`.
+    pub fn net_spec(&self, obs: crate::env::ObsSpec) -> Result<crate::model::NetSpec, String> {
+        Ok(crate::model::NetSpec {
+            arch: crate::model::resolve_network(self.network, obs)?,
+            dueling: self.dueling,
+        })
     }
 
     /// Environment settings for an instance seeded with `seed`.
@@ -569,6 +624,7 @@ impl Config {
                 self.log_interval
             ),
         );
+        self.validate_replay(&mut e);
         if let Err(msg) = self.env_id() {
             e.push(msg);
         }
@@ -577,6 +633,61 @@ impl Config {
         } else {
             Err(ConfigError(e))
         }
+    }
+
+    /// The replay settings (`dqn`'s); errors appended to `e`.
+    fn validate_replay(&self, e: &mut Vec<String>) {
+        let dqn = self.algorithm == Algorithm::Dqn;
+        if dqn && self.replay_size < self.batch_size {
+            e.push(format!(
+                "--replay-size {}: smaller than a batch (--batch-size {}); give at least {}",
+                self.replay_size, self.batch_size, self.batch_size
+            ));
+        }
+        if self.replay_size > 1 << 32 {
+            e.push(format!(
+                "--replay-size {}: at most 4294967296 transitions",
+                self.replay_size
+            ));
+        }
+        if !(self.replay_ratio.is_finite() && self.replay_ratio > 0.0) {
+            e.push(format!(
+                "--replay-ratio {}: must be a positive number of transitions trained on per transition inserted (e.g. 8)",
+                self.replay_ratio
+            ));
+        }
+        if self.target_update == 0 {
+            e.push("--target-update 0: must be at least 1 update".into());
+        }
+        if !(0.0..=1.0).contains(&self.priority_alpha) {
+            e.push(format!(
+                "--priority-alpha {}: must be in [0, 1]",
+                self.priority_alpha
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.priority_beta) {
+            e.push(format!(
+                "--priority-beta {}: must be in [0, 1]",
+                self.priority_beta
+            ));
+        }
+        if self.prioritized && !dqn {
+            e.push(format!(
+                "--prioritized: needs a replay memory, i.e. --algorithm dqn (this run is --algorithm {})",
+                self.algorithm_name()
+            ));
+        }
+        if self.save_replay && !dqn {
+            e.push(format!(
+                "--save-replay: needs a replay memory, i.e. --algorithm dqn (this run is --algorithm {})",
+                self.algorithm_name()
+            ));
+        }
+    }
+
+    /// `--algorithm`'s value as written on the command line.
+    pub fn algorithm_name(&self) -> String {
+        format!("{:?}", self.algorithm).to_lowercase()
     }
 
     /// The config as a TOML document (written to the run directory).

@@ -7,22 +7,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use ipc_channel::ipc::{self, IpcReceiver};
-use rand::{rngs::StdRng, Rng, SeedableRng};
-use tch::{Device, Kind, Reduction, Tensor};
-
 use crate::checkpoint::{self, TrainingState};
-use crate::config::{BenchPhase, Config, Loss};
+use crate::config::{BenchPhase, Config};
 use crate::device;
 use crate::env::{self, ObsSpec};
 use crate::metrics::{Board, CsvWriter, Progress, ReturnWindow, Row};
-use crate::model::{channels_last, obs_tensor, resolve_network, QNetwork};
-use crate::optim::{clip_grad_norm, zero_grad, RmsProp};
 use crate::protocol::ActorMsg;
+use crate::rules::{self, LearnerRule};
 use crate::schedule;
-use crate::shm::{self, Batch, ExperienceQueue, SlotLayout, WeightSnapshot};
+use crate::shm::{self, Batch, ExperienceQueue, WeightSnapshot};
 use crate::supervisor::{ActorPool, PoolSettings};
+use anyhow::{bail, Context, Result};
+use ipc_channel::ipc::{self, IpcReceiver};
+use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// Run counters, saved in checkpoints.
 #[derive(Clone, Copy, Debug, Default)]
@@ -34,11 +31,9 @@ struct Counters {
     wall_s: f64,
 }
 
-/// The network, its optimiser and how one update is done.
+/// The learning rule's learner half and what a checkpoint records of the run.
 struct Trainer {
-    model: QNetwork,
-    optim: RmsProp,
-    device: Device,
+    rule: Box<dyn LearnerRule>,
     obs: ObsSpec,
     /// Display name of the environment.
     game: String,
@@ -51,52 +46,6 @@ struct Diverged {
     frames: u64,
     loss: f64,
     q_mean: f64,
-}
-
-/// Loss and mean max-Q of one update.
-struct UpdateStats {
-    loss: f64,
-    q_mean: f64,
-}
-
-impl Trainer {
-    /// One regression step of Q(s_i, a_i) towards R_i on `batch`. A non-finite loss or mean
-    /// max-Q is returned as `Err` before the optimizer touches the weights, so the network
-    /// stays as the last good update left it.
-    fn update(&mut self, batch: &Batch, cfg: &Config, lr: f64) -> Result<UpdateStats, UpdateStats> {
-        let n = batch.len();
-        let obs =
-            obs_tensor(self.obs, &batch.obs[..n * self.obs.bytes()], n).to_device(self.device);
-        // NHWC frames take libtorch's faster CPU convolutions (see `channels_last`); the GPU
-        // path keeps the layout it was verified with.
-        let obs = if self.device == Device::Cpu {
-            channels_last(&obs)
-        } else {
-            obs
-        };
-        let actions = Tensor::from_slice(&batch.actions[..batch.len()]).to_device(self.device);
-        let returns = Tensor::from_slice(&batch.returns[..batch.len()]).to_device(self.device);
-        let q = self.model.forward(&obs);
-        let q_sa = q.gather(1, &actions.unsqueeze(1), false).squeeze_dim(1);
-        let loss = match cfg.loss {
-            Loss::Huber => q_sa.huber_loss(&returns, Reduction::Mean, 1.0),
-            Loss::Mse => q_sa.mse_loss(&returns, Reduction::Mean),
-        };
-        let q_mean = q.detach().max_dim(1, false).0.mean(Kind::Float);
-        let stats = UpdateStats {
-            loss: loss.double_value(&[]),
-            q_mean: q_mean.double_value(&[]),
-        };
-        if !stats.loss.is_finite() || !stats.q_mean.is_finite() {
-            return Err(stats);
-        }
-        let params = self.model.params();
-        zero_grad(params);
-        loss.backward();
-        let _grad_norm = clip_grad_norm(params, cfg.max_grad_norm);
-        self.optim.step(params, lr);
-        Ok(stats)
-    }
 }
 
 /// Starts the run described by `cfg` (already merged and validated) and trains until
@@ -150,14 +99,11 @@ pub fn run(
     let probe = env::make(&id, &cfg.env_settings(cfg.seed)).context("starting the environment")?;
     let (num_actions, obs) = (probe.num_actions(), probe.obs_spec());
     drop(probe);
-    let network = resolve_network(cfg.network, obs).map_err(anyhow::Error::msg)?;
+    let net = cfg.net_spec(obs).map_err(anyhow::Error::msg)?;
+    let network = net.arch;
 
-    let model = QNetwork::new(network, obs, num_actions, device);
-    let optim = RmsProp::new(model.params(), cfg.rms_decay, cfg.rms_eps);
     let mut trainer = Trainer {
-        model,
-        optim,
-        device,
+        rule: rules::learner(&cfg, net, obs, num_actions, device),
         obs,
         game: id.name().to_string(),
     };
@@ -175,20 +121,22 @@ pub fn run(
             );
         }
         trainer
-            .model
-            .load_named(&ckpt.params)
+            .rule
+            .restore(&ckpt)
             .map_err(|e| anyhow::anyhow!("--checkpoint: {e}"))?;
-        let state: Vec<Tensor> = trainer
-            .model
-            .params()
-            .iter()
-            .map(|(n, _)| ckpt.rmsprop.get(n).map(|t| t.shallow_clone()))
-            .collect::<Option<_>>()
-            .context("--checkpoint: optimizer state is incomplete")?;
-        trainer
-            .optim
-            .load_state(&state)
-            .map_err(|e| anyhow::anyhow!("--checkpoint: {e}"))?;
+        let replay = checkpoint::replay_path_for(&run_dir, st.frames);
+        if replay.is_file() {
+            crate::say!("loading the replay memory {}", replay.display());
+            if !trainer.rule.load_replay(&replay)? {
+                crate::say!("(this rule has no replay memory: the file is not used)");
+            }
+        } else if cfg.algorithm == crate::config::Algorithm::Dqn {
+            crate::say!(
+                "no saved replay memory ({} does not exist): the replay memory starts empty and fills for --learning-starts {} frames before training goes on",
+                replay.display(),
+                cfg.learning_starts
+            );
+        }
         counters = Counters {
             frames: st.frames,
             steps: st.steps,
@@ -202,9 +150,7 @@ pub fn run(
         .with_context(|| format!("--logdir {}: cannot write config.toml", run_dir.display()))?;
 
     // Shared memory: the queue (one lane per actor) and the weight snapshot.
-    let layout = SlotLayout {
-        obs_bytes: obs.bytes(),
-    };
+    let layout = rules::slot_layout(&cfg, obs.bytes());
     let queue = ExperienceQueue::create(
         &shm::segment_name("queue"),
         cfg.processes,
@@ -213,10 +159,11 @@ pub fn run(
     )
     .context("creating the experience queue")?;
     queue.frames().store(counters.frames, Ordering::Relaxed);
-    let snapshot = WeightSnapshot::create(&shm::segment_name("snapshot"), trainer.model.numel())
+    let numel = trainer.rule.model().numel();
+    let snapshot = WeightSnapshot::create(&shm::segment_name("snapshot"), numel)
         .context("creating the weight snapshot")?;
-    let mut flat = vec![0f32; trainer.model.numel()];
-    trainer.model.flat_params_into(&mut flat);
+    let mut flat = vec![0f32; numel];
+    trainer.rule.model().flat_params_into(&mut flat);
     snapshot.publish(&flat)?;
 
     let (reports_tx, reports_rx) =
@@ -292,11 +239,12 @@ fn save(
     c: &Counters,
     run_dir: &std::path::Path,
 ) -> Result<std::path::PathBuf> {
+    let model = trainer.rule.model();
     let state = TrainingState {
         format_version: checkpoint::FORMAT_VERSION,
         game: trainer.game.clone(),
-        network: trainer.model.arch(),
-        num_actions: trainer.model.num_actions(),
+        network: model.arch(),
+        num_actions: model.num_actions(),
         obs: trainer.obs,
         frames: c.frames,
         steps: c.steps,
@@ -306,7 +254,17 @@ fn save(
         config: cfg.clone(),
     };
     let path = checkpoint::path_for(run_dir, c.frames);
-    checkpoint::save(&path, &state, trainer.model.params(), trainer.optim.state())?;
+    checkpoint::save(
+        &path,
+        &state,
+        model.params(),
+        trainer.rule.optimizer_state(),
+        &trainer.rule.extra_tensors(),
+    )?;
+    if cfg.save_replay {
+        let replay = checkpoint::replay_path_for(run_dir, c.frames);
+        trainer.rule.save_replay(&replay)?;
+    }
     checkpoint::prune(run_dir, cfg.keep_checkpoints).with_context(|| {
         format!(
             "--keep-checkpoints {}: removing older checkpoints in {}",
@@ -353,6 +311,7 @@ impl Interval {
         cfg: &Config,
         finals: &[f64],
         scores: &ReturnWindow,
+        rule: rules::RuleMetrics,
     ) -> Row {
         let dt = now.duration_since(self.start).as_secs_f64().max(1e-9);
         let epsilon = finals
@@ -379,6 +338,7 @@ impl Interval {
                 0.0
             },
             learner_busy: self.busy.as_secs_f64() / dt,
+            rule,
         }
     }
 }
@@ -405,7 +365,7 @@ fn train(
     let progress = Progress::new(c.frames, cfg.max_frames);
     let mut batch = Batch::new(cfg.batch_size, queue.layout());
     let mut scores = ReturnWindow::new(100);
-    let mut flat = vec![0f32; trainer.model.numel()];
+    let mut flat = vec![0f32; trainer.rule.model().numel()];
     let start = Instant::now();
     let wall0 = c.wall_s;
     let log_every = Duration::from_secs_f64(cfg.log_interval);
@@ -466,28 +426,36 @@ fn train(
         if done.is_none() {
             interval.fill_sum += queue.len() as f64 / queue.capacity() as f64;
             interval.fill_n += 1;
-            let full = queue.pop_into(&mut batch, Duration::from_millis(100))?;
-            if full && cfg.bench_phase != BenchPhase::Training {
-                // Benchmark phases drain the queue without training.
-                c.steps += batch.len() as u64;
-                batch.clear();
-            } else if full {
+            let trains = cfg.bench_phase == BenchPhase::Training;
+            let update = if trains && trainer.rule.ready(c.frames) {
                 let t = Instant::now();
                 let lr = schedule::learning_rate(cfg.lr, cfg.lr_decay, c.frames);
-                let s = trainer.update(&batch, cfg, lr).map_err(|s| Diverged {
+                let s = trainer.rule.update(lr).map_err(|s| Diverged {
                     frames: c.frames,
                     loss: s.loss,
                     q_mean: s.q_mean,
                 })?;
                 interval.busy += t.elapsed();
+                s
+            } else {
+                // The rule waits for data: take what the queue has (up to a batch).
+                queue.pop_into(&mut batch, Duration::from_millis(100))?;
+                if trains {
+                    c.steps += trainer.rule.insert(&mut batch, c.frames) as u64;
+                } else if batch.is_full() {
+                    // Benchmark phases drain the queue without training.
+                    c.steps += batch.len() as u64;
+                    batch.clear();
+                }
+                None
+            };
+            if let Some(s) = update {
                 c.updates += 1;
-                c.steps += batch.len() as u64;
-                batch.clear();
                 interval.loss_sum += s.loss;
                 interval.q_sum += s.q_mean;
                 interval.stat_n += 1;
                 if c.frames >= next_sync {
-                    trainer.model.flat_params_into(&mut flat);
+                    trainer.rule.model().flat_params_into(&mut flat);
                     snapshot.publish(&flat)?;
                     next_sync = c.frames + cfg.sync_frames;
                 }
@@ -504,7 +472,7 @@ fn train(
         let now = Instant::now();
         if now >= next_log || done.is_some() {
             c.wall_s = wall0 + start.elapsed().as_secs_f64();
-            let row = interval.row(now, c, cfg, finals, &scores);
+            let row = interval.row(now, c, cfg, finals, &scores, trainer.rule.metrics());
             csv.write(&row).context("writing metrics.csv")?;
             board
                 .row(&row)

@@ -3,7 +3,8 @@
 //!
 //! Layout, by concept: [`env`] and [`preprocess`] (the Atari emulator and DeepMind's
 //! preprocessing), [`game`] (game names and ROMs), [`model`] (the Q-networks), [`returns`] and
-//! [`schedule`] (the RL math), [`optim`] (RMSProp), [`shm`] (the experience queue and weight
+//! [`schedule`] (the RL math), [`rules`] (the learning rules' actor and learner halves),
+//! [`replay`] (the replay memory), [`optim`] (RMSProp), [`shm`] (the experience queue and weight
 //! snapshot in shared memory), [`actor`] and [`learner`] (the two loops), [`supervisor`] and
 //! [`signals`] (process management), [`cli`] (the learner's command line), [`protocol`] (ipc messages), [`checkpoint`], [`metrics`],
 //! [`tensorboard`] (event files), [`config`] and [`device`]; for watching and measuring a result,
@@ -26,7 +27,9 @@ pub mod preprocess;
 pub mod protocol;
 pub mod recording;
 pub mod render;
+pub mod replay;
 pub mod returns;
+pub mod rules;
 pub mod schedule;
 pub mod shm;
 pub mod signals;

@@ -36,7 +36,7 @@ pub fn write_line(out: &mut impl Write, msg: &str) {
 
 /// The CSV header; one [`Row`] per line.
 pub const CSV_HEADER: &str =
-    "wall_s,frames,steps,updates,episodes,fps,mean_return,epsilon,loss,q_mean,lr,updates_per_s,queue_fill,learner_busy";
+    "wall_s,frames,steps,updates,episodes,fps,mean_return,epsilon,loss,q_mean,lr,updates_per_s,queue_fill,learner_busy,replay_size,replay_ratio,priority_mean,is_weight_mean";
 
 /// One metrics row. Frames are emulator frames over all actors; `fps` is frames per second
 /// over the last interval; `mean_return` is the mean unclipped game score of the last 100
@@ -58,6 +58,9 @@ pub struct Row {
     pub updates_per_s: f64,
     pub queue_fill: f64,
     pub learner_busy: f64,
+    /// The learning rule's own numbers (replay memory size, measured replay ratio, mean
+    /// priority and importance-sampling weight); empty CSV fields for rules without them.
+    pub rule: crate::rules::RuleMetrics,
 }
 
 /// `v` with `digits` decimals, or "-" when there is none yet (for people, not the CSV).
@@ -73,7 +76,7 @@ fn opt(v: Option<f64>) -> String {
 impl Row {
     pub fn to_csv(&self) -> String {
         format!(
-            "{:.3},{},{},{},{},{:.1},{},{:.5},{},{},{:.3e},{:.2},{:.4},{:.4}",
+            "{:.3},{},{},{},{},{:.1},{},{:.5},{},{},{:.3e},{:.2},{:.4},{:.4},{},{},{},{}",
             self.wall_s,
             self.frames,
             self.steps,
@@ -87,7 +90,14 @@ impl Row {
             self.lr,
             self.updates_per_s,
             self.queue_fill,
-            self.learner_busy
+            self.learner_busy,
+            self.rule
+                .replay_size
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+            opt(self.rule.replay_ratio),
+            opt(self.rule.priority_mean),
+            opt(self.rule.is_weight_mean)
         )
     }
 
@@ -282,6 +292,17 @@ impl Board {
         w.add_scalar("perf/queue_fill", r.queue_fill, step)?;
         w.add_scalar("perf/learner_busy", r.learner_busy, step)?;
         w.add_scalar("perf/updates_per_s", r.updates_per_s, step)?;
+        let rule = [
+            ("replay/size", r.rule.replay_size.map(|n| n as f64)),
+            ("replay/ratio", r.rule.replay_ratio),
+            ("replay/priority_mean", r.rule.priority_mean),
+            ("replay/is_weight_mean", r.rule.is_weight_mean),
+        ];
+        for (tag, v) in rule {
+            if let Some(v) = v {
+                w.add_scalar(tag, v, step)?;
+            }
+        }
         w.flush()
     }
 }

@@ -57,20 +57,56 @@ pub fn channels_last(obs: &Tensor) -> Tensor {
     }
 }
 
+/// What to build: the architecture (resolved, never `auto`) and whether its head is dueling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetSpec {
+    pub arch: Network,
+    /// Two streams, V(s) and A(s, a), combined as `Q = V + A - mean_a A` (Wang et al. 2016).
+    pub dueling: bool,
+}
+
+impl From<Network> for NetSpec {
+    fn from(arch: Network) -> Self {
+        NetSpec {
+            arch,
+            dueling: false,
+        }
+    }
+}
+
+/// The part after the torso: one stream to the Q-values, or the dueling value and advantage
+/// streams.
+enum Head {
+    Plain(nn::Sequential),
+    Dueling {
+        value: nn::Sequential,
+        advantage: nn::Sequential,
+    },
+}
+
 /// A Q-network and the variable store that owns its parameters.
 pub struct QNetwork {
     vs: nn::VarStore,
-    net: nn::Sequential,
-    arch: Network,
+    torso: nn::Sequential,
+    head: Head,
+    spec: NetSpec,
     num_actions: usize,
     /// Parameters sorted by name: the order of the flat weight snapshot.
     params: Vec<(String, Tensor)>,
 }
 
 impl QNetwork {
-    /// Builds `arch` (resolved: not `auto`; see [`resolve_network`]) for observations `obs`
-    /// and `num_actions` outputs on `device`, with libtorch's default initialisation.
-    pub fn new(arch: Network, obs: ObsSpec, num_actions: usize, device: Device) -> Self {
+    /// Builds `spec` (its architecture resolved: not `auto`; see [`resolve_network`]) for
+    /// observations `obs` and `num_actions` outputs on `device`, with libtorch's default
+    /// initialisation.
+    ///
+    /// The torso is the convolutions (or the MLP's first layer); the head a hidden layer
+    /// (`fc` 256 for `nips`, 512 for `nature`, `fc2` 64 for `mlp`) and the output layer `q`.
+    /// A dueling head has two such streams (Wang et al. 2016, who split the Nature network the
+    /// same way): `value_fc` -> `value` (1 output) and `advantage_fc` -> `advantage` (one per
+    /// action), combined as `Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a')`.
+    pub fn new(spec: impl Into<NetSpec>, obs: ObsSpec, num_actions: usize, device: Device) -> Self {
+        let spec = spec.into();
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let [c, h, w] = match obs {
@@ -91,67 +127,90 @@ impl QNetwork {
         };
         let out = |d: i64, k: i64, s: i64| (d - k) / s + 1;
         let a = num_actions as i64;
-        let net = match arch {
+        // (torso, its output width, the head's hidden width, the hidden layer's name)
+        let (torso, features, hidden, fc) = match spec.arch {
             Network::Nips => {
                 let (h1, w1) = (out(h, 8, 4), out(w, 8, 4));
                 let (h2, w2) = (out(h1, 4, 2), out(w1, 4, 2));
-                nn::seq()
+                let torso = nn::seq()
                     .add(conv(&root / "conv1", c, 16, 8, 4))
                     .add_fn(|x| x.relu())
                     .add(conv(&root / "conv2", 16, 32, 4, 2))
-                    .add_fn(|x| x.relu().flatten(1, -1))
-                    .add(nn::linear(
-                        &root / "fc",
-                        32 * h2 * w2,
-                        256,
-                        Default::default(),
-                    ))
-                    .add_fn(|x| x.relu())
-                    .add(nn::linear(&root / "q", 256, a, Default::default()))
+                    .add_fn(|x| x.relu().flatten(1, -1));
+                (torso, 32 * h2 * w2, 256, "fc")
             }
             Network::Nature => {
                 let (h1, w1) = (out(h, 8, 4), out(w, 8, 4));
                 let (h2, w2) = (out(h1, 4, 2), out(w1, 4, 2));
                 let (h3, w3) = (out(h2, 3, 1), out(w2, 3, 1));
-                nn::seq()
+                let torso = nn::seq()
                     .add(conv(&root / "conv1", c, 32, 8, 4))
                     .add_fn(|x| x.relu())
                     .add(conv(&root / "conv2", 32, 64, 4, 2))
                     .add_fn(|x| x.relu())
                     .add(conv(&root / "conv3", 64, 64, 3, 1))
-                    .add_fn(|x| x.relu().flatten(1, -1))
-                    .add(nn::linear(
-                        &root / "fc",
-                        64 * h3 * w3,
-                        512,
-                        Default::default(),
-                    ))
-                    .add_fn(|x| x.relu())
-                    .add(nn::linear(&root / "q", 512, a, Default::default()))
+                    .add_fn(|x| x.relu().flatten(1, -1));
+                (torso, 64 * h3 * w3, 512, "fc")
             }
-            Network::Mlp => nn::seq()
-                .add(nn::linear(&root / "fc1", c * h * w, 64, Default::default()))
-                .add_fn(|x| x.relu())
-                .add(nn::linear(&root / "fc2", 64, 64, Default::default()))
-                .add_fn(|x| x.relu())
-                .add(nn::linear(&root / "q", 64, a, Default::default())),
+            Network::Mlp => {
+                let torso = nn::seq()
+                    .add(nn::linear(&root / "fc1", c * h * w, 64, Default::default()))
+                    .add_fn(|x| x.relu());
+                (torso, 64, 64, "fc2")
+            }
             Network::Auto => {
                 unreachable!("QNetwork::new takes a resolved network (see resolve_network)")
             }
+        };
+        let stream = |fc: &str, last: &str, outputs: i64| {
+            nn::seq()
+                .add(nn::linear(&root / fc, features, hidden, Default::default()))
+                .add_fn(|x| x.relu())
+                .add(nn::linear(
+                    &root / last,
+                    hidden,
+                    outputs,
+                    Default::default(),
+                ))
+        };
+        let head = if spec.dueling {
+            Head::Dueling {
+                value: stream("value_fc", "value", 1),
+                advantage: stream("advantage_fc", "advantage", a),
+            }
+        } else {
+            Head::Plain(stream(fc, "q", a))
         };
         let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         QNetwork {
             vs,
-            net,
-            arch,
+            torso,
+            head,
+            spec,
             num_actions,
             params,
         }
     }
 
+    /// What this network is (architecture, dueling or not).
+    pub fn spec(&self) -> NetSpec {
+        self.spec
+    }
+
+    /// Copies every parameter of `other`, a network of the same spec and shape (the target
+    /// network's refresh). Panics on a different network.
+    pub fn copy_from(&mut self, other: &QNetwork) {
+        assert_eq!(self.spec, other.spec, "copy_from: another network");
+        let _guard = tch::no_grad_guard();
+        for ((n, dst), (m, src)) in self.params.iter_mut().zip(&other.params) {
+            assert_eq!(n, m, "copy_from: parameter order");
+            dst.copy_(src);
+        }
+    }
+
     pub fn arch(&self) -> Network {
-        self.arch
+        self.spec.arch
     }
 
     pub fn num_actions(&self) -> usize {
@@ -165,11 +224,18 @@ impl QNetwork {
     /// Q-values `[batch, num_actions]` f32 for observations from [`obs_tensor`]: u8 frames
     /// (scaled by 1/255 here) or f32 vectors.
     pub fn forward(&self, obs: &Tensor) -> Tensor {
-        if obs.kind() == Kind::Uint8 {
-            self.net
+        let features = if obs.kind() == Kind::Uint8 {
+            self.torso
                 .forward(&(obs.to_kind(Kind::Float) * (1.0 / 255.0)))
         } else {
-            self.net.forward(obs)
+            self.torso.forward(obs)
+        };
+        match &self.head {
+            Head::Plain(q) => q.forward(&features),
+            Head::Dueling { value, advantage } => {
+                let adv = advantage.forward(&features);
+                value.forward(&features) + &adv - adv.mean_dim(1, true, Kind::Float)
+            }
         }
     }
 

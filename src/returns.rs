@@ -20,14 +20,17 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The learning rule: which value a segment bootstraps from.
+/// The learning rule (see [`crate::rules`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Algorithm {
-    /// n-step Q-learning: max_a Q(s', a).
+    /// Asynchronous n-step Q-learning: the actor bootstraps with max_a Q(s', a; snapshot).
     Q,
-    /// SARSA: Q(s', a') for the action a' taken next (n-step SARSA for n > 1).
+    /// n-step SARSA: the actor bootstraps with Q(s', a') for the action a' taken next.
     Sarsa,
+    /// DQN from a replay memory with a target network (double Q by default; prioritized with
+    /// --prioritized): the learner bootstraps.
+    Dqn,
 }
 
 /// Writes the discounted returns of `rewards` (oldest first) into `out`, bootstrapped with
@@ -49,7 +52,7 @@ pub fn n_step_returns(rewards: &[f32], bootstrap: f32, gamma: f32, out: &mut [f3
 /// `Q(s', a')` for SARSA.
 pub fn bootstrap_value(algorithm: Algorithm, next_q: &[f32], next_action: usize) -> f32 {
     match algorithm {
-        Algorithm::Q => next_q.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        Algorithm::Q | Algorithm::Dqn => next_q.iter().copied().fold(f32::NEG_INFINITY, f32::max),
         Algorithm::Sarsa => next_q[next_action],
     }
 }

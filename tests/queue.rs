@@ -19,7 +19,7 @@ const ENV_COUNT: &str = "ASYNC_RL_TEST_COUNT";
 const ENV_RESUME: &str = "ASYNC_RL_TEST_RESUME";
 /// Observation size for the multi-process tests (not a multiple of 8 on
 /// purpose, so slot padding is exercised).
-const LAYOUT: SlotLayout = SlotLayout { obs_bytes: 203 };
+const LAYOUT: SlotLayout = SlotLayout::new(203);
 
 /// Deterministic observation bytes for transition `seq` of producer `lane`.
 fn fill_obs(lane: u32, seq: u64, out: &mut [u8]) {
@@ -67,6 +67,7 @@ fn producer_child() {
             obs: &obs,
             action: action_of(lane, seq),
             ret: ret_of(seq),
+            ..Default::default()
         };
         match q.push(lane as usize, &t) {
             Ok(()) => {
@@ -345,6 +346,7 @@ fn throughput_two_threads_atari_obs() {
                     obs: &obs,
                     action: seq as u32,
                     ret: 0.0,
+                    ..Default::default()
                 },
             )
             .unwrap();

@@ -137,6 +137,6 @@ pub fn untrained_checkpoint(dir: &Path, game: &str) -> std::path::PathBuf {
     };
     let rmsprop: Vec<tch::Tensor> = model.params().iter().map(|(_, p)| p.zeros_like()).collect();
     let path = checkpoint::path_for(dir, 1000);
-    checkpoint::save(&path, &state, model.params(), &rmsprop).unwrap();
+    checkpoint::save(&path, &state, model.params(), &rmsprop, &[]).unwrap();
     path
 }

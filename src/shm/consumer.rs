@@ -86,13 +86,15 @@ impl ExperienceQueue {
         if avail == 0 || avail > lane.cap {
             return false; // empty (or corrupted by a misbehaving producer)
         }
-        let (obs, idx) = batch.next_row();
+        let (obs, next_obs, idx) = batch.next_row();
         // SAFETY: head < tail, so the slot was fully written before the
         // producer's Release store of `tail`, which we loaded with Acquire; the
         // producer will not touch it until we publish head + 1.
-        let (action, ret) = unsafe { self.layout.read(self.slot(lane, head), obs) };
+        let (action, ret, discount) =
+            unsafe { self.layout.read(self.slot(lane, head), obs, next_obs) };
         batch.actions[idx] = i64::from(action);
         batch.returns[idx] = ret;
+        batch.discounts[idx] = discount;
         batch.commit_row();
         ctrl.cons.head.store(head.wrapping_add(1), Ordering::SeqCst);
         if ctrl.prod.space_waiting.load(Ordering::SeqCst) != 0 {

@@ -65,6 +65,8 @@ pub enum PushError {
     BadLane { lane: usize, lanes: usize },
     #[error("observation is {got} bytes, layout expects {expected}")]
     ObsLen { expected: usize, got: usize },
+    #[error("the queue's slots {} a next observation; the transition {}", if *.expected { "carry" } else { "have no room for" }, if *.expected { "has none" } else { "has one" })]
+    NextObs { expected: bool },
     #[error("another thread of this process is pushing into lane {lane}")]
     LaneBusy { lane: usize },
 }
@@ -138,6 +140,8 @@ impl ExperienceQueue {
         cfg.capacity.store(capacity as u64, Ordering::Relaxed);
         cfg.obs_bytes
             .store(layout.obs_bytes as u64, Ordering::Relaxed);
+        cfg.next_obs
+            .store(u64::from(layout.next_obs), Ordering::Relaxed);
         cfg.slot_bytes.store(q.slot_bytes as u64, Ordering::Relaxed);
         cfg.magic.store(QUEUE_MAGIC, Ordering::Release);
         Ok(q)
@@ -171,6 +175,7 @@ impl ExperienceQueue {
         let (lanes, capacity) = (as_usize(&cfg.lanes)?, as_usize(&cfg.capacity)?);
         let layout = SlotLayout {
             obs_bytes: as_usize(&cfg.obs_bytes)?,
+            next_obs: cfg.next_obs.load(Ordering::Relaxed) != 0,
         };
         let geo = geometry(lanes, capacity, layout)?;
         if geo.total != shm.len() || as_usize(&cfg.slot_bytes)? != geo.slot_bytes {
@@ -268,7 +273,8 @@ impl ExperienceQueue {
     /// Producer side: appends `t` to lane `lane`, blocking (futex, no spinning)
     /// while the lane is full. Errors: `Closed` once [`close`](Self::close) was
     /// called (blocked producers notice within ~100 ms, usually at once),
-    /// `BadLane`, `ObsLen` (t.obs.len() != obs_bytes), `LaneBusy` if another
+    /// `BadLane`, `ObsLen` (t.obs.len() or a next observation's != obs_bytes),
+    /// `NextObs` (a next observation missing or unexpected for the layout), `LaneBusy` if another
     /// thread of this process is pushing into the same lane.
     pub fn push(&self, lane: usize, t: &Transition) -> Result<(), PushError> {
         let lanes = self.lanes.len();
@@ -281,6 +287,20 @@ impl ExperienceQueue {
                 expected: self.layout.obs_bytes,
                 got: t.obs.len(),
             });
+        }
+        match (self.layout.next_obs, t.next_obs) {
+            (true, Some(next)) if next.len() != self.layout.obs_bytes => {
+                return Err(PushError::ObsLen {
+                    expected: self.layout.obs_bytes,
+                    got: next.len(),
+                })
+            }
+            (true, None) | (false, Some(_)) => {
+                return Err(PushError::NextObs {
+                    expected: self.layout.next_obs,
+                })
+            }
+            _ => {}
         }
         let _guard = try_flag(&l.busy).ok_or(PushError::LaneBusy { lane })?;
         let ctrl = self.ctrl(l);

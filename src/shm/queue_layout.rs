@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 pub(super) const QUEUE_MAGIC: u64 = u64::from_le_bytes(*b"ARLQUEUE");
 /// Version of the segment layout (header, lane control and [`SlotLayout`]).
 /// Bump whenever any of them changes so stale actors fail loudly on `open`.
-pub const QUEUE_LAYOUT_VERSION: u32 = 2;
+/// Version 3 added `discount` and the optional `next_obs` to the slot.
+pub const QUEUE_LAYOUT_VERSION: u32 = 3;
 
 /// Read-mostly part of the header: written once by the creator (magic last).
 #[repr(C, align(128))]
@@ -25,6 +26,8 @@ pub(super) struct ConfigLine {
     pub(super) lanes: AtomicU64,
     pub(super) capacity: AtomicU64,
     pub(super) obs_bytes: AtomicU64,
+    /// 1 when slots carry a next observation ([`SlotLayout::next_obs`]).
+    pub(super) next_obs: AtomicU64,
     pub(super) slot_bytes: AtomicU64,
 }
 

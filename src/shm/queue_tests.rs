@@ -5,7 +5,7 @@ use super::*;
 use std::sync::Arc;
 use std::time::Instant;
 
-const L8: SlotLayout = SlotLayout { obs_bytes: 8 };
+const L8: SlotLayout = SlotLayout::new(8);
 
 fn name(tag: &str) -> String {
     crate::shm::segment_name(&format!("qtest-{tag}"))
@@ -24,6 +24,7 @@ fn push(q: &ExperienceQueue, lane: u32, seq: u32) {
         obs: &o,
         action: lane * 1000 + seq,
         ret: seq as f32 + 0.25,
+        ..Default::default()
     };
     q.push(lane as usize, &t).unwrap();
 }
@@ -44,16 +45,16 @@ fn rows(b: &Batch) -> Vec<(u32, u32)> {
 
 #[test]
 fn slot_layout_is_padded() {
-    assert_eq!(SlotLayout { obs_bytes: 1 }.slot_bytes(), Some(16));
-    assert_eq!(L8.slot_bytes(), Some(16));
-    assert_eq!(SlotLayout::ATARI.slot_bytes(), Some(28232));
-    assert_eq!(
-        SlotLayout {
-            obs_bytes: usize::MAX
-        }
-        .slot_bytes(),
-        None
-    );
+    // 16 bytes of fields (action, ret, discount, padding), then the observation(s).
+    assert_eq!(SlotLayout::new(1).slot_bytes(), Some(24));
+    assert_eq!(L8.slot_bytes(), Some(24));
+    assert_eq!(SlotLayout::ATARI.slot_bytes(), Some(28240));
+    let with_next = SlotLayout {
+        obs_bytes: 9,
+        next_obs: true,
+    };
+    assert_eq!(with_next.slot_bytes(), Some(40));
+    assert_eq!(SlotLayout::new(usize::MAX).slot_bytes(), None);
     assert_eq!(size_of::<LaneCtrl>(), 256);
 }
 
@@ -125,6 +126,7 @@ fn close_wakes_blocked_producer() {
                 obs: &o,
                 action: 0,
                 ret: 0.0,
+                ..Default::default()
             },
         );
         (r, t0.elapsed())
@@ -150,7 +152,8 @@ fn close_wakes_blocked_producer() {
             &Transition {
                 obs: &[0; 8],
                 action: 0,
-                ret: 0.0
+                ret: 0.0,
+                ..Default::default()
             }
         ),
         Err(PushError::Closed)
@@ -225,14 +228,12 @@ fn bad_input_errors() {
             lanes: 3
         })
     ));
-    let zero = SlotLayout { obs_bytes: 0 };
+    let zero = SlotLayout::new(0);
     assert!(matches!(
         ExperienceQueue::create(&n, 1, 1, zero),
         Err(QueueError::ZeroObsBytes)
     ));
-    let huge = SlotLayout {
-        obs_bytes: usize::MAX / 2,
-    };
+    let huge = SlotLayout::new(usize::MAX / 2);
     assert!(matches!(
         ExperienceQueue::create(&n, 1, 4, huge),
         Err(QueueError::TooLarge)
@@ -248,6 +249,7 @@ fn bad_input_errors() {
         obs: &[0; 7],
         action: 0,
         ret: 0.0,
+        ..Default::default()
     };
     assert_eq!(
         q.push(0, &bad),
@@ -260,12 +262,13 @@ fn bad_input_errors() {
         obs: &[0; 8],
         action: 0,
         ret: 0.0,
+        ..Default::default()
     };
     assert_eq!(
         q.push(2, &ok),
         Err(PushError::BadLane { lane: 2, lanes: 2 })
     );
-    let mut b = Batch::new(2, SlotLayout { obs_bytes: 9 });
+    let mut b = Batch::new(2, SlotLayout::new(9));
     assert!(matches!(
         q.pop_into(&mut b, Duration::ZERO),
         Err(QueueError::BatchLayout { .. })
@@ -306,9 +309,64 @@ fn opener_shares_state_and_owner_drop_closes_and_unlinks() {
             &Transition {
                 obs: &[0; 8],
                 action: 0,
-                ret: 0.0
+                ret: 0.0,
+                ..Default::default()
             }
         ),
         Err(PushError::Closed)
     ));
+}
+
+#[test]
+fn next_observations_and_discounts_round_trip() {
+    let n = name("next");
+    let layout = SlotLayout {
+        obs_bytes: 3,
+        next_obs: true,
+    };
+    let q = ExperienceQueue::create(&n, 1, 4, layout).unwrap();
+    let t = Transition {
+        obs: &[1, 2, 3],
+        action: 2,
+        ret: 1.5,
+        discount: 0.25,
+        next_obs: Some(&[7, 8, 9]),
+    };
+    q.push(0, &t).unwrap();
+    // A transition without the next observation the layout asks for is refused, as is one
+    // with a next observation of the wrong size.
+    assert_eq!(
+        q.push(
+            0,
+            &Transition {
+                next_obs: None,
+                ..t
+            }
+        ),
+        Err(PushError::NextObs { expected: true })
+    );
+    assert!(matches!(
+        q.push(
+            0,
+            &Transition {
+                next_obs: Some(&[1]),
+                ..t
+            }
+        ),
+        Err(PushError::ObsLen {
+            expected: 3,
+            got: 1
+        })
+    ));
+    let mut b = Batch::new(1, layout);
+    assert!(q.pop_into(&mut b, Duration::from_millis(100)).unwrap());
+    assert_eq!(b.obs_row(0), &[1, 2, 3]);
+    assert_eq!(b.next_obs_row(0), &[7, 8, 9]);
+    assert_eq!((b.actions[0], b.returns[0], b.discounts[0]), (2, 1.5, 0.25));
+    // A queue without next observations refuses one.
+    let plain = ExperienceQueue::create(&name("plain"), 1, 4, SlotLayout::new(3)).unwrap();
+    assert_eq!(
+        plain.push(0, &t),
+        Err(PushError::NextObs { expected: false })
+    );
 }

@@ -285,13 +285,9 @@ mod tests {
             WeightSnapshot::open(&name("missing")),
             Err(SnapshotError::Shm(_))
         ));
-        let q = crate::shm::ExperienceQueue::create(
-            &name("q"),
-            1,
-            1,
-            crate::shm::SlotLayout { obs_bytes: 8 },
-        )
-        .unwrap();
+        let q =
+            crate::shm::ExperienceQueue::create(&name("q"), 1, 1, crate::shm::SlotLayout::new(8))
+                .unwrap();
         assert!(matches!(
             WeightSnapshot::open(&name("q")),
             Err(SnapshotError::BadMagic { .. })

@@ -1,0 +1,286 @@
+//! Learning rules, one module each, every rule in two halves behind the seams that the actor
+//! and learner loops call (DESIGN.md, "Where it goes now"):
+//!
+//! - the actor half, an [`Adder`] (Acme's name): per environment, turns the steps the actor
+//!   takes into the transitions it pushes (n-step returns bootstrapped by the actor, or
+//!   discounted reward sums with the observation the learner bootstraps from);
+//! - the learner half, a [`LearnerRule`]: takes what the queue delivers, decides when an update
+//!   can run, owns its loss and its extra state (a target network, a replay memory) and what of
+//!   it a checkpoint keeps.
+//!
+//! The loops know no rule by name: [`adder`], [`slot_layout`] and [`learner`] pick the halves
+//! from the config. Rules: [`nstep_q`] (`--algorithm q|sarsa`, Mnih et al. 2016) and [`dqn`]
+//! (`--algorithm dqn`: replay memory, target network, double Q, prioritized replay).
+
+pub mod dqn;
+pub mod nstep_q;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tch::{Device, Tensor};
+
+use crate::config::{Algorithm, Config};
+use crate::env::ObsSpec;
+use crate::model::{NetSpec, QNetwork};
+use crate::shm::{Batch, PushError, SlotLayout, Transition};
+
+/// Where an actor's transitions go: the transport seam. The shared-memory queue's lane is the
+/// local implementation ([`LaneSink`]).
+pub trait ExperienceSink {
+    /// Pushes one transition; blocks while the transport is full. `Err(PushError::Closed)`
+    /// means the learner is stopping.
+    fn push(&mut self, t: &Transition) -> Result<(), PushError>;
+}
+
+/// The lane of the shared-memory queue that an actor owns.
+pub struct LaneSink<'a> {
+    pub queue: &'a crate::shm::ExperienceQueue,
+    pub lane: usize,
+}
+
+impl ExperienceSink for LaneSink<'_> {
+    fn push(&mut self, t: &Transition) -> Result<(), PushError> {
+        self.queue.push(self.lane, t)
+    }
+}
+
+/// How an agent step ended, for the rule's bootstrap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepEnd {
+    /// The episode goes on.
+    Continue,
+    /// A terminal state for training (game over, or a lost life): no bootstrap past it.
+    Terminal,
+    /// A time limit: not a terminal state, so the return bootstraps from the last observation.
+    Truncated,
+}
+
+/// Q-values of an observation computed on demand, and the action epsilon-greedy would take
+/// there (SARSA's bootstrap after a truncation).
+pub type ValuesOf<'a> = dyn FnMut(&[u8]) -> (Vec<f32>, usize) + 'a;
+
+/// The actor half of a learning rule, one per environment: turns the steps taken into
+/// transitions (Acme's `Adder`). The actor calls [`Adder::begin`] before each step and
+/// [`Adder::end`] after it.
+pub trait Adder {
+    /// Whether the step about to be taken needs the snapshot's Q-values of the current
+    /// observation even when the action is random (n-step Q: a full segment bootstraps there).
+    fn needs_values(&self) -> bool;
+
+    /// The agent is about to take `action` from `obs` (`obs_bytes` long); `q` holds the
+    /// snapshot's Q-values `[num_actions]` of `obs` when they were computed (always when
+    /// [`Adder::needs_values`] said so). May push transitions.
+    fn begin(
+        &mut self,
+        obs: &[u8],
+        action: u32,
+        q: Option<&[f32]>,
+        sink: &mut dyn ExperienceSink,
+    ) -> Result<(), PushError>;
+
+    /// The step ended with the clipped `reward`, as `end` says, in observation `next_obs`;
+    /// `values` computes the snapshot's Q-values of an observation when the rule needs them
+    /// (a truncation). May push transitions.
+    fn end(
+        &mut self,
+        reward: f32,
+        end: StepEnd,
+        next_obs: &[u8],
+        values: &mut ValuesOf<'_>,
+        sink: &mut dyn ExperienceSink,
+    ) -> Result<(), PushError>;
+}
+
+/// The actor half of `cfg`'s rule for observations of `obs_bytes` bytes.
+pub fn adder(cfg: &Config, obs_bytes: usize) -> Box<dyn Adder> {
+    match cfg.algorithm {
+        Algorithm::Q | Algorithm::Sarsa => Box::new(nstep_q::Segment::new(cfg, obs_bytes)),
+        Algorithm::Dqn => Box::new(dqn::NStepWindow::new(cfg.n_step, cfg.gamma, obs_bytes)),
+    }
+}
+
+/// The queue's slot layout for `cfg`'s rule: rules that bootstrap on the learner carry the
+/// next observation.
+pub fn slot_layout(cfg: &Config, obs_bytes: usize) -> SlotLayout {
+    SlotLayout {
+        obs_bytes,
+        next_obs: cfg.algorithm == Algorithm::Dqn,
+    }
+}
+
+/// Loss and mean max-Q of one update.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UpdateStats {
+    pub loss: f64,
+    pub q_mean: f64,
+}
+
+/// Rule-specific numbers for one metrics row (all `None` for rules without them).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RuleMetrics {
+    /// Transitions in the replay memory.
+    pub replay_size: Option<u64>,
+    /// Transitions trained on per transition inserted, over the interval (measured).
+    pub replay_ratio: Option<f64>,
+    /// Mean priority of the sampled transitions (prioritized replay).
+    pub priority_mean: Option<f64>,
+    /// Mean importance-sampling weight of the sampled transitions (prioritized replay).
+    pub is_weight_mean: Option<f64>,
+}
+
+/// The learner half of a learning rule.
+pub trait LearnerRule {
+    /// Takes the transitions popped from the queue. A rule may leave a batch that is not yet
+    /// full in place to be completed by the next pop (n-step Q trains on whole batches); what
+    /// it takes it removes (`batch.clear()`). `frames` is the run's frame count now. Returns
+    /// the number of transitions taken.
+    fn insert(&mut self, batch: &mut Batch, frames: u64) -> usize;
+
+    /// Whether an update can run now, at `frames` (n-step Q: a full batch is held; dqn: past
+    /// `--learning-starts` and within `--replay-ratio`).
+    fn ready(&mut self, frames: u64) -> bool;
+
+    /// One update with learning rate `lr`; `Ok(None)` when there was nothing to train on after
+    /// all. A non-finite loss or mean Q is returned as `Err` before the optimizer touches the
+    /// weights.
+    fn update(&mut self, lr: f64) -> Result<Option<UpdateStats>, UpdateStats>;
+
+    /// The online network (snapshots, checkpoints).
+    fn model(&self) -> &QNetwork;
+
+    /// The optimizer state, one tensor per parameter of [`LearnerRule::model`], in order.
+    fn optimizer_state(&self) -> &[Tensor];
+
+    /// Extra named tensors a checkpoint keeps (e.g. `target/<param>`).
+    fn extra_tensors(&self) -> Vec<(String, Tensor)>;
+
+    /// Restores the weights, optimizer state and extras of a checkpoint; errors name what is
+    /// missing or mis-shaped.
+    fn restore(&mut self, ckpt: &crate::checkpoint::Checkpoint) -> Result<(), String>;
+
+    /// Numbers for the metrics row ending now; resets the interval's sums.
+    fn metrics(&mut self) -> RuleMetrics;
+
+    /// Writes the rule's replay memory to `path` (rules without one write nothing and return
+    /// `Ok(false)`).
+    fn save_replay(&self, _path: &Path) -> anyhow::Result<bool> {
+        Ok(false)
+    }
+
+    /// Reads a replay memory written by [`LearnerRule::save_replay`]; `Ok(false)` when the
+    /// rule has none.
+    fn load_replay(&mut self, _path: &Path) -> anyhow::Result<bool> {
+        Ok(false)
+    }
+}
+
+/// The learner half of `cfg`'s rule, with a fresh network `net` on `device`.
+pub fn learner(
+    cfg: &Config,
+    net: NetSpec,
+    obs: ObsSpec,
+    num_actions: usize,
+    device: Device,
+) -> Box<dyn LearnerRule> {
+    let core = QCore::new(cfg, net, obs, num_actions, device);
+    match cfg.algorithm {
+        Algorithm::Q | Algorithm::Sarsa => Box::new(nstep_q::Learner::new(core, cfg)),
+        Algorithm::Dqn => Box::new(dqn::Learner::new(core, cfg)),
+    }
+}
+
+/// What every Q rule's learner has: the online network, its RMSProp and the loss settings.
+pub struct QCore {
+    pub model: QNetwork,
+    pub optim: crate::optim::RmsProp,
+    pub device: Device,
+    pub obs: ObsSpec,
+    pub loss: crate::config::Loss,
+    pub max_grad_norm: f64,
+}
+
+impl QCore {
+    fn new(cfg: &Config, net: NetSpec, obs: ObsSpec, num_actions: usize, device: Device) -> Self {
+        let model = QNetwork::new(net, obs, num_actions, device);
+        let optim = crate::optim::RmsProp::new(model.params(), cfg.rms_decay, cfg.rms_eps);
+        QCore {
+            model,
+            optim,
+            device,
+            obs,
+            loss: cfg.loss,
+            max_grad_norm: cfg.max_grad_norm,
+        }
+    }
+
+    /// `batch` observations `[n, ...]` on the device, channels-last on the CPU (where oneDNN's
+    /// NHWC convolutions are faster; see [`crate::model::channels_last`]).
+    pub fn obs_tensor(&self, bytes: &[u8], n: usize) -> Tensor {
+        let t = crate::model::obs_tensor(self.obs, &bytes[..n * self.obs.bytes()], n)
+            .to_device(self.device);
+        if self.device == Device::Cpu {
+            crate::model::channels_last(&t)
+        } else {
+            t
+        }
+    }
+
+    /// Element-wise regression loss `[n]` of `q_sa` towards `target` (Huber with delta 1, or
+    /// squared error), unreduced.
+    pub fn elementwise_loss(&self, q_sa: &Tensor, target: &Tensor) -> Tensor {
+        use tch::Reduction;
+        match self.loss {
+            crate::config::Loss::Huber => q_sa.huber_loss(target, Reduction::None, 1.0),
+            crate::config::Loss::Mse => q_sa.mse_loss(target, Reduction::None),
+        }
+    }
+
+    /// Checks `loss` and `q_mean` (0-dim tensors) for finiteness, then steps: zero the
+    /// gradients, backpropagate, clip the global norm to `--max-grad-norm`, RMSProp.
+    pub fn step(
+        &mut self,
+        loss: &Tensor,
+        q_mean: &Tensor,
+        lr: f64,
+    ) -> Result<UpdateStats, UpdateStats> {
+        let stats = UpdateStats {
+            loss: loss.double_value(&[]),
+            q_mean: q_mean.double_value(&[]),
+        };
+        if !stats.loss.is_finite() || !stats.q_mean.is_finite() {
+            return Err(stats);
+        }
+        let params = self.model.params();
+        crate::optim::zero_grad(params);
+        loss.backward();
+        let _grad_norm = crate::optim::clip_grad_norm(params, self.max_grad_norm);
+        self.optim.step(params, lr);
+        Ok(stats)
+    }
+
+    /// Restores the online weights and RMSProp state of `ckpt`.
+    pub fn restore(&mut self, ckpt: &crate::checkpoint::Checkpoint) -> Result<(), String> {
+        self.model.load_named(&ckpt.params)?;
+        let state: Vec<Tensor> = self
+            .model
+            .params()
+            .iter()
+            .map(|(n, _)| ckpt.rmsprop.get(n).map(|t| t.shallow_clone()))
+            .collect::<Option<_>>()
+            .ok_or("optimizer state is incomplete")?;
+        self.optim.load_state(&state)
+    }
+}
+
+/// Parameters of `named` whose names start with `prefix/`, with the prefix removed.
+pub fn strip_prefix(named: &HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> {
+    let p = format!("{prefix}/");
+    named
+        .iter()
+        .filter_map(|(n, t)| {
+            n.strip_prefix(&p)
+                .map(|n| (n.to_string(), t.shallow_clone()))
+        })
+        .collect()
+}
