@@ -140,7 +140,11 @@ impl Batch {
         if t.next_obs.is_some() != self.layout.next_obs {
             return Err(format!(
                 "the layout {} next observations",
-                if self.layout.next_obs { "needs" } else { "has no" }
+                if self.layout.next_obs {
+                    "needs"
+                } else {
+                    "has no"
+                }
             ));
         }
         let (obs, next, i) = self.next_row();
