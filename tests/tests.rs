@@ -7,6 +7,7 @@ mod faults;
 mod play;
 mod plot;
 mod queue;
+mod replay;
 mod signals;
 mod snapshot;
 mod tensorboard;

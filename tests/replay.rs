@@ -1,0 +1,203 @@
+//! `--algorithm dqn` end to end on real Breakout (replay memory of frames, target network,
+//! dueling, prioritized, --save-replay and resume), and its bad input.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::util::*;
+
+/// The metrics.csv rows as maps from column name to field.
+fn rows(dir: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
+    lines
+        .map(|l| {
+            header
+                .iter()
+                .cloned()
+                .zip(l.split(',').map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn dqn_on_breakout_trains_saves_its_replay_memory_and_resumes_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let logdir = dir.to_str().unwrap();
+    let common = [
+        "--game",
+        "Breakout",
+        "--algorithm",
+        "dqn",
+        "--dueling",
+        "--prioritized",
+        "--processes",
+        "2",
+        "--device",
+        "cpu",
+        "--logdir",
+        logdir,
+        "--log-interval",
+        "1",
+        "--replay-size",
+        "2000",
+        "--learning-starts",
+        "4000",
+        "--replay-ratio",
+        "1",
+        "--target-update",
+        "20",
+        "--save-replay",
+        "--save-freq",
+        "8000",
+        "--keep-checkpoints",
+        "1",
+        "--seed",
+        "5",
+    ];
+    let mut args = common.to_vec();
+    args.extend(["--max-frames", "16000"]);
+    let (pid, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(300));
+    assert_ok("dqn learner", &out);
+    assert_clean(pid);
+    let saved = async_rl::checkpoint::list(&dir);
+    assert_eq!(saved.len(), 1, "--keep-checkpoints 1: {saved:?}");
+    let last = saved[0];
+    let replays: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".replay"))
+        .collect();
+    assert_eq!(
+        replays,
+        vec![format!("model-{last}.replay")],
+        "one replay memory, beside the one checkpoint kept"
+    );
+    // The checkpoint keeps the target network beside the online one.
+    let ckpt = async_rl::checkpoint::load(&async_rl::checkpoint::path_for(&dir, last)).unwrap();
+    assert!(ckpt.extra.contains_key("target/advantage.weight"));
+    assert!(ckpt.params.contains_key("value.weight"), "a dueling head");
+    assert!(ckpt.state.updates > 0, "it trained");
+    // Metrics: the memory's size and the measured replay ratio.
+    let before = rows(&dir);
+    let trained: Vec<_> = before.iter().filter(|r| !r["loss"].is_empty()).collect();
+    assert!(!trained.is_empty(), "rows with updates");
+    for r in &trained {
+        let size: u64 = r["replay_size"].parse().unwrap();
+        assert!((1..=2000).contains(&size), "{r:?}");
+        assert!(!r["priority_mean"].is_empty() && !r["is_weight_mean"].is_empty());
+    }
+    let ratio = |rs: &[&std::collections::HashMap<String, String>]| -> f64 {
+        let v: Vec<f64> = rs
+            .iter()
+            .filter_map(|r| r["replay_ratio"].parse().ok())
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let measured = ratio(&trained);
+    assert!(
+        (0.5..=1.6).contains(&measured),
+        "--replay-ratio 1 measured {measured}"
+    );
+
+    // Resume: the memory comes back, so training goes on without a new --learning-starts.
+    let ckpt_arg = last.to_string();
+    let target = (last + 6000).to_string();
+    let mut args = common.to_vec();
+    args.extend(["--checkpoint", &ckpt_arg, "--max-frames", &target]);
+    let (pid, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(300));
+    assert_ok("resumed dqn learner", &out);
+    assert_clean(pid);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("loading the replay memory"), "{stdout}");
+    let after = rows(&dir);
+    let resumed = &after[before.len()..];
+    let first_size: u64 = resumed[0]["replay_size"].parse().unwrap();
+    assert_eq!(
+        first_size, 2000,
+        "the restored memory is full: {:?}",
+        resumed[0]
+    );
+
+    // Without the file, the memory starts empty and says so.
+    let newest = *async_rl::checkpoint::list(&dir).last().unwrap();
+    std::fs::remove_file(async_rl::checkpoint::replay_path_for(&dir, newest)).unwrap();
+    let ckpt_arg = newest.to_string();
+    let target = (newest + 2000).to_string();
+    let mut args = common.to_vec();
+    args.extend(["--checkpoint", &ckpt_arg, "--max-frames", &target]);
+    let (_, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(300));
+    assert_ok("resumed dqn learner without a memory", &out);
+    assert!(
+        text(&out.stdout).contains("the replay memory starts empty"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // play needs nothing but the (dueling) checkpoint.
+    let model =
+        async_rl::checkpoint::path_for(&dir, *async_rl::checkpoint::list(&dir).last().unwrap());
+    let (_, out) = run(
+        PLAY,
+        &["--model", model.to_str().unwrap(), "--episodes", "1"],
+        tmp.path(),
+        Duration::from_secs(300),
+    );
+    assert_ok("play of a dqn checkpoint", &out);
+    assert!(text(&out.stdout).contains("1 episodes: mean"));
+}
+
+/// Runs the learner with `args` (CartPole, in `dir`) and returns its stderr, asserting that
+/// it refused to start (exit 2) without a panic.
+fn refused(dir: &Path, args: &[&str]) -> String {
+    let mut all = vec!["--game", "CartPole", "--logdir", "run"];
+    all.extend(args);
+    let (pid, out) = run(LEARNER, &all, dir, Duration::from_secs(60));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_clean(pid);
+    err
+}
+
+#[test]
+fn bad_replay_settings_are_refused_before_anything_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let err = refused(d, &["--algorithm", "dqn", "--replay-size", "10"]);
+    assert!(
+        err.contains("--replay-size 10: smaller than a batch"),
+        "{err}"
+    );
+    let err = refused(d, &["--algorithm", "dqn", "--replay-ratio", "0"]);
+    assert!(err.contains("--replay-ratio 0"), "{err}");
+    let err = refused(d, &["--prioritized"]);
+    assert!(
+        err.contains("--prioritized: needs a replay memory"),
+        "{err}"
+    );
+    // A dqn setting given to another rule would be ignored: refused instead.
+    let err = refused(d, &["--algorithm", "sarsa", "--target-update", "100"]);
+    assert!(
+        err.contains("--target-update: only --algorithm dqn reads it"),
+        "{err}"
+    );
+    assert!(
+        !d.join("run").exists(),
+        "nothing may start on invalid input"
+    );
+    // A checkpoint trained with another rule.
+    std::fs::create_dir(d.join("run")).unwrap();
+    untrained_checkpoint(&d.join("run"), "CartPole");
+    let err = refused(d, &["--checkpoint", "1000", "--algorithm", "dqn"]);
+    assert!(
+        err.contains("trained with --algorithm q; this run asks for --algorithm dqn"),
+        "{err}"
+    );
+    let err = refused(d, &["--checkpoint", "1000", "--dueling"]);
+    assert!(err.contains("trained with --dueling false"), "{err}");
+}
