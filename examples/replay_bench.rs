@@ -1,22 +1,22 @@
 //! Measurements of the replay memory (`--algorithm dqn`), for the README's "Replay" section:
 //!
 //! ```text
-//! cargo run --release --example replay_bench -- storage      # dedup vs LZ4 on real Pong frames
-//! cargo run --release --example replay_bench -- rss 1000000  # learner RSS with a full memory
-//! cargo run --release --example replay_bench -- speed        # sampling and updates/s
+//! cargo run --release --example replay_bench -- storage [GAME]          # dedup vs LZ4
+//! cargo run --release --example replay_bench -- rss 1000000 [lz4|none]  # RSS, full memory
+//! cargo run --release --example replay_bench -- speed                   # sampling, updates/s
 //! ```
 //!
-//! `storage` plays Pong with random actions (ALE, DeepMind preprocessing) and compares the
-//! bytes per transition of storing frames once (this crate's `FrameStore`) with compressing
-//! whole stacks (or single frames) with LZ4 (lz4_flex), and what each costs to read back.
+//! `storage` plays GAME (Pong) with random actions (ALE, DeepMind preprocessing) and compares
+//! the bytes per transition of storing frames once (this crate's `FrameStore`), once and
+//! LZ4-compressed, and whole stacks LZ4-compressed, and what each costs to read a batch back.
 //! `rss` fills a memory of N Atari transitions with one new frame per transition, as play
-//! does (synthetic frames: what is stored does not depend on their contents), and reports the
-//! peak resident set. `speed` times sampling a batch of 64 and the dqn learner's update (nips,
-//! batch 64, one thread), uniform and prioritized.
+//! does: Pong frames of random play, each made unique by a counter written into 8 of its
+//! pixels; it reports the resident set. `speed` times sampling a batch of 64 and the dqn
+//! learner's update (nips, batch 64, one thread), uniform and prioritized, LZ4 and not.
 
 use std::time::Instant;
 
-use async_rl::config::{Algorithm, Config, Network};
+use async_rl::config::{Algorithm, Config, Network, ReplayCompression};
 use async_rl::env::{self, ObsSpec};
 use async_rl::replay::{Priorities, ReplayMemory, Sample};
 use async_rl::rules;
@@ -32,10 +32,10 @@ fn rss_mb(key: &str) -> f64 {
     kb / 1024.0
 }
 
-/// `steps` stacked Pong observations under random play (new games as they end).
-fn pong_stacks(steps: usize) -> Vec<Vec<u8>> {
+/// `steps` stacked observations of `game` under random play (new games as they end).
+fn stacks_of(game: &str, steps: usize) -> Vec<Vec<u8>> {
     let cfg = Config {
-        game: "Pong".into(),
+        game: game.into(),
         ..Config::default()
     };
     let id = cfg.env_id().unwrap();
@@ -53,27 +53,40 @@ fn pong_stacks(steps: usize) -> Vec<Vec<u8>> {
     out
 }
 
-fn storage() {
+fn storage(game: &str) {
     let steps = 20_000;
     let t = Instant::now();
-    let stacks = pong_stacks(steps + 3);
+    let stacks = stacks_of(game, steps + 3);
     println!(
-        "{} Pong steps played in {:.1} s",
-        steps,
+        "{steps} {game} steps played in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    // Frames stored once: 3-step transitions, as the dqn actors push them.
-    let mut m = ReplayMemory::new(ObsSpec::Frames([4, 84, 84]), steps, None);
-    for t in 0..steps {
-        m.insert(&stacks[t], 0, 0.0, 0.97, &stacks[t + 3]);
+    // Frames stored once, raw and LZ4-compressed: 3-step transitions, as dqn actors push them.
+    let mut rng = StdRng::seed_from_u64(2);
+    let mut s = Sample::default();
+    let reps = 200;
+    for lz4 in [false, true] {
+        let mut m = ReplayMemory::new(ObsSpec::Frames([4, 84, 84]), steps, None, lz4);
+        let t = Instant::now();
+        for t in 0..steps {
+            m.insert(&stacks[t], 0, 0.0, 0.97, &stacks[t + 3]);
+        }
+        let insert = t.elapsed().as_secs_f64() / steps as f64;
+        let t = Instant::now();
+        for _ in 0..reps {
+            m.sample(64, 1.0, &mut rng, &mut s);
+        }
+        let batch = t.elapsed().as_secs_f64() / reps as f64;
+        println!(
+            "frames once{}: {:.3} frames per transition, {:.0} bytes per transition (naive: {}); insert {:.1} us, a batch of 64 read back {:.2} ms",
+            if lz4 { " + LZ4" } else { "" },
+            m.frames().written() as f64 / steps as f64,
+            m.frames().stored_bytes() as f64 / steps as f64,
+            2 * 4 * FRAME,
+            insert * 1e6,
+            batch * 1e3
+        );
     }
-    let pieces = m.frames().written() as f64 / steps as f64;
-    println!(
-        "dedup: {:.3} frames stored per transition = {:.0} bytes (naive: {} bytes with next observations)",
-        pieces,
-        pieces * FRAME as f64,
-        2 * 4 * FRAME
-    );
     // LZ4 of whole stacks (obs and next obs each compressed) and of single frames.
     let t = Instant::now();
     let stack_z: Vec<Vec<u8>> = stacks[..steps]
@@ -101,9 +114,7 @@ fn storage() {
         per_frame,
         FRAME as f64 / per_frame
     );
-    // Reading a batch of 64 back: 64 x 2 stacks decompressed, or 64 x 8 frames copied.
-    let mut rng = StdRng::seed_from_u64(2);
-    let reps = 200;
+    // Reading a batch of 64 back as 64 x 2 compressed stacks.
     let t = Instant::now();
     let mut sink = 0usize;
     for _ in 0..reps {
@@ -113,23 +124,19 @@ fn storage() {
         }
     }
     let lz4_batch = t.elapsed().as_secs_f64() / reps as f64;
-    let mut s = Sample::default();
-    let t = Instant::now();
-    for _ in 0..reps {
-        m.sample(64, 1.0, &mut rng, &mut s);
-        sink += s.obs.len();
-    }
-    let dedup_batch = t.elapsed().as_secs_f64() / reps as f64;
     println!(
-        "a batch of 64 (obs + next obs): LZ4 decompression {:.2} ms, dedup copy {:.2} ms ({sink} bytes)",
-        lz4_batch * 1e3,
-        dedup_batch * 1e3
+        "a batch of 64 (obs + next obs) from LZ4 stacks: {:.2} ms ({sink} bytes)",
+        lz4_batch * 1e3
     );
 }
 
-fn rss(n: usize) {
+fn rss(n: usize, lz4: bool) {
+    let real: Vec<Vec<u8>> = stacks_of("Pong", 20_000)
+        .into_iter()
+        .map(|s| s[3 * FRAME..].to_vec())
+        .collect();
     let base = rss_mb("VmRSS:");
-    let mut m = ReplayMemory::new(ObsSpec::Frames([4, 84, 84]), n, None);
+    let mut m = ReplayMemory::new(ObsSpec::Frames([4, 84, 84]), n, None, lz4);
     let mut stack = vec![0u8; 4 * FRAME];
     let mut next = vec![0u8; 4 * FRAME];
     let t = Instant::now();
@@ -137,8 +144,8 @@ fn rss(n: usize) {
     // observation is the stack 3 steps later.
     let mut frames: Vec<Vec<u8>> = Vec::new();
     let frame = |k: u64| -> Vec<u8> {
-        let mut f = vec![(k % 251) as u8; FRAME];
-        f[..8].copy_from_slice(&k.to_le_bytes());
+        let mut f = real[k as usize % real.len()].clone();
+        f[42 * 84..42 * 84 + 8].copy_from_slice(&k.to_le_bytes());
         f
     };
     for k in 0..(n as u64 + 7) {
@@ -155,10 +162,11 @@ fn rss(n: usize) {
         }
     }
     println!(
-        "{} Atari transitions in {:.0} s: {} frames stored; RSS {:.0} MB (before: {:.0} MB; peak {:.0} MB)",
+        "{} Atari transitions (lz4 {lz4}) in {:.0} s: {} frames stored in {:.0} MB; RSS {:.0} MB (before: {:.0} MB; peak {:.0} MB)",
         m.len(),
         t.elapsed().as_secs_f64(),
         m.frames().written(),
+        m.frames().stored_bytes() as f64 / 1e6,
         rss_mb("VmRSS:"),
         base,
         rss_mb("VmHWM:")
@@ -167,8 +175,12 @@ fn rss(n: usize) {
 
 fn speed() {
     tch::set_num_threads(1);
-    let stacks = pong_stacks(20_003);
-    for prioritized in [false, true] {
+    let stacks = stacks_of("Pong", 20_003);
+    for (prioritized, compression) in [
+        (false, ReplayCompression::None),
+        (false, ReplayCompression::Lz4),
+        (true, ReplayCompression::Lz4),
+    ] {
         let cfg = Config {
             game: "Pong".into(),
             algorithm: Algorithm::Dqn,
@@ -177,6 +189,7 @@ fn speed() {
             learning_starts: 0,
             replay_ratio: 1e9,
             prioritized,
+            replay_compression: compression,
             ..Config::default()
         };
         let obs = ObsSpec::Frames([4, 84, 84]);
@@ -214,6 +227,7 @@ fn speed() {
                 alpha: 0.6,
                 epsilon: 1e-6,
             }),
+            compression == ReplayCompression::Lz4,
         );
         for t in 0..20_000 {
             m.insert(&stacks[t], 0, 0.0, 0.97, &stacks[t + 3]);
@@ -227,7 +241,7 @@ fn speed() {
         }
         let sample = t.elapsed().as_secs_f64() / reps as f64;
         println!(
-            "prioritized {prioritized}: update {:.1} ms ({:.1} updates/s), sampling 64: {:.2} ms ({:.1}% of an update)",
+            "prioritized {prioritized}, {compression:?}: update {:.1} ms ({:.1} updates/s), sampling 64: {:.2} ms ({:.1}% of an update)",
             update * 1e3,
             1.0 / update,
             sample * 1e3,
@@ -257,7 +271,7 @@ fn speed() {
         t.elapsed().as_secs_f64() / 20.0 * 1e3
     };
     let fwd = time(&mut || {
-        tch::no_grad(|| net.forward(&x));
+        let _ = tch::no_grad(|| net.forward(&x));
     });
     let fwd_bwd = time(&mut || {
         net.forward(&x).sum(tch::Kind::Float).backward();
@@ -271,9 +285,12 @@ fn speed() {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("storage") => storage(),
-        Some("rss") => rss(args.get(2).map_or(1_000_000, |n| n.parse().unwrap())),
+        Some("storage") => storage(args.get(2).map_or("Pong", String::as_str)),
+        Some("rss") => rss(
+            args.get(2).map_or(1_000_000, |n| n.parse().unwrap()),
+            args.get(3).map(String::as_str) != Some("none"),
+        ),
         Some("speed") => speed(),
-        _ => eprintln!("usage: replay_bench storage | rss [N] | speed"),
+        _ => eprintln!("usage: replay_bench storage [GAME] | rss [N] [lz4|none] | speed"),
     }
 }

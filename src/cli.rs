@@ -128,6 +128,7 @@ fn check_game_matches_rom(cfg: &Config, game_given: bool) -> anyhow::Result<()> 
 /// config file) with another rule they would be ignored, so they are refused.
 const DQN_ONLY: &[&str] = &[
     "replay-size",
+    "replay-compression",
     "learning-starts",
     "replay-ratio",
     "target-update",

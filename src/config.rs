@@ -28,6 +28,16 @@ pub enum Network {
     Mlp,
 }
 
+/// How the replay memory stores its (deduplicated) observation pieces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplayCompression {
+    /// LZ4 blocks (lz4_flex): an Atari frame of 7,056 bytes takes a few hundred.
+    Lz4,
+    /// Raw bytes: more memory, no decompression when sampling.
+    None,
+}
+
 /// Where the learner's network lives. Actors always run on the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -147,6 +157,10 @@ pub struct Config {
     /// dqn: transitions the replay memory holds (a FIFO ring; Atari about 7.4 KB each)
     #[arg(long, default_value_t = 1_000_000)]
     pub replay_size: usize,
+    /// dqn: how the replay memory stores observation frames (each distinct frame once either
+    /// way)
+    #[arg(long, value_enum, default_value_t = ReplayCompression::Lz4)]
+    pub replay_compression: ReplayCompression,
     /// dqn: frames (from this start) before the first update, while the memory fills
     #[arg(long, default_value_t = 200_000)]
     pub learning_starts: u64,
@@ -418,6 +432,7 @@ pub fn table_keys() -> BTreeSet<&'static str> {
         "network",
         "dueling",
         "replay-size",
+        "replay-compression",
         "learning-starts",
         "replay-ratio",
         "target-update",

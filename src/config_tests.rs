@@ -120,6 +120,7 @@ fn every_flag_has_a_bad_value_that_is_refused_by_name() {
         ("network", "resnet"),
         ("dueling", "maybe"),
         ("replay-size", "-1"),
+        ("replay-compression", "zip"),
         ("learning-starts", "soon"),
         ("replay-ratio", "0"),
         ("target-update", "0"),

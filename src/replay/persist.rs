@@ -4,10 +4,11 @@
 //!
 //! Layout (little-endian): `b"ARLREPLY"`, format version u32, then the geometry as u64
 //! (pieces per observation, bytes per piece, capacity, piece-ring size, transitions inserted,
-//! pieces written, prioritized 0/1) and the largest priority f64; then the used parts of the
-//! piece ring (bytes, hashes) and of the transition ring (piece numbers of observations and
-//! next observations, actions, returns, discounts, priorities when prioritized); last the
-//! CRC-32 (IEEE) of everything before it, u32.
+//! pieces written, prioritized 0/1, LZ4 0/1) and the largest priority f64; then the used part
+//! of the piece ring (each stored piece's length as u32, then their bytes, then their hashes)
+//! and of the transition ring (piece numbers of observations and next observations, actions,
+//! returns, discounts, priorities when prioritized); last the CRC-32 (IEEE) of everything
+//! before it, u32.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -74,7 +75,7 @@ impl ReplayMemory {
             };
             w.write_all(MAGIC)?;
             w.write_all(&VERSION.to_le_bytes())?;
-            let (data, hashes, written) = self.frames.raw();
+            let (slots, hashes, written) = self.frames.raw();
             let ring = self.frames.capacity() as u64;
             for v in [
                 self.pieces as u64,
@@ -84,13 +85,17 @@ impl ReplayMemory {
                 self.inserted,
                 written,
                 u64::from(self.prioritized.is_some()),
+                u64::from(self.frames.is_compressed()),
             ] {
                 w.write_all(&v.to_le_bytes())?;
             }
             w.write_all(&self.max_priority.to_le_bytes())?;
-            let used_pieces = written.min(ring) as usize;
-            w.write_all(&data[..used_pieces * self.piece_bytes])?;
-            w.write_all(bytemuck::cast_slice(&hashes[..used_pieces]))?;
+            let lengths: Vec<u32> = slots.iter().map(|s| s.len() as u32).collect();
+            w.write_all(bytemuck::cast_slice(&lengths))?;
+            for s in slots {
+                w.write_all(s)?;
+            }
+            w.write_all(bytemuck::cast_slice(hashes))?;
             let n = self.len();
             let p = self.pieces;
             w.write_all(bytemuck::cast_slice(&self.obs_seq[..n * p]))?;
@@ -142,11 +147,11 @@ impl ReplayMemory {
             "{}: format version {version}, this build reads version {VERSION}",
             ctx()
         );
-        let mut head = [0u64; 7];
+        let mut head = [0u64; 8];
         for h in head.iter_mut() {
             *h = read_u64(&mut r).with_context(ctx)?;
         }
-        let [pieces, piece_bytes, capacity, ring, inserted, written, prioritized] = head;
+        let [pieces, piece_bytes, capacity, ring, inserted, written, prioritized, lz4] = head;
         let mut mp = [0u8; 8];
         r.read_exact(&mut mp).with_context(ctx)?;
         let max_priority = f64::from_le_bytes(mp);
@@ -177,6 +182,19 @@ impl ReplayMemory {
                 }
             );
         }
+        if (lz4 == 1) != self.frames.is_compressed() {
+            let name = |c: bool| if c { "lz4" } else { "none" };
+            bail!(
+                "{}: saved with --replay-compression {}; this run uses {} (resume with --replay-compression {})",
+                ctx(),
+                name(lz4 == 1),
+                name(self.frames.is_compressed()),
+                name(lz4 == 1)
+            );
+        }
+        if written > u64::MAX / 2 || inserted > u64::MAX / 2 {
+            bail!("{}: its counters are out of range", ctx());
+        }
         let used_pieces = written.min(ring) as usize;
         let n = (inserted as usize).min(self.capacity);
         let p = self.pieces;
@@ -185,12 +203,22 @@ impl ReplayMemory {
         // on any failure it is emptied rather than left half-loaded.
         let mut leaves = vec![0f64; if prioritized == 1 { n } else { 0 }];
         let mut body = |m: &mut ReplayMemory| -> Result<()> {
-            {
-                let (data, hashes) = m.frames.raw_mut();
-                r.read_exact(&mut data[..used_pieces * pb])
-                    .with_context(ctx)?;
-                read_into(&mut r, &mut hashes[..used_pieces]).with_context(ctx)?;
+            let mut lengths = vec![0u32; used_pieces];
+            read_into(&mut r, &mut lengths).with_context(ctx)?;
+            let mut slots = Vec::with_capacity(used_pieces);
+            for len in lengths {
+                // A stored piece is at most an incompressible piece plus LZ4's overhead.
+                ensure!(
+                    (len as usize) <= pb + pb / 200 + 64,
+                    "{}: a stored piece of {len} bytes (pieces are {pb})",
+                    ctx()
+                );
+                let mut piece = vec![0u8; len as usize].into_boxed_slice();
+                r.read_exact(&mut piece).with_context(ctx)?;
+                slots.push(piece);
             }
+            let mut hashes = vec![0u64; used_pieces];
+            read_into(&mut r, &mut hashes).with_context(ctx)?;
             read_into(&mut r, &mut m.obs_seq[..n * p]).with_context(ctx)?;
             read_into(&mut r, &mut m.next_seq[..n * p]).with_context(ctx)?;
             read_into(&mut r, &mut m.actions[..n]).with_context(ctx)?;
@@ -211,13 +239,13 @@ impl ReplayMemory {
                 "{}: has bytes after its checksum",
                 ctx()
             );
+            m.frames.restore(slots, &hashes, written);
             Ok(())
         };
         if let Err(e) = body(self) {
             self.clear();
             return Err(e);
         }
-        self.frames.set_written(written);
         self.inserted = inserted;
         self.max_priority = max_priority;
         if let Some((_, tree)) = &mut self.prioritized {

@@ -24,7 +24,7 @@ fn read(m: &ReplayMemory, i: usize) -> (Vec<u8>, Vec<u8>, i64, f32, f32) {
 
 #[test]
 fn the_ring_overwrites_the_oldest_transition_first() {
-    let mut m = ReplayMemory::new(ObsSpec::Vector(1), 3, None);
+    let mut m = ReplayMemory::new(ObsSpec::Vector(1), 3, None, false);
     let idx: Vec<usize> = (0..5)
         .map(|t| m.insert(&v(t as f32), t, t as f32, 0.9, &v(t as f32 + 1.0)))
         .collect();
@@ -66,11 +66,17 @@ fn episodes(lengths: &[usize]) -> Vec<Vec<u8>> {
 
 #[test]
 fn frames_round_trip_exactly_across_episode_boundaries_and_are_stored_once() {
+    for lz4 in [false, true] {
+        round_trip(lz4);
+    }
+}
+
+fn round_trip(lz4: bool) {
     let obs = ObsSpec::Frames([4, 2, 2]);
     let n = 3;
     let lengths = [5, 1, 9, 4];
     let stacks = episodes(&lengths);
-    let mut m = ReplayMemory::new(obs, 1000, None);
+    let mut m = ReplayMemory::new(obs, 1000, None, lz4);
     let mut expect = Vec::new();
     let mut start = 0;
     for &len in &lengths {
@@ -100,9 +106,9 @@ fn frames_round_trip_exactly_across_episode_boundaries_and_are_stored_once() {
 
 #[test]
 fn a_transition_whose_frames_were_overwritten_is_never_sampled() {
-    let mut m = ReplayMemory::new(ObsSpec::Vector(1), 4, None);
+    let mut m = ReplayMemory::new(ObsSpec::Vector(1), 4, None, false);
     // A piece ring too small for the memory: only the newest 4 pieces survive.
-    m.frames = FrameStore::new(4, 4, 0);
+    m.frames = FrameStore::new(4, 4, 0, false);
     for t in 0..4 {
         m.insert(
             &v(t as f32 * 10.0),
@@ -126,8 +132,8 @@ fn a_transition_whose_frames_were_overwritten_is_never_sampled() {
         alpha: 1.0,
         epsilon: 0.0,
     };
-    let mut m = ReplayMemory::new(ObsSpec::Vector(1), 4, Some(p));
-    m.frames = FrameStore::new(4, 4, 0);
+    let mut m = ReplayMemory::new(ObsSpec::Vector(1), 4, Some(p), false);
+    m.frames = FrameStore::new(4, 4, 0, false);
     for t in 0..4 {
         m.insert(
             &v(t as f32 * 10.0),
@@ -152,7 +158,7 @@ fn importance_sampling_weights_worked_by_hand() {
         alpha: 0.5,
         epsilon: 0.0,
     };
-    let mut m = ReplayMemory::new(ObsSpec::Vector(1), 4, Some(p));
+    let mut m = ReplayMemory::new(ObsSpec::Vector(1), 4, Some(p), false);
     for t in 0..4 {
         m.insert(&v(t as f32), t, 0.0, 0.0, &v(t as f32));
     }
@@ -201,7 +207,7 @@ fn prioritized_sampling_follows_the_priorities_and_new_transitions_get_the_large
         alpha: 1.0,
         epsilon: 0.0,
     };
-    let mut m = ReplayMemory::new(ObsSpec::Vector(1), 8, Some(p));
+    let mut m = ReplayMemory::new(ObsSpec::Vector(1), 8, Some(p), false);
     for t in 0..4 {
         m.insert(&v(t as f32), t, t as f32, 0.0, &v(0.0));
     }
@@ -238,7 +244,7 @@ fn save_and_load_round_trip_and_damage_is_named() {
     };
     let obs = ObsSpec::Frames([4, 2, 2]);
     let stacks = episodes(&[6, 3]);
-    let mut m = ReplayMemory::new(obs, 5, Some(p));
+    let mut m = ReplayMemory::new(obs, 5, Some(p), true);
     for t in 0..stacks.len() - 1 {
         m.insert(&stacks[t], t as u32, t as f32, 0.99, &stacks[t + 1]);
     }
@@ -246,7 +252,7 @@ fn save_and_load_round_trip_and_damage_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model-1.replay");
     m.save(&path).unwrap();
-    let mut r = ReplayMemory::new(obs, 5, Some(p));
+    let mut r = ReplayMemory::new(obs, 5, Some(p), true);
     r.load(&path).unwrap();
     assert_eq!((r.len(), r.inserted()), (m.len(), m.inserted()));
     for i in 0..m.len() {
@@ -259,10 +265,21 @@ fn save_and_load_round_trip_and_damage_is_named() {
     }
     assert_eq!(r.max_priority, m.max_priority);
     // Another capacity or prioritization is refused, naming the file.
-    let err = ReplayMemory::new(obs, 6, Some(p)).load(&path).unwrap_err();
+    let err = ReplayMemory::new(obs, 6, Some(p), true)
+        .load(&path)
+        .unwrap_err();
     assert!(format!("{err:#}").contains("--replay-size"), "{err:#}");
-    let err = ReplayMemory::new(obs, 5, None).load(&path).unwrap_err();
+    let err = ReplayMemory::new(obs, 5, None, true)
+        .load(&path)
+        .unwrap_err();
     assert!(format!("{err:#}").contains("--prioritized"), "{err:#}");
+    let err = ReplayMemory::new(obs, 5, Some(p), false)
+        .load(&path)
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("--replay-compression"),
+        "{err:#}"
+    );
     // A flipped byte is caught by the checksum, and the memory is left empty.
     let mut bytes = std::fs::read(&path).unwrap();
     let mid = bytes.len() / 2;

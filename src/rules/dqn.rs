@@ -198,7 +198,12 @@ impl Learner {
             epsilon: 1e-6,
         });
         Learner {
-            memory: ReplayMemory::new(core.obs, cfg.replay_size, prioritized),
+            memory: ReplayMemory::new(
+                core.obs,
+                cfg.replay_size,
+                prioritized,
+                cfg.replay_compression == crate::config::ReplayCompression::Lz4,
+            ),
             target,
             core,
             sample: Sample::default(),
