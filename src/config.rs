@@ -76,7 +76,9 @@ pub enum Loss {
 ///
 /// Frames are emulator frames (agent steps x frame skip), summed over all actors.
 #[derive(Parser, Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[command(name = "learner", version, about, long_about = None)]
+// Negative numbers are values (`--lr -1` is refused by validation as a learning rate, not
+// taken for an unknown flag `-1`).
+#[command(name = "learner", version, about, long_about = None, allow_negative_numbers = true)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Config {
     /// Game: an ALE name (Breakout, space_invaders, SpaceInvaders) or a Gym id
@@ -101,6 +103,7 @@ pub struct Config {
     pub n_step: usize,
     /// Discount factor gamma
     #[arg(long, default_value_t = 0.99)]
+    #[serde(serialize_with = "f32_as_written")]
     pub gamma: f32,
     /// Transitions per learner update
     #[arg(long, default_value_t = 64)]
@@ -210,6 +213,7 @@ pub struct Config {
     pub noop_max: u32,
     /// Sticky actions (Machado et al. 2018 use 0.25); a Gym id's own setting applies unless given
     #[arg(long)]
+    #[serde(serialize_with = "option_f32_as_written")]
     pub repeat_action_probability: Option<f32>,
     /// Truncate games after this many frames (108,000 = 30 minutes of play)
     #[arg(long, default_value_t = 108_000)]
@@ -257,6 +261,19 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = BenchPhase::Training, hide = true)]
     #[serde(skip)]
     pub bench_phase: BenchPhase,
+}
+
+/// Serializes an f32 as the f64 of its shortest decimal form, so `0.99` is written `0.99` in
+/// config.toml, not `0.9900000095367432` (the f32's exact value widened).
+fn f32_as_written<S: serde::Serializer>(x: &f32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(x.to_string().parse().unwrap_or(f64::from(*x)))
+}
+
+fn option_f32_as_written<S: serde::Serializer>(x: &Option<f32>, s: S) -> Result<S::Ok, S::Error> {
+    match x {
+        Some(x) => s.serialize_some(&x.to_string().parse().unwrap_or(f64::from(*x))),
+        None => s.serialize_none(),
+    }
 }
 
 /// Everything wrong with a configuration, one line each.
