@@ -33,7 +33,7 @@ const MAX_FPS: f64 = 1000.0;
 
 /// Play Atari games with a trained checkpoint: watch them, record one, or evaluate.
 #[derive(Parser, Debug)]
-#[command(name = "play", version)]
+#[command(name = "play", version, allow_negative_numbers = true)]
 struct Args {
     /// Checkpoint file written by `learner` (e.g. runs/Breakout/model-1250000.pt)
     #[arg(long)]

@@ -383,3 +383,27 @@ fn malformed_numbers_say_what_a_valid_value_looks_like() {
     assert_ok("--help", &out);
     assert!(text(&out.stdout).contains("--actor-nice"));
 }
+
+#[test]
+fn negative_numbers_are_values_refused_by_name_not_unknown_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pid, out) = run(
+        LEARNER,
+        &["--game", "CartPole", "--lr", "-1", "--logdir", "x"],
+        tmp.path(),
+        Duration::from_secs(60),
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--lr -1: must be a positive number"), "{err}");
+    assert_clean(pid);
+    let (_, out) = run(
+        PLAY,
+        &["--model", "m.pt", "--epsilon", "-0.5"],
+        tmp.path(),
+        Duration::from_secs(60),
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--epsilon -0.5: must be in [0, 1]"), "{err}");
+}
