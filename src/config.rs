@@ -103,7 +103,6 @@ pub struct Config {
     pub n_step: usize,
     /// Discount factor gamma
     #[arg(long, default_value_t = 0.99)]
-    #[serde(serialize_with = "f32_as_written")]
     pub gamma: f32,
     /// Transitions per learner update
     #[arg(long, default_value_t = 64)]
@@ -213,7 +212,6 @@ pub struct Config {
     pub noop_max: u32,
     /// Sticky actions (Machado et al. 2018 use 0.25); a Gym id's own setting applies unless given
     #[arg(long)]
-    #[serde(serialize_with = "option_f32_as_written")]
     pub repeat_action_probability: Option<f32>,
     /// Truncate games after this many frames (108,000 = 30 minutes of play)
     #[arg(long, default_value_t = 108_000)]
@@ -261,19 +259,6 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = BenchPhase::Training, hide = true)]
     #[serde(skip)]
     pub bench_phase: BenchPhase,
-}
-
-/// Serializes an f32 as the f64 of its shortest decimal form, so `0.99` is written `0.99` in
-/// config.toml, not `0.9900000095367432` (the f32's exact value widened).
-fn f32_as_written<S: serde::Serializer>(x: &f32, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(x.to_string().parse().unwrap_or(f64::from(*x)))
-}
-
-fn option_f32_as_written<S: serde::Serializer>(x: &Option<f32>, s: S) -> Result<S::Ok, S::Error> {
-    match x {
-        Some(x) => s.serialize_some(&x.to_string().parse().unwrap_or(f64::from(*x))),
-        None => s.serialize_none(),
-    }
 }
 
 /// Everything wrong with a configuration, one line each.
@@ -333,8 +318,18 @@ pub fn explain(e: &clap::Error) -> String {
         )
 }
 
+/// The config as a TOML table. Its f32 settings are written as the f64 of their shortest
+/// decimal form, so `0.99` reads `0.99` in config.toml, not `0.9900000095367432` (the f32's
+/// exact value widened). (Only here: bincode, which carries the config to the actors, keeps
+/// f32s as they are.)
 fn to_table(cfg: &Config) -> toml::Table {
-    toml::Table::try_from(cfg).expect("Config serializes to a TOML table")
+    let mut table = toml::Table::try_from(cfg).expect("Config serializes to a TOML table");
+    for key in ["gamma", "repeat-action-probability"] {
+        if let Some(toml::Value::Float(x)) = table.get_mut(key) {
+            *x = (*x as f32).to_string().parse().unwrap_or(*x);
+        }
+    }
+    table
 }
 
 /// Reads a TOML config file into a table, with errors that name the file.
@@ -724,7 +719,7 @@ impl Config {
 
     /// The config as a TOML document (written to the run directory).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("Config serializes to TOML")
+        toml::to_string_pretty(&to_table(self)).expect("Config serializes to TOML")
     }
 
     /// Every setting as (flag name, TOML value), sorted by name (for TensorBoard's

@@ -260,7 +260,10 @@ fn config_toml_writes_f32_settings_as_given() {
     let (c, _) = parse(&["--gamma", "0.99", "--repeat-action-probability", "0.25"]);
     let text = c.to_toml();
     assert!(text.contains("gamma = 0.99\n"), "{text}");
-    assert!(text.contains("repeat-action-probability = 0.25\n"), "{text}");
+    assert!(
+        text.contains("repeat-action-probability = 0.25\n"),
+        "{text}"
+    );
     assert_eq!(Config::from_toml(&text).unwrap(), c);
 }
 
@@ -269,5 +272,8 @@ fn a_negative_number_is_a_value_refused_by_validation_not_an_unknown_flag() {
     let (c, _) = parse(&["--lr", "-1", "--max-grad-norm", "-2"]);
     let err = c.validate().unwrap_err().to_string();
     assert!(err.contains("--lr -1: must be a positive number"), "{err}");
-    assert!(err.contains("--max-grad-norm -2: must be positive"), "{err}");
+    assert!(
+        err.contains("--max-grad-norm -2: must be positive"),
+        "{err}"
+    );
 }

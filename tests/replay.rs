@@ -103,6 +103,35 @@ fn dqn_on_breakout_trains_saves_its_replay_memory_and_resumes_with_it() {
         (0.5..=1.6).contains(&measured),
         "--replay-ratio 1 measured {measured}"
     );
+    // The same numbers in TensorBoard, row by row.
+    let events: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains("events.out.tfevents."))
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let events = async_rl::tensorboard::read_events(&events[0]).unwrap();
+    for (tag, column) in [
+        ("replay/size", "replay_size"),
+        ("replay/ratio", "replay_ratio"),
+        ("replay/priority_mean", "priority_mean"),
+        ("replay/is_weight_mean", "is_weight_mean"),
+        ("losses/td_loss", "loss"),
+    ] {
+        let logged = async_rl::tensorboard::scalars(&events, tag);
+        let csv: Vec<f64> = before
+            .iter()
+            .filter_map(|r| r[column].parse().ok())
+            .collect();
+        assert_eq!(logged.len(), csv.len(), "{tag}");
+        for ((_, v), c) in logged.iter().zip(&csv) {
+            assert!(
+                (f64::from(*v) - c).abs() <= 1e-4 * c.abs().max(1.0),
+                "{tag}: {v} vs {c}"
+            );
+        }
+    }
 
     // Resume: the memory comes back, so training goes on without a new --learning-starts.
     let ckpt_arg = last.to_string();
