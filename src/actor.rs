@@ -286,15 +286,18 @@ fn evaluate_periodically(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Res
         if let Some(s) = result.stats() {
             report(
                 reports,
-                ActorMsg::Eval(EvalScores {
-                    frames: at,
-                    mean: s.mean,
-                    median: s.median,
-                    std: s.std,
-                    min: s.min,
-                    max: s.max,
-                    episodes: result.episodes.len(),
-                }),
+                ActorMsg::Eval {
+                    scores: EvalScores {
+                        frames: at,
+                        mean: s.mean,
+                        median: s.median,
+                        std: s.std,
+                        min: s.min,
+                        max: s.max,
+                        episodes: result.episodes.len(),
+                    },
+                    weights: flat.clone(),
+                },
             )?;
         }
         next = (frames.load(Ordering::Relaxed) / every + 1) * every;

@@ -94,6 +94,19 @@ fn available_hint(frames: &[u64]) -> String {
     }
 }
 
+/// The weights of the best periodic evaluation (`--eval-every`): `<dir>/model-best.pt`, a
+/// checkpoint `play` reads like any other (its optimizer state is empty: it is for playing,
+/// not for resuming), beside `model-best.eval.json` with the evaluation's scores. Neither
+/// `list`, `latest` nor `--keep-checkpoints` counts it.
+pub fn best_path(dir: &Path) -> PathBuf {
+    dir.join("model-best.pt")
+}
+
+/// The scores of the evaluation `model-best.pt` holds: `<dir>/model-best.eval.json`.
+pub fn best_scores_path(dir: &Path) -> PathBuf {
+    dir.join("model-best.eval.json")
+}
+
 /// The replay memory saved beside checkpoint `frames` (`--save-replay`):
 /// `<dir>/model-<frames>.replay`.
 pub fn replay_path_for(dir: &Path, frames: u64) -> PathBuf {

@@ -233,8 +233,9 @@ pub struct Config {
     /// Games per periodic evaluation (--eval-every)
     #[arg(long, default_value_t = 10)]
     pub eval_episodes: usize,
-    /// Keep only the newest this many checkpoints (0 keeps all)
-    #[arg(long, default_value_t = 0)]
+    /// Keep only the newest this many checkpoints (0 keeps all); model-best.pt (the best
+    /// --eval-every evaluation) is kept apart
+    #[arg(long, default_value_t = 5)]
     pub keep_checkpoints: usize,
     /// Replace an actor that dies up to this many times over the run; one more death stops the
     /// run with a checkpoint and an error

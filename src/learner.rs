@@ -12,7 +12,7 @@ use crate::config::{BenchPhase, Config};
 use crate::device;
 use crate::env::{self, ObsSpec};
 use crate::metrics::{Board, CsvWriter, Progress, ReturnWindow, Row};
-use crate::protocol::ActorMsg;
+use crate::protocol::{ActorMsg, EvalScores};
 use crate::rules::{self, LearnerRule};
 use crate::schedule;
 use crate::shm::{self, Batch, ExperienceQueue, WeightSnapshot};
@@ -275,6 +275,55 @@ fn save(
     Ok(path)
 }
 
+/// Writes `model-best.pt` with the evaluated `weights` (flat, snapshot order) and the
+/// counters of now (frames: the evaluated snapshot's), and its scores beside it, each
+/// atomically.
+fn save_best(
+    cfg: &Config,
+    trainer: &Trainer,
+    c: &Counters,
+    run_dir: &std::path::Path,
+    scores: &EvalScores,
+    weights: &[f32],
+) -> Result<()> {
+    let model = trainer.rule.model();
+    anyhow::ensure!(
+        weights.len() == model.numel(),
+        "the evaluator sent {} weights, the network has {}",
+        weights.len(),
+        model.numel()
+    );
+    let mut best = crate::model::QNetwork::new(
+        model.spec(),
+        trainer.obs,
+        model.num_actions(),
+        tch::Device::Cpu,
+    );
+    best.load_flat(weights);
+    let state = TrainingState {
+        format_version: checkpoint::FORMAT_VERSION,
+        game: trainer.game.clone(),
+        network: model.arch(),
+        num_actions: model.num_actions(),
+        obs: trainer.obs,
+        frames: scores.frames,
+        steps: c.steps,
+        updates: c.updates,
+        episodes: c.episodes,
+        wall_s: c.wall_s,
+        config: cfg.clone(),
+    };
+    let rmsprop: Vec<tch::Tensor> = best.params().iter().map(|(_, p)| p.zeros_like()).collect();
+    let path = checkpoint::best_path(run_dir);
+    checkpoint::save(&path, &state, best.params(), &rmsprop, &[])?;
+    let json = checkpoint::best_scores_path(run_dir);
+    let tmp = json.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(scores)?)
+        .and_then(|()| std::fs::rename(&tmp, &json))
+        .with_context(|| format!("writing {}", json.display()))?;
+    Ok(())
+}
+
 /// What the learner accumulates between two metrics rows.
 struct Interval {
     start: Instant,
@@ -374,6 +423,10 @@ fn train(
     let mut next_sync = c.frames + cfg.sync_frames;
     let mut next_save = (c.frames / cfg.save_freq + 1) * cfg.save_freq;
     let mut ready = std::collections::BTreeSet::new();
+    // The best evaluation so far, kept across resumptions in model-best.eval.json.
+    let mut best: Option<EvalScores> = std::fs::read(checkpoint::best_scores_path(run_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
     loop {
         c.frames = queue.frames().load(Ordering::Relaxed);
         while let Ok(msg) = reports.try_recv() {
@@ -388,7 +441,7 @@ fn train(
                         .episode(c.frames, score as f64, frames)
                         .context("writing the TensorBoard event file")?;
                 }
-                ActorMsg::Eval(e) => {
+                ActorMsg::Eval { scores: e, weights } => {
                     progress.println(&format!(
                         "evaluation at {} frames: mean {:.2}, median {:.2}, std {:.2}, min {}, max {} over {} games",
                         e.frames, e.mean, e.median, e.std, e.min, e.max, e.episodes
@@ -396,6 +449,14 @@ fn train(
                     board
                         .eval(&e)
                         .context("writing the TensorBoard event file")?;
+                    if best.as_ref().is_none_or(|b| e.mean > b.mean) {
+                        save_best(cfg, trainer, c, run_dir, &e, &weights)?;
+                        progress.println(&format!(
+                            "the best evaluation so far: saved {}",
+                            checkpoint::best_path(run_dir).display()
+                        ));
+                        best = Some(e);
+                    }
                 }
                 // Its exit follows; the replacement is made when it is reaped.
                 ActorMsg::Failed { actor, message } => {

@@ -72,8 +72,12 @@ pub enum ActorMsg {
     },
     /// The actor is giving up; the learner logs this and replaces it.
     Failed { actor: usize, message: String },
-    /// The evaluator finished an evaluation.
-    Eval(EvalScores),
+    /// The evaluator finished an evaluation of the snapshot `weights` (flat, in snapshot
+    /// order), so that the learner can keep the best one (`model-best.pt`).
+    Eval {
+        scores: EvalScores,
+        weights: Vec<f32>,
+    },
 }
 
 /// Seed of actor `actor` in restart generation `generation` from the run's base seed:
