@@ -10,7 +10,7 @@
 //! environments whose Q-values it uses (see `act`).
 
 use std::ops::ControlFlow;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -153,7 +153,7 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
         )
     };
     for env in envs.iter_mut() {
-        env.reset();
+        reset_counted(env.as_mut(), frames);
     }
     let fault = injected_fault()?;
     let mut passes = 0u64;
@@ -224,7 +224,7 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
                 return Ok(());
             }
             if step.game_over || step.truncated {
-                end_episode(init, reports, env.as_mut())?;
+                end_episode(init, reports, env.as_mut(), frames)?;
             }
         }
     }
@@ -315,14 +315,14 @@ fn emulate(
     let mut rng = StdRng::seed_from_u64(init.seed ^ 0x5EED);
     let frames = queue.frames();
     for env in envs.iter_mut() {
-        env.reset();
+        reset_counted(env.as_mut(), frames);
     }
     while !queue.is_closed() {
         for env in envs.iter_mut() {
             let step = env.step(rng.gen_range(0..env.num_actions()))?;
             frames.fetch_add(step.frames as u64, Ordering::Relaxed);
             if step.game_over || step.truncated {
-                end_episode(init, reports, env.as_mut())?;
+                end_episode(init, reports, env.as_mut(), frames)?;
             }
         }
     }
@@ -382,11 +382,21 @@ fn report(reports: &IpcSender<ActorMsg>, msg: ActorMsg) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("reporting to the learner: {e:?}"))
 }
 
-/// Reports the game that just ended (score and frames) and starts the next one.
+/// Starts a new episode of `env` and adds the frames its start took (Atari: the no-op and
+/// FIRE frames, which [`env::Environment::episode_frames`] counts from the reset) to the run's
+/// frame counter `frames`, so that every emulator frame counts towards the schedules.
+fn reset_counted(env: &mut dyn env::Environment, frames: &AtomicU64) {
+    env.reset();
+    frames.fetch_add(env.episode_frames(), Ordering::Relaxed);
+}
+
+/// Reports the game that just ended (score and frames) and starts the next one, counting its
+/// start's frames in `frames`.
 fn end_episode(
     init: &ActorInit,
     reports: &IpcSender<ActorMsg>,
     env: &mut dyn env::Environment,
+    frames: &AtomicU64,
 ) -> Result<()> {
     report(
         reports,
@@ -396,7 +406,7 @@ fn end_episode(
             frames: env.episode_frames(),
         },
     )?;
-    env.reset();
+    reset_counted(env, frames);
     Ok(())
 }
 
@@ -413,6 +423,26 @@ fn pushed(result: Result<(), PushError>) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_frames_of_an_episodes_start_are_counted() {
+        let cfg = crate::config::Config {
+            game: "Breakout".into(),
+            ..crate::config::Config::default()
+        };
+        let id = cfg.env_id().unwrap();
+        let frames = AtomicU64::new(0);
+        let mut total = 0;
+        for seed in 0..5 {
+            let mut env = env::make(&id, &cfg.env_settings(seed)).unwrap();
+            reset_counted(env.as_mut(), &frames);
+            // Up to 30 no-op frames, then FIRE and action 2 for 4 frames each.
+            let start = env.episode_frames();
+            assert!((8..=38).contains(&start), "{start}");
+            total += start;
+        }
+        assert_eq!(frames.load(Ordering::Relaxed), total);
+    }
 
     #[test]
     fn epsilon_greedy_extremes() {
