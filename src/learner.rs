@@ -39,6 +39,26 @@ struct Trainer {
     game: String,
 }
 
+impl Trainer {
+    /// What a checkpoint records of the run: the counters `c`, at `frames` frames.
+    fn state(&self, cfg: &Config, c: &Counters, frames: u64) -> TrainingState {
+        let model = self.rule.model();
+        TrainingState {
+            format_version: checkpoint::FORMAT_VERSION,
+            game: self.game.clone(),
+            network: model.arch(),
+            num_actions: model.num_actions(),
+            obs: self.obs,
+            frames,
+            steps: c.steps,
+            updates: c.updates,
+            episodes: c.episodes,
+            wall_s: c.wall_s,
+            config: cfg.clone(),
+        }
+    }
+}
+
 /// A batch whose loss or mean max-Q was not finite: the run stops without applying it.
 #[derive(Debug, thiserror::Error)]
 #[error("training diverged at {frames} frames: loss {loss}, mean Q {q_mean} (the update was not applied)")]
@@ -240,19 +260,7 @@ fn save(
     run_dir: &std::path::Path,
 ) -> Result<std::path::PathBuf> {
     let model = trainer.rule.model();
-    let state = TrainingState {
-        format_version: checkpoint::FORMAT_VERSION,
-        game: trainer.game.clone(),
-        network: model.arch(),
-        num_actions: model.num_actions(),
-        obs: trainer.obs,
-        frames: c.frames,
-        steps: c.steps,
-        updates: c.updates,
-        episodes: c.episodes,
-        wall_s: c.wall_s,
-        config: cfg.clone(),
-    };
+    let state = trainer.state(cfg, c, c.frames);
     let path = checkpoint::path_for(run_dir, c.frames);
     checkpoint::save(
         &path,
@@ -300,19 +308,7 @@ fn save_best(
         tch::Device::Cpu,
     );
     best.load_flat(weights);
-    let state = TrainingState {
-        format_version: checkpoint::FORMAT_VERSION,
-        game: trainer.game.clone(),
-        network: model.arch(),
-        num_actions: model.num_actions(),
-        obs: trainer.obs,
-        frames: scores.frames,
-        steps: c.steps,
-        updates: c.updates,
-        episodes: c.episodes,
-        wall_s: c.wall_s,
-        config: cfg.clone(),
-    };
+    let state = trainer.state(cfg, c, scores.frames);
     let rmsprop: Vec<tch::Tensor> = best.params().iter().map(|(_, p)| p.zeros_like()).collect();
     let path = checkpoint::best_path(run_dir);
     checkpoint::save(&path, &state, best.params(), &rmsprop, &[])?;
