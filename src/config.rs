@@ -219,6 +219,12 @@ pub struct Config {
     /// Treat the loss of a life as terminal for training (the game goes on)
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub terminal_on_life_loss: bool,
+    /// With --terminal-on-life-loss: restart play after a lost life as at a game's start (a
+    /// no-op step, FIRE and action 2 on games that need FIRE, the frame stack refilled), as
+    /// OpenAI baselines' EpisodicLifeEnv + FireResetEnv do; false: the agent presses FIRE
+    /// itself
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub fire_on_life_loss: bool,
     /// Run directory for the config, checkpoints and metrics.csv [default: runs/<Game>]
     #[arg(long)]
     pub logdir: Option<PathBuf>,
@@ -463,6 +469,7 @@ pub fn table_keys() -> BTreeSet<&'static str> {
         "repeat-action-probability",
         "max-episode-frames",
         "terminal-on-life-loss",
+        "fire-on-life-loss",
         "logdir",
         "log-interval",
         "keep-checkpoints",
@@ -496,6 +503,7 @@ impl Config {
             noop_max: self.noop_max,
             repeat_action_probability: self.repeat_action_probability,
             terminal_on_life_loss: self.terminal_on_life_loss,
+            fire_on_life_loss: self.fire_on_life_loss,
             max_episode_frames: self.max_episode_frames,
             rom: self.rom.clone(),
         }

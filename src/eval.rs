@@ -80,6 +80,7 @@ impl Protocol {
             noop_max: self.noop_max,
             repeat_action_probability: Some(self.repeat_action_probability),
             terminal_on_life_loss: false,
+            fire_on_life_loss: false,
             ..trained.clone()
         }
     }
@@ -90,6 +91,7 @@ impl Protocol {
 pub fn play_settings(trained: &EnvSettings, sticky: bool) -> EnvSettings {
     EnvSettings {
         terminal_on_life_loss: false,
+        fire_on_life_loss: false,
         repeat_action_probability: if sticky {
             Some(STICKY_PROBABILITY)
         } else {

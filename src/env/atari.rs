@@ -74,6 +74,11 @@ pub struct AtariConfig {
     pub repeat_action_probability: f32,
     /// Report a lost life as terminal (training: true; evaluation: false).
     pub terminal_on_life_loss: bool,
+    /// With `terminal_on_life_loss`: after a lost life, play a no-op step, then FIRE and
+    /// action 2 (one agent step each) on FIRE games, and refill the frame stack with the
+    /// last frame, as OpenAI baselines' `EpisodicLifeEnv` and `FireResetEnv` do between the
+    /// training "episodes" of one game (default false).
+    pub fire_on_life_loss: bool,
     /// Truncate an episode after this many emulator frames, no-op and FIRE
     /// frames included (DQN: 108,000 = 30 minutes); 0 disables.
     pub max_episode_frames: u64,
@@ -93,6 +98,7 @@ impl AtariConfig {
             noop_max: 30,
             repeat_action_probability,
             terminal_on_life_loss: true,
+            fire_on_life_loss: false,
             max_episode_frames: 108_000,
         }
     }
@@ -107,6 +113,7 @@ pub struct AtariEnv {
     frame_skip: u32,
     noop_max: u32,
     terminal_on_life_loss: bool,
+    fire_on_life_loss: bool,
     max_episode_frames: u64,
     fire_reset: bool,
     /// Last two grayscale screens of a skip, `[210, 160] u8` each.
@@ -178,6 +185,7 @@ impl AtariEnv {
             frame_skip: cfg.frame_skip,
             noop_max: cfg.noop_max,
             terminal_on_life_loss: cfg.terminal_on_life_loss,
+            fire_on_life_loss: cfg.fire_on_life_loss,
             max_episode_frames: cfg.max_episode_frames,
             fire_reset,
             screens: [vec![0; SCREEN_H * SCREEN_W], vec![0; SCREEN_H * SCREEN_W]],
@@ -309,14 +317,34 @@ impl AtariEnv {
         if self.episode_over {
             return Err(EnvError::EpisodeOver);
         }
-        let (raw, frames) = self.play(action, self.frame_skip)?;
+        let (raw, mut frames) = self.play(action, self.frame_skip)?;
         self.stack.push(&self.small)?;
         let reward = raw as f32;
         self.episode_return += reward;
-        let game_over = self.ale.game_over();
+        let mut game_over = self.ale.game_over();
         let lives = self.ale.lives();
         let life_lost = lives < self.lives;
         self.lives = lives;
+        if life_lost && self.terminal_on_life_loss && self.fire_on_life_loss && !game_over {
+            // As baselines' EpisodicLifeEnv.reset (a no-op step) and FireResetEnv.reset
+            // (FIRE, then action 2) between the "episodes" of one game; their rewards count
+            // in the score only (the step is terminal for training anyway).
+            let mut sequence = vec![0];
+            if self.fire_reset {
+                sequence.extend([1, 2]);
+            }
+            for a in sequence {
+                let (r, f) = self.play(a, self.frame_skip)?;
+                self.episode_return += r as f32;
+                frames += f;
+                if self.ale.game_over() {
+                    break;
+                }
+            }
+            self.stack.reset(&self.small)?;
+            game_over = self.ale.game_over();
+            self.lives = self.ale.lives();
+        }
         let truncated = !game_over
             && self.max_episode_frames > 0
             && self.episode_frames >= self.max_episode_frames;

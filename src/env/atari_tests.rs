@@ -297,3 +297,49 @@ fn throughput_raw_emulator_baseline() {
         f64::from(frames) / secs
     );
 }
+
+/// NOOP-only Breakout: the ball is launched by the FIRE of the reset, so the first life is
+/// lost either way. Without `fire_on_life_loss` nothing launches the next ball and no second
+/// life is lost before the episode limit; with it, every life is lost, the game ends, and the
+/// stack after each loss holds one frame four times (baselines' FrameStack after a reset).
+#[test]
+fn fire_on_life_loss_launches_the_next_ball() {
+    let lives_lost = |fire: bool| {
+        let mut cfg = config("Breakout", 3);
+        cfg.fire_on_life_loss = fire;
+        cfg.max_episode_frames = 20_000;
+        let mut e = AtariEnv::new(&cfg).unwrap();
+        let (mut terminals, mut frames) = (0, 0u64);
+        loop {
+            let s = e.step(0).unwrap();
+            frames += u64::from(s.frames);
+            if s.terminal && !s.game_over {
+                terminals += 1;
+                if fire {
+                    // A no-op, FIRE and action 2 were played after the step's own frames.
+                    assert_eq!(s.frames, 16);
+                    let obs = e.obs();
+                    let first = &obs[..FRAME_LEN];
+                    assert!(obs.chunks_exact(FRAME_LEN).all(|f| f == first));
+                }
+            }
+            if s.game_over || s.truncated {
+                // Every frame played is in a step's count (the reset's are counted apart).
+                assert!(frames <= e.episode_frames() && e.episode_frames() <= frames + 38);
+                return (terminals, s.game_over);
+            }
+        }
+    };
+    let (without, over) = lives_lost(false);
+    assert_eq!(
+        (without, over),
+        (1, false),
+        "one ball, then nothing launches another"
+    );
+    let (with, over) = lives_lost(true);
+    assert!(over, "every ball is launched and lost: game over");
+    assert_eq!(
+        with, 4,
+        "5 lives: 4 losses before the game ends on the fifth"
+    );
+}

@@ -46,6 +46,10 @@ pub struct EnvSettings {
     pub repeat_action_probability: Option<f32>,
     /// Atari: a lost life is terminal for training.
     pub terminal_on_life_loss: bool,
+    /// Atari: with `terminal_on_life_loss`, a lost life restarts play as a new game's start
+    /// does (a no-op step, FIRE and action 2 on FIRE games, the frame stack refilled), as
+    /// OpenAI baselines' EpisodicLifeEnv and FireResetEnv do in training.
+    pub fire_on_life_loss: bool,
     /// Atari: games are truncated after this many frames.
     pub max_episode_frames: u64,
     /// Atari: a ROM file instead of the bundled ROM.
@@ -166,6 +170,7 @@ pub fn make(id: &EnvId, settings: &EnvSettings) -> Result<Box<dyn Environment>, 
                 .or(spec.repeat_action_probability)
                 .unwrap_or(0.0),
             terminal_on_life_loss: settings.terminal_on_life_loss,
+            fire_on_life_loss: settings.fire_on_life_loss,
             max_episode_frames: settings.max_episode_frames,
         })?)),
     }
@@ -183,6 +188,7 @@ mod tests {
             noop_max: 30,
             repeat_action_probability: None,
             terminal_on_life_loss: true,
+            fire_on_life_loss: false,
             max_episode_frames: 108_000,
             rom: None,
         }
