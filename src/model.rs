@@ -332,6 +332,50 @@ mod tests {
     }
 
     #[test]
+    fn dueling_heads_combine_value_and_advantage_for_every_network() {
+        let dueling = |arch| NetSpec {
+            arch,
+            dueling: true,
+        };
+        let frames = ObsSpec::Frames([4, 84, 84]);
+        let x = Tensor::randint(256, [3, 4, 84, 84], (Kind::Uint8, Device::Cpu));
+        for arch in [Network::Nips, Network::Nature] {
+            let net = QNetwork::new(dueling(arch), frames, 5, Device::Cpu);
+            assert_eq!(net.forward(&x).size(), vec![3, 5], "{arch:?}");
+        }
+        // The MLP by hand: Q = V + A - mean_a A, from the named parameters.
+        tch::manual_seed(4);
+        let net = QNetwork::new(dueling(Network::Mlp), ObsSpec::Vector(4), 3, Device::Cpu);
+        let names: Vec<&str> = net.params().iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "advantage.bias",
+                "advantage.weight",
+                "advantage_fc.bias",
+                "advantage_fc.weight",
+                "fc1.bias",
+                "fc1.weight",
+                "value.bias",
+                "value.weight",
+                "value_fc.bias",
+                "value_fc.weight"
+            ]
+        );
+        let p = |n: &str| &net.params().iter().find(|(m, _)| m == n).unwrap().1;
+        let lin = |x: &Tensor, l: &str| {
+            x.matmul(&p(&format!("{l}.weight")).tr()) + p(&format!("{l}.bias"))
+        };
+        let v = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.1, 0.0, 1.0, -0.3, 0.7]).view([2, 4]);
+        let f = lin(&v, "fc1").relu();
+        let value = lin(&lin(&f, "value_fc").relu(), "value");
+        let adv = lin(&lin(&f, "advantage_fc").relu(), "advantage");
+        let expect = &value + &adv - adv.mean_dim(1, true, Kind::Float);
+        assert!(net.forward(&v).allclose(&expect, 1e-5, 1e-6, false));
+        assert_eq!(net.spec(), dueling(Network::Mlp));
+    }
+
+    #[test]
     fn auto_network_follows_the_observations() {
         let frames = ObsSpec::Frames([4, 84, 84]);
         assert_eq!(resolve_network(Network::Auto, frames), Ok(Network::Nips));
