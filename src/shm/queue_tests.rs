@@ -370,3 +370,39 @@ fn next_observations_and_discounts_round_trip() {
         Err(PushError::NextObs { expected: false })
     );
 }
+
+#[test]
+fn batch_push_fills_rows_and_refuses_what_does_not_fit() {
+    let layout = SlotLayout {
+        obs_bytes: 2,
+        next_obs: true,
+    };
+    let mut b = Batch::new(1, layout);
+    let t = Transition {
+        obs: &[1, 2],
+        action: 3,
+        ret: 0.5,
+        discount: 0.9,
+        next_obs: Some(&[4, 5]),
+    };
+    assert!(b.push(&Transition { obs: &[1], ..t }).is_err());
+    assert!(b
+        .push(&Transition {
+            next_obs: None,
+            ..t
+        })
+        .is_err());
+    assert!(b.is_empty(), "a refused row leaves the batch as it was");
+    b.push(&t).unwrap();
+    assert_eq!(
+        (b.obs_row(0), b.next_obs_row(0)),
+        (&[1u8, 2][..], &[4u8, 5][..])
+    );
+    assert_eq!((b.actions[0], b.returns[0], b.discounts[0]), (3, 0.5, 0.9));
+    assert!(b.push(&t).unwrap_err().contains("full"));
+    let mut plain = Batch::new(1, SlotLayout::new(2));
+    assert!(plain
+        .push(&t)
+        .unwrap_err()
+        .contains("has no next observations"));
+}
