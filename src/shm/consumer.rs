@@ -16,7 +16,8 @@ impl ExperienceQueue {
     /// batch is full, `Ok(false)` on timeout or when the queue is closed and
     /// drained after this call moved something. Errors: `Closed` when closed,
     /// drained and nothing was moved by this call; `BatchLayout`;
-    /// `ConsumerBusy`. Transitions a producer commits after the consumer has
+    /// `ConsumerBusy`; `CorruptLane` when a lane's tail is further ahead of its
+    /// head than the lane holds. Transitions a producer commits after the consumer has
     /// seen the close and drained may be dropped.
     pub fn pop_into(&self, batch: &mut Batch, timeout: Duration) -> Result<bool, QueueError> {
         if batch.layout() != self.layout {
@@ -32,14 +33,14 @@ impl ExperienceQueue {
             if batch.is_full() {
                 return Ok(true);
             }
-            let taken = self.take_round(batch);
+            let taken = self.take_round(batch)?;
             moved += taken;
             if taken > 0 {
                 continue;
             }
             if self.is_closed() {
                 // Everything committed before the close is visible by now.
-                let late = self.take_round(batch);
+                let late = self.take_round(batch)?;
                 if late > 0 {
                     moved += late;
                     continue;
@@ -61,7 +62,7 @@ impl ExperienceQueue {
     }
 
     /// One round-robin pass: at most one transition per lane.
-    fn take_round(&self, batch: &mut Batch) -> usize {
+    fn take_round(&self, batch: &mut Batch) -> Result<usize, QueueError> {
         let n = self.lanes.len();
         let start = self.cursor.load(Ordering::Relaxed);
         let mut taken = 0;
@@ -70,21 +71,34 @@ impl ExperienceQueue {
                 break;
             }
             let i = (start + k) % n;
-            if self.take_one(&self.lanes[i], batch) {
+            if self.take_one(i, batch)? {
                 taken += 1;
                 self.cursor.store((i + 1) % n, Ordering::Relaxed);
             }
         }
-        taken
+        Ok(taken)
     }
 
-    fn take_one(&self, lane: &Lane, batch: &mut Batch) -> bool {
+    /// Moves one transition of lane `i` into `batch`: false when the lane is empty, an error
+    /// when its tail is further ahead of its head than the lane holds (a producer that wrote
+    /// its control block wrongly: the lane can never be read again, so it is not skipped in
+    /// silence).
+    fn take_one(&self, i: usize, batch: &mut Batch) -> Result<bool, QueueError> {
+        let lane = &self.lanes[i];
         let ctrl = self.ctrl(lane);
         let head = ctrl.cons.head.load(Ordering::Acquire);
         let tail = ctrl.prod.tail.load(Ordering::Acquire);
         let avail = tail.wrapping_sub(head);
-        if avail == 0 || avail > lane.cap {
-            return false; // empty (or corrupted by a misbehaving producer)
+        if avail == 0 {
+            return Ok(false);
+        }
+        if avail > lane.cap {
+            return Err(QueueError::CorruptLane {
+                lane: i,
+                head,
+                tail,
+                capacity: lane.cap,
+            });
         }
         let (obs, next_obs, idx) = batch.next_row();
         // SAFETY: head < tail, so the slot was fully written before the
@@ -101,7 +115,7 @@ impl ExperienceQueue {
             ctrl.cons.space_epoch.fetch_add(1, Ordering::SeqCst);
             futex::wake(&ctrl.cons.space_epoch, i32::MAX);
         }
-        true
+        Ok(true)
     }
 
     /// Sleeps (at most `timeout`) until `need` more transitions have been committed, a lane

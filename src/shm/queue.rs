@@ -54,6 +54,13 @@ pub enum QueueError {
     ConsumerBusy,
     #[error("queue closed and drained")]
     Closed,
+    #[error("lane {lane} is corrupted: its producer's tail {tail} is {} slots past the consumer's head {head}, but the lane holds {capacity}", .tail.wrapping_sub(*.head))]
+    CorruptLane {
+        lane: usize,
+        head: u64,
+        tail: u64,
+        capacity: u64,
+    },
 }
 
 /// Errors from [`ExperienceQueue::push`].

@@ -406,3 +406,26 @@ fn batch_push_fills_rows_and_refuses_what_does_not_fit() {
         .unwrap_err()
         .contains("has no next observations"));
 }
+
+#[test]
+fn a_lane_whose_tail_outruns_its_capacity_is_an_error_naming_it() {
+    let q = ExperienceQueue::create(&name("corrupt"), 2, 4, L8).unwrap();
+    push(&q, 0, 1);
+    // A producer that wrote its control block wrongly: lane 1 claims 100 transitions.
+    q.ctrl(&q.lanes[1]).prod.tail.store(100, Ordering::SeqCst);
+    let mut b = Batch::new(4, L8);
+    let err = q.pop_into(&mut b, Duration::from_millis(50)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            QueueError::CorruptLane {
+                lane: 1,
+                tail: 100,
+                capacity: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("lane 1 is corrupted"), "{err}");
+}

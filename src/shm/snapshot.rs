@@ -30,7 +30,13 @@ pub enum SnapshotError {
     SizeMismatch { expected: usize, found: usize },
     #[error("slice has {got} elements, snapshot has {expected}")]
     LenMismatch { expected: usize, got: usize },
+    #[error("no untorn copy of snapshot version {version} after {attempts} attempts in {READ_PATIENCE:?}: its writer died mid-write or publishes faster than a copy takes")]
+    Torn { version: u64, attempts: u64 },
 }
+
+/// How long [`WeightSnapshot::read_into`] retries before it gives up with
+/// [`SnapshotError::Torn`].
+pub const READ_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[repr(C)]
 struct BufCtrl {
@@ -190,8 +196,9 @@ impl WeightSnapshot {
 
     /// Copies the latest published snapshot into `out` (`len == numel`) and
     /// returns its version; retries until it gets an untorn copy (the version
-    /// returned may be newer than `version()` was at the call). Returns
-    /// `Ok(0)` without copying if nothing was published. Error: `LenMismatch`.
+    /// returned may be newer than `version()` was at the call), for at most
+    /// [`READ_PATIENCE`]. Returns `Ok(0)` without copying if nothing was
+    /// published. Errors: `LenMismatch`; `Torn` when no untorn copy came in time.
     pub fn read_into(&self, out: &mut [f32]) -> Result<u64, SnapshotError> {
         if out.len() != self.numel {
             return Err(SnapshotError::LenMismatch {
@@ -200,7 +207,8 @@ impl WeightSnapshot {
             });
         }
         let h = self.header();
-        let mut attempts = 0u32;
+        let mut attempts = 0u64;
+        let started = std::time::Instant::now();
         loop {
             let v = h.version.load(Ordering::Acquire);
             if v == 0 {
@@ -221,6 +229,12 @@ impl WeightSnapshot {
             }
             attempts += 1;
             if attempts.is_multiple_of(16) {
+                if started.elapsed() > READ_PATIENCE {
+                    return Err(SnapshotError::Torn {
+                        version: v,
+                        attempts,
+                    });
+                }
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
@@ -236,6 +250,23 @@ mod tests {
 
     fn name(tag: &str) -> String {
         crate::shm::segment_name(&format!("snaptest-{tag}"))
+    }
+
+    #[test]
+    fn a_buffer_left_mid_write_is_an_error_in_bounded_time_not_a_hang() {
+        let w = WeightSnapshot::create(&name("mid-write"), 4).unwrap();
+        let v = w.publish(&[1.0; 4]).unwrap();
+        // A writer that died while filling the current version's buffer leaves its seq odd.
+        w.header().bufs[(v % 2) as usize]
+            .seq
+            .fetch_add(1, Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let err = w.read_into(&mut [0.0; 4]).unwrap_err();
+        assert!(
+            matches!(err, SnapshotError::Torn { version, .. } if version == v),
+            "{err}"
+        );
+        assert!(started.elapsed() < READ_PATIENCE * 3);
     }
 
     #[test]
