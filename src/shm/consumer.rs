@@ -4,7 +4,7 @@
 //! and consumer halves of the lane protocol each readable on one screen.
 
 use super::futex;
-use super::queue::{try_flag, Batch, ExperienceQueue, Lane, QueueError, MAX_WAIT};
+use super::queue::{try_flag, Batch, ExperienceQueue, QueueError, MAX_WAIT};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
