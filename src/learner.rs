@@ -180,7 +180,7 @@ pub fn run(
     .context("creating the experience queue")?;
     queue.frames().store(counters.frames, Ordering::Relaxed);
     let numel = trainer.rule.model().numel();
-    let snapshot = WeightSnapshot::create(&shm::segment_name("snapshot"), numel)
+    let mut snapshot = WeightSnapshot::create(&shm::segment_name("snapshot"), numel)
         .context("creating the weight snapshot")?;
     let mut flat = vec![0f32; numel];
     trainer.rule.model().flat_params_into(&mut flat);
@@ -218,7 +218,7 @@ pub fn run(
             &cfg,
             &mut trainer,
             &queue,
-            &snapshot,
+            &mut snapshot,
             &reports_rx,
             &mut pool,
             &finals,
@@ -395,7 +395,7 @@ fn train(
     cfg: &Config,
     trainer: &mut Trainer,
     queue: &ExperienceQueue,
-    snapshot: &WeightSnapshot,
+    snapshot: &mut WeightSnapshot,
     reports: &IpcReceiver<ActorMsg>,
     pool: &mut ActorPool,
     finals: &[f64],

@@ -66,7 +66,7 @@ fn readers_in_other_processes_never_accept_a_torn_snapshot() {
     const READERS: usize = 3;
     let secs = soak_secs();
     let name = shm::segment_name("itest-torn");
-    let w = WeightSnapshot::create(&name, NUMEL).unwrap();
+    let mut w = WeightSnapshot::create(&name, NUMEL).unwrap();
     // A few distinct payloads, published in turn: a copy mixing two of them fails its CRC.
     let mut rng = StdRng::seed_from_u64(7);
     let payloads: Vec<Vec<f32>> = (0..8)

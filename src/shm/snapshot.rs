@@ -30,6 +30,8 @@ pub enum SnapshotError {
     SizeMismatch { expected: usize, found: usize },
     #[error("slice has {got} elements, snapshot has {expected}")]
     LenMismatch { expected: usize, got: usize },
+    #[error("only the handle that created the snapshot publishes; this one opened it to read")]
+    NotWriter,
     #[error("no untorn copy of snapshot version {version} after {attempts} attempts in {READ_PATIENCE:?}: its writer died mid-write or publishes faster than a copy takes")]
     Torn { version: u64, attempts: u64 },
 }
@@ -81,8 +83,8 @@ pub struct WeightSnapshot {
 // SAFETY: all access to the mapping goes through atomics; the mapping itself
 // lives (and is unmapped) with `self.shm`.
 unsafe impl Send for WeightSnapshot {}
-// SAFETY: see `Send`; `publish` from two threads at once would only violate
-// the single-writer contract (torn versions are detected, never UB).
+// SAFETY: see `Send`; `publish` takes `&mut self` and only the creating
+// handle may call it, so there is one writer.
 unsafe impl Sync for WeightSnapshot {}
 
 impl WeightSnapshot {
@@ -164,8 +166,21 @@ impl WeightSnapshot {
     }
 
     /// Single writer: publishes `data` (`len == numel`) as the next version and
-    /// returns it (1, 2, ...). Error: `LenMismatch`.
-    pub fn publish(&self, data: &[f32]) -> Result<u64, SnapshotError> {
+    /// returns it (1, 2, ...). Only the handle that created the segment
+    /// publishes, and only through `&mut self`, so two publishers can never
+    /// pick the same sequence numbers (handles from [`WeightSnapshot::open`]
+    /// read). Errors: `LenMismatch`, `NotWriter`.
+    ///
+    /// ```compile_fail
+    /// // Publishing through a shared reference does not compile.
+    /// fn publish_shared(w: &async_rl::shm::WeightSnapshot) {
+    ///     w.publish(&[0.0]).unwrap();
+    /// }
+    /// ```
+    pub fn publish(&mut self, data: &[f32]) -> Result<u64, SnapshotError> {
+        if !self.is_owner() {
+            return Err(SnapshotError::NotWriter);
+        }
         if data.len() != self.numel {
             return Err(SnapshotError::LenMismatch {
                 expected: self.numel,
@@ -246,7 +261,6 @@ impl WeightSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn name(tag: &str) -> String {
         crate::shm::segment_name(&format!("snaptest-{tag}"))
@@ -254,7 +268,7 @@ mod tests {
 
     #[test]
     fn a_buffer_left_mid_write_is_an_error_in_bounded_time_not_a_hang() {
-        let w = WeightSnapshot::create(&name("mid-write"), 4).unwrap();
+        let mut w = WeightSnapshot::create(&name("mid-write"), 4).unwrap();
         let v = w.publish(&[1.0; 4]).unwrap();
         // A writer that died while filling the current version's buffer leaves its seq odd.
         w.header().bufs[(v % 2) as usize]
@@ -271,7 +285,7 @@ mod tests {
 
     #[test]
     fn versions_count_up_and_round_trip() {
-        let w = WeightSnapshot::create(&name("ver"), 1000).unwrap();
+        let mut w = WeightSnapshot::create(&name("ver"), 1000).unwrap();
         let r = WeightSnapshot::open(&name("ver")).unwrap();
         assert!(w.is_owner() && !r.is_owner());
         assert_eq!(r.numel(), 1000);
@@ -296,7 +310,7 @@ mod tests {
             WeightSnapshot::create(&name("zero"), 0),
             Err(SnapshotError::ZeroNumel)
         ));
-        let w = WeightSnapshot::create(&name("bad"), 10).unwrap();
+        let mut w = WeightSnapshot::create(&name("bad"), 10).unwrap();
         assert!(matches!(
             w.publish(&[0.0; 9]),
             Err(SnapshotError::LenMismatch {
@@ -312,6 +326,13 @@ mod tests {
             WeightSnapshot::create(&name("bad"), 10),
             Err(SnapshotError::Shm(_))
         ));
+        // A reader's handle cannot publish: one writer only.
+        let mut reader = WeightSnapshot::open(&name("bad")).unwrap();
+        assert!(matches!(
+            reader.publish(&[0.0; 10]),
+            Err(SnapshotError::NotWriter)
+        ));
+        assert_eq!(w.version(), 0);
         assert!(matches!(
             WeightSnapshot::open(&name("missing")),
             Err(SnapshotError::Shm(_))
@@ -343,7 +364,7 @@ mod tests {
         // Every published vector is constant (all elements == version), so a
         // torn copy would show two different values.
         const N: usize = 4096;
-        let w = Arc::new(WeightSnapshot::create(&name("torn"), N).unwrap());
+        let mut w = WeightSnapshot::create(&name("torn"), N).unwrap();
         let readers: Vec<_> = (0..2)
             .map(|_| {
                 let r = WeightSnapshot::open(&name("torn")).unwrap();
