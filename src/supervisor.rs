@@ -29,6 +29,9 @@ pub struct ActorProcess {
     pub child: Child,
 }
 
+/// Name of the thread that waits for an actor's handshake (at most 15 bytes: Linux's limit).
+const HANDSHAKE_THREAD: &str = "actor-handshake";
+
 /// Spawns actor `init.actor` and hands it `init` over ipc-channel. Fails if the process cannot
 /// start, or does not connect within `timeout` (it is killed then).
 pub fn spawn_actor(init: ActorInit, timeout: Duration) -> Result<ActorProcess> {
@@ -45,9 +48,24 @@ pub fn spawn_actor(init: ActorInit, timeout: Duration) -> Result<ActorProcess> {
     let actor = init.actor;
     // IpcOneShotServer::accept has no timeout: wait for it on a helper thread.
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(server.accept().map(|(_, sender)| sender));
-    });
+    let acceptor = std::thread::Builder::new()
+        .name(HANDSHAKE_THREAD.into())
+        .spawn(move || {
+            let _ = tx.send(server.accept().map(|(_, sender)| sender));
+        })
+        .context("starting the actor handshake thread")?;
+    // An actor that never connects leaves the helper in accept(): connect to the server
+    // ourselves so that it returns, and join it.
+    let release = |acceptor: std::thread::JoinHandle<()>| {
+        if !acceptor.is_finished() {
+            if let Ok(to_server) = IpcSender::<IpcSender<ActorInit>>::connect(name.clone()) {
+                if let Ok((unused, _)) = ipc_channel::ipc::channel::<ActorInit>() {
+                    let _ = to_server.send(unused);
+                }
+            }
+        }
+        let _ = acceptor.join();
+    };
     let deadline = Instant::now() + timeout;
     let sender = loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
@@ -59,11 +77,13 @@ pub fn spawn_actor(init: ActorInit, timeout: Duration) -> Result<ActorProcess> {
             }
             Err(_) => {
                 if let Some(status) = child.try_wait()? {
+                    release(acceptor);
                     bail!("actor {actor} exited during start-up ({status})");
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
                     let _ = child.wait();
+                    release(acceptor);
                     bail!("actor {actor} did not connect within {timeout:?}");
                 }
             }
@@ -309,5 +329,49 @@ impl ActorPool {
         let killed = stop_all(&mut self.running, grace);
         self.forget_dead_pids();
         killed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Threads of this process named `name`.
+    fn threads_named(name: &str) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+            })
+            .count()
+    }
+
+    #[test]
+    fn an_actor_that_dies_before_its_handshake_leaves_no_thread_in_accept() {
+        let (reports, _rx) = ipc_channel::ipc::channel().unwrap();
+        let init = ActorInit {
+            actor: 0,
+            lane: 0,
+            seed: 0,
+            final_epsilon: 0.1,
+            config: crate::config::Config::default(),
+            phase: crate::config::BenchPhase::Training,
+            role: crate::protocol::Role::Act,
+            queue: String::new(),
+            snapshot: String::new(),
+            reports,
+        };
+        // This test binary plays the actor: given `__actor <server> <pid>` it runs no test
+        // and exits, without connecting.
+        let Err(err) = spawn_actor(init, Duration::from_secs(20)) else {
+            panic!("the test binary connected as an actor");
+        };
+        assert!(err.to_string().contains("exited during start-up"), "{err}");
+        assert_eq!(
+            threads_named(HANDSHAKE_THREAD),
+            0,
+            "a handshake thread is left"
+        );
     }
 }
