@@ -98,7 +98,14 @@ pub fn run(
             p.display()
         );
     }
-    let removed = shm::remove_stale_segments().context("removing stale shared-memory segments")?;
+    let mut removed =
+        shm::remove_stale_segments().context("removing stale shared-memory segments")?;
+    // Segments named with our own pid cannot be ours yet: a killed process that had this pid
+    // before us left them (pids are reused), and they would block our own.
+    removed.extend(
+        shm::remove_segments_of(std::process::id())
+            .context("removing shared-memory segments left under this process's pid")?,
+    );
     if !removed.is_empty() {
         crate::say!(
             "removed {} stale shared-memory segment(s) of dead runs: {}",

@@ -508,3 +508,23 @@ fn keep_checkpoints_keeps_only_the_newest() {
     assert!(saved[1] >= 12_000 && saved[0] >= 10_000, "{saved:?}");
     assert_clean(pid);
 }
+
+/// A learner whose pid a killed learner had before finds that one's segments under its own
+/// name: it removes them and starts, rather than failing to create its own. (`exec` keeps the
+/// shell's pid, so the shell can leave segments under the learner's pid-to-be.)
+#[test]
+fn segments_left_under_this_learners_own_pid_are_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = format!(
+        "for k in queue snapshot; do head -c 4096 /dev/zero > /dev/shm/async-rl-$$-$k; done; \
+         exec {LEARNER} --game CartPole --processes 1 --device cpu --logdir run --max-frames 3000"
+    );
+    let (pid, out) = run("sh", &["-c", &script], tmp.path(), Duration::from_secs(60));
+    assert_ok("learner under a reused pid", &out);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("async-rl-{pid}-queue")),
+        "the removal is logged: {stdout}"
+    );
+    assert_clean(pid);
+}
