@@ -101,11 +101,11 @@ impl ExperienceQueue {
             });
         }
         let (obs, next_obs, idx) = batch.next_row();
+        let slot = self.slot(lane, head);
         // SAFETY: head < tail, so the slot was fully written before the
         // producer's Release store of `tail`, which we loaded with Acquire; the
         // producer will not touch it until we publish head + 1.
-        let (action, ret, discount) =
-            unsafe { self.layout.read(self.slot(lane, head), obs, next_obs) };
+        let (action, ret, discount) = unsafe { self.layout.read(slot, obs, next_obs) };
         batch.actions[idx] = i64::from(action);
         batch.returns[idx] = ret;
         batch.discounts[idx] = discount;
