@@ -189,11 +189,7 @@ impl ReplayMemory {
 
     /// Whether every piece of transition `i` is still stored.
     fn is_valid(&self, i: usize) -> bool {
-        let p = self.pieces;
-        self.obs_seq[i * p..(i + 1) * p]
-            .iter()
-            .chain(&self.next_seq[i * p..(i + 1) * p])
-            .all(|&s| self.frames.is_live(s))
+        pieces_live(&self.obs_seq, &self.next_seq, &self.frames, self.pieces, i)
     }
 
     /// Copies the observation whose pieces are `seqs` into `out`.
@@ -231,7 +227,7 @@ impl ReplayMemory {
                 }
                 tree.sample_stratified(batch - out.indices.len(), rng, &mut drawn);
                 for &i in &drawn {
-                    if self_is_valid(&self.obs_seq, &self.next_seq, &self.frames, self.pieces, i) {
+                    if pieces_live(&self.obs_seq, &self.next_seq, &self.frames, self.pieces, i) {
                         out.indices.push(i);
                     } else {
                         tree.set(i, 0.0);
@@ -321,9 +317,10 @@ impl ReplayMemory {
     }
 }
 
-/// The same check as [`ReplayMemory::is_valid`], on borrowed parts (so the tree can be
-/// borrowed mutably beside them).
-fn self_is_valid(obs: &[u64], next: &[u64], frames: &FrameStore, p: usize, i: usize) -> bool {
+/// Whether every piece of transition `i` (observation and next observation, `p` pieces each)
+/// is still in `frames`; on borrowed parts, so that the priority tree can be borrowed mutably
+/// beside them.
+fn pieces_live(obs: &[u64], next: &[u64], frames: &FrameStore, p: usize, i: usize) -> bool {
     obs[i * p..(i + 1) * p]
         .iter()
         .chain(&next[i * p..(i + 1) * p])

@@ -308,14 +308,13 @@ impl LearnerRule for Learner {
         let q_sa = q.gather(1, &actions.unsqueeze(1), false).squeeze_dim(1);
         let loss = (c.elementwise_loss(&q_sa, &target) * &weights).mean(Kind::Float);
         let q_mean = q.detach().max_dim(1, false).0.mean(Kind::Float);
-        let abs_td = (q_sa.detach() - &target).abs();
+        // |TD errors| for the new priorities, read back only when prioritized.
+        let abs_td = self.beta.is_some().then(|| (q_sa.detach() - &target).abs());
         let stats = self.core.step(&loss, &q_mean, lr)?;
-        if self.beta.is_some() {
+        if let Some(abs_td) = abs_td {
             let td: Vec<f32> =
                 Vec::try_from(abs_td.to_device(tch::Device::Cpu)).expect("TD errors are f32");
-            let indices = std::mem::take(&mut self.sample.indices);
-            self.memory.update_priorities(&indices, &td);
-            self.sample.indices = indices;
+            self.memory.update_priorities(&self.sample.indices, &td);
         }
         self.interval.priority_sum += self.sample.priority_mean;
         self.interval.weight_sum += self
