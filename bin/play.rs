@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use async_rl::config::DeviceChoice;
+use async_rl::actor::ActionPolicy;
+use async_rl::config::{DeviceChoice, PolicyChoice};
 use async_rl::env::{EnvId, Environment};
 use async_rl::eval::{self, Event, Protocol, Report};
 use async_rl::model::QNetwork;
@@ -41,9 +42,14 @@ struct Args {
     /// Number of whole games to play [default: 5, or 30 with --eval]
     #[arg(long)]
     episodes: Option<usize>,
-    /// Probability of a random action (0.05 is the usual evaluation setting)
-    #[arg(long, default_value_t = eval::EPSILON)]
-    epsilon: f64,
+    /// Q-network checkpoints: probability of a random action [default: 0.05, the usual
+    /// evaluation setting]
+    #[arg(long)]
+    epsilon: Option<f64>,
+    /// Actor-critic checkpoints (a3c, impala): sample actions from the policy (how the A3C
+    /// paper evaluates) or take the most probable one [default: sample]
+    #[arg(long, value_enum)]
+    policy: Option<PolicyChoice>,
     /// Random seed for the emulator and the random actions
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -111,8 +117,8 @@ fn check_flags(args: &Args) -> Vec<String> {
     if args.episodes == Some(0) {
         e.push("--episodes 0: must be at least 1".to_string());
     }
-    if !(0.0..=1.0).contains(&args.epsilon) {
-        e.push(format!("--epsilon {}: must be in [0, 1]", args.epsilon));
+    if let Some(eps) = args.epsilon.filter(|e| !(0.0..=1.0).contains(e)) {
+        e.push(format!("--epsilon {eps}: must be in [0, 1]"));
     }
     if let Some(fps) = args.fps {
         if !(fps > 0.0 && fps <= MAX_FPS) {
@@ -274,8 +280,19 @@ fn play(args: &Args) -> Result<Outcome> {
     if args.sticky && !matches!(id, EnvId::Atari(_)) {
         bail!("--sticky: {game} has no sticky actions (they are an Atari emulator setting)");
     }
+    let actor_critic = cfg.algorithm.is_actor_critic();
+    let policy = action_policy(args, actor_critic, &cfg.algorithm_name())?;
+    let epsilon = match policy {
+        ActionPolicy::EpsilonGreedy(e) => e,
+        ActionPolicy::Sample => 0.0,
+    };
+    let policy_name = match (actor_critic, policy) {
+        (false, _) => "epsilon-greedy",
+        (true, ActionPolicy::Sample) => "sample",
+        (true, ActionPolicy::EpsilonGreedy(_)) => "greedy",
+    };
     let protocol = args.eval.then(|| Protocol {
-        epsilon: args.epsilon,
+        epsilon,
         ..Protocol::new(args.sticky)
     });
     let trained = cfg.env_settings(args.seed);
@@ -321,7 +338,9 @@ fn play(args: &Args) -> Result<Outcome> {
     };
     let spec = async_rl::model::NetSpec {
         arch: st.network,
-        dueling: st.config.dueling,
+        ..cfg
+            .net_spec(st.obs)
+            .map_err(|e| anyhow!("checkpoint {}: {e}", args.model.display()))?
     };
     let mut model = QNetwork::new(spec, st.obs, st.num_actions, device);
     model
@@ -330,20 +349,24 @@ fn play(args: &Args) -> Result<Outcome> {
     let episodes = args
         .episodes
         .unwrap_or(if args.eval { eval::EPISODES } else { 5 });
+    let acting = match (actor_critic, policy) {
+        (false, ActionPolicy::EpsilonGreedy(e)) => format!("epsilon {e}"),
+        (_, ActionPolicy::Sample) => "actions sampled from the policy".to_string(),
+        (true, _) => "the policy's most probable actions".to_string(),
+    };
     async_rl::say!(
-        "{}: {} ({:?} network) after {} frames; epsilon {}",
+        "{}: {} ({:?} network, --algorithm {}) after {} frames; {acting}",
         args.model.display(),
         st.game,
         st.network,
+        cfg.algorithm_name(),
         st.frames,
-        args.epsilon
     );
     if let Some(p) = &protocol {
         async_rl::say!(
-            "evaluation, {} protocol: {episodes} games, epsilon {}, up to {} no-op frames, \
+            "evaluation, {} protocol: {episodes} games, {acting}, up to {} no-op frames, \
              sticky actions {}, a lost life not terminal, games cut at {} frames, seed {}",
             protocol_name(args.sticky),
-            p.epsilon,
             p.noop_max,
             p.repeat_action_probability,
             settings.max_episode_frames,
@@ -384,7 +407,7 @@ fn play(args: &Args) -> Result<Outcome> {
         &model,
         env.as_mut(),
         episodes,
-        protocol.map_or(args.epsilon, |p| p.epsilon),
+        policy,
         &mut rng,
         |env, event| watch.observe(env, event),
     );
@@ -429,6 +452,7 @@ fn play(args: &Args) -> Result<Outcome> {
             game,
             frames_trained: st.frames,
             protocol: protocol_name(args.sticky).to_string(),
+            policy: policy_name.to_string(),
             epsilon: p.epsilon,
             noop_max: p.noop_max,
             repeat_action_probability: p.repeat_action_probability,
@@ -454,6 +478,34 @@ fn play(args: &Args) -> Result<Outcome> {
     } else {
         Outcome::Done
     })
+}
+
+/// How `play` picks actions for a checkpoint of `algorithm`: `--epsilon` for Q-networks,
+/// `--policy` for actor-critic ones; each flag is refused for the other kind.
+fn action_policy(args: &Args, actor_critic: bool, algorithm: &str) -> Result<ActionPolicy> {
+    if actor_critic {
+        if let Some(e) = args.epsilon {
+            bail!(
+                "--epsilon {e}: this checkpoint is --algorithm {algorithm}, a policy network that \
+                 samples its actions; choose --policy sample (the default) or --policy greedy"
+            );
+        }
+        Ok(match args.policy.unwrap_or(PolicyChoice::Sample) {
+            PolicyChoice::Sample => ActionPolicy::Sample,
+            PolicyChoice::Greedy => ActionPolicy::EpsilonGreedy(0.0),
+        })
+    } else {
+        if let Some(p) = args.policy {
+            bail!(
+                "--policy {}: only for actor-critic checkpoints (--algorithm a3c or impala); this \
+                 one is --algorithm {algorithm}, a Q-network: set --epsilon instead (0 is greedy)",
+                format!("{p:?}").to_lowercase()
+            );
+        }
+        Ok(ActionPolicy::EpsilonGreedy(
+            args.epsilon.unwrap_or(eval::EPSILON),
+        ))
+    }
 }
 
 fn protocol_name(sticky: bool) -> &'static str {

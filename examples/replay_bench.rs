@@ -194,7 +194,7 @@ fn speed() {
         };
         let obs = ObsSpec::Frames([4, 84, 84]);
         let mut rule = rules::learner(&cfg, Network::Nips.into(), obs, 6, tch::Device::Cpu);
-        let layout = rules::slot_layout(&cfg, obs.bytes());
+        let layout = rules::slot_layout(&cfg, obs);
         let mut batch = Batch::new(64, layout);
         for t in 0..20_000 {
             batch

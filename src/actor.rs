@@ -21,11 +21,55 @@ use tch::Device;
 use crate::config::BenchPhase;
 use crate::env::{self, ObsSpec};
 use crate::eval;
-use crate::model::{obs_tensor, QNetwork};
+use crate::model::{obs_tensor, HeadKind, QNetwork};
 use crate::protocol::{ActorInit, ActorMsg, EvalScores, Role};
 use crate::rules::{self, Adder, LaneSink, StepEnd};
 use crate::schedule;
 use crate::shm::{ExperienceQueue, PushError, WeightSnapshot};
+
+/// How an agent picks its action from a row of the network's action values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ActionPolicy {
+    /// Q-values: with probability epsilon a uniform action, else the argmax.
+    EpsilonGreedy(f64),
+    /// Policy logits: a sample from their softmax (the actor-critic rules).
+    Sample,
+}
+
+impl From<f64> for ActionPolicy {
+    fn from(epsilon: f64) -> Self {
+        ActionPolicy::EpsilonGreedy(epsilon)
+    }
+}
+
+impl ActionPolicy {
+    /// The action for `values` (`[num_actions]`: Q-values or logits).
+    pub fn act(self, values: &[f32], rng: &mut impl Rng) -> usize {
+        match self {
+            ActionPolicy::EpsilonGreedy(e) => epsilon_greedy(values, e, rng),
+            ActionPolicy::Sample => sample_softmax(values, rng),
+        }
+    }
+}
+
+/// An action drawn from `softmax(logits)` (computed stably: the largest logit is subtracted
+/// first). Non-finite logits fall back to the argmax.
+pub fn sample_softmax(logits: &[f32], rng: &mut impl Rng) -> usize {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let weights: Vec<f64> = logits.iter().map(|l| f64::from(l - max).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    if !total.is_finite() || total <= 0.0 {
+        return argmax(logits);
+    }
+    let mut u = rng.gen::<f64>() * total;
+    for (i, w) in weights.iter().enumerate() {
+        if u < *w {
+            return i;
+        }
+        u -= w;
+    }
+    logits.len() - 1
+}
 
 /// Greedy-or-random action: with probability `epsilon` a uniform action, else argmax of `q`.
 pub fn epsilon_greedy(q: &[f32], epsilon: f64, rng: &mut impl Rng) -> usize {
@@ -53,10 +97,10 @@ fn argmax(q: &[f32]) -> usize {
     best
 }
 
-/// Q-values `[batch, num_actions]` of `batch` observations (their bytes, back to back) with
-/// the CPU network, into `out`.
+/// The network's outputs `[batch, act_width]` (Q-values; or logits and V(s)) of `batch`
+/// observations (their bytes, back to back) with the CPU network, into `out`.
 fn q_values(model: &QNetwork, obs_spec: ObsSpec, obs: &[u8], batch: usize, out: &mut [f32]) {
-    let q = model.forward(&obs_tensor(obs_spec, obs, batch));
+    let q = model.act_outputs(&obs_tensor(obs_spec, obs, batch));
     q.copy_data(out, out.len());
 }
 
@@ -132,18 +176,23 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
 
     let mut rng = StdRng::seed_from_u64(init.seed ^ 0x5EED);
     let obs_bytes = obs_spec.bytes();
-    let mut adders: Vec<Box<dyn Adder>> = (0..k).map(|_| rules::adder(cfg, obs_bytes)).collect();
+    let mut adders: Vec<Box<dyn Adder>> = (0..k).map(|_| rules::adder(cfg, obs_spec)).collect();
     let mut sink = LaneSink {
         queue: &queue,
         lane: init.lane,
+        version: version as u32,
     };
-    // The observations and Q-values of the environments whose Q-values this step uses, for
+    // A policy network samples its actions and needs every environment's outputs; a
+    // Q-network acts epsilon-greedily.
+    let sampled = network.head == HeadKind::ActorCritic;
+    let width = model.act_width();
+    // The observations and outputs of the environments whose outputs this step uses, for
     // one batched forward pass; `row[j]` is environment j's row, if it has one.
     let mut obs = vec![0u8; k * obs_bytes];
-    let mut q = vec![0f32; k * num_actions];
+    let mut q = vec![0f32; k * width];
     let mut row: Vec<Option<usize>> = vec![None; k];
     let mut explore = vec![false; k];
-    let mut last_q = vec![0f32; num_actions];
+    let mut last_q = vec![0f32; width];
     let frames = queue.frames();
     let epsilon = || {
         schedule::epsilon(
@@ -170,6 +219,7 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
         if snapshot.version() != version {
             version = snapshot.read_into(&mut flat)?;
             model.load_flat(&flat);
+            sink.version = version as u32;
         }
         // Epsilon-greedy, with the coin tossed first: an environment that acts at random
         // needs no Q-values unless its full segment bootstraps from this state, so the
@@ -178,7 +228,7 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
         let eps = epsilon();
         let mut rows = 0;
         for (j, (env, adder)) in envs.iter().zip(&adders).enumerate() {
-            explore[j] = explores(eps, &mut rng);
+            explore[j] = !sampled && explores(eps, &mut rng);
             row[j] = (!explore[j] || adder.needs_values()).then(|| {
                 obs[rows * obs_bytes..(rows + 1) * obs_bytes].copy_from_slice(env.obs());
                 rows += 1;
@@ -191,13 +241,14 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
                 obs_spec,
                 &obs[..rows * obs_bytes],
                 rows,
-                &mut q[..rows * num_actions],
+                &mut q[..rows * width],
             );
         }
         for (j, (env, adder)) in envs.iter_mut().zip(adders.iter_mut()).enumerate() {
-            let qj = row[j].map(|r| &q[r * num_actions..(r + 1) * num_actions]);
-            // (A greedy environment always has a row.)
+            let qj = row[j].map(|r| &q[r * width..(r + 1) * width]);
+            // (A greedy or sampling environment always has a row.)
             let action = match qj {
+                Some(qj) if sampled => sample_softmax(&qj[..num_actions], &mut rng),
                 Some(qj) if !explore[j] => argmax(qj),
                 _ => rng.gen_range(0..num_actions),
             };
@@ -213,11 +264,16 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
             } else {
                 StepEnd::Continue
             };
-            // Q-values on demand (a truncation's bootstrap), with the action epsilon-greedy
-            // would take there.
+            // Outputs on demand (a truncation's bootstrap), with the action the policy would
+            // take there.
             let mut values = |o: &[u8]| {
                 q_values(&model, obs_spec, o, 1, &mut last_q);
-                (last_q.clone(), epsilon_greedy(&last_q, epsilon(), &mut rng))
+                let next = if sampled {
+                    sample_softmax(&last_q[..num_actions], &mut rng)
+                } else {
+                    epsilon_greedy(&last_q, epsilon(), &mut rng)
+                };
+                (last_q.clone(), next)
             };
             let result = adder.end(step.clipped_reward, end, env.obs(), &mut values, &mut sink);
             if !pushed(result)? {
@@ -233,7 +289,8 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
 /// The evaluator (`--eval-every`): each time the frame count passes a multiple of
 /// `--eval-every`, copies the newest snapshot and plays `--eval-episodes` whole games with the
 /// standard protocol ([`eval::Protocol::standard`]: epsilon 0.05, up to 30 no-op starts, a
-/// lost life not terminal, unclipped scores), and reports their statistics. Training does not
+/// lost life not terminal, unclipped scores; an actor-critic network samples from its policy
+/// instead of acting epsilon-greedily), and reports their statistics. Training does not
 /// wait for it; an evaluation that spans several multiples reports once.
 fn evaluate_periodically(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
     let cfg = &init.config;
@@ -253,6 +310,12 @@ fn evaluate_periodically(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Res
         model.numel()
     );
     let mut rng = StdRng::seed_from_u64(init.seed ^ 0xE7A1);
+    // A policy network is evaluated as the A3C paper does: sampling from its policy.
+    let policy = if network.head == HeadKind::ActorCritic {
+        ActionPolicy::Sample
+    } else {
+        ActionPolicy::EpsilonGreedy(protocol.epsilon)
+    };
     let frames = queue.frames();
     let every = cfg.eval_every.max(1);
     let mut next = (frames.load(Ordering::Relaxed) / every + 1) * every;
@@ -270,7 +333,7 @@ fn evaluate_periodically(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Res
             &model,
             env.as_mut(),
             cfg.eval_episodes,
-            protocol.epsilon,
+            policy,
             &mut rng,
             |_, _| {
                 if queue.is_closed() {

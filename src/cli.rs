@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use crate::config::{self, Config, DeviceChoice};
+use crate::config::{self, Algorithm, Config, DeviceChoice};
 use crate::{actor, checkpoint, device, env, game, learner, signals, supervisor};
 
 /// The `learner` command line: trains (see `learner --help`), or runs as an actor when
@@ -59,13 +59,18 @@ fn prepare(
         Some(p) if p.as_os_str() == "none" => None,
         Some(p) => Some(p.clone()),
         None if cli.checkpoint.is_none() => {
-            let game = config::merge(&Config::default(), None, cli, explicit)?.env_id();
-            let tuned = game
+            let plain = config::merge(&Config::default(), None, cli, explicit)?;
+            let tuned = plain
+                .env_id()
                 .ok()
-                .and_then(|id| config::tuned_config(id.name()).map(|p| (id, p)));
+                .and_then(|id| config::tuned_config(id.name(), plain.algorithm).map(|p| (id, p)));
             if let Some((id, p)) = &tuned {
+                let rule = match plain.algorithm {
+                    Algorithm::Q | Algorithm::Sarsa => String::new(),
+                    _ => format!(" with --algorithm {}", plain.algorithm_name()),
+                };
                 crate::say!(
-                    "using {}, the tuned config for {} (--config none for the built-in defaults)",
+                    "using {}, the tuned config for {}{rule} (--config none for the built-in defaults)",
                     p.display(),
                     id.name()
                 );
@@ -124,38 +129,76 @@ fn check_game_matches_rom(cfg: &Config, game_given: bool) -> anyhow::Result<()> 
     }
 }
 
-/// The settings that only `--algorithm dqn` reads; given (on the command line or in the
-/// config file) with another rule they would be ignored, so they are refused.
-const DQN_ONLY: &[&str] = &[
-    "replay-size",
-    "replay-compression",
-    "learning-starts",
-    "replay-ratio",
-    "target-update",
-    "double-q",
-    "priority-alpha",
-    "priority-beta",
+/// The settings that only some rules read, with those rules: given (on the command line or in
+/// the config file) with another rule they would be ignored, so they are refused.
+const RULE_ONLY: &[(&[&str], &[Algorithm])] = &[
+    (
+        &[
+            "replay-size",
+            "replay-compression",
+            "learning-starts",
+            "replay-ratio",
+            "target-update",
+            "double-q",
+            "priority-alpha",
+            "priority-beta",
+        ],
+        &[Algorithm::Dqn],
+    ),
+    (
+        &["value-coef", "entropy-coef"],
+        &[Algorithm::A3c, Algorithm::Impala],
+    ),
+    (&["unroll", "vtrace-rho", "vtrace-c"], &[Algorithm::Impala]),
+    (
+        // Actor-critic actors sample from their policy: no epsilon; their value loss is
+        // squared.
+        &["eps-decay", "final-epsilons", "final-epsilon-probs", "loss"],
+        &[Algorithm::Q, Algorithm::Sarsa, Algorithm::Dqn],
+    ),
+    (
+        // IMPALA's segments are --unroll steps long.
+        &["n-step"],
+        &[
+            Algorithm::Q,
+            Algorithm::Sarsa,
+            Algorithm::Dqn,
+            Algorithm::A3c,
+        ],
+    ),
 ];
 
 fn check_rule_flags(cfg: &Config, given: impl Fn(&str) -> bool) -> anyhow::Result<()> {
-    if cfg.algorithm == config::Algorithm::Dqn {
-        return Ok(());
+    for (keys, readers) in RULE_ONLY {
+        if readers.contains(&cfg.algorithm) {
+            continue;
+        }
+        let ignored: Vec<String> = keys
+            .iter()
+            .filter(|k| given(k))
+            .map(|k| format!("--{k}"))
+            .collect();
+        if ignored.is_empty() {
+            continue;
+        }
+        let names: Vec<String> = readers
+            .iter()
+            .map(|a| format!("{a:?}").to_lowercase())
+            .collect();
+        let (it, read) = if ignored.len() == 1 {
+            ("it", if readers.len() == 1 { "reads" } else { "read" })
+        } else {
+            ("them", if readers.len() == 1 { "reads" } else { "read" })
+        };
+        anyhow::bail!(
+            "{}: only --algorithm {} {read} {it}; this run is --algorithm {} (add --algorithm {}, or leave {it} out)",
+            ignored.join(", "),
+            names.join(", "),
+            cfg.algorithm_name(),
+            names[0],
+        )
     }
-    let ignored: Vec<String> = DQN_ONLY
-        .iter()
-        .filter(|k| given(k))
-        .map(|k| format!("--{k}"))
-        .collect();
-    if ignored.is_empty() {
-        return Ok(());
-    }
-    anyhow::bail!(
-        "{}: only --algorithm dqn reads {}; this run is --algorithm {} (add --algorithm dqn, or leave {} out)",
-        ignored.join(", "),
-        if ignored.len() == 1 { "it" } else { "them" },
-        cfg.algorithm_name(),
-        if ignored.len() == 1 { "it" } else { "them" },
-    )
+    Ok(())
 }
 
 /// Refuses to resume a checkpoint of another game or network before anything is created; the

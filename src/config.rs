@@ -63,6 +63,27 @@ pub enum BenchPhase {
     Training,
 }
 
+/// Where RMSProp's epsilon goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RmspropForm {
+    /// `g / (sqrt(v) + eps)`: torch.optim.RMSprop and OpenAI baselines (eps 1e-5).
+    EpsOutside,
+    /// `g / sqrt(v + eps)`: the A3C paper's RMSProp (Mnih et al. 2016, section 4 and S2) and
+    /// TensorFlow's, as its reproductions use it (eps 0.1).
+    EpsInside,
+}
+
+/// How `play` and the evaluator pick an actor-critic network's actions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyChoice {
+    /// Sample from the policy's softmax (how the A3C paper evaluates).
+    Sample,
+    /// The most probable action.
+    Greedy,
+}
+
 /// The regression loss between Q(s, a) and the n-step return.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -95,7 +116,8 @@ pub struct Config {
     #[arg(long, default_value_t = 1)]
     pub envs_per_actor: usize,
     /// Learning rule: n-step Q-learning, n-step SARSA (bootstraps with the action taken next),
-    /// or DQN from a replay memory with a target network
+    /// DQN from a replay memory with a target network, the advantage actor-critic (A3C), or
+    /// IMPALA's V-trace actor-critic
     #[arg(long, value_enum, default_value_t = Algorithm::Q)]
     pub algorithm: Algorithm,
     /// n of the n-step return (1 = 1-step Q-learning)
@@ -119,9 +141,13 @@ pub struct Config {
     /// RMSProp decay (squared-gradient moving average)
     #[arg(long, default_value_t = 0.99)]
     pub rms_decay: f64,
-    /// RMSProp epsilon (added to the root mean square)
+    /// RMSProp epsilon (added to the root mean square, or inside it: --rmsprop-form)
     #[arg(long, default_value_t = 1e-5)]
     pub rms_eps: f64,
+    /// RMSProp's form: g / (sqrt(v) + eps) (torch, OpenAI baselines) or g / sqrt(v + eps)
+    /// (the A3C paper)
+    #[arg(long, value_enum, default_value_t = RmspropForm::EpsOutside)]
+    pub rmsprop_form: RmspropForm,
     /// Clip the global gradient norm to this value
     #[arg(long, default_value_t = 40.0)]
     pub max_grad_norm: f64,
@@ -187,6 +213,22 @@ pub struct Config {
     /// 1 over --max-frames
     #[arg(long, default_value_t = 0.4)]
     pub priority_beta: f64,
+    /// a3c, impala: weight of the value loss (R - V(s))^2 against the policy loss
+    #[arg(long, default_value_t = 0.5)]
+    pub value_coef: f64,
+    /// a3c, impala: weight of the entropy bonus H(pi(.|s)) (subtracted from the loss)
+    #[arg(long, default_value_t = 0.01)]
+    pub entropy_coef: f64,
+    /// impala: agent steps per segment an actor pushes (the unroll length)
+    #[arg(long, default_value_t = 20)]
+    pub unroll: usize,
+    /// impala: V-trace's rho-bar, the clip of the importance weights of the value targets and
+    /// the policy gradient (inf: no clipping)
+    #[arg(long, default_value_t = 1.0)]
+    pub vtrace_rho: f64,
+    /// impala: V-trace's c-bar, the clip of the trace-cutting weights (inf: no clipping)
+    #[arg(long, default_value_t = 1.0)]
+    pub vtrace_c: f64,
     /// dqn: also write the replay memory beside each checkpoint (model-N.replay), restored by
     /// --checkpoint; without it a resumed run starts with an empty memory
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -248,8 +290,8 @@ pub struct Config {
     #[arg(long, default_value_t = 10)]
     pub max_actor_restarts: u32,
     /// Read settings from this TOML file (keys are the flag names); flags override it.
-    /// Without it, a new run of a game uses configs/<game>.toml when there is one (see
-    /// tuned_config); `none` uses only the built-in defaults
+    /// Without it, a new run of a game uses configs/<game>.toml (n-step Q, SARSA) or
+    /// configs/<game>-<algorithm>.toml when there is one (see tuned_config); `none` uses only the built-in defaults
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -412,14 +454,21 @@ pub fn merge(
 /// sets it to the repository's `configs/`); without it, `configs/` in the current directory.
 pub const CONFIG_DIR_ENV: &str = "ASYNC_RL_CONFIG_DIR";
 
-/// The tuned config of game `name` (its display name, e.g. `SpaceInvaders`):
-/// `<dir>/<name in lower case>.toml` if that file exists, where `<dir>` is
-/// `$ASYNC_RL_CONFIG_DIR` or `configs`.
-pub fn tuned_config(name: &str) -> Option<PathBuf> {
+/// The tuned config of game `name` (its display name, e.g. `SpaceInvaders`) for learning rule
+/// `algorithm`: `<dir>/<name in lower case>.toml` for n-step Q and SARSA,
+/// `<dir>/<name>-<algorithm>.toml` (e.g. `pong-a3c.toml`) for the other rules, if that file
+/// exists, where `<dir>` is `$ASYNC_RL_CONFIG_DIR` or `configs`. A rule without its own file
+/// gets none: another rule's settings (epsilons for Q, a replay memory for dqn) would not fit.
+pub fn tuned_config(name: &str, algorithm: Algorithm) -> Option<PathBuf> {
     let dir = std::env::var_os(CONFIG_DIR_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("configs"));
-    let path = dir.join(format!("{}.toml", name.to_lowercase()));
+    let game = name.to_lowercase();
+    let file = match algorithm {
+        Algorithm::Q | Algorithm::Sarsa => format!("{game}.toml"),
+        other => format!("{game}-{}.toml", format!("{other:?}").to_lowercase()),
+    };
+    let path = dir.join(file);
     path.is_file().then_some(path)
 }
 
@@ -439,6 +488,7 @@ pub fn table_keys() -> BTreeSet<&'static str> {
         "lr-decay",
         "rms-decay",
         "rms-eps",
+        "rmsprop-form",
         "max-grad-norm",
         "loss",
         "eps-decay",
@@ -460,6 +510,11 @@ pub fn table_keys() -> BTreeSet<&'static str> {
         "priority-alpha",
         "priority-beta",
         "save-replay",
+        "value-coef",
+        "entropy-coef",
+        "unroll",
+        "vtrace-rho",
+        "vtrace-c",
         "device",
         "learner-threads",
         "actor-nice",
@@ -487,11 +542,19 @@ impl Config {
     }
 
     /// The network to build for observations `obs`: `--network` resolved (see
-    /// [`crate::model::resolve_network`]) and `--dueling`.
+    /// [`crate::model::resolve_network`]), with a policy and value head for the actor-critic
+    /// rules and a dueling head with `--dueling`.
     pub fn net_spec(&self, obs: crate::env::ObsSpec) -> Result<crate::model::NetSpec, String> {
+        use crate::model::HeadKind;
         Ok(crate::model::NetSpec {
             arch: crate::model::resolve_network(self.network, obs)?,
-            dueling: self.dueling,
+            head: if self.algorithm.is_actor_critic() {
+                HeadKind::ActorCritic
+            } else if self.dueling {
+                HeadKind::Dueling
+            } else {
+                HeadKind::Q
+            },
         })
     }
 

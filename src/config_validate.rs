@@ -148,6 +148,7 @@ impl Config {
             ),
         );
         self.validate_replay(&mut e);
+        self.validate_actor_critic(&mut e);
         if let Err(msg) = self.env_id() {
             e.push(msg);
         }
@@ -203,6 +204,39 @@ impl Config {
         if self.save_replay && !dqn {
             e.push(format!(
                 "--save-replay: needs a replay memory, i.e. --algorithm dqn (this run is --algorithm {})",
+                self.algorithm_name()
+            ));
+        }
+    }
+
+    /// The actor-critic settings; errors appended to `e`.
+    fn validate_actor_critic(&self, e: &mut Vec<String>) {
+        for (flag, v) in [
+            ("--value-coef", self.value_coef),
+            ("--entropy-coef", self.entropy_coef),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                e.push(format!("{flag} {v}: must be a finite number >= 0"));
+            }
+        }
+        if self.unroll == 0 || self.unroll > 1000 {
+            e.push(format!(
+                "--unroll {}: must be 1 to 1000 agent steps per segment (IMPALA uses 20)",
+                self.unroll
+            ));
+        }
+        for (flag, v) in [
+            ("--vtrace-rho", self.vtrace_rho),
+            ("--vtrace-c", self.vtrace_c),
+        ] {
+            // NaN fails this too; inf (no clipping) passes.
+            if v.is_nan() || v <= 0.0 {
+                e.push(format!("{flag} {v}: must be > 0 (inf for no clipping)"));
+            }
+        }
+        if self.dueling && self.algorithm.is_actor_critic() {
+            e.push(format!(
+                "--dueling: a Q-value head; --algorithm {} learns a policy and a value (leave --dueling out)",
                 self.algorithm_name()
             ));
         }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use rand::Rng;
 use serde::Serialize;
 
-use crate::actor::epsilon_greedy;
+use crate::actor::ActionPolicy;
 use crate::env::{EnvError, EnvSettings, Environment, Step};
 use crate::model::{obs_tensor, QNetwork};
 
@@ -188,8 +188,9 @@ pub enum Event<'a> {
     Finished { episode: usize, result: &'a Episode },
 }
 
-/// Plays `episodes` whole games in `env` with `model`, epsilon-greedy with `epsilon`, and
-/// returns their scores. `env` should be built with the protocol's settings
+/// Plays `episodes` whole games in `env` with `model`, choosing actions by `policy` (an
+/// epsilon for epsilon-greedy on Q-values, or [`ActionPolicy::Sample`] for a policy network's
+/// logits), and returns their scores. `env` should be built with the protocol's settings
 /// ([`Protocol::env_settings`]): this function only plays until game over or truncation.
 ///
 /// Errors: the environment's (an observation the model does not take panics in libtorch, so
@@ -198,10 +199,10 @@ pub fn evaluate(
     model: &QNetwork,
     env: &mut dyn Environment,
     episodes: usize,
-    epsilon: f64,
+    policy: impl Into<ActionPolicy>,
     rng: &mut impl Rng,
 ) -> Result<EvalResult, EnvError> {
-    evaluate_with(model, env, episodes, epsilon, rng, |_, _| {
+    evaluate_with(model, env, episodes, policy, rng, |_, _| {
         ControlFlow::Continue(())
     })
 }
@@ -213,10 +214,11 @@ pub fn evaluate_with(
     model: &QNetwork,
     env: &mut dyn Environment,
     episodes: usize,
-    epsilon: f64,
+    policy: impl Into<ActionPolicy>,
     rng: &mut impl Rng,
     mut observe: impl FnMut(&mut dyn Environment, Event) -> ControlFlow<()>,
 ) -> Result<EvalResult, EnvError> {
+    let policy = policy.into();
     let _no_grad = tch::no_grad_guard();
     let obs_spec = env.obs_spec();
     let num_actions = env.num_actions();
@@ -237,7 +239,7 @@ pub fn evaluate_with(
                 .forward(&x)
                 .to_device(tch::Device::Cpu)
                 .copy_data(&mut q, num_actions);
-            let step = env.step(epsilon_greedy(&q, epsilon, rng))?;
+            let step = env.step(policy.act(&q, rng))?;
             if observe(
                 env,
                 Event::Step {
@@ -285,6 +287,9 @@ pub struct Report {
     pub frames_trained: u64,
     /// `standard` or `sticky`.
     pub protocol: String,
+    /// How actions were chosen: `epsilon-greedy` (Q-networks, with `epsilon`), or `sample` or
+    /// `greedy` (policy networks; `epsilon` is then 0).
+    pub policy: String,
     pub epsilon: f64,
     pub noop_max: u32,
     pub repeat_action_probability: f32,
@@ -476,6 +481,7 @@ mod tests {
             game: "CartPole".into(),
             frames_trained: 1,
             protocol: "standard".into(),
+            policy: "epsilon-greedy".into(),
             epsilon: 0.05,
             noop_max: 30,
             repeat_action_probability: 0.0,

@@ -1,7 +1,7 @@
 //! The learner process: owns the network (on the GPU when there is one), starts the actors,
-//! pulls batches from the experience queue, regresses Q(s, a) towards the actors' n-step
-//! returns with RMSProp, publishes weight snapshots, writes checkpoints and metrics, and shuts
-//! everything down in order on `--max-frames`, SIGINT/SIGTERM, or an actor's failure.
+//! pulls batches from the experience queue, hands them to the learning rule's learner half
+//! (which trains with RMSProp), publishes weight snapshots, writes checkpoints and metrics, and
+//! shuts everything down in order on `--max-frames`, SIGINT/SIGTERM, or an actor's failure.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,7 +61,7 @@ impl Trainer {
 
 /// A batch whose loss or mean max-Q was not finite: the run stops without applying it.
 #[derive(Debug, thiserror::Error)]
-#[error("training diverged at {frames} frames: loss {loss}, mean Q {q_mean} (the update was not applied)")]
+#[error("training diverged at {frames} frames: loss {loss}, mean Q (or V) {q_mean} (the update was not applied)")]
 struct Diverged {
     frames: u64,
     loss: f64,
@@ -113,13 +113,16 @@ pub fn run(
             removed.join(", ")
         );
     }
+    let horizon = match cfg.algorithm {
+        crate::config::Algorithm::Impala => format!("segments of {} steps", cfg.unroll),
+        _ => format!("n-step {}", cfg.n_step),
+    };
     crate::say!(
-        "learner on {}; game {} ({} actors, {:?} with n-step {})",
+        "learner on {}; game {} ({} actors, --algorithm {} with {horizon})",
         device::describe(device),
         id.name(),
         cfg.processes,
-        cfg.algorithm,
-        cfg.n_step
+        cfg.algorithm_name(),
     );
 
     // The action count and observation shape come from the environment itself.
@@ -177,7 +180,7 @@ pub fn run(
         .with_context(|| format!("--logdir {}: cannot write config.toml", run_dir.display()))?;
 
     // Shared memory: the queue (one lane per actor) and the weight snapshot.
-    let layout = rules::slot_layout(&cfg, obs.bytes());
+    let layout = rules::slot_layout(&cfg, obs);
     let queue = ExperienceQueue::create(
         &shm::segment_name("queue"),
         cfg.processes,
@@ -327,6 +330,56 @@ fn save_best(
     Ok(())
 }
 
+/// The frame count at which each recent weight snapshot was published, to tell how old the
+/// snapshot was that acted for the data the learner takes (its "snapshot age").
+struct PublishLog {
+    /// Frames at publication of versions `first, first + 1, ...` (low 32 bits, as stamped).
+    frames: std::collections::VecDeque<u64>,
+    first: u32,
+}
+
+impl PublishLog {
+    /// Versions remembered; older data is aged from the oldest one remembered.
+    const KEEP: usize = 1 << 16;
+
+    fn new() -> Self {
+        PublishLog {
+            frames: std::collections::VecDeque::new(),
+            first: 0,
+        }
+    }
+
+    /// Snapshot `version` was published at `frames` (versions arrive in order).
+    fn record(&mut self, version: u64, frames: u64) {
+        if self.frames.is_empty() {
+            self.first = version as u32;
+        }
+        self.frames.push_back(frames);
+        if self.frames.len() > Self::KEEP {
+            self.frames.pop_front();
+            self.first = self.first.wrapping_add(1);
+        }
+    }
+
+    /// Frames since snapshot `version` (as stamped in the queue) was published, at `now`;
+    /// `None` for version 0 (not stamped) or a version this run did not publish.
+    fn age(&self, version: u32, now: u64) -> Option<u64> {
+        if version == 0 || self.frames.is_empty() {
+            return None;
+        }
+        let k = version.wrapping_sub(self.first) as usize;
+        let at = if k < self.frames.len() {
+            self.frames[k]
+        } else if k > u32::MAX as usize / 2 {
+            // Older than the oldest remembered.
+            self.frames[0]
+        } else {
+            return None;
+        };
+        Some(now.saturating_sub(at))
+    }
+}
+
 /// What the learner accumulates between two metrics rows.
 struct Interval {
     start: Instant,
@@ -338,6 +391,8 @@ struct Interval {
     loss_sum: f64,
     q_sum: f64,
     stat_n: u64,
+    age_sum: f64,
+    age_n: u64,
 }
 
 impl Interval {
@@ -352,6 +407,8 @@ impl Interval {
             loss_sum: 0.0,
             q_sum: 0.0,
             stat_n: 0,
+            age_sum: 0.0,
+            age_n: 0,
         }
     }
 
@@ -366,11 +423,16 @@ impl Interval {
         rule: rules::RuleMetrics,
     ) -> Row {
         let dt = now.duration_since(self.start).as_secs_f64().max(1e-9);
-        let epsilon = finals
-            .iter()
-            .map(|f| schedule::epsilon(*f, cfg.eps_decay, c.frames))
-            .sum::<f64>()
-            / finals.len().max(1) as f64;
+        // Actor-critic actors sample from their policy: no epsilon.
+        let epsilon = if cfg.algorithm.is_actor_critic() {
+            0.0
+        } else {
+            finals
+                .iter()
+                .map(|f| schedule::epsilon(*f, cfg.eps_decay, c.frames))
+                .sum::<f64>()
+                / finals.len().max(1) as f64
+        };
         Row {
             wall_s: c.wall_s,
             frames: c.frames,
@@ -390,6 +452,7 @@ impl Interval {
                 0.0
             },
             learner_busy: self.busy.as_secs_f64() / dt,
+            snapshot_age: (self.age_n > 0).then(|| self.age_sum / self.age_n as f64),
             rule,
         }
     }
@@ -424,6 +487,8 @@ fn train(
     let mut next_log = start + log_every;
     let mut interval = Interval::new(start, c);
     let mut next_sync = c.frames + cfg.sync_frames;
+    let mut published = PublishLog::new();
+    published.record(snapshot.version(), c.frames);
     let mut next_save = (c.frames / cfg.save_freq + 1) * cfg.save_freq;
     let mut ready = std::collections::BTreeSet::new();
     // The best evaluation so far, kept across resumptions in model-best.eval.json.
@@ -503,7 +568,14 @@ fn train(
                 s
             } else {
                 // The rule waits for data: take what the queue has (up to a batch).
+                let before = batch.len();
                 queue.pop_into(&mut batch, Duration::from_millis(100))?;
+                for &v in &batch.versions[before..batch.len()] {
+                    if let Some(age) = published.age(v, c.frames) {
+                        interval.age_sum += age as f64;
+                        interval.age_n += 1;
+                    }
+                }
                 if trains {
                     c.steps += trainer.rule.insert(&mut batch, c.frames) as u64;
                 } else if batch.is_full() {
@@ -520,7 +592,8 @@ fn train(
                 interval.stat_n += 1;
                 if c.frames >= next_sync {
                     trainer.rule.model().flat_params_into(&mut flat);
-                    snapshot.publish(&flat)?;
+                    let version = snapshot.publish(&flat)?;
+                    published.record(version, c.frames);
                     next_sync = c.frames + cfg.sync_frames;
                 }
                 if c.frames >= next_save {

@@ -36,7 +36,7 @@ pub fn write_line(out: &mut impl Write, msg: &str) {
 
 /// The CSV header; one [`Row`] per line.
 pub const CSV_HEADER: &str =
-    "wall_s,frames,steps,updates,episodes,fps,mean_return,epsilon,loss,q_mean,lr,updates_per_s,queue_fill,learner_busy,replay_size,replay_ratio,priority_mean,is_weight_mean";
+    "wall_s,frames,steps,updates,episodes,fps,mean_return,epsilon,loss,q_mean,lr,updates_per_s,queue_fill,learner_busy,snapshot_age,replay_size,replay_ratio,priority_mean,is_weight_mean,policy_loss,value_loss,entropy,value_mean,rho_mean";
 
 /// One metrics row. Frames are emulator frames over all actors; `fps` is frames per second
 /// over the last interval; `mean_return` is the mean unclipped game score of the last 100
@@ -58,6 +58,11 @@ pub struct Row {
     pub updates_per_s: f64,
     pub queue_fill: f64,
     pub learner_busy: f64,
+    /// Mean age, in frames, of the weight snapshot that acted for the data the learner took
+    /// from the queue over the interval: frames between that snapshot's publication and the
+    /// data's arrival at the learner (for n-step Q, a3c and impala, the weights that learn
+    /// from it; dqn's replay adds the data's time in the memory).
+    pub snapshot_age: Option<f64>,
     /// The learning rule's own numbers (replay memory size, measured replay ratio, mean
     /// priority and importance-sampling weight); empty CSV fields for rules without them.
     pub rule: crate::rules::RuleMetrics,
@@ -76,7 +81,7 @@ fn opt(v: Option<f64>) -> String {
 impl Row {
     pub fn to_csv(&self) -> String {
         format!(
-            "{:.3},{},{},{},{},{:.1},{},{:.5},{},{},{:.3e},{:.2},{:.4},{:.4},{},{},{},{}",
+            "{:.3},{},{},{},{},{:.1},{},{:.5},{},{},{:.3e},{:.2},{:.4},{:.4},{},{},{},{},{},{},{},{},{},{}",
             self.wall_s,
             self.frames,
             self.steps,
@@ -91,13 +96,21 @@ impl Row {
             self.updates_per_s,
             self.queue_fill,
             self.learner_busy,
+            self.snapshot_age
+                .map(|a| format!("{a:.0}"))
+                .unwrap_or_default(),
             self.rule
                 .replay_size
                 .map(|n| n.to_string())
                 .unwrap_or_default(),
             opt(self.rule.replay_ratio),
             opt(self.rule.priority_mean),
-            opt(self.rule.is_weight_mean)
+            opt(self.rule.is_weight_mean),
+            opt(self.rule.policy_loss),
+            opt(self.rule.value_loss),
+            opt(self.rule.entropy),
+            opt(self.rule.value_mean),
+            opt(self.rule.rho_mean)
         )
     }
 
@@ -229,7 +242,10 @@ impl Progress {
 /// `charts/episodic_return` and `charts/episode_length` (frames) per finished game;
 /// `charts/epsilon`, `charts/learning_rate`, `charts/fps`, `charts/mean_return`,
 /// `losses/td_loss`, `losses/q_values` (mean max-Q), `perf/queue_fill`, `perf/learner_busy`,
-/// `perf/updates_per_s` per metrics row; `eval/mean_return`, `eval/median_return` and
+/// `perf/updates_per_s`, `charts/snapshot_age` per metrics row, with the rule's own:
+/// `replay/*` (dqn), `losses/loss` (the total), `losses/policy_loss`, `losses/value_loss`,
+/// `losses/entropy`, `charts/value_mean` (actor-critic) and `losses/rho_mean` (impala);
+/// `eval/mean_return`, `eval/median_return` and
 /// `eval/std_return` per periodic evaluation; the hyperparameters as the text `hparams`.
 pub struct Board {
     writer: EventWriter,
@@ -283,20 +299,34 @@ impl Board {
         if let Some(m) = r.mean_return {
             w.add_scalar("charts/mean_return", m, step)?;
         }
+        // An actor-critic's loss is its total (policy, value, entropy: tagged below) and its
+        // mean "Q" is V(s) (charts/value_mean).
+        let actor_critic = r.rule.policy_loss.is_some();
         if let Some(l) = r.loss {
-            w.add_scalar("losses/td_loss", l, step)?;
+            let tag = if actor_critic {
+                "losses/loss"
+            } else {
+                "losses/td_loss"
+            };
+            w.add_scalar(tag, l, step)?;
         }
-        if let Some(q) = r.q_mean {
+        if let (Some(q), false) = (r.q_mean, actor_critic) {
             w.add_scalar("losses/q_values", q, step)?;
         }
         w.add_scalar("perf/queue_fill", r.queue_fill, step)?;
         w.add_scalar("perf/learner_busy", r.learner_busy, step)?;
         w.add_scalar("perf/updates_per_s", r.updates_per_s, step)?;
         let rule = [
+            ("charts/snapshot_age", r.snapshot_age),
             ("replay/size", r.rule.replay_size.map(|n| n as f64)),
             ("replay/ratio", r.rule.replay_ratio),
             ("replay/priority_mean", r.rule.priority_mean),
             ("replay/is_weight_mean", r.rule.is_weight_mean),
+            ("losses/policy_loss", r.rule.policy_loss),
+            ("losses/value_loss", r.rule.value_loss),
+            ("losses/entropy", r.rule.entropy),
+            ("charts/value_mean", r.rule.value_mean),
+            ("losses/rho_mean", r.rule.rho_mean),
         ];
         for (tag, v) in rule {
             if let Some(v) = v {

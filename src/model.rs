@@ -57,30 +57,48 @@ pub fn channels_last(obs: &Tensor) -> Tensor {
     }
 }
 
-/// What to build: the architecture (resolved, never `auto`) and whether its head is dueling.
+/// What the network outputs after its torso.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HeadKind {
+    /// Q-values, one per action (the Q rules).
+    #[default]
+    Q,
+    /// Q-values from two streams, V(s) and A(s, a), combined as `Q = V + A - mean_a A`
+    /// (Wang et al. 2016).
+    Dueling,
+    /// A policy (logits, one per action) and a state value V(s) on one hidden layer: the
+    /// actor-critic rules (Mnih et al. 2016, A3C FF; Espeholt et al. 2018).
+    ActorCritic,
+}
+
+/// What to build: the architecture (resolved, never `auto`) and its head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NetSpec {
     pub arch: Network,
-    /// Two streams, V(s) and A(s, a), combined as `Q = V + A - mean_a A` (Wang et al. 2016).
-    pub dueling: bool,
+    pub head: HeadKind,
 }
 
 impl From<Network> for NetSpec {
     fn from(arch: Network) -> Self {
         NetSpec {
             arch,
-            dueling: false,
+            head: HeadKind::Q,
         }
     }
 }
 
-/// The part after the torso: one stream to the Q-values, or the dueling value and advantage
-/// streams.
-enum Head {
+/// The part after the torso: one stream to the Q-values, the dueling value and advantage
+/// streams, or the actor-critic's shared hidden layer with its policy and value outputs.
+enum Heads {
     Plain(nn::Sequential),
     Dueling {
         value: nn::Sequential,
         advantage: nn::Sequential,
+    },
+    ActorCritic {
+        hidden: nn::Sequential,
+        policy: nn::Linear,
+        value: nn::Linear,
     },
 }
 
@@ -88,7 +106,7 @@ enum Head {
 pub struct QNetwork {
     vs: nn::VarStore,
     torso: nn::Sequential,
-    head: Head,
+    head: Heads,
     spec: NetSpec,
     num_actions: usize,
     /// Parameters sorted by name: the order of the flat weight snapshot.
@@ -173,13 +191,19 @@ impl QNetwork {
                     Default::default(),
                 ))
         };
-        let head = if spec.dueling {
-            Head::Dueling {
+        let head = match spec.head {
+            HeadKind::Q => Heads::Plain(stream(fc, "q", a)),
+            HeadKind::Dueling => Heads::Dueling {
                 value: stream("value_fc", "value", 1),
                 advantage: stream("advantage_fc", "advantage", a),
-            }
-        } else {
-            Head::Plain(stream(fc, "q", a))
+            },
+            HeadKind::ActorCritic => Heads::ActorCritic {
+                hidden: nn::seq()
+                    .add(nn::linear(&root / fc, features, hidden, Default::default()))
+                    .add_fn(|x| x.relu()),
+                policy: nn::linear(&root / "policy", hidden, a, Default::default()),
+                value: nn::linear(&root / "value", hidden, 1, Default::default()),
+            },
         };
         let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
@@ -221,21 +245,60 @@ impl QNetwork {
         self.vs.device()
     }
 
-    /// Q-values `[batch, num_actions]` f32 for observations from [`obs_tensor`]: u8 frames
-    /// (scaled by 1/255 here) or f32 vectors.
-    pub fn forward(&self, obs: &Tensor) -> Tensor {
-        let features = if obs.kind() == Kind::Uint8 {
+    /// The torso's features for observations from [`obs_tensor`]: u8 frames (scaled by
+    /// 1/255 here) or f32 vectors.
+    fn features(&self, obs: &Tensor) -> Tensor {
+        if obs.kind() == Kind::Uint8 {
             self.torso
                 .forward(&(obs.to_kind(Kind::Float) * (1.0 / 255.0)))
         } else {
             self.torso.forward(obs)
-        };
+        }
+    }
+
+    /// The action values `[batch, num_actions]` f32 for observations from [`obs_tensor`]:
+    /// Q-values for a Q head, the policy's logits for an actor-critic head (so that the
+    /// argmax is the greedy action either way).
+    pub fn forward(&self, obs: &Tensor) -> Tensor {
+        let features = self.features(obs);
         match &self.head {
-            Head::Plain(q) => q.forward(&features),
-            Head::Dueling { value, advantage } => {
+            Heads::Plain(q) => q.forward(&features),
+            Heads::Dueling { value, advantage } => {
                 let adv = advantage.forward(&features);
                 value.forward(&features) + &adv - adv.mean_dim(1, true, Kind::Float)
             }
+            Heads::ActorCritic { hidden, policy, .. } => policy.forward(&hidden.forward(&features)),
+        }
+    }
+
+    /// An actor-critic head's policy logits `[batch, num_actions]` and state values `[batch]`
+    /// (f32), from one pass through the torso; `None` for a Q head.
+    pub fn policy_value(&self, obs: &Tensor) -> Option<(Tensor, Tensor)> {
+        let Heads::ActorCritic {
+            hidden,
+            policy,
+            value,
+        } = &self.head
+        else {
+            return None;
+        };
+        let h = hidden.forward(&self.features(obs));
+        Some((policy.forward(&h), value.forward(&h).squeeze_dim(1)))
+    }
+
+    /// Width of a row of [`QNetwork::act_outputs`]: `num_actions` for a Q head,
+    /// `num_actions + 1` for an actor-critic head.
+    pub fn act_width(&self) -> usize {
+        self.num_actions + usize::from(self.spec.head == HeadKind::ActorCritic)
+    }
+
+    /// What an actor needs of observations from [`obs_tensor`], `[batch, act_width()]` f32:
+    /// the Q-values for a Q head; the policy's logits followed by V(s) for an actor-critic
+    /// head.
+    pub fn act_outputs(&self, obs: &Tensor) -> Tensor {
+        match self.policy_value(obs) {
+            Some((logits, value)) => Tensor::cat(&[logits, value.unsqueeze(1)], 1),
+            None => self.forward(obs),
         }
     }
 
@@ -335,7 +398,7 @@ mod tests {
     fn dueling_heads_combine_value_and_advantage_for_every_network() {
         let dueling = |arch| NetSpec {
             arch,
-            dueling: true,
+            head: HeadKind::Dueling,
         };
         let frames = ObsSpec::Frames([4, 84, 84]);
         let x = Tensor::randint(256, [3, 4, 84, 84], (Kind::Uint8, Device::Cpu));

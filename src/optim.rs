@@ -1,26 +1,37 @@
 //! RMSProp, written out so that its state (the squared-gradient averages) can be saved in a
 //! checkpoint and restored exactly, and global gradient-norm clipping.
 //!
-//! Update, per parameter p with gradient g (Tieleman & Hinton 2012, non-centred, no momentum,
-//! as torch.optim.RMSprop):
+//! Update, per parameter p with gradient g (Tieleman & Hinton 2012, non-centred, no momentum),
+//! in one of two forms ([`RmspropForm`]):
 //!
 //! ```text
 //! v <- decay * v + (1 - decay) * g^2
-//! p <- p - lr * g / (sqrt(v) + eps)
+//! p <- p - lr * g / (sqrt(v) + eps)     eps outside: torch.optim.RMSprop, OpenAI baselines
+//! p <- p - lr * g / sqrt(v + eps)       eps inside: the A3C paper (Mnih et al. 2016, S2), TF
 //! ```
+//!
+//! v starts at 0 without bias correction. With eps outside and a small eps (1e-5), the first
+//! steps therefore move every weight by about lr / sqrt(1 - decay) = 10 lr whatever its
+//! gradient; with eps inside and the reproductions' eps 0.1, a step is at most
+//! lr * |g| / sqrt(0.1), and small gradients make small steps. One learner holds one v per
+//! parameter, so the statistics are shared by every actor's data (the paper's "shared RMSProp").
 
 use tch::Tensor;
+
+pub use crate::config::RmspropForm;
 
 /// RMSProp state for a fixed list of parameters.
 pub struct RmsProp {
     decay: f64,
     eps: f64,
+    form: RmspropForm,
     /// One squared-gradient average per parameter, same order and shape.
     square_avg: Vec<Tensor>,
 }
 
 impl RmsProp {
-    pub fn new(params: &[(String, Tensor)], decay: f64, eps: f64) -> Self {
+    /// Zeroed state for `params`: squared-gradient decay `decay`, `eps` placed as `form` says.
+    pub fn new(params: &[(String, Tensor)], decay: f64, eps: f64, form: RmspropForm) -> Self {
         let square_avg = params
             .iter()
             .map(|(_, p)| p.zeros_like().detach())
@@ -28,6 +39,7 @@ impl RmsProp {
         RmsProp {
             decay,
             eps,
+            form,
             square_avg,
         }
     }
@@ -69,10 +81,20 @@ impl RmsProp {
                 continue;
             }
             // Six kernels and three temporaries per parameter: v <- v + (1 - decay)(g^2 - v),
-            // then p <- p + (-lr g) / (sqrt(v) + eps).
+            // then p <- p + (-lr g) / (sqrt(v) + eps), or / sqrt(v + eps).
             let _ = v.lerp_(&(&g * &g), 1.0 - self.decay);
-            let mut denom = v.sqrt();
-            let _ = denom.g_add_scalar_(self.eps);
+            let denom = match self.form {
+                RmspropForm::EpsOutside => {
+                    let mut d = v.sqrt();
+                    let _ = d.g_add_scalar_(self.eps);
+                    d
+                }
+                RmspropForm::EpsInside => {
+                    let mut d = &*v + self.eps;
+                    let _ = d.sqrt_();
+                    d
+                }
+            };
             let mut p = p.shallow_clone();
             let _ = p.addcdiv_(&(&g * -lr), &denom);
         }
@@ -118,7 +140,7 @@ mod tests {
     fn rmsprop_matches_the_formula() {
         let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
         let params = vec![("w".to_string(), p.shallow_clone())];
-        let mut opt = RmsProp::new(&params, 0.9, 1e-8);
+        let mut opt = RmsProp::new(&params, 0.9, 1e-8, RmspropForm::EpsOutside);
         // loss = sum(3 * p) -> g = 3
         (&p * 3.0).sum(Kind::Float).backward();
         opt.step(&params, 0.1);
@@ -129,6 +151,27 @@ mod tests {
         assert!((got[1] as f64 - (-2.0 - expect)).abs() < 1e-5, "{got:?}");
         let v: Vec<f32> = Vec::try_from(&opt.state()[0]).unwrap();
         assert!((v[0] - 0.9).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rmsprop_with_eps_inside_the_root_matches_the_a3c_form() {
+        let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
+        let params = vec![("w".to_string(), p.shallow_clone())];
+        let mut opt = RmsProp::new(&params, 0.99, 0.1, RmspropForm::EpsInside);
+        // g = (0.5, -0.01): v = 0.01 g^2; step = lr g / sqrt(v + 0.1).
+        (&p * Tensor::from_slice(&[0.5f32, -0.01]))
+            .sum(Kind::Float)
+            .backward();
+        opt.step(&params, 0.1);
+        let got: Vec<f32> = Vec::try_from(&p.detach()).unwrap();
+        let step = |g: f64| 0.1 * g / (0.01 * g * g + 0.1).sqrt();
+        assert!((got[0] as f64 - (1.0 - step(0.5))).abs() < 1e-6, "{got:?}");
+        assert!(
+            (got[1] as f64 - (-2.0 - step(-0.01))).abs() < 1e-6,
+            "{got:?}"
+        );
+        // Unlike eps outside, a small gradient makes a small step: 0.1 * 0.01 / sqrt(0.1).
+        assert!((step(-0.01).abs() - 0.00316).abs() < 1e-4);
     }
 
     #[test]

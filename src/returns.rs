@@ -31,6 +31,19 @@ pub enum Algorithm {
     /// DQN from a replay memory with a target network (double Q by default; prioritized with
     /// --prioritized): the learner bootstraps.
     Dqn,
+    /// Advantage actor-critic (A3C, Mnih et al. 2016): the actor samples from the snapshot's
+    /// policy and bootstraps n-step returns with its V(s').
+    A3c,
+    /// IMPALA (Espeholt et al. 2018): the actor pushes whole segments with its behaviour
+    /// policy's log-probabilities; the learner corrects for the lag with V-trace.
+    Impala,
+}
+
+impl Algorithm {
+    /// Whether the rule learns a policy and a value (an actor-critic head) rather than Q-values.
+    pub fn is_actor_critic(self) -> bool {
+        matches!(self, Algorithm::A3c | Algorithm::Impala)
+    }
 }
 
 /// Writes the discounted returns of `rewards` (oldest first) into `out`, bootstrapped with
@@ -47,13 +60,15 @@ pub fn n_step_returns(rewards: &[f32], bootstrap: f32, gamma: f32, out: &mut [f3
 }
 
 /// The bootstrap value of a segment that did not end in a terminal state (pass 0 for a
-/// terminal one): given the snapshot's Q-values `next_q` of the state after the segment and
-/// the action `next_action` the actor takes there, `max_a Q(s', a)` for Q-learning and
-/// `Q(s', a')` for SARSA.
+/// terminal one): given the snapshot's outputs `next_q` for the state after the segment and
+/// the action `next_action` the actor takes there, `max_a Q(s', a)` for Q-learning,
+/// `Q(s', a')` for SARSA, and V(s') for the actor-critic rules, whose outputs are the policy's
+/// logits followed by V(s') (see [`crate::model::QNetwork::act_outputs`]).
 pub fn bootstrap_value(algorithm: Algorithm, next_q: &[f32], next_action: usize) -> f32 {
     match algorithm {
         Algorithm::Q | Algorithm::Dqn => next_q.iter().copied().fold(f32::NEG_INFINITY, f32::max),
         Algorithm::Sarsa => next_q[next_action],
+        Algorithm::A3c | Algorithm::Impala => next_q[next_q.len() - 1],
     }
 }
 

@@ -368,6 +368,7 @@ impl LearnerRule for Learner {
             replay_ratio: (i.inserted > 0).then(|| i.sampled as f64 / i.inserted as f64),
             priority_mean: self.beta.and(per_batch(i.priority_sum)),
             is_weight_mean: self.beta.and(per_batch(i.weight_sum)),
+            ..RuleMetrics::default()
         }
     }
 

@@ -85,10 +85,7 @@ fn learner(cfg: &Config) -> Learner {
 
 /// A batch of `n` CartPole-sized transitions.
 fn batch(n: usize, seed: u8) -> Batch {
-    let layout = SlotLayout {
-        obs_bytes: 16,
-        next_obs: true,
-    };
+    let layout = SlotLayout::transitions(16, true);
     let mut b = Batch::new(n, layout);
     for i in 0..n {
         let (obs, next, idx) = b.next_row();

@@ -9,11 +9,18 @@
 //!   it a checkpoint keeps.
 //!
 //! The loops know no rule by name: [`adder`], [`slot_layout`] and [`learner`] pick the halves
-//! from the config. Rules: [`nstep_q`] (`--algorithm q|sarsa`, Mnih et al. 2016) and [`dqn`]
-//! (`--algorithm dqn`: replay memory, target network, double Q, prioritized replay).
+//! from the config. Rules: [`nstep_q`] (`--algorithm q|sarsa`, Mnih et al. 2016), [`dqn`]
+//! (`--algorithm dqn`: replay memory, target network, double Q, prioritized replay), [`a3c`]
+//! (`--algorithm a3c`, the advantage actor-critic of Mnih et al. 2016) and [`impala`]
+//! (`--algorithm impala`, V-trace, Espeholt et al. 2018); [`actor_critic`] holds what the last
+//! two share and [`vtrace`] the V-trace targets.
 
+pub mod a3c;
+pub mod actor_critic;
 pub mod dqn;
+pub mod impala;
 pub mod nstep_q;
+pub mod vtrace;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,25 +30,40 @@ use tch::{Device, Tensor};
 use crate::config::{Algorithm, Config};
 use crate::env::ObsSpec;
 use crate::model::{NetSpec, QNetwork};
-use crate::shm::{Batch, PushError, SlotLayout, Transition};
+use crate::shm::{Batch, PushError, Segment, SlotLayout, Transition};
 
-/// Where an actor's transitions go: the transport seam. The shared-memory queue's lane is the
+/// Where an actor's experience goes: the transport seam. The shared-memory queue's lane is the
 /// local implementation ([`LaneSink`]).
 pub trait ExperienceSink {
     /// Pushes one transition; blocks while the transport is full. `Err(PushError::Closed)`
     /// means the learner is stopping.
     fn push(&mut self, t: &Transition) -> Result<(), PushError>;
+
+    /// Pushes one segment of consecutive steps (IMPALA); blocks like [`ExperienceSink::push`].
+    /// A sink that carries only transitions refuses it with `PushError::Shape`.
+    fn push_segment(&mut self, _s: &Segment) -> Result<(), PushError> {
+        Err(PushError::Shape(
+            "this sink carries single transitions".into(),
+        ))
+    }
 }
 
-/// The lane of the shared-memory queue that an actor owns.
+/// The lane of the shared-memory queue that an actor owns. Everything pushed is stamped with
+/// `version`, the weight snapshot the actor acts with (the learner's snapshot age).
 pub struct LaneSink<'a> {
     pub queue: &'a crate::shm::ExperienceQueue,
     pub lane: usize,
+    /// The acting snapshot's version (its low 32 bits).
+    pub version: u32,
 }
 
 impl ExperienceSink for LaneSink<'_> {
     fn push(&mut self, t: &Transition) -> Result<(), PushError> {
-        self.queue.push(self.lane, t)
+        self.queue.push_stamped(self.lane, t, self.version)
+    }
+
+    fn push_segment(&mut self, s: &Segment) -> Result<(), PushError> {
+        self.queue.push_segment(self.lane, s, self.version)
     }
 }
 
@@ -56,8 +78,9 @@ pub enum StepEnd {
     Truncated,
 }
 
-/// Q-values of an observation computed on demand, and the action epsilon-greedy would take
-/// there (SARSA's bootstrap after a truncation).
+/// The snapshot's outputs for an observation computed on demand (a row of
+/// [`QNetwork::act_outputs`]), and the action the actor's policy would take there (SARSA's
+/// bootstrap after a truncation).
 pub type ValuesOf<'a> = dyn FnMut(&[u8]) -> (Vec<f32>, usize) + 'a;
 
 /// The actor half of a learning rule, one per environment: turns the steps taken into
@@ -69,8 +92,10 @@ pub trait Adder {
     fn needs_values(&self) -> bool;
 
     /// The agent is about to take `action` from `obs` (`obs_bytes` long); `q` holds the
-    /// snapshot's Q-values `[num_actions]` of `obs` when they were computed (always when
-    /// [`Adder::needs_values`] said so). May push transitions.
+    /// snapshot's outputs for `obs` when they were computed (always when
+    /// [`Adder::needs_values`] said so, and always for an actor-critic network): a row of
+    /// [`QNetwork::act_outputs`], the Q-values `[num_actions]`, or the policy's logits
+    /// followed by V(s) `[num_actions + 1]`. May push transitions.
     fn begin(
         &mut self,
         obs: &[u8],
@@ -92,24 +117,37 @@ pub trait Adder {
     ) -> Result<(), PushError>;
 }
 
-/// The actor half of `cfg`'s rule for observations of `obs_bytes` bytes.
-pub fn adder(cfg: &Config, obs_bytes: usize) -> Box<dyn Adder> {
+/// The actor half of `cfg`'s rule for observations `obs`.
+pub fn adder(cfg: &Config, obs: ObsSpec) -> Box<dyn Adder> {
     match cfg.algorithm {
-        Algorithm::Q | Algorithm::Sarsa => Box::new(nstep_q::Segment::new(cfg, obs_bytes)),
-        Algorithm::Dqn => Box::new(dqn::NStepWindow::new(cfg.n_step, cfg.gamma, obs_bytes)),
+        // A3C's actor computes its n-step returns as n-step Q's does, bootstrapped with V(s').
+        Algorithm::Q | Algorithm::Sarsa | Algorithm::A3c => {
+            Box::new(nstep_q::Segment::new(cfg, obs.bytes()))
+        }
+        Algorithm::Dqn => Box::new(dqn::NStepWindow::new(cfg.n_step, cfg.gamma, obs.bytes())),
+        Algorithm::Impala => Box::new(impala::Unroll::new(slot_layout(cfg, obs))),
+    }
+}
+
+/// Bytes of one frame of a stacked observation: a frame of `[c, h, w]` frames, the whole
+/// vector otherwise.
+pub fn frame_bytes(obs: ObsSpec) -> usize {
+    match obs {
+        ObsSpec::Frames([_, h, w]) => h * w,
+        ObsSpec::Vector(_) => obs.bytes(),
     }
 }
 
 /// The queue's slot layout for `cfg`'s rule: rules that bootstrap on the learner carry the
-/// next observation.
-pub fn slot_layout(cfg: &Config, obs_bytes: usize) -> SlotLayout {
-    SlotLayout {
-        obs_bytes,
-        next_obs: cfg.algorithm == Algorithm::Dqn,
+/// next observation; IMPALA's actors push segments of `--unroll` steps.
+pub fn slot_layout(cfg: &Config, obs: ObsSpec) -> SlotLayout {
+    match cfg.algorithm {
+        Algorithm::Impala => SlotLayout::segments(obs.bytes(), cfg.unroll, frame_bytes(obs)),
+        a => SlotLayout::transitions(obs.bytes(), a == Algorithm::Dqn),
     }
 }
 
-/// Loss and mean max-Q of one update.
+/// Loss and mean max-Q (actor-critic: mean V(s)) of one update.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UpdateStats {
     pub loss: f64,
@@ -127,6 +165,16 @@ pub struct RuleMetrics {
     pub priority_mean: Option<f64>,
     /// Mean importance-sampling weight of the sampled transitions (prioritized replay).
     pub is_weight_mean: Option<f64>,
+    /// Actor-critic: mean policy loss -log pi(a|s) * advantage.
+    pub policy_loss: Option<f64>,
+    /// Actor-critic: mean squared error of V(s) against its target.
+    pub value_loss: Option<f64>,
+    /// Actor-critic: mean entropy of the policy, in nats.
+    pub entropy: Option<f64>,
+    /// Actor-critic: mean V(s) over the trained states.
+    pub value_mean: Option<f64>,
+    /// IMPALA: mean clipped importance weight min(rho-bar, pi/mu) over the trained steps.
+    pub rho_mean: Option<f64>,
 }
 
 /// The learner half of a learning rule.
@@ -187,10 +235,12 @@ pub fn learner(
     match cfg.algorithm {
         Algorithm::Q | Algorithm::Sarsa => Box::new(nstep_q::Learner::new(core, cfg)),
         Algorithm::Dqn => Box::new(dqn::Learner::new(core, cfg)),
+        Algorithm::A3c => Box::new(a3c::Learner::new(core, cfg)),
+        Algorithm::Impala => Box::new(impala::Learner::new(core, cfg)),
     }
 }
 
-/// What every Q rule's learner has: the online network, its RMSProp and the loss settings.
+/// What every rule's learner has: the online network, its RMSProp and the loss settings.
 pub struct QCore {
     pub model: QNetwork,
     pub optim: crate::optim::RmsProp,
@@ -203,7 +253,12 @@ pub struct QCore {
 impl QCore {
     fn new(cfg: &Config, net: NetSpec, obs: ObsSpec, num_actions: usize, device: Device) -> Self {
         let model = QNetwork::new(net, obs, num_actions, device);
-        let optim = crate::optim::RmsProp::new(model.params(), cfg.rms_decay, cfg.rms_eps);
+        let optim = crate::optim::RmsProp::new(
+            model.params(),
+            cfg.rms_decay,
+            cfg.rms_eps,
+            cfg.rmsprop_form,
+        );
         QCore {
             model,
             optim,

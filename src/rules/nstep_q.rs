@@ -124,7 +124,7 @@ pub struct Learner {
 
 impl Learner {
     pub fn new(core: QCore, cfg: &Config) -> Self {
-        let layout = super::slot_layout(cfg, core.obs.bytes());
+        let layout = super::slot_layout(cfg, core.obs);
         Learner {
             core,
             held: Batch::new(cfg.batch_size, layout),

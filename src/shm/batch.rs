@@ -24,17 +24,81 @@ pub struct Transition<'a> {
     pub next_obs: Option<&'a [u8]>,
 }
 
-/// Consumer-side batch buffer, allocated once and reused: `obs` is
-/// `[capacity * obs_bytes]` u8 row-major (row i = transition i), `actions` is
-/// `[capacity]` i64, `returns` and `discounts` are `[capacity]` f32, and `next_obs` is like
-/// `obs` when the layout carries next observations (empty otherwise). Only the first
-/// [`len`](Self::len) rows are meaningful.
+/// A segment of consecutive agent steps of one environment, as pushed by an IMPALA actor
+/// (see [`super::slot::SegmentShape`]): `len = actions.len()` steps (1 to `unroll`), with
+/// `frames` holding the `len + 1` stacked observations s_0..s_len as `stack + len` frames
+/// (s_0 whole, then the newest frame of each later observation), `rewards` the clipped rewards
+/// r_0..r_len-1, `behaviour_logp` the acting policy's log pi(a_t | s_t), and `terminal` true
+/// when s_len is terminal (no bootstrap); otherwise the learner bootstraps from V(s_len).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Segment<'a> {
+    pub frames: &'a [u8],
+    pub actions: &'a [u32],
+    pub rewards: &'a [f32],
+    pub behaviour_logp: &'a [f32],
+    pub terminal: bool,
+}
+
+impl Segment<'_> {
+    /// Why this segment does not fit `layout`, if it does not.
+    pub fn check(&self, layout: &SlotLayout) -> Result<(), String> {
+        let Some(shape) = layout.segment else {
+            return Err("the queue carries single transitions, not segments".into());
+        };
+        let len = self.actions.len();
+        if len == 0 || len > shape.unroll {
+            return Err(format!(
+                "a segment of {len} steps; the queue's hold 1 to {}",
+                shape.unroll
+            ));
+        }
+        if self.rewards.len() != len || self.behaviour_logp.len() != len {
+            return Err(format!(
+                "{len} actions but {} rewards and {} log-probabilities",
+                self.rewards.len(),
+                self.behaviour_logp.len()
+            ));
+        }
+        let frames = (layout.stack() + len) * shape.frame_bytes;
+        if self.frames.len() != frames {
+            return Err(format!(
+                "{} frame bytes for {len} steps; the layout needs {frames}",
+                self.frames.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Consumer-side batch buffer, allocated once and reused. Only the first
+/// [`len`](Self::len) rows are meaningful; `versions` holds each row's acting snapshot
+/// version (low 32 bits).
+///
+/// Transitions (row i = transition i): `obs` is `[capacity * obs_bytes]` u8 row-major,
+/// `actions` is `[capacity]` i64, `returns` and `discounts` are `[capacity]` f32, and
+/// `next_obs` is like `obs` when the layout carries next observations (empty otherwise).
+///
+/// Segments (row i = segment i, T = unroll): `obs` is `[capacity, stack + T, frame_bytes]`
+/// frames, `actions`, `rewards` and `behaviour_logp` are `[capacity, T]` (zero past the
+/// segment's length), `lens` and `terminal` are `[capacity]`; `returns`, `discounts` and
+/// `next_obs` are empty.
 #[derive(Clone, Debug)]
 pub struct Batch {
-    /// Observations, `capacity * obs_bytes` bytes, row-major.
+    /// Observations, `capacity * obs_bytes` bytes, row-major (segments: their frames).
     pub obs: Vec<u8>,
-    /// Actions, `capacity` entries (i64 for direct use as gather indices).
+    /// Actions, `capacity` entries (segments: `capacity * unroll`; i64 for direct use as
+    /// gather indices).
     pub actions: Vec<i64>,
+    /// Segments: clipped rewards, `capacity * unroll`.
+    pub rewards: Vec<f32>,
+    /// Segments: the behaviour policy's log-probabilities of the actions, `capacity * unroll`.
+    pub behaviour_logp: Vec<f32>,
+    /// Segments: steps in each, `capacity`.
+    pub lens: Vec<u32>,
+    /// Segments: whether each ends in a terminal state, `capacity`.
+    pub terminal: Vec<bool>,
+    /// The acting snapshot's version of each row (low 32 bits), `capacity`.
+    pub versions: Vec<u32>,
     /// n-step returns (or discounted reward sums), `capacity` entries.
     pub returns: Vec<f32>,
     /// Bootstrap weights (`gamma^k`, 0 for none), `capacity` entries.
@@ -47,14 +111,22 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Allocates a zeroed batch of `capacity` rows for `layout`
-    /// (`capacity * (obs_bytes + 16)` bytes, twice the observations with next ones).
+    /// Allocates a zeroed batch of `capacity` rows for `layout` (about
+    /// `capacity * slot_bytes` bytes).
     pub fn new(capacity: usize, layout: SlotLayout) -> Self {
+        let steps = layout.steps();
+        let seg = layout.segment.is_some();
+        let per_step = |on: bool| if on { capacity * steps } else { 0 };
         Self {
-            obs: vec![0; capacity * layout.obs_bytes],
-            actions: vec![0; capacity],
-            returns: vec![0.0; capacity],
-            discounts: vec![0.0; capacity],
+            obs: vec![0; capacity * Self::row_bytes_of(&layout)],
+            actions: vec![0; capacity * steps],
+            rewards: vec![0.0; per_step(seg)],
+            behaviour_logp: vec![0.0; per_step(seg)],
+            lens: vec![0; if seg { capacity } else { 0 }],
+            terminal: vec![false; if seg { capacity } else { 0 }],
+            versions: vec![0; capacity],
+            returns: vec![0.0; if seg { 0 } else { capacity }],
+            discounts: vec![0.0; if seg { 0 } else { capacity }],
             next_obs: if layout.next_obs {
                 vec![0; capacity * layout.obs_bytes]
             } else {
@@ -64,6 +136,23 @@ impl Batch {
             capacity,
             layout,
         }
+    }
+
+    /// Bytes of `obs` per row: one observation, or a segment's frames.
+    fn row_bytes_of(layout: &SlotLayout) -> usize {
+        match layout.segment {
+            Some(s) => (layout.stack() + s.unroll) * s.frame_bytes,
+            None => layout.obs_bytes,
+        }
+    }
+
+    /// Segments: stacked observation `t` (0..=len) of row `i`, `obs_bytes` long. Panics
+    /// outside the row.
+    pub fn segment_obs(&self, i: usize, t: usize) -> &[u8] {
+        let shape = self.layout.segment.expect("segment_obs: a segment layout");
+        let row = Self::row_bytes_of(&self.layout);
+        let start = i * row + t * shape.frame_bytes;
+        &self.obs[start..start + self.layout.obs_bytes]
     }
 
     /// Number of filled rows.
@@ -111,18 +200,19 @@ impl Batch {
         &self.next_obs[i * n..(i + 1) * n]
     }
 
-    /// The next free row's observation and next-observation buffers (the latter empty
-    /// without next observations) and its index (call only when not full; panics otherwise
-    /// or if the buffers were shrunk).
+    /// The next free row's observation (segments: frame) and next-observation buffers (the
+    /// latter empty without next observations) and its index (call only when not full;
+    /// panics otherwise or if the buffers were shrunk).
     pub(crate) fn next_row(&mut self) -> (&mut [u8], &mut [u8], usize) {
         let n = self.layout.obs_bytes;
+        let r = Self::row_bytes_of(&self.layout);
         let i = self.len;
         let next: &mut [u8] = if self.next_obs.is_empty() {
             &mut []
         } else {
             &mut self.next_obs[i * n..(i + 1) * n]
         };
-        (&mut self.obs[i * n..(i + 1) * n], next, i)
+        (&mut self.obs[i * r..(i + 1) * r], next, i)
     }
 
     /// Appends `t` as the next row (for batches made outside the queue, e.g. in tests and
@@ -133,6 +223,9 @@ impl Batch {
         let n = self.layout.obs_bytes;
         if self.is_full() {
             return Err(format!("the batch is full ({} rows)", self.capacity));
+        }
+        if self.layout.segment.is_some() {
+            return Err("the layout holds segments (push_segment)".into());
         }
         if t.obs.len() != n || t.next_obs.map(<[u8]>::len).unwrap_or(n) != n {
             return Err(format!("observations must be {n} bytes"));
@@ -155,6 +248,31 @@ impl Batch {
         self.actions[i] = i64::from(t.action);
         self.returns[i] = t.ret;
         self.discounts[i] = t.discount;
+        self.versions[i] = 0;
+        self.commit_row();
+        Ok(())
+    }
+
+    /// Appends segment `s` as the next row (for batches made outside the queue: tests,
+    /// benchmarks). Errors, leaving the batch as it was: the batch is full, or `s` does not
+    /// fit the layout ([`Segment::check`]).
+    pub fn push_segment(&mut self, s: &Segment) -> Result<(), String> {
+        if self.is_full() {
+            return Err(format!("the batch is full ({} rows)", self.capacity));
+        }
+        s.check(&self.layout)?;
+        let t = self.layout.steps();
+        let (obs, _, i) = self.next_row();
+        obs[..s.frames.len()].copy_from_slice(s.frames);
+        let len = s.actions.len();
+        for k in 0..t {
+            self.actions[i * t + k] = s.actions.get(k).map_or(0, |a| i64::from(*a));
+            self.rewards[i * t + k] = s.rewards.get(k).copied().unwrap_or(0.0);
+            self.behaviour_logp[i * t + k] = s.behaviour_logp.get(k).copied().unwrap_or(0.0);
+        }
+        self.lens[i] = len as u32;
+        self.terminal[i] = s.terminal;
+        self.versions[i] = 0;
         self.commit_row();
         Ok(())
     }

@@ -100,16 +100,12 @@ impl ExperienceQueue {
                 capacity: lane.cap,
             });
         }
-        let (obs, next_obs, idx) = batch.next_row();
         let slot = self.slot(lane, head);
         // SAFETY: head < tail, so the slot was fully written before the
         // producer's Release store of `tail`, which we loaded with Acquire; the
-        // producer will not touch it until we publish head + 1.
-        let (action, ret, discount) = unsafe { self.layout.read(slot, obs, next_obs) };
-        batch.actions[idx] = i64::from(action);
-        batch.returns[idx] = ret;
-        batch.discounts[idx] = discount;
-        batch.commit_row();
+        // producer will not touch it until we publish head + 1. The batch's layout is the
+        // queue's (checked by `pop_into`) and it is not full.
+        unsafe { self.layout.read_into(slot, batch) };
         ctrl.cons.head.store(head.wrapping_add(1), Ordering::SeqCst);
         if ctrl.prod.space_waiting.load(Ordering::SeqCst) != 0 {
             ctrl.cons.space_epoch.fetch_add(1, Ordering::SeqCst);

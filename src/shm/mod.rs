@@ -12,7 +12,9 @@ mod queue_layout;
 mod slot;
 pub mod snapshot;
 
-pub use queue::{Batch, ExperienceQueue, PushError, QueueError, SlotLayout, Transition};
+pub use queue::{
+    Batch, ExperienceQueue, PushError, QueueError, Segment, SegmentShape, SlotLayout, Transition,
+};
 pub use snapshot::{SnapshotError, WeightSnapshot};
 
 use nix::errno::Errno;

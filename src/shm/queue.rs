@@ -15,10 +15,10 @@ use shared_memory::{Shmem, ShmemConf, ShmemError};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-pub use super::batch::{Batch, Transition};
+pub use super::batch::{Batch, Segment, Transition};
 pub use super::queue_layout::QUEUE_LAYOUT_VERSION;
 use super::queue_layout::{geometry, Geometry, Header, LaneCtrl, QUEUE_MAGIC};
-pub use super::slot::SlotLayout;
+pub use super::slot::{SegmentShape, SlotLayout};
 
 /// Upper bound on one futex sleep, so `close()` and lost wakeups (which should
 /// not happen) are noticed within this time.
@@ -33,6 +33,8 @@ pub enum QueueError {
     CapacityBelowLanes { capacity: usize, lanes: usize },
     #[error("obs_bytes must be > 0")]
     ZeroObsBytes,
+    #[error("slot layout: {0}")]
+    BadLayout(String),
     #[error("queue geometry overflows the address space")]
     TooLarge,
     #[error("shared memory: {0}")]
@@ -76,6 +78,8 @@ pub enum PushError {
     NextObs { expected: bool },
     #[error("another thread of this process is pushing into lane {lane}")]
     LaneBusy { lane: usize },
+    #[error("{0}")]
+    Shape(String),
 }
 
 /// Process-local view of one lane.
@@ -149,6 +153,13 @@ impl ExperienceQueue {
             .store(layout.obs_bytes as u64, Ordering::Relaxed);
         cfg.next_obs
             .store(u64::from(layout.next_obs), Ordering::Relaxed);
+        let shape = layout.segment.unwrap_or(SegmentShape {
+            unroll: 0,
+            frame_bytes: 0,
+        });
+        cfg.unroll.store(shape.unroll as u64, Ordering::Relaxed);
+        cfg.frame_bytes
+            .store(shape.frame_bytes as u64, Ordering::Relaxed);
         cfg.slot_bytes.store(q.slot_bytes as u64, Ordering::Relaxed);
         cfg.magic.store(QUEUE_MAGIC, Ordering::Release);
         Ok(q)
@@ -180,9 +191,14 @@ impl ExperienceQueue {
             usize::try_from(v.load(Ordering::Relaxed)).map_err(|_| QueueError::TooLarge)
         };
         let (lanes, capacity) = (as_usize(&cfg.lanes)?, as_usize(&cfg.capacity)?);
+        let unroll = as_usize(&cfg.unroll)?;
         let layout = SlotLayout {
             obs_bytes: as_usize(&cfg.obs_bytes)?,
             next_obs: cfg.next_obs.load(Ordering::Relaxed) != 0,
+            segment: (unroll > 0).then_some(SegmentShape {
+                unroll,
+                frame_bytes: as_usize(&cfg.frame_bytes)?,
+            }),
         };
         let geo = geometry(lanes, capacity, layout)?;
         if geo.total != shm.len() || as_usize(&cfg.slot_bytes)? != geo.slot_bytes {
@@ -281,14 +297,20 @@ impl ExperienceQueue {
     /// while the lane is full. Errors: `Closed` once [`close`](Self::close) was
     /// called (blocked producers notice within ~100 ms, usually at once),
     /// `BadLane`, `ObsLen` (t.obs.len() or a next observation's != obs_bytes),
-    /// `NextObs` (a next observation missing or unexpected for the layout), `LaneBusy` if another
-    /// thread of this process is pushing into the same lane.
+    /// `NextObs` (a next observation missing or unexpected for the layout), `Shape` (the
+    /// queue carries segments), `LaneBusy` if another thread of this process is pushing into
+    /// the same lane. The slot's snapshot version is 0 (see [`Self::push_stamped`]).
     pub fn push(&self, lane: usize, t: &Transition) -> Result<(), PushError> {
-        let lanes = self.lanes.len();
-        let l = self
-            .lanes
-            .get(lane)
-            .ok_or(PushError::BadLane { lane, lanes })?;
+        self.push_stamped(lane, t, 0)
+    }
+
+    /// [`Self::push`], recording that the actor acted with weight snapshot `version`.
+    pub fn push_stamped(&self, lane: usize, t: &Transition, version: u32) -> Result<(), PushError> {
+        if self.layout.segment.is_some() {
+            return Err(PushError::Shape(
+                "the queue carries segments, not single transitions".into(),
+            ));
+        }
         if t.obs.len() != self.layout.obs_bytes {
             return Err(PushError::ObsLen {
                 expected: self.layout.obs_bytes,
@@ -309,6 +331,29 @@ impl ExperienceQueue {
             }
             _ => {}
         }
+        // SAFETY (of the closure's write): `commit` hands it a free slot of this queue,
+        // exclusively ours; `t` fits the layout (checked above).
+        self.commit(lane, |slot| unsafe { self.layout.write(slot, t, version) })
+    }
+
+    /// Producer side: appends segment `seg` (see [`Segment`]) to lane `lane`, recording
+    /// snapshot `version`; blocks like [`Self::push`]. Errors: as `push`, with `Shape` when
+    /// the segment does not fit the layout (or the queue carries transitions).
+    pub fn push_segment(&self, lane: usize, seg: &Segment, version: u32) -> Result<(), PushError> {
+        seg.check(&self.layout).map_err(PushError::Shape)?;
+        // SAFETY (of the closure's write): as in `push_stamped`; `seg` fits (checked above).
+        self.commit(lane, |slot| unsafe {
+            self.layout.write_segment(slot, seg, version)
+        })
+    }
+
+    /// Waits for a free slot of lane `lane`, fills it with `write` and commits it.
+    fn commit(&self, lane: usize, write: impl FnOnce(*mut u8)) -> Result<(), PushError> {
+        let lanes = self.lanes.len();
+        let l = self
+            .lanes
+            .get(lane)
+            .ok_or(PushError::BadLane { lane, lanes })?;
         let _guard = try_flag(&l.busy).ok_or(PushError::LaneBusy { lane })?;
         let ctrl = self.ctrl(l);
         let tail = ctrl.prod.tail.load(Ordering::Acquire);
@@ -332,7 +377,7 @@ impl ExperienceQueue {
         // SAFETY: tail - head < cap, so slot `tail` is outside [head, tail) and
         // the consumer finished reading it before publishing `head` (Acquire
         // above); the lane guard makes us its only writer in this process.
-        unsafe { self.layout.write(self.slot(l, tail), t) };
+        write(self.slot(l, tail));
         ctrl.prod.tail.store(tail.wrapping_add(1), Ordering::SeqCst);
         // Wake a sleeping consumer only when its batch can be completed (the committed count
         // reached what it asked for) or when this lane is now full (this producer will block

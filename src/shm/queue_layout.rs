@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 pub(super) const QUEUE_MAGIC: u64 = u64::from_le_bytes(*b"ARLQUEUE");
 /// Version of the segment layout (header, lane control and [`SlotLayout`]).
 /// Bump whenever any of them changes so stale actors fail loudly on `open`.
-/// Version 3 added `discount` and the optional `next_obs` to the slot.
-pub const QUEUE_LAYOUT_VERSION: u32 = 3;
+/// Version 3 added `discount` and the optional `next_obs` to the slot; version 4 the snapshot
+/// `version` and segment slots.
+pub const QUEUE_LAYOUT_VERSION: u32 = 4;
 
 /// Read-mostly part of the header: written once by the creator (magic last).
 #[repr(C, align(128))]
@@ -29,6 +30,10 @@ pub(super) struct ConfigLine {
     /// 1 when slots carry a next observation ([`SlotLayout::next_obs`]).
     pub(super) next_obs: AtomicU64,
     pub(super) slot_bytes: AtomicU64,
+    /// Steps per segment slot ([`SlotLayout::segment`]), 0 for transition slots.
+    pub(super) unroll: AtomicU64,
+    /// Bytes per frame of a segment slot, 0 for transition slots.
+    pub(super) frame_bytes: AtomicU64,
 }
 
 #[repr(C, align(128))]
@@ -101,6 +106,7 @@ pub(super) fn geometry(
     if layout.obs_bytes == 0 {
         return Err(QueueError::ZeroObsBytes);
     }
+    layout.check().map_err(QueueError::BadLayout)?;
     let slot_bytes = layout.slot_bytes().ok_or(QueueError::TooLarge)?;
     let ctrl = size_of::<LaneCtrl>()
         .checked_mul(lanes)

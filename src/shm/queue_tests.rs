@@ -49,10 +49,7 @@ fn slot_layout_is_padded() {
     assert_eq!(SlotLayout::new(1).slot_bytes(), Some(24));
     assert_eq!(L8.slot_bytes(), Some(24));
     assert_eq!(SlotLayout::ATARI.slot_bytes(), Some(28240));
-    let with_next = SlotLayout {
-        obs_bytes: 9,
-        next_obs: true,
-    };
+    let with_next = SlotLayout::transitions(9, true);
     assert_eq!(with_next.slot_bytes(), Some(40));
     assert_eq!(SlotLayout::new(usize::MAX).slot_bytes(), None);
     assert_eq!(size_of::<LaneCtrl>(), 256);
@@ -320,10 +317,7 @@ fn opener_shares_state_and_owner_drop_closes_and_unlinks() {
 #[test]
 fn next_observations_and_discounts_round_trip() {
     let n = name("next");
-    let layout = SlotLayout {
-        obs_bytes: 3,
-        next_obs: true,
-    };
+    let layout = SlotLayout::transitions(3, true);
     let q = ExperienceQueue::create(&n, 1, 4, layout).unwrap();
     let t = Transition {
         obs: &[1, 2, 3],
@@ -373,10 +367,7 @@ fn next_observations_and_discounts_round_trip() {
 
 #[test]
 fn batch_push_fills_rows_and_refuses_what_does_not_fit() {
-    let layout = SlotLayout {
-        obs_bytes: 2,
-        next_obs: true,
-    };
+    let layout = SlotLayout::transitions(2, true);
     let mut b = Batch::new(1, layout);
     let t = Transition {
         obs: &[1, 2],

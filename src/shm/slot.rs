@@ -1,15 +1,41 @@
 //! The layout of one experience-queue slot, kept in this one file because learning rules add
 //! per-transition fields; everything that reads or writes slot bytes goes through here.
 
-use super::batch::Transition;
+use super::batch::{Batch, Segment, Transition};
+
+/// A queue whose slots hold segments of consecutive agent steps (IMPALA's unrolls) instead of
+/// single transitions.
+///
+/// A segment of `len <= unroll` steps stores its `len + 1` stacked observations as
+/// `stack + len` frames of `frame_bytes` each: the first observation whole (`stack` frames,
+/// `stack = obs_bytes / frame_bytes`), then only the newest frame of each later one, since
+/// consecutive stacked observations share all but one frame. Observation t is frames
+/// `t .. t + stack`. A 20-step Atari segment takes 24 frames (169 KB) instead of 21 whole
+/// stacks (593 KB).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentShape {
+    /// Most agent steps per segment (`--unroll`), >= 1.
+    pub unroll: usize,
+    /// Bytes of one frame of the stack (84 * 84 for Atari; the whole observation, i.e.
+    /// `obs_bytes`, for vector observations). Must divide `obs_bytes`.
+    pub frame_bytes: usize,
+}
 
 /// Layout of one queue slot -- the single place that defines it.
 ///
-/// A slot is
-/// `{ action: u32 @ 0, ret: f32 @ 4, discount: f32 @ 8, obs: [u8; obs_bytes] @ 16,
-///    next_obs: [u8; obs_bytes] @ 16 + obs_bytes (only when `next_obs`) }`,
+/// A transition slot is
+/// `{ action: u32 @ 0, ret: f32 @ 4, discount: f32 @ 8, version: u32 @ 12,
+///    obs: [u8; obs_bytes] @ 16, next_obs: [u8; obs_bytes] @ 16 + obs_bytes (only when
+///    `next_obs`) }`,
 /// padded to a multiple of 8 bytes ([`SlotLayout::slot_bytes`]). `obs_bytes` is the stacked
-/// u8 observation size (4*84*84 = 28224 bytes for Atari).
+/// u8 observation size (4*84*84 = 28224 bytes for Atari). `version` is the weight snapshot's
+/// version the actor acted with (its low 32 bits), for the learner's snapshot age.
+///
+/// A segment slot (`segment` is `Some`, see [`SegmentShape`]; T = `unroll`) is
+/// `{ len: u32 @ 0, terminal: u32 @ 4, version: u32 @ 12, actions: [u32; T] @ 16,
+///    rewards: [f32; T] @ 16 + 4T, behaviour_logp: [f32; T] @ 16 + 8T,
+///    frames: [u8; (stack + T) * frame_bytes] @ 16 + 12T }`, padded to 8 bytes; only the
+/// first `len` steps and `stack + len` frames are meaningful.
 ///
 /// The learner's target for a transition is `ret + discount * bootstrap(next_obs)`: the n-step
 /// Q rule's actors bootstrap themselves and push `discount = 0` without a next observation;
@@ -25,6 +51,8 @@ pub struct SlotLayout {
     pub obs_bytes: usize,
     /// Whether each slot also carries the bootstrap observation (`next_obs`).
     pub next_obs: bool,
+    /// Segments of agent steps instead of single transitions (then `next_obs` is false).
+    pub segment: Option<SegmentShape>,
 }
 
 impl SlotLayout {
@@ -34,7 +62,9 @@ impl SlotLayout {
     pub const RET_OFFSET: usize = 4;
     /// Byte offset of the `discount: f32` field (the bootstrap's weight, 0 when none).
     pub const DISCOUNT_OFFSET: usize = 8;
-    /// Byte offset of the observation bytes.
+    /// Byte offset of the `version: u32` field (the acting snapshot's version).
+    pub const VERSION_OFFSET: usize = 12;
+    /// Byte offset of the observation bytes (a segment's action array).
     pub const OBS_OFFSET: usize = 16;
     /// Slots are padded to a multiple of this many bytes.
     pub const ALIGN: usize = 8;
@@ -42,6 +72,7 @@ impl SlotLayout {
     pub const ATARI: SlotLayout = SlotLayout {
         obs_bytes: 4 * 84 * 84,
         next_obs: false,
+        segment: None,
     };
 
     /// A layout of `obs_bytes` observations without a next observation.
@@ -49,18 +80,85 @@ impl SlotLayout {
         SlotLayout {
             obs_bytes,
             next_obs: false,
+            segment: None,
         }
+    }
+
+    /// A layout of transitions with `obs_bytes` observations and, when `next_obs`, the
+    /// bootstrap observation.
+    pub const fn transitions(obs_bytes: usize, next_obs: bool) -> Self {
+        SlotLayout {
+            obs_bytes,
+            next_obs,
+            segment: None,
+        }
+    }
+
+    /// A layout of segments of up to `unroll` steps of `obs_bytes` observations stacked from
+    /// frames of `frame_bytes` (see [`SegmentShape`]).
+    pub const fn segments(obs_bytes: usize, unroll: usize, frame_bytes: usize) -> Self {
+        SlotLayout {
+            obs_bytes,
+            next_obs: false,
+            segment: Some(SegmentShape {
+                unroll,
+                frame_bytes,
+            }),
+        }
+    }
+
+    /// Frames per stacked observation (1 without segments).
+    pub fn stack(&self) -> usize {
+        match self.segment {
+            Some(s) if s.frame_bytes > 0 => self.obs_bytes / s.frame_bytes,
+            _ => 1,
+        }
+    }
+
+    /// Steps per slot: `unroll` for segments, 1 for transitions.
+    pub fn steps(&self) -> usize {
+        self.segment.map_or(1, |s| s.unroll)
+    }
+
+    /// Observation bytes per slot: one observation (two with `next_obs`), or a segment's
+    /// `(stack + unroll) * frame_bytes` frames. `None` on overflow.
+    pub fn obs_region_bytes(&self) -> Option<usize> {
+        match self.segment {
+            Some(s) => self
+                .stack()
+                .checked_add(s.unroll)?
+                .checked_mul(s.frame_bytes),
+            None if self.next_obs => self.obs_bytes.checked_mul(2),
+            None => Some(self.obs_bytes),
+        }
+    }
+
+    /// Why this layout cannot be used, if it cannot: a segment shape whose frames do not
+    /// divide the observation, or an unroll of 0.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(s) = self.segment {
+            if s.unroll == 0 {
+                return Err("a segment needs at least one step".into());
+            }
+            if s.frame_bytes == 0 || !self.obs_bytes.is_multiple_of(s.frame_bytes) {
+                return Err(format!(
+                    "segment frames of {} bytes do not divide observations of {} bytes",
+                    s.frame_bytes, self.obs_bytes
+                ));
+            }
+            if self.next_obs {
+                return Err("segments carry no separate next observation".into());
+            }
+        }
+        Ok(())
     }
 
     /// Size in bytes of one padded slot, or `None` on arithmetic overflow.
     pub fn slot_bytes(&self) -> Option<usize> {
-        let payload = if self.next_obs {
-            self.obs_bytes.checked_mul(2)?
-        } else {
-            self.obs_bytes
-        };
+        let arrays = self.segment.map_or(Some(0), |s| s.unroll.checked_mul(12))?;
         Self::OBS_OFFSET
-            .checked_add(payload)?
+            .checked_add(arrays)?
+            .checked_add(self.obs_region_bytes()?)?
             .checked_next_multiple_of(Self::ALIGN)
     }
 
@@ -70,11 +168,12 @@ impl SlotLayout {
     /// `slot` must be valid for writes of `slot_bytes()` bytes, 8-byte aligned,
     /// not concurrently accessed, `t.obs.len() == self.obs_bytes`, and `t.next_obs` must be
     /// `Some` with `obs_bytes` bytes exactly when `self.next_obs`.
-    pub(super) unsafe fn write(&self, slot: *mut u8, t: &Transition) {
+    pub(super) unsafe fn write(&self, slot: *mut u8, t: &Transition, version: u32) {
         // SAFETY: the caller guarantees `slot` covers the whole slot and is
         // exclusively ours; the offsets are in bounds and suitably aligned.
         unsafe {
             slot.add(Self::ACTION_OFFSET).cast::<u32>().write(t.action);
+            slot.add(Self::VERSION_OFFSET).cast::<u32>().write(version);
             slot.add(Self::RET_OFFSET).cast::<f32>().write(t.ret);
             slot.add(Self::DISCOUNT_OFFSET)
                 .cast::<f32>()
@@ -94,37 +193,105 @@ impl SlotLayout {
         }
     }
 
-    /// Copies the slot at `slot` out: observation into `obs`, the next observation into
-    /// `next_obs` (when the layout has one), and returns (action, ret, discount).
+    /// Copies segment `seg` (validated by the queue: `seg.check(self)`) into the slot at
+    /// `slot`, stamped with snapshot `version`.
     ///
     /// # Safety
-    /// `slot` must be valid for reads of `slot_bytes()` bytes, 8-byte aligned,
-    /// not concurrently written, `obs.len() == self.obs_bytes`, and `next_obs.len()` must be
-    /// `obs_bytes` when `self.next_obs`.
-    pub(super) unsafe fn read(
-        &self,
-        slot: *const u8,
-        obs: &mut [u8],
-        next_obs: &mut [u8],
-    ) -> (u32, f32, f32) {
-        // SAFETY: as for `write`, guaranteed by the caller (committed slot).
+    /// As for [`SlotLayout::write`]; `self.segment` is `Some` and `seg` fits it.
+    pub(super) unsafe fn write_segment(&self, slot: *mut u8, seg: &Segment, version: u32) {
+        let t = self.steps();
+        let len = seg.actions.len();
+        // SAFETY: the caller guarantees `slot` covers the whole slot and is exclusively ours;
+        // `len <= unroll` and the frames fit the frame region (checked by the queue).
         unsafe {
-            let action = slot.add(Self::ACTION_OFFSET).cast::<u32>().read();
-            let ret = slot.add(Self::RET_OFFSET).cast::<f32>().read();
-            let discount = slot.add(Self::DISCOUNT_OFFSET).cast::<f32>().read();
+            slot.cast::<u32>().write(len as u32);
+            slot.add(4).cast::<u32>().write(u32::from(seg.terminal));
+            slot.add(8).cast::<u32>().write(0);
+            slot.add(Self::VERSION_OFFSET).cast::<u32>().write(version);
+            let arrays = slot.add(Self::OBS_OFFSET);
+            std::ptr::copy_nonoverlapping(seg.actions.as_ptr(), arrays.cast::<u32>(), len);
             std::ptr::copy_nonoverlapping(
-                slot.add(Self::OBS_OFFSET),
-                obs.as_mut_ptr(),
-                self.obs_bytes,
+                seg.rewards.as_ptr(),
+                arrays.add(4 * t).cast::<f32>(),
+                len,
             );
-            if self.next_obs {
-                std::ptr::copy_nonoverlapping(
-                    slot.add(Self::OBS_OFFSET + self.obs_bytes),
-                    next_obs.as_mut_ptr(),
-                    self.obs_bytes,
-                );
-            }
-            (action, ret, discount)
+            std::ptr::copy_nonoverlapping(
+                seg.behaviour_logp.as_ptr(),
+                arrays.add(8 * t).cast::<f32>(),
+                len,
+            );
+            std::ptr::copy_nonoverlapping(
+                seg.frames.as_ptr(),
+                arrays.add(12 * t),
+                seg.frames.len(),
+            );
         }
+    }
+
+    /// Appends the slot at `slot` to `batch` as its next row (a transition, or a segment).
+    ///
+    /// # Safety
+    /// `slot` must be valid for reads of `slot_bytes()` bytes, 8-byte aligned, not
+    /// concurrently written and committed (written by [`SlotLayout::write`] or
+    /// [`SlotLayout::write_segment`]); `batch` was made for this layout and is not full.
+    pub(super) unsafe fn read_into(&self, slot: *const u8, batch: &mut Batch) {
+        let i = batch.len();
+        // SAFETY: as for `write`, guaranteed by the caller (committed slot); a segment's
+        // `len` was written by `write_segment` (<= unroll) and is clamped again here.
+        unsafe {
+            batch.versions[i] = slot.add(Self::VERSION_OFFSET).cast::<u32>().read();
+            match self.segment {
+                None => {
+                    batch.actions[i] =
+                        i64::from(slot.add(Self::ACTION_OFFSET).cast::<u32>().read());
+                    batch.returns[i] = slot.add(Self::RET_OFFSET).cast::<f32>().read();
+                    batch.discounts[i] = slot.add(Self::DISCOUNT_OFFSET).cast::<f32>().read();
+                    let (obs, next_obs, _) = batch.next_row();
+                    std::ptr::copy_nonoverlapping(
+                        slot.add(Self::OBS_OFFSET),
+                        obs.as_mut_ptr(),
+                        self.obs_bytes,
+                    );
+                    if self.next_obs {
+                        std::ptr::copy_nonoverlapping(
+                            slot.add(Self::OBS_OFFSET + self.obs_bytes),
+                            next_obs.as_mut_ptr(),
+                            self.obs_bytes,
+                        );
+                    }
+                }
+                Some(shape) => {
+                    let t = shape.unroll;
+                    let len = (slot.cast::<u32>().read() as usize).min(t);
+                    batch.lens[i] = len as u32;
+                    batch.terminal[i] = slot.add(4).cast::<u32>().read() != 0;
+                    let arrays = slot.add(Self::OBS_OFFSET);
+                    for k in 0..t {
+                        // Steps past `len` are padding: zero, and masked by the learner.
+                        batch.actions[i * t + k] = if k < len {
+                            i64::from(arrays.cast::<u32>().add(k).read())
+                        } else {
+                            0
+                        };
+                    }
+                    batch.rewards[i * t + len..(i + 1) * t].fill(0.0);
+                    batch.behaviour_logp[i * t + len..(i + 1) * t].fill(0.0);
+                    std::ptr::copy_nonoverlapping(
+                        arrays.add(4 * t).cast::<f32>(),
+                        batch.rewards[i * t..].as_mut_ptr(),
+                        len,
+                    );
+                    std::ptr::copy_nonoverlapping(
+                        arrays.add(8 * t).cast::<f32>(),
+                        batch.behaviour_logp[i * t..].as_mut_ptr(),
+                        len,
+                    );
+                    let frames = (self.stack() + len) * shape.frame_bytes;
+                    let (obs, _, _) = batch.next_row();
+                    std::ptr::copy_nonoverlapping(arrays.add(12 * t), obs.as_mut_ptr(), frames);
+                }
+            }
+        }
+        batch.commit_row();
     }
 }

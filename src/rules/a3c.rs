@@ -1,0 +1,171 @@
+//! `--algorithm a3c`: the advantage actor-critic of "Asynchronous Methods for Deep
+//! Reinforcement Learning" (Mnih et al. 2016, Algorithm S3), with the gradient step on the
+//! learner as everywhere in this project.
+//!
+//! Actor half: the n-step segment of [`super::nstep_q::Segment`]. The actor samples its
+//! actions from the snapshot's policy (softmax of the logits; no epsilon), holds up to
+//! `--n-step` steps (t_max, 5 in the paper), bootstraps `R = V(s_t+n; snapshot)` (0 at a
+//! terminal state; a time-limit truncation bootstraps), walks back `R_i = r_i + gamma R_i+1`
+//! and pushes `(s_i, a_i, R_i)`.
+//!
+//! Learner half ([`Learner`]): on every full batch, in arrival order, one step on the loss of
+//! [`super::actor_critic`] with `R_i` as the value target and `R_i - V(s_i)` (current weights,
+//! not differentiated) as the advantage.
+
+use tch::Tensor;
+
+use super::actor_critic::{self, Sums};
+use super::{LearnerRule, QCore, RuleMetrics, UpdateStats};
+use crate::config::Config;
+use crate::model::QNetwork;
+use crate::shm::Batch;
+
+/// The learner half: one actor-critic step on every full batch of n-step returns.
+pub struct Learner {
+    core: QCore,
+    held: Batch,
+    ready: bool,
+    value_coef: f64,
+    entropy_coef: f64,
+    sums: Sums,
+}
+
+impl Learner {
+    pub fn new(core: QCore, cfg: &Config) -> Self {
+        let layout = super::slot_layout(cfg, core.obs);
+        Learner {
+            core,
+            held: Batch::new(cfg.batch_size, layout),
+            ready: false,
+            value_coef: cfg.value_coef,
+            entropy_coef: cfg.entropy_coef,
+            sums: Sums::default(),
+        }
+    }
+}
+
+impl LearnerRule for Learner {
+    fn insert(&mut self, batch: &mut Batch, _frames: u64) -> usize {
+        if !batch.is_full() || self.ready {
+            return 0;
+        }
+        std::mem::swap(batch, &mut self.held);
+        batch.clear();
+        self.ready = true;
+        self.held.len()
+    }
+
+    fn ready(&mut self, _frames: u64) -> bool {
+        self.ready
+    }
+
+    fn update(&mut self, lr: f64) -> Result<Option<UpdateStats>, UpdateStats> {
+        let b = &self.held;
+        let n = b.len();
+        let c = &self.core;
+        let obs = c.obs_tensor(&b.obs, n);
+        let actions = Tensor::from_slice(&b.actions[..n]).to_device(c.device);
+        let returns = Tensor::from_slice(&b.returns[..n]).to_device(c.device);
+        let (logits, values) = c
+            .model
+            .policy_value(&obs)
+            .expect("a3c builds an actor-critic network");
+        let advantages = &returns - values.detach();
+        let loss = actor_critic::loss(
+            &actor_critic::Steps {
+                logits: &logits,
+                values: &values,
+                actions: &actions,
+                targets: &returns,
+                advantages: &advantages,
+                mask: None,
+            },
+            self.value_coef,
+            self.entropy_coef,
+        );
+        let result = self.core.step(&loss.total, &loss.value_mean, lr);
+        if result.is_ok() {
+            self.sums.add(&loss);
+        }
+        self.ready = false;
+        self.held.clear();
+        result.map(Some)
+    }
+
+    fn model(&self) -> &QNetwork {
+        &self.core.model
+    }
+
+    fn optimizer_state(&self) -> &[Tensor] {
+        self.core.optim.state()
+    }
+
+    fn extra_tensors(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    fn restore(&mut self, ckpt: &crate::checkpoint::Checkpoint) -> Result<(), String> {
+        self.core.restore(ckpt)
+    }
+
+    fn metrics(&mut self) -> RuleMetrics {
+        self.sums.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::nstep_q::Segment;
+    use super::super::{Adder, ExperienceSink, StepEnd};
+    use crate::config::{Algorithm, Config};
+    use crate::shm::{PushError, Transition};
+
+    #[derive(Default)]
+    struct Collect(Vec<(u8, u32, f32)>);
+
+    impl ExperienceSink for Collect {
+        fn push(&mut self, t: &Transition) -> Result<(), PushError> {
+            self.0.push((t.obs[0], t.action, t.ret));
+            Ok(())
+        }
+    }
+
+    /// The paper's targets by hand: R = V(s_t+n) from the snapshot's outputs (logits, then
+    /// V), walked back with gamma; 0 after a terminal; V(s') after a truncation.
+    #[test]
+    fn n_step_advantage_targets_bootstrap_with_the_snapshots_value() {
+        let cfg = Config {
+            n_step: 3,
+            gamma: 0.5,
+            algorithm: Algorithm::A3c,
+            ..Config::default()
+        };
+        let mut seg = Segment::new(&cfg, 1);
+        let mut out = Collect::default();
+        let mut never = |_: &[u8]| -> (Vec<f32>, usize) { panic!("no truncation here") };
+        // Outputs of 2 actions: logits, then V(s). The logits must not matter.
+        let row = |v: f32| [9.0f32, -9.0, v];
+        for (t, r) in [(0u8, 1.0f32), (1, 0.0), (2, 2.0)] {
+            seg.begin(&[t], u32::from(t % 2), Some(&row(100.0)), &mut out)
+                .unwrap();
+            seg.end(r, StepEnd::Continue, &[t + 1], &mut never, &mut out)
+                .unwrap();
+        }
+        // V(s_3) = 8: R2 = 2 + 0.5*8 = 6, R1 = 0 + 0.5*6 = 3, R0 = 1 + 0.5*3 = 2.5.
+        seg.begin(&[3], 1, Some(&row(8.0)), &mut out).unwrap();
+        assert_eq!(out.0, vec![(0, 0, 2.5), (1, 1, 3.0), (2, 0, 6.0)]);
+        // A terminal: no bootstrap. R3 = -1.
+        seg.end(-1.0, StepEnd::Terminal, &[4], &mut never, &mut out)
+            .unwrap();
+        assert_eq!(out.0[3], (3, 1, -1.0));
+        // A truncation bootstraps from V(s') computed on demand: R = 1 + 0.5*4 = 3.
+        let mut values = |o: &[u8]| -> (Vec<f32>, usize) {
+            assert_eq!(o, &[6]);
+            (vec![0.0, 0.0, 4.0], 0)
+        };
+        seg.begin(&[5], 0, Some(&row(0.0)), &mut out).unwrap();
+        seg.end(1.0, StepEnd::Truncated, &[6], &mut values, &mut out)
+            .unwrap();
+        assert_eq!(out.0[4], (5, 0, 3.0));
+    }
+}
