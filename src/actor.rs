@@ -508,6 +508,25 @@ mod tests {
     }
 
     #[test]
+    fn sampling_follows_the_softmax() {
+        let mut rng = StdRng::seed_from_u64(2);
+        // Logits ln(1), ln(2), ln(7): probabilities 0.1, 0.2, 0.7 (any shift gives the same).
+        let logits = [100.0f32, 100.0 + 2f32.ln(), 100.0 + 7f32.ln()];
+        let n = 20_000;
+        let mut seen = [0usize; 3];
+        for _ in 0..n {
+            seen[ActionPolicy::Sample.act(&logits, &mut rng)] += 1;
+        }
+        for (count, p) in seen.iter().zip([0.1, 0.2, 0.7]) {
+            let sd = (n as f64 * p * (1.0 - p)).sqrt();
+            assert!((*count as f64 - n as f64 * p).abs() < 4.0 * sd, "{seen:?}");
+        }
+        // Non-finite logits fall back to the argmax instead of panicking.
+        assert_eq!(sample_softmax(&[0.0, f32::NAN, 1.0], &mut rng), 2);
+        assert_eq!(ActionPolicy::from(0.0).act(&[0.1, 0.9], &mut rng), 1);
+    }
+
+    #[test]
     fn epsilon_greedy_extremes() {
         let mut rng = StdRng::seed_from_u64(1);
         let q = [0.1, 0.9, 0.3];

@@ -439,6 +439,51 @@ mod tests {
     }
 
     #[test]
+    fn actor_critic_heads_give_logits_and_values_from_one_hidden_layer() {
+        let ac = |arch| NetSpec {
+            arch,
+            head: HeadKind::ActorCritic,
+        };
+        let frames = ObsSpec::Frames([4, 84, 84]);
+        let x = Tensor::randint(256, [3, 4, 84, 84], (Kind::Uint8, Device::Cpu));
+        for arch in [Network::Nips, Network::Nature] {
+            let net = QNetwork::new(ac(arch), frames, 6, Device::Cpu);
+            let (logits, values) = net.policy_value(&x).unwrap();
+            assert_eq!(
+                (logits.size(), values.size()),
+                (vec![3, 6], vec![3]),
+                "{arch:?}"
+            );
+            assert_eq!(net.act_width(), 7);
+            // forward is the logits (the argmax is the greedy action); act_outputs appends V.
+            assert!(net.forward(&x).allclose(&logits, 1e-6, 1e-6, false));
+            let out = net.act_outputs(&x);
+            assert!(out
+                .narrow(1, 6, 1)
+                .squeeze_dim(1)
+                .allclose(&values, 1e-6, 1e-6, false));
+        }
+        // The A3C FF network: the nips torso and fc 256, then 6 logits and one value.
+        let nips = QNetwork::new(ac(Network::Nips), frames, 6, Device::Cpu);
+        assert_eq!(nips.numel(), 4112 + 8224 + 663_808 + 256 * 6 + 6 + 256 + 1);
+        // The MLP by hand from its named parameters.
+        let net = QNetwork::new(ac(Network::Mlp), ObsSpec::Vector(4), 2, Device::Cpu);
+        let p = |n: &str| &net.params().iter().find(|(m, _)| m == n).unwrap().1;
+        let lin = |x: &Tensor, l: &str| {
+            x.matmul(&p(&format!("{l}.weight")).tr()) + p(&format!("{l}.bias"))
+        };
+        let v = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.1]).view([1, 4]);
+        let h = lin(&lin(&v, "fc1").relu(), "fc2").relu();
+        let (logits, value) = net.policy_value(&v).unwrap();
+        assert!(logits.allclose(&lin(&h, "policy"), 1e-5, 1e-6, false));
+        assert!(value.allclose(&lin(&h, "value").squeeze_dim(1), 1e-5, 1e-6, false));
+        // A Q head has no policy.
+        let q = QNetwork::new(Network::Mlp, ObsSpec::Vector(4), 2, Device::Cpu);
+        assert!(q.policy_value(&v).is_none());
+        assert_eq!(q.act_width(), 2);
+    }
+
+    #[test]
     fn auto_network_follows_the_observations() {
         let frames = ObsSpec::Frames([4, 84, 84]);
         assert_eq!(resolve_network(Network::Auto, frames), Ok(Network::Nips));

@@ -1,5 +1,6 @@
 //! Integration tests, one module per area (as ripgrep does).
 
+mod actor_critic;
 mod bench;
 mod cli;
 mod e2e;
