@@ -3,10 +3,15 @@
 row to docs/results.csv and plots the seeds' curves into docs/results/.
 
 Usage (through scripts/results, which builds first):
-  scripts/results GAME MINUTES [--seeds K] [learner flags...]
+  scripts/results GAME MINUTES [--seeds K] [--parallel] [learner flags...]
 e.g.
   scripts/results CartPole 2 --seeds 3 --config configs/cartpole-dqn.toml
   scripts/results Pong 180 --seeds 1
+  scripts/results Pong 60 --seeds 2 --parallel --config configs/pong-dqn.toml
+
+--parallel trains the seeds at the same time instead, each pinned (taskset) to an equal share
+of the CPU cores (seed i to cores [i*c/K, (i+1)*c/K)), and evaluates them at the same time:
+for K seeds on a K-core machine, K times the seeds in the same hours, each run on one core.
 
 Each seed trains for at most MINUTES (then SIGINT: a final checkpoint), or less if the run
 stops itself (--max-frames, --target-return). Seeds are 0..K-1 (--seed is not allowed in the
@@ -47,10 +52,14 @@ def parse(argv):
         fail(f"MINUTES must be a number, got {minutes!r}")
     if minutes <= 0:
         fail(f"MINUTES must be positive, got {minutes}")
-    rest, seeds = [], 3
+    rest, seeds, parallel = [], 3, False
     i = 2
     while i < len(argv):
         a = argv[i]
+        if a == "--parallel":
+            parallel = True
+            i += 1
+            continue
         if a == "--seeds":
             if i + 1 >= len(argv) or not argv[i + 1].isdigit() or int(argv[i + 1]) < 1:
                 fail("--seeds needs a whole number of 1 or more, e.g. --seeds 3")
@@ -61,7 +70,9 @@ def parse(argv):
             fail(f"{a}: scripts/results sets it itself (seeds 0..K-1, runs/results/...)")
         rest.append(a)
         i += 1
-    return game, minutes, seeds, rest
+    if parallel and seeds > (os.cpu_count() or 1):
+        fail(f"--parallel: {seeds} seeds need at least as many cores; this machine has {os.cpu_count()}")
+    return game, minutes, seeds, parallel, rest
 
 
 def machine():
@@ -88,17 +99,31 @@ def commit():
     return git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
 
 
-def train(game, minutes, seed, flags, logdir):
+def cores_of(seed, seeds):
+    """The cores seed `seed` of `seeds` parallel runs is pinned to, for taskset."""
+    c = os.cpu_count() or 1
+    lo, hi = seed * c // seeds, (seed + 1) * c // seeds
+    return f"{lo}-{hi - 1}"
+
+
+def start(game, seed, flags, logdir, pin=None):
     cmd = [LEARNER, "--game", game, "--seed", str(seed), "--logdir", logdir, *flags]
+    if pin is not None:
+        cmd = ["taskset", "-c", pin, *cmd]
     print(f"[results] seed {seed}: {' '.join(cmd)}", file=sys.stderr, flush=True)
-    p = subprocess.Popen(cmd, stdout=sys.stderr)
+    out = open(os.path.join(logdir, "learner.log"), "w") if pin is not None else sys.stderr
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if pin is not None else None)
+
+
+def finish(p, deadline, seed, logdir):
+    import time
     try:
-        p.wait(timeout=minutes * 60)
+        p.wait(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         p.send_signal(signal.SIGINT)  # a clean stop with a final checkpoint
         p.wait()
     if p.returncode not in (0, -signal.SIGINT, 130):
-        fail(f"the learner failed (exit {p.returncode}) for seed {seed}; see above")
+        fail(f"the learner failed (exit {p.returncode}) for seed {seed}; see {logdir}")
     ckpts = sorted(
         (int(m.group(1)), f) for f in os.listdir(logdir)
         if (m := re.fullmatch(r"model-(\d+)\.pt", f))
@@ -114,8 +139,11 @@ def train(game, minutes, seed, flags, logdir):
     return frames, wall, os.path.join(logdir, name), rule
 
 
-def evaluate(model):
-    out = subprocess.run([PLAY, "--model", model, "--eval"], capture_output=True, text=True)
+def evaluate(model, pin=None):
+    cmd = [PLAY, "--model", model, "--eval"]
+    if pin is not None:
+        cmd = ["taskset", "-c", pin, *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         fail(f"play --eval {model} failed:\n{out.stderr}")
     report = os.path.splitext(model)[0] + ".eval.json"
@@ -125,19 +153,33 @@ def evaluate(model):
 
 
 def main():
-    game, minutes, seeds, flags = parse(sys.argv[1:])
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    game, minutes, seeds, parallel, flags = parse(sys.argv[1:])
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = os.path.join(ROOT, "runs", "results", f"{game}-{stamp}")
+    logdirs = [os.path.join(base, f"seed-{seed}") for seed in range(seeds)]
+    for d in logdirs:
+        os.makedirs(d, exist_ok=True)
+    trained = []
+    if parallel:
+        pins = [cores_of(seed, seeds) for seed in range(seeds)]
+        deadline = time.monotonic() + minutes * 60
+        procs = [start(game, seed, flags, logdirs[seed], pins[seed]) for seed in range(seeds)]
+        trained = [finish(p, deadline, seed, logdirs[seed]) for seed, p in enumerate(procs)]
+        with ThreadPoolExecutor(seeds) as pool:
+            evals = list(pool.map(lambda i: evaluate(trained[i][2], pins[i]), range(seeds)))
+    else:
+        evals = []
+        for seed in range(seeds):
+            p = start(game, seed, flags, logdirs[seed])
+            trained.append(finish(p, time.monotonic() + minutes * 60, seed, logdirs[seed]))
+            evals.append(evaluate(trained[-1][2]))
     results = []
-    base = None
-    for seed in range(seeds):
-        logdir = os.path.join(ROOT, "runs", "results", f"{game}-{stamp}", f"seed-{seed}")
-        base = os.path.dirname(logdir)
-        os.makedirs(logdir, exist_ok=True)
-        frames, wall, model, rule = train(game, minutes, seed, flags, logdir)
-        mean, games = evaluate(model)
+    for seed, ((frames, wall, model, rule), (mean, games)) in enumerate(zip(trained, evals)):
         print(f"[results] seed {seed}: {frames} frames, {wall:.1f} min, eval mean {mean:.2f}",
               file=sys.stderr, flush=True)
-        results.append((frames, wall, mean, games, rule, logdir))
+        results.append((frames, wall, mean, games, rule, logdirs[seed]))
     rule = results[0][4]
     docs = os.path.join(ROOT, "docs")
     os.makedirs(os.path.join(docs, "results"), exist_ok=True)
@@ -159,7 +201,8 @@ def main():
         "eval_games": results[0][3],
         "machine": machine(),
         "commit": commit(),
-        "command": "scripts/results " + " ".join([game, f"{minutes:g}", "--seeds", str(seeds), *flags]),
+        "command": "scripts/results " + " ".join(
+            [game, f"{minutes:g}", "--seeds", str(seeds), *(["--parallel"] if parallel else []), *flags]),
         "curves": png,
     }
     path = os.path.join(docs, "results.csv")

@@ -53,6 +53,14 @@ fn dlopen_cuda() -> Result<(), String> {
     Err(errors.join("; "))
 }
 
+/// Whether the NVIDIA driver's user-space library, `libcuda.so.1`, can be loaded.
+fn driver_present() -> bool {
+    let c = CString::new("libcuda.so.1").expect("no NUL");
+    // SAFETY: dlopen with a valid NUL-terminated name; the handle is kept (libtorch would load
+    // the same library anyway) and never closed.
+    !unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) }.is_null()
+}
+
 /// Resolves `--device`: `cpu` is the CPU; `cuda` is CUDA device 0 or an error; `auto` is CUDA
 /// when usable, else the CPU with the reason returned for logging. Call before any tensor work.
 pub fn select(choice: DeviceChoice) -> Result<(Device, Option<String>), CudaUnavailable> {
@@ -61,6 +69,10 @@ pub fn select(choice: DeviceChoice) -> Result<(Device, Option<String>), CudaUnav
     }
     let reason = match load_cuda() {
         Ok(()) if tch::Cuda::is_available() => return Ok((Device::Cuda(0), None)),
+        Ok(()) if !driver_present() => {
+            "libtorch_cuda loaded, but there is no NVIDIA driver (libcuda.so.1 not found)"
+                .to_string()
+        }
         Ok(()) => "libtorch_cuda loaded, but no CUDA device is visible".to_string(),
         Err(e) => format!("cannot load libtorch_cuda: {e}"),
     };
