@@ -95,7 +95,7 @@ def machine():
 def commit():
     def git(*a):
         return subprocess.run(["git", "-C", ROOT, *a], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", ROOT, "diff", "--quiet"]).returncode != 0
+    dirty = subprocess.run(["git", "-C", ROOT, "diff", "--quiet", "--", ".", ":!docs"]).returncode != 0
     return git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
 
 
