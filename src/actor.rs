@@ -56,14 +56,16 @@ impl ActionPolicy {
 /// first). Non-finite logits fall back to the argmax.
 pub fn sample_softmax(logits: &[f32], rng: &mut impl Rng) -> usize {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let weights: Vec<f64> = logits.iter().map(|l| f64::from(l - max).exp()).collect();
-    let total: f64 = weights.iter().sum();
+    // Two passes over the logits instead of a vector of weights: no allocation per step.
+    let weight = |l: f32| f64::from(l - max).exp();
+    let total: f64 = logits.iter().map(|&l| weight(l)).sum();
     if !total.is_finite() || total <= 0.0 {
         return argmax(logits);
     }
     let mut u = rng.gen::<f64>() * total;
-    for (i, w) in weights.iter().enumerate() {
-        if u < *w {
+    for (i, &l) in logits.iter().enumerate() {
+        let w = weight(l);
+        if u < w {
             return i;
         }
         u -= w;

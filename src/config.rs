@@ -126,10 +126,10 @@ pub struct Config {
     /// Discount factor gamma
     #[arg(long, default_value_t = 0.99)]
     pub gamma: f32,
-    /// Transitions per learner update
+    /// Transitions per learner update (impala: segments of --unroll steps)
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
-    /// Slots in the shared-memory experience queue (split evenly across actors)
+    /// Slots in the shared-memory experience queue, split evenly across actors (impala: segments)
     #[arg(long, default_value_t = 256)]
     pub queue_size: usize,
     /// Initial learning rate, annealed linearly to 0 over --lr-decay frames

@@ -580,7 +580,7 @@ fn train(
                     c.steps += trainer.rule.insert(&mut batch, c.frames) as u64;
                 } else if batch.is_full() {
                     // Benchmark phases drain the queue without training.
-                    c.steps += batch.len() as u64;
+                    c.steps += batch.steps() as u64;
                     batch.clear();
                 }
                 None

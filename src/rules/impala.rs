@@ -207,9 +207,7 @@ impl LearnerRule for Learner {
         std::mem::swap(batch, &mut self.held);
         batch.clear();
         self.ready = true;
-        (0..self.held.len())
-            .map(|i| self.held.lens[i] as usize)
-            .sum()
+        self.held.steps()
     }
 
     fn ready(&mut self, _frames: u64) -> bool {

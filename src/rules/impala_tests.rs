@@ -137,6 +137,7 @@ fn the_segment_slot_round_trips_through_the_queue() {
         .pop_into(&mut b, std::time::Duration::from_secs(1))
         .unwrap());
     assert_eq!((b.lens[0], b.lens[1]), (3, 1));
+    assert_eq!(b.steps(), 4, "agent steps, not segments");
     assert_eq!((b.terminal[0], b.terminal[1]), (false, true));
     assert_eq!(b.versions[..2], [41, 42]);
     assert_eq!(b.actions, vec![2, 1, 0, 3, 0, 0]);

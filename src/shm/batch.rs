@@ -160,6 +160,15 @@ impl Batch {
         self.len
     }
 
+    /// Agent steps in the filled rows: one per transition, a segment's length per segment.
+    pub fn steps(&self) -> usize {
+        if self.layout.segment.is_some() {
+            self.lens[..self.len].iter().map(|&l| l as usize).sum()
+        } else {
+            self.len
+        }
+    }
+
     /// True if no row is filled.
     pub fn is_empty(&self) -> bool {
         self.len == 0
