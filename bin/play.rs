@@ -53,8 +53,8 @@ struct Args {
     /// Random seed for the emulator and the random actions
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Device for the network
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    /// Device for the network: cpu, auto, cuda or cuda:N
+    #[arg(long, default_value_t = DeviceChoice::Cpu)]
     device: DeviceChoice,
     /// How to show the games: `terminal` draws the screen in colour at the game's speed,
     /// `none` prints one line per game; `auto` is `terminal` when stdout is a terminal (and the

@@ -11,10 +11,13 @@ use tch::Device;
 
 use crate::config::DeviceChoice;
 
-/// Why CUDA is not usable (for `--device auto`'s log line and `--device cuda`'s error).
+/// Why the CUDA device asked for is not usable (`--device cuda` or `cuda:N`).
 #[derive(Debug, thiserror::Error)]
-#[error("--device cuda: CUDA is not usable: {0}")]
-pub struct CudaUnavailable(pub String);
+#[error("--device {choice}: CUDA is not usable: {reason}")]
+pub struct CudaUnavailable {
+    pub choice: DeviceChoice,
+    pub reason: String,
+}
 
 /// Loads `libtorch_cuda.so` once per process with `RTLD_NOW | RTLD_GLOBAL`: first by name (the
 /// binaries' rpath and LD_LIBRARY_PATH), then from the libtorch the binary was built against.
@@ -61,14 +64,24 @@ fn driver_present() -> bool {
     !unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) }.is_null()
 }
 
-/// Resolves `--device`: `cpu` is the CPU; `cuda` is CUDA device 0 or an error; `auto` is CUDA
-/// when usable, else the CPU with the reason returned for logging. Call before any tensor work.
+/// Resolves `--device`: `cpu` is the CPU; `cuda:N` (`cuda`: 0) is CUDA device N or an error
+/// (no CUDA, or no GPU of that index); `auto` is CUDA device 0 when usable, else the CPU with
+/// the reason returned for logging. Call before any tensor work.
 pub fn select(choice: DeviceChoice) -> Result<(Device, Option<String>), CudaUnavailable> {
     if choice == DeviceChoice::Cpu {
         return Ok((Device::Cpu, None));
     }
+    let index = match choice {
+        DeviceChoice::Cuda(i) => i,
+        _ => 0,
+    };
     let reason = match load_cuda() {
-        Ok(()) if tch::Cuda::is_available() => return Ok((Device::Cuda(0), None)),
+        Ok(()) if tch::Cuda::is_available() => {
+            let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+            return check_index(index, count)
+                .map(|()| (Device::Cuda(index), None))
+                .map_err(|reason| CudaUnavailable { choice, reason });
+        }
         Ok(()) if !driver_present() => {
             "libtorch_cuda loaded, but there is no NVIDIA driver (libcuda.so.1 not found)"
                 .to_string()
@@ -77,9 +90,24 @@ pub fn select(choice: DeviceChoice) -> Result<(Device, Option<String>), CudaUnav
         Err(e) => format!("cannot load libtorch_cuda: {e}"),
     };
     match choice {
-        DeviceChoice::Cuda => Err(CudaUnavailable(reason)),
+        DeviceChoice::Cuda(_) => Err(CudaUnavailable { choice, reason }),
         _ => Ok((Device::Cpu, Some(reason))),
     }
+}
+
+/// Whether GPU `index` exists among `count` visible ones; the error says which do.
+pub fn check_index(index: usize, count: usize) -> Result<(), String> {
+    if index < count {
+        return Ok(());
+    }
+    Err(match count {
+        0 => "no CUDA device is visible".to_string(),
+        1 => format!("there is no GPU {index}: this machine has one, cuda:0 (or cuda)"),
+        n => format!(
+            "there is no GPU {index}: this machine has {n}, cuda:0 to cuda:{}",
+            n - 1
+        ),
+    })
 }
 
 /// A short human name: "cpu" or "cuda:0 (NVIDIA H100 ...)".
@@ -87,5 +115,46 @@ pub fn describe(device: Device) -> String {
     match device {
         Device::Cuda(i) => format!("cuda:{i}"),
         _ => "cpu".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_choices_parse_print_and_refuse_by_name() {
+        for (text, want) in [
+            ("auto", DeviceChoice::Auto),
+            ("cpu", DeviceChoice::Cpu),
+            ("cuda", DeviceChoice::Cuda(0)),
+            ("cuda:0", DeviceChoice::Cuda(0)),
+            ("cuda:3", DeviceChoice::Cuda(3)),
+        ] {
+            assert_eq!(text.parse::<DeviceChoice>(), Ok(want), "{text}");
+            // Printed back as it parses (TOML files and checkpoints store the text).
+            assert_eq!(want.to_string().parse::<DeviceChoice>(), Ok(want));
+        }
+        for bad in ["tpu", "cuda:", "cuda:x", "cuda:-1", "CUDA", "cuda:1:2"] {
+            let err = bad.parse::<DeviceChoice>().unwrap_err();
+            assert!(
+                err.contains("expected auto, cpu, cuda or cuda:N"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_gpu_index_that_does_not_exist_is_refused_naming_those_that_do() {
+        assert_eq!(check_index(0, 1), Ok(()));
+        assert_eq!(check_index(1, 2), Ok(()));
+        let one = check_index(1, 1).unwrap_err();
+        assert!(
+            one.contains("there is no GPU 1: this machine has one, cuda:0"),
+            "{one}"
+        );
+        let two = check_index(5, 2).unwrap_err();
+        assert!(two.contains("cuda:0 to cuda:1"), "{two}");
+        assert_eq!(check_index(0, 0).unwrap_err(), "no CUDA device is visible");
     }
 }

@@ -122,6 +122,32 @@ fn device_cuda_without_cuda_fails_before_starting() {
     assert!(err.contains("--device cuda: CUDA is not usable"), "{err}");
     assert!(!tmp.path().join("run").exists(), "nothing may be created");
     assert_clean(pid);
+    // A GPU by index, and a device that is none.
+    let (_, out) = run(
+        LEARNER,
+        &["--device", "cuda:1", "--processes", "1", "--logdir", "run"],
+        tmp.path(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--device cuda:1: CUDA is not usable"),
+        "{}",
+        text(&out.stderr)
+    );
+    let (_, out) = run(
+        LEARNER,
+        &["--device", "gpu", "--logdir", "run"],
+        tmp.path(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("expected auto, cpu, cuda or cuda:N"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!tmp.path().join("run").exists(), "nothing may be created");
 }
 
 #[test]
