@@ -21,6 +21,9 @@ use anyhow::{bail, Context, Result};
 use ipc_channel::ipc::{self, IpcReceiver};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+/// How often the training loop looks for actors that exited.
+const REAP_EVERY: Duration = Duration::from_millis(100);
+
 /// Run counters, saved in checkpoints.
 #[derive(Clone, Copy, Debug, Default)]
 struct Counters {
@@ -491,6 +494,7 @@ fn train(
     published.record(snapshot.version(), c.frames);
     let mut next_save = (c.frames / cfg.save_freq + 1) * cfg.save_freq;
     let mut ready = std::collections::BTreeSet::new();
+    let mut next_reap = Instant::now();
     // The best evaluation so far, kept across resumptions in model-best.eval.json.
     let mut best: Option<EvalScores> = std::fs::read(checkpoint::best_scores_path(run_dir))
         .ok()
@@ -532,7 +536,15 @@ fn train(
                 }
             }
         }
-        for r in pool.replace_exited()? {
+        // Reaping takes a waitpid per actor: every 100 ms, not every iteration (thousands a
+        // second), which only delays noticing a dead actor by as much.
+        let exited = if Instant::now() >= next_reap {
+            next_reap = Instant::now() + REAP_EVERY;
+            pool.replace_exited()?
+        } else {
+            Vec::new()
+        };
+        for r in exited {
             ready.remove(&r.actor);
             progress.println(&format!(
                 "actor {} exited unexpectedly ({}) at {} frames; restarted it with seed {} (restart {} of --max-actor-restarts {})",

@@ -20,6 +20,18 @@ impl ExperienceQueue {
     /// head than the lane holds. Transitions a producer commits after the consumer has
     /// seen the close and drained may be dropped.
     pub fn pop_into(&self, batch: &mut Batch, timeout: Duration) -> Result<bool, QueueError> {
+        let result = self.pop_into_inner(batch, timeout);
+        // Producers left waiting with less room than `wake_room` are not left waiting longer.
+        if !matches!(
+            result,
+            Err(QueueError::ConsumerBusy | QueueError::BatchLayout { .. })
+        ) {
+            self.wake_waiting_producers();
+        }
+        result
+    }
+
+    fn pop_into_inner(&self, batch: &mut Batch, timeout: Duration) -> Result<bool, QueueError> {
         if batch.layout() != self.layout {
             return Err(QueueError::BatchLayout {
                 batch: batch.layout(),
@@ -107,11 +119,42 @@ impl ExperienceQueue {
         // queue's (checked by `pop_into`) and it is not full.
         unsafe { self.layout.read_into(slot, batch) };
         ctrl.cons.head.store(head.wrapping_add(1), Ordering::SeqCst);
+        // A producer blocked on its full lane is woken once the lane has room for several
+        // transitions, not after every one (one wake-up and one sleep per transition
+        // otherwise). No wake-up is lost for good: a lane that the consumer drains reaches
+        // that room before the consumer could sleep on an empty queue, and `pop_into` wakes
+        // every waiting producer with any room when it returns.
+        let free = lane.cap - (avail - 1);
+        if free >= Self::wake_room(lane.cap) {
+            self.wake_producer(ctrl);
+        }
+        Ok(true)
+    }
+
+    /// Free slots a full lane needs before its producer is woken: a quarter of the lane, at
+    /// most 16, at least 1.
+    fn wake_room(cap: u64) -> u64 {
+        (cap / 4).clamp(1, 16)
+    }
+
+    /// Wakes the producer of the lane with control block `ctrl` if it waits for space.
+    fn wake_producer(&self, ctrl: &super::queue_layout::LaneCtrl) {
         if ctrl.prod.space_waiting.load(Ordering::SeqCst) != 0 {
             ctrl.cons.space_epoch.fetch_add(1, Ordering::SeqCst);
             futex::wake(&ctrl.cons.space_epoch, i32::MAX);
         }
-        Ok(true)
+    }
+
+    /// Wakes every producer that waits for space in a lane that has some.
+    fn wake_waiting_producers(&self) {
+        for lane in &self.lanes {
+            let ctrl = self.ctrl(lane);
+            let head = ctrl.cons.head.load(Ordering::SeqCst);
+            let tail = ctrl.prod.tail.load(Ordering::Acquire);
+            if tail.wrapping_sub(head) < lane.cap {
+                self.wake_producer(ctrl);
+            }
+        }
     }
 
     /// Sleeps (at most `timeout`) until `need` more transitions have been committed, a lane
