@@ -156,6 +156,8 @@ def main():
     import time
     from concurrent.futures import ThreadPoolExecutor
     game, minutes, seeds, parallel, flags = parse(sys.argv[1:])
+    # The commit of the code that trains: taken now, not when the runs are over.
+    trained_commit = commit()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     base = os.path.join(ROOT, "runs", "results", f"{game}-{stamp}")
     logdirs = [os.path.join(base, f"seed-{seed}") for seed in range(seeds)]
@@ -200,7 +202,7 @@ def main():
         "eval_means_per_seed": " ".join(f"{m:.2f}" for m in means),
         "eval_games": results[0][3],
         "machine": machine(),
-        "commit": commit(),
+        "commit": trained_commit,
         "command": "scripts/results " + " ".join(
             [game, f"{minutes:g}", "--seeds", str(seeds), *(["--parallel"] if parallel else []), *flags]),
         "curves": png,
