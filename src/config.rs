@@ -141,7 +141,8 @@ pub enum Loss {
     Mse,
 }
 
-/// Train an agent with asynchronous n-step Q-learning (Mnih et al. 2016) on an Atari game.
+/// Train an agent on an Atari game (or CartPole) with asynchronous n-step Q-learning or SARSA
+/// (Mnih et al. 2016), DQN from a replay memory, A3C, or IMPALA (V-trace).
 ///
 /// Frames are emulator frames (agent steps x frame skip), summed over all actors.
 #[derive(Parser, Clone, Debug, PartialEq, Serialize, Deserialize)]
