@@ -2,27 +2,10 @@
 //! frames through the queue, checkpoints, resume, metrics and `play --policy`; A3C with the
 //! periodic evaluator; and their bad input.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
 use crate::util::*;
-
-/// The metrics.csv rows as maps from column name to field.
-fn rows(dir: &Path) -> Vec<HashMap<String, String>> {
-    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
-    lines
-        .map(|l| {
-            header
-                .iter()
-                .cloned()
-                .zip(l.split(',').map(String::from))
-                .collect()
-        })
-        .collect()
-}
 
 #[test]
 fn impala_on_breakout_trains_on_segments_resumes_and_plays() {
@@ -67,7 +50,7 @@ fn impala_on_breakout_trains_on_segments_resumes_and_plays() {
     let ckpt = async_rl::checkpoint::load(&async_rl::checkpoint::path_for(&dir, last)).unwrap();
     assert!(ckpt.params.contains_key("policy.weight") && ckpt.params.contains_key("value.weight"));
     assert!(ckpt.state.updates > 0, "it trained");
-    let before = rows(&dir);
+    let before = metrics_rows(&dir);
     let trained: Vec<_> = before.iter().filter(|r| !r["loss"].is_empty()).collect();
     assert!(!trained.is_empty(), "rows with updates");
     for r in &trained {
@@ -199,7 +182,7 @@ fn a3c_on_cartpole_evaluates_periodically_by_sampling_and_play_refuses_policy_fo
     let stdout = text(&out.stdout);
     assert!(stdout.contains("evaluation at"), "{stdout}");
     assert!(async_rl::checkpoint::best_path(&dir).is_file());
-    let r = rows(&dir);
+    let r = metrics_rows(&dir);
     assert!(r.iter().any(|r| !r["policy_loss"].is_empty()));
     assert!(
         r.iter().all(|r| r["rho_mean"].is_empty()),

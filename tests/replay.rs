@@ -6,22 +6,6 @@ use std::time::Duration;
 
 use crate::util::*;
 
-/// The metrics.csv rows as maps from column name to field.
-fn rows(dir: &Path) -> Vec<std::collections::HashMap<String, String>> {
-    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
-    lines
-        .map(|l| {
-            header
-                .iter()
-                .cloned()
-                .zip(l.split(',').map(String::from))
-                .collect()
-        })
-        .collect()
-}
-
 #[test]
 fn dqn_on_breakout_trains_saves_its_replay_memory_and_resumes_with_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -83,7 +67,7 @@ fn dqn_on_breakout_trains_saves_its_replay_memory_and_resumes_with_it() {
     assert!(ckpt.params.contains_key("value.weight"), "a dueling head");
     assert!(ckpt.state.updates > 0, "it trained");
     // Metrics: the memory's size and the measured replay ratio.
-    let before = rows(&dir);
+    let before = metrics_rows(&dir);
     let trained: Vec<_> = before.iter().filter(|r| !r["loss"].is_empty()).collect();
     assert!(!trained.is_empty(), "rows with updates");
     for r in &trained {
@@ -143,7 +127,7 @@ fn dqn_on_breakout_trains_saves_its_replay_memory_and_resumes_with_it() {
     assert_clean(pid);
     let stdout = text(&out.stdout);
     assert!(stdout.contains("loading the replay memory"), "{stdout}");
-    let after = rows(&dir);
+    let after = metrics_rows(&dir);
     let resumed = &after[before.len()..];
     let first_size: u64 = resumed[0]["replay_size"].parse().unwrap();
     assert_eq!(

@@ -140,3 +140,19 @@ pub fn untrained_checkpoint(dir: &Path, game: &str) -> std::path::PathBuf {
     checkpoint::save(&path, &state, model.params(), &rmsprop, &[]).unwrap();
     path
 }
+
+/// The metrics.csv rows of run directory `dir` as maps from column name to field.
+pub fn metrics_rows(dir: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
+    lines
+        .map(|l| {
+            header
+                .iter()
+                .cloned()
+                .zip(l.split(',').map(String::from))
+                .collect()
+        })
+        .collect()
+}

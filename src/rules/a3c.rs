@@ -46,12 +46,9 @@ impl Learner {
 
 impl LearnerRule for Learner {
     fn insert(&mut self, batch: &mut Batch, _frames: u64) -> usize {
-        if !batch.is_full() || self.ready {
+        if !super::hold_full_batch(batch, &mut self.held, &mut self.ready) {
             return 0;
         }
-        std::mem::swap(batch, &mut self.held);
-        batch.clear();
-        self.ready = true;
         self.held.len()
     }
 

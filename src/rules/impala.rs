@@ -201,12 +201,9 @@ impl Learner {
 
 impl LearnerRule for Learner {
     fn insert(&mut self, batch: &mut Batch, _frames: u64) -> usize {
-        if !batch.is_full() || self.ready {
+        if !super::hold_full_batch(batch, &mut self.held, &mut self.ready) {
             return 0;
         }
-        std::mem::swap(batch, &mut self.held);
-        batch.clear();
-        self.ready = true;
         self.held.steps()
     }
 
@@ -249,10 +246,10 @@ impl LearnerRule for Learner {
         let (mut rho_sum, mut steps) = (0f64, 0usize);
         for i in 0..n {
             let len = b.lens[i] as usize;
-            let at = |v: &[f32]| v[i * t_max..i * t_max + len].to_vec();
-            let log_rhos: Vec<f32> = at(&target_logp)
+            let row = i * t_max..i * t_max + len;
+            let log_rhos: Vec<f32> = target_logp[row.clone()]
                 .iter()
-                .zip(at(&b.behaviour_logp))
+                .zip(&b.behaviour_logp[row.clone()])
                 .map(|(p, m)| p - m)
                 .collect();
             let mut discounts = vec![self.gamma; len];
@@ -262,7 +259,7 @@ impl LearnerRule for Learner {
             let v = vtrace(
                 &log_rhos,
                 &discounts,
-                &at(&b.rewards),
+                &b.rewards[row],
                 &v_all[i * t1..i * t1 + len + 1],
                 self.clip,
             );

@@ -147,6 +147,19 @@ pub fn slot_layout(cfg: &Config, obs: ObsSpec) -> SlotLayout {
     }
 }
 
+/// What the on-policy learners (n-step Q, a3c, impala) do with a popped batch: when `batch`
+/// is full and nothing is held yet, swap it into `held` (leaving `batch` empty for the next
+/// pop) and set `ready`. Returns whether it took the batch.
+pub fn hold_full_batch(batch: &mut Batch, held: &mut Batch, ready: &mut bool) -> bool {
+    if !batch.is_full() || *ready {
+        return false;
+    }
+    std::mem::swap(batch, held);
+    batch.clear();
+    *ready = true;
+    true
+}
+
 /// Loss and mean max-Q (actor-critic: mean V(s)) of one update.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UpdateStats {

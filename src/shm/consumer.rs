@@ -113,10 +113,10 @@ impl ExperienceQueue {
             });
         }
         let slot = self.slot(lane, head);
-        // SAFETY: head < tail, so the slot was fully written before the
-        // producer's Release store of `tail`, which we loaded with Acquire; the
-        // producer will not touch it until we publish head + 1. The batch's layout is the
-        // queue's (checked by `pop_into`) and it is not full.
+        // head < tail, so the slot was fully written before the producer's Release store of
+        // `tail`, which we loaded with Acquire; the producer will not touch it until we
+        // publish head + 1. The batch's layout is the queue's (checked by `pop_into`).
+        // SAFETY: a committed slot of this queue's layout, read once, into a batch not full.
         unsafe { self.layout.read_into(slot, batch) };
         ctrl.cons.head.store(head.wrapping_add(1), Ordering::SeqCst);
         // A producer blocked on its full lane is woken once the lane has room for several
