@@ -29,6 +29,9 @@ pub fn learner_main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    if cli.connect.is_some() {
+        return host_main(&cli, &explicit);
+    }
     // libtorch_cuda must be loaded before any tensor work, a checkpoint read included.
     if !(explicit.contains("device") && cli.device == DeviceChoice::Cpu) {
         let _ = device::load_cuda();
@@ -249,6 +252,76 @@ fn check_resumable(cfg: &Config, found: &checkpoint::Found) -> anyhow::Result<()
         );
     }
     Ok(())
+}
+
+/// The flags an actor host (`--connect`) reads; everything else comes from the learner.
+const HOST_FLAGS: &[&str] = &[
+    "connect",
+    "processes",
+    "auth_token_file",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "tls_domain",
+    "reconnect_for",
+    "actor_nice",
+    "max_actor_restarts",
+];
+
+/// `learner --connect HOST:PORT --processes N`: an actor host (see [`crate::remote::host`]).
+fn host_main(cli: &Config, explicit: &std::collections::BTreeSet<String>) -> ExitCode {
+    // clap also reports its group of all the struct's flags (`Config`): flags only.
+    let flags: std::collections::BTreeSet<String> = <Config as clap::CommandFactory>::command()
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .collect();
+    let foreign: Vec<String> = explicit
+        .iter()
+        .filter(|k| flags.contains(k.as_str()) && !HOST_FLAGS.contains(&k.as_str()))
+        .map(|k| format!("--{}", k.replace('_', "-")))
+        .collect();
+    if !foreign.is_empty() {
+        return fail(
+            2,
+            &format!(
+                "{}: an actor host (--connect) takes the game, network and settings from the learner; set {} on the learner instead (a host reads only {})",
+                foreign.join(", "),
+                if foreign.len() == 1 { "it" } else { "them" },
+                HOST_FLAGS
+                    .iter()
+                    .map(|k| format!("--{}", k.replace('_', "-")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    }
+    let mut problems = crate::remote::check_flags(cli);
+    if !(1..=1024).contains(&cli.processes) {
+        problems.push(format!(
+            "--processes {}: an actor host runs 1 to 1024 actor processes",
+            cli.processes
+        ));
+    }
+    if cli.actor_nice > 19 {
+        problems.push(format!(
+            "--actor-nice {}: must be between 0 and 19",
+            cli.actor_nice
+        ));
+    }
+    if !problems.is_empty() {
+        return fail(
+            2,
+            &format!("invalid configuration:\n  - {}", problems.join("\n  - ")),
+        );
+    }
+    let stop = match signals::install() {
+        Ok(s) => s,
+        Err(e) => return fail(1, &format!("installing signal handlers: {e}")),
+    };
+    match crate::remote::host::run(cli.clone(), stop) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, &format!("{e:#}")),
+    }
 }
 
 fn actor_main(args: &[String]) -> ExitCode {

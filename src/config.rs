@@ -353,6 +353,51 @@ pub struct Config {
     #[arg(long)]
     #[serde(skip)]
     pub list_games: bool,
+    /// Also accept remote actor hosts (`learner --connect`) on this address, e.g.
+    /// 0.0.0.0:7070 (port 0: a free port, printed); a non-loopback address needs
+    /// --auth-token-file. With it, --processes may be 0 (every actor remote)
+    #[arg(long, value_name = "ADDR:PORT")]
+    #[serde(skip)]
+    pub listen: Option<String>,
+    /// With --listen: queue lanes kept for remote actor processes (each process of each host
+    /// takes one; a host that asks for more than are free is refused)
+    #[arg(long, default_value_t = 32)]
+    #[serde(skip)]
+    pub remote_lanes: usize,
+    /// Be an actor host: run --processes actor processes here for the learner listening at
+    /// HOST:PORT, which sends the game, network and settings (nothing else is configured
+    /// here); train nothing. Reconnects when the learner restarts; exits when its run ends
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip)]
+    pub connect: Option<String>,
+    /// A file holding the run's shared secret: the learner (--listen) admits only hosts
+    /// (--connect) that present the same one (compared in constant time)
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub auth_token_file: Option<PathBuf>,
+    /// TLS certificate (PEM) of this side: the learner's, with --listen; the host's client
+    /// certificate for mutual TLS, with --connect. Needs --tls-key
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate (PEM). With --connect: TLS, trusting learners signed by it. With
+    /// --listen: mutual TLS, admitting only hosts whose client certificate it signed
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub tls_ca: Option<PathBuf>,
+    /// With --connect and --tls-ca: the name the learner's certificate must carry [default:
+    /// the host part of --connect]
+    #[arg(long, value_name = "NAME")]
+    #[serde(skip)]
+    pub tls_domain: Option<String>,
+    /// With --connect: give up (exit 1) after this many seconds without reaching the learner
+    #[arg(long, default_value_t = 600.0)]
+    #[serde(skip)]
+    pub reconnect_for: f64,
     /// Benchmark phase, used by scripts/bench: limit, acting or training (the default)
     #[arg(long, value_enum, default_value_t = BenchPhase::Training, hide = true)]
     #[serde(skip)]
@@ -448,7 +493,8 @@ pub fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
 
 /// Merges, lowest precedence first: `base` (defaults or a checkpoint's config), the config
 /// `file` (with its path, for errors), and the flags of `cli` listed in `explicit`. The run-only
-/// fields (`config`, `checkpoint`, `list_games`) come from `cli`.
+/// fields (`config`, `checkpoint`, `list_games`, and the remote-host flags `listen`, `connect`,
+/// `auth-token-file`, `tls-*`, `remote-lanes`, `reconnect-for`) come from `cli`.
 pub fn merge(
     base: &Config,
     file: Option<(&Path, &toml::Table)>,
@@ -496,6 +542,15 @@ pub fn merge(
     merged.checkpoint = cli.checkpoint.clone();
     merged.list_games = cli.list_games;
     merged.bench_phase = cli.bench_phase;
+    merged.listen = cli.listen.clone();
+    merged.remote_lanes = cli.remote_lanes;
+    merged.connect = cli.connect.clone();
+    merged.auth_token_file = cli.auth_token_file.clone();
+    merged.tls_cert = cli.tls_cert.clone();
+    merged.tls_key = cli.tls_key.clone();
+    merged.tls_ca = cli.tls_ca.clone();
+    merged.tls_domain = cli.tls_domain.clone();
+    merged.reconnect_for = cli.reconnect_for;
     Ok(merged)
 }
 

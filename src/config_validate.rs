@@ -13,10 +13,37 @@ impl Config {
                 e.push(msg);
             }
         };
+        let least = usize::from(self.listen.is_none());
         check(
-            (1..=1024).contains(&self.processes),
-            format!("--processes {}: must be between 1 and 1024", self.processes),
+            (least..=1024).contains(&self.processes),
+            if self.listen.is_some() {
+                format!("--processes {}: must be between 0 and 1024", self.processes)
+            } else {
+                format!(
+                    "--processes {}: must be between 1 and 1024 (0 only with --listen, where every actor is remote)",
+                    self.processes
+                )
+            },
         );
+        if self.listen.is_some() {
+            check(
+                (1..=4096).contains(&self.remote_lanes),
+                format!(
+                    "--remote-lanes {}: must be between 1 and 4096",
+                    self.remote_lanes
+                ),
+            );
+            check(
+                self.queue_size >= self.processes + self.remote_lanes,
+                format!(
+                    "--queue-size {}: must be at least --processes {} + --remote-lanes {} (each lane owns a share of the slots)",
+                    self.queue_size, self.processes, self.remote_lanes
+                ),
+            );
+        }
+        for problem in crate::remote::check_flags(self) {
+            check(false, problem);
+        }
         check(
             (1..=1000).contains(&self.n_step),
             format!("--n-step {}: must be between 1 and 1000", self.n_step),

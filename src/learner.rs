@@ -11,8 +11,11 @@ use crate::checkpoint::{self, TrainingState};
 use crate::config::{BenchPhase, Config};
 use crate::device;
 use crate::env::{self, ObsSpec};
-use crate::metrics::{Board, CsvWriter, Progress, ReturnWindow, Row};
+use crate::metrics::{
+    Board, CsvWriter, HostRow, HostsCsv, Progress, RemoteTotals, ReturnWindow, Row,
+};
 use crate::protocol::{ActorMsg, EvalScores};
+use crate::remote::server::{HostStats, RemoteServer, ServerSettings};
 use crate::rules::{self, LearnerRule};
 use crate::schedule;
 use crate::shm::{self, Batch, ExperienceQueue, WeightSnapshot};
@@ -184,9 +187,15 @@ pub fn run(
 
     // Shared memory: the queue (one lane per actor) and the weight snapshot.
     let layout = rules::slot_layout(&cfg, obs);
+    // Local actors own lanes 0..processes; remote hosts' processes the --remote-lanes after.
+    let remote_lanes = if cfg.listen.is_some() {
+        cfg.remote_lanes
+    } else {
+        0
+    };
     let queue = ExperienceQueue::create(
         &shm::segment_name("queue"),
-        cfg.processes,
+        cfg.processes + remote_lanes,
         cfg.queue_size,
         layout,
     )
@@ -201,6 +210,40 @@ pub fn run(
 
     let (reports_tx, reports_rx) =
         ipc::channel::<ActorMsg>().context("creating the report channel")?;
+    let mut remote = match &cfg.listen {
+        None => None,
+        Some(_) => {
+            let server = RemoteServer::start(
+                ServerSettings {
+                    config: cfg.clone(),
+                    queue: shm::segment_name("queue"),
+                    snapshot: shm::segment_name("snapshot"),
+                    first_lane: cfg.processes,
+                    lanes: remote_lanes,
+                    num_actions,
+                    game: id.name().to_string(),
+                    reports: reports_tx.clone(),
+                },
+                |line| crate::say!("{line}"),
+            )?;
+            crate::say!(
+                "listening for actor hosts on {} ({} remote lanes{}{})",
+                server.local_addr(),
+                remote_lanes,
+                if cfg.auth_token_file.is_some() {
+                    ", token"
+                } else {
+                    ""
+                },
+                match (&cfg.tls_cert, &cfg.tls_ca) {
+                    (Some(_), Some(_)) => ", mutual TLS",
+                    (Some(_), None) => ", TLS",
+                    _ => "",
+                }
+            );
+            Some(server)
+        }
+    };
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let finals: Vec<f64> = (0..cfg.processes)
         .map(|_| {
@@ -238,9 +281,21 @@ pub fn run(
             &mut counters,
             &stop,
             &run_dir,
+            remote.as_ref(),
         );
     }
-    // Shut down in order: close the queue (actors see it and exit), reap, then save.
+    // Shut down in order: tell remote hosts (they exit when the run is finished, and wait for
+    // the learner to come back when it was stopped), close the queue (actors see it and
+    // exit), reap, then save.
+    if let Some(server) = remote.as_mut() {
+        let finished = outcome.is_ok() && !stop.load(Ordering::Relaxed);
+        let reason = match &outcome {
+            Ok(()) if finished => "the run is finished".to_string(),
+            Ok(()) => "the learner was stopped by a signal".to_string(),
+            Err(e) => format!("the learner failed: {e:#}"),
+        };
+        server.stop(&reason, finished, Duration::from_secs(2));
+    }
     queue.close();
     let killed = pool.stop_all(Duration::from_secs(5));
     if !killed.is_empty() {
@@ -427,7 +482,7 @@ impl Interval {
     ) -> Row {
         let dt = now.duration_since(self.start).as_secs_f64().max(1e-9);
         // Actor-critic actors sample from their policy: no epsilon.
-        let epsilon = if cfg.algorithm.is_actor_critic() {
+        let epsilon = if cfg.algorithm.is_actor_critic() || finals.is_empty() {
             0.0
         } else {
             finals
@@ -457,6 +512,7 @@ impl Interval {
             learner_busy: self.busy.as_secs_f64() / dt,
             snapshot_age: (self.age_n > 0).then(|| self.age_sum / self.age_n as f64),
             rule,
+            remote: None,
         }
     }
 }
@@ -475,7 +531,16 @@ fn train(
     c: &mut Counters,
     stop: &AtomicBool,
     run_dir: &std::path::Path,
+    remote: Option<&RemoteServer>,
 ) -> Result<()> {
+    let mut hosts_csv =
+        match remote {
+            Some(_) => Some(HostsCsv::open(run_dir).with_context(|| {
+                format!("--logdir {}: cannot write hosts.csv", run_dir.display())
+            })?),
+            None => None,
+        };
+    let mut hosts_before: std::collections::HashMap<u32, HostStats> = Default::default();
     let mut csv = CsvWriter::open(&run_dir.join("metrics.csv"))
         .with_context(|| format!("--logdir {}: cannot write metrics.csv", run_dir.display()))?;
     let mut board = Board::create(run_dir, &cfg.key_values(), c.frames)
@@ -621,7 +686,25 @@ fn train(
         let now = Instant::now();
         if now >= next_log || done.is_some() {
             c.wall_s = wall0 + start.elapsed().as_secs_f64();
-            let row = interval.row(now, c, cfg, finals, &scores, trainer.rule.metrics());
+            let mut row = interval.row(now, c, cfg, finals, &scores, trainer.rule.metrics());
+            if let (Some(server), Some(hosts_csv)) = (remote, hosts_csv.as_mut()) {
+                let dt = now.duration_since(interval.start).as_secs_f64();
+                let stats = server.stats();
+                let rows: Vec<HostRow> = stats
+                    .iter()
+                    .map(|h| HostRow::between(hosts_before.get(&h.host), h, dt, snapshot.version()))
+                    .collect();
+                for r in &rows {
+                    hosts_csv
+                        .write(r, c.wall_s, c.frames)
+                        .context("writing hosts.csv")?;
+                    board
+                        .host(c.frames, r)
+                        .context("writing the TensorBoard event file")?;
+                }
+                row.remote = Some(RemoteTotals::of(&rows));
+                hosts_before = stats.into_iter().map(|h| (h.host, h)).collect();
+            }
             csv.write(&row).context("writing metrics.csv")?;
             board
                 .row(&row)

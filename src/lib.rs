@@ -26,6 +26,7 @@ pub mod optim;
 pub mod preprocess;
 pub mod protocol;
 pub mod recording;
+pub mod remote;
 pub mod render;
 pub mod replay;
 pub mod returns;

@@ -36,7 +36,7 @@ pub fn write_line(out: &mut impl Write, msg: &str) {
 
 /// The CSV header; one [`Row`] per line.
 pub const CSV_HEADER: &str =
-    "wall_s,frames,steps,updates,episodes,fps,mean_return,epsilon,loss,q_mean,lr,updates_per_s,queue_fill,learner_busy,snapshot_age,replay_size,replay_ratio,priority_mean,is_weight_mean,policy_loss,value_loss,entropy,value_mean,rho_mean";
+    "wall_s,frames,steps,updates,episodes,fps,mean_return,epsilon,loss,q_mean,lr,updates_per_s,queue_fill,learner_busy,snapshot_age,replay_size,replay_ratio,priority_mean,is_weight_mean,policy_loss,value_loss,entropy,value_mean,rho_mean,remote_hosts,remote_fps,remote_in_flight,remote_bytes_per_transition,remote_snapshot_lag,remote_reconnects";
 
 /// One metrics row. Frames are emulator frames over all actors; `fps` is frames per second
 /// over the last interval; `mean_return` is the mean unclipped game score of the last 100
@@ -66,6 +66,111 @@ pub struct Row {
     /// The learning rule's own numbers (replay memory size, measured replay ratio, mean
     /// priority and importance-sampling weight); empty CSV fields for rules without them.
     pub rule: crate::rules::RuleMetrics,
+    /// Remote actor hosts, summed (`--listen` only; empty CSV fields otherwise).
+    pub remote: Option<RemoteTotals>,
+}
+
+/// The remote actor hosts of one metrics interval, together (see [`HostRow`] for each).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RemoteTotals {
+    /// Hosts connected now.
+    pub hosts: usize,
+    /// Their frames per second, summed.
+    pub fps: f64,
+    /// Slots received from them and not yet in the queue.
+    pub in_flight: u64,
+    /// Bytes on the wire per transition (agent step) over the interval; None without data.
+    pub bytes_per_transition: Option<f64>,
+    /// Mean over connected hosts of the snapshot versions they lag behind the learner.
+    pub snapshot_lag: Option<f64>,
+    /// Reconnections over the run, summed.
+    pub reconnects: u64,
+}
+
+/// One remote host over one metrics interval (a line of `hosts.csv`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HostRow {
+    pub host: u32,
+    pub name: String,
+    pub connected: bool,
+    pub processes: u32,
+    /// Emulator frames per second from this host over the interval.
+    pub fps: f64,
+    /// Slots received and not yet pushed into the queue (waiting for room).
+    pub in_flight: u64,
+    /// Wire bytes per transition over the interval (None when it sent none).
+    pub bytes_per_transition: Option<f64>,
+    /// Snapshot versions its actors lag behind the learner's newest.
+    pub snapshot_lag: u64,
+    pub reconnects: u32,
+    pub restarts: u32,
+}
+
+impl HostRow {
+    /// The row of host `now` over `dt` seconds since `before` (its counters then; None for a
+    /// host new in this interval), with the learner at snapshot `version`.
+    pub fn between(
+        before: Option<&crate::remote::server::HostStats>,
+        now: &crate::remote::server::HostStats,
+        dt: f64,
+        version: u64,
+    ) -> HostRow {
+        let (frames0, transitions0, bytes0) =
+            before.map_or((0, 0, 0), |b| (b.frames, b.transitions, b.wire_bytes));
+        let transitions = now.transitions.saturating_sub(transitions0);
+        HostRow {
+            host: now.host,
+            name: now.name.clone(),
+            connected: now.connected,
+            processes: now.processes,
+            fps: now.frames.saturating_sub(frames0) as f64 / dt.max(1e-9),
+            in_flight: now.in_flight,
+            bytes_per_transition: (transitions > 0)
+                .then(|| now.wire_bytes.saturating_sub(bytes0) as f64 / transitions as f64),
+            snapshot_lag: version.saturating_sub(now.snapshot_version),
+            reconnects: now.reconnects,
+            restarts: now.restarts,
+        }
+    }
+
+    pub const CSV_HEADER: &'static str = "wall_s,frames,host,name,connected,processes,fps,transitions_in_flight,bytes_per_transition,snapshot_lag,reconnects,restarts";
+
+    /// The `hosts.csv` line of this row at `wall_s` and the run's `frames`.
+    pub fn to_csv(&self, wall_s: f64, frames: u64) -> String {
+        format!(
+            "{wall_s:.3},{frames},{},{},{},{},{:.1},{},{},{},{},{}",
+            self.host,
+            self.name.replace([',', '\n'], "_"),
+            u8::from(self.connected),
+            self.processes,
+            self.fps,
+            self.in_flight,
+            opt(self.bytes_per_transition),
+            self.snapshot_lag,
+            self.reconnects,
+            self.restarts
+        )
+    }
+}
+
+impl RemoteTotals {
+    /// The totals of `rows`.
+    pub fn of(rows: &[HostRow]) -> RemoteTotals {
+        let connected: Vec<&HostRow> = rows.iter().filter(|r| r.connected).collect();
+        let with_bytes: Vec<f64> = rows.iter().filter_map(|r| r.bytes_per_transition).collect();
+        RemoteTotals {
+            hosts: connected.len(),
+            fps: rows.iter().map(|r| r.fps).sum(),
+            in_flight: rows.iter().map(|r| r.in_flight).sum(),
+            bytes_per_transition: (!with_bytes.is_empty())
+                .then(|| with_bytes.iter().sum::<f64>() / with_bytes.len() as f64),
+            snapshot_lag: (!connected.is_empty()).then(|| {
+                connected.iter().map(|r| r.snapshot_lag as f64).sum::<f64>()
+                    / connected.len() as f64
+            }),
+            reconnects: rows.iter().map(|r| u64::from(r.reconnects)).sum(),
+        }
+    }
 }
 
 /// `v` with `digits` decimals, or "-" when there is none yet (for people, not the CSV).
@@ -81,7 +186,7 @@ fn opt(v: Option<f64>) -> String {
 impl Row {
     pub fn to_csv(&self) -> String {
         format!(
-            "{:.3},{},{},{},{},{:.1},{},{:.5},{},{},{:.3e},{:.2},{:.4},{:.4},{},{},{},{},{},{},{},{},{},{}",
+            "{:.3},{},{},{},{},{:.1},{},{:.5},{},{},{:.3e},{:.2},{:.4},{:.4},{},{},{},{},{},{},{},{},{},{},{}",
             self.wall_s,
             self.frames,
             self.steps,
@@ -110,7 +215,16 @@ impl Row {
             opt(self.rule.value_loss),
             opt(self.rule.entropy),
             opt(self.rule.value_mean),
-            opt(self.rule.rho_mean)
+            opt(self.rule.rho_mean),
+            self.remote.as_ref().map_or(",,,,,".to_string(), |t| format!(
+                "{},{:.1},{},{},{},{}",
+                t.hosts,
+                t.fps,
+                t.in_flight,
+                opt(t.bytes_per_transition),
+                opt(t.snapshot_lag),
+                t.reconnects
+            ))
         )
     }
 
@@ -333,7 +447,55 @@ impl Board {
                 w.add_scalar(tag, v, step)?;
             }
         }
+        if let Some(t) = &r.remote {
+            w.add_scalar("remote/hosts", t.hosts as f64, step)?;
+            w.add_scalar("remote/fps", t.fps, step)?;
+            w.add_scalar("remote/in_flight", t.in_flight as f64, step)?;
+            w.add_scalar("remote/reconnects", t.reconnects as f64, step)?;
+            if let Some(b) = t.bytes_per_transition {
+                w.add_scalar("remote/bytes_per_transition", b, step)?;
+            }
+            if let Some(l) = t.snapshot_lag {
+                w.add_scalar("remote/snapshot_lag", l, step)?;
+            }
+        }
         w.flush()
+    }
+
+    /// One remote host's numbers at `frames` (tags `hosts/<n>/...`, n its number in the run).
+    pub fn host(&mut self, frames: u64, h: &HostRow) -> Result<(), TensorBoardError> {
+        let step = frames as i64;
+        let w = &mut self.writer;
+        let tag = |name: &str| format!("hosts/{}/{name}", h.host);
+        w.add_scalar(&tag("fps"), h.fps, step)?;
+        w.add_scalar(&tag("transitions_in_flight"), h.in_flight as f64, step)?;
+        w.add_scalar(&tag("snapshot_lag"), h.snapshot_lag as f64, step)?;
+        w.add_scalar(&tag("reconnects"), f64::from(h.reconnects), step)?;
+        if let Some(b) = h.bytes_per_transition {
+            w.add_scalar(&tag("bytes_per_transition"), b, step)?;
+        }
+        Ok(())
+    }
+}
+
+/// Appends [`HostRow`]s to `hosts.csv` in the run directory.
+pub struct HostsCsv {
+    file: File,
+}
+
+impl HostsCsv {
+    pub fn open(run_dir: &Path) -> std::io::Result<Self> {
+        let path = run_dir.join("hosts.csv");
+        let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+        if file.metadata()?.len() == 0 {
+            writeln!(file, "{}", HostRow::CSV_HEADER)?;
+        }
+        Ok(HostsCsv { file })
+    }
+
+    pub fn write(&mut self, row: &HostRow, wall_s: f64, frames: u64) -> std::io::Result<()> {
+        writeln!(self.file, "{}", row.to_csv(wall_s, frames))?;
+        self.file.flush()
     }
 }
 

@@ -4,7 +4,7 @@
 //! and consumer halves of the lane protocol each readable on one screen.
 
 use super::futex;
-use super::queue::{try_flag, Batch, ExperienceQueue, QueueError, MAX_WAIT};
+use super::queue::{try_flag, Batch, ExperienceQueue, QueueError, SlotLayout, MAX_WAIT};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,43 @@ impl ExperienceQueue {
                 queue: self.layout,
             });
         }
+        self.pop_with(batch, timeout)
+    }
+
+    /// Consumer side, for a relay that forwards slots unread (an actor host's link to a
+    /// remote learner): appends up to `max` committed slots to `out` as raw bytes, back to
+    /// back (`slot_bytes` each, in the layout of [`SlotLayout`]), round-robin over the lanes
+    /// like [`Self::pop_into`], waiting up to `timeout` for the first. Returns the number of
+    /// slots appended; errors as `pop_into`.
+    pub fn pop_raw(
+        &self,
+        out: &mut Vec<u8>,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<usize, QueueError> {
+        let mut sink = RawSink {
+            out,
+            max,
+            taken: 0,
+            slot_bytes: self.slot_bytes,
+        };
+        let result = self.pop_with(&mut sink, timeout);
+        self.wake_waiting_producers();
+        match result {
+            Ok(_) => Ok(sink.taken),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Size of one slot in bytes, as [`Self::pop_raw`] hands them out and
+    /// [`Self::push_raw`] takes them.
+    pub fn slot_bytes(&self) -> usize {
+        self.slot_bytes
+    }
+
+    /// The consumer loop of `pop_into` and `pop_raw`: fills `sink` until it is full or
+    /// `timeout` passes (returning as soon as it holds anything after a wait).
+    fn pop_with(&self, batch: &mut impl Sink, timeout: Duration) -> Result<bool, QueueError> {
         let _guard = try_flag(&self.consuming).ok_or(QueueError::ConsumerBusy)?;
         let deadline = Instant::now().checked_add(timeout);
         let mut moved = 0usize;
@@ -63,18 +100,21 @@ impl ExperienceQueue {
                     Err(QueueError::Closed)
                 };
             }
+            if batch.returns_early() && moved > 0 {
+                return Ok(false);
+            }
             let now = Instant::now();
             let sleep = match deadline {
                 Some(d) if d <= now => return Ok(false),
                 Some(d) => (d - now).min(MAX_WAIT),
                 None => MAX_WAIT,
             };
-            self.wait_for_data(sleep, batch.capacity() - batch.len());
+            self.wait_for_data(sleep, batch.room());
         }
     }
 
     /// One round-robin pass: at most one transition per lane.
-    fn take_round(&self, batch: &mut Batch) -> Result<usize, QueueError> {
+    fn take_round(&self, batch: &mut impl Sink) -> Result<usize, QueueError> {
         let n = self.lanes.len();
         let start = self.cursor.load(Ordering::Relaxed);
         let mut taken = 0;
@@ -95,7 +135,7 @@ impl ExperienceQueue {
     /// when its tail is further ahead of its head than the lane holds (a producer that wrote
     /// its control block wrongly: the lane can never be read again, so it is not skipped in
     /// silence).
-    fn take_one(&self, i: usize, batch: &mut Batch) -> Result<bool, QueueError> {
+    fn take_one(&self, i: usize, batch: &mut impl Sink) -> Result<bool, QueueError> {
         let lane = &self.lanes[i];
         let ctrl = self.ctrl(lane);
         let head = ctrl.cons.head.load(Ordering::Acquire);
@@ -116,8 +156,8 @@ impl ExperienceQueue {
         // head < tail, so the slot was fully written before the producer's Release store of
         // `tail`, which we loaded with Acquire; the producer will not touch it until we
         // publish head + 1. The batch's layout is the queue's (checked by `pop_into`).
-        // SAFETY: a committed slot of this queue's layout, read once, into a batch not full.
-        unsafe { self.layout.read_into(slot, batch) };
+        // SAFETY: a committed slot of this queue's layout, read once, into a sink not full.
+        unsafe { batch.take(&self.layout, slot) };
         ctrl.cons.head.store(head.wrapping_add(1), Ordering::SeqCst);
         // A producer blocked on its full lane is woken once the lane has room for several
         // transitions, not after every one (one wake-up and one sleep per transition
@@ -184,5 +224,62 @@ impl ExperienceQueue {
             futex::wait(&data.epoch, epoch, timeout);
         }
         data.consumer_waiting.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Where the consumer loop puts the slots it takes.
+trait Sink {
+    fn is_full(&self) -> bool;
+    /// Slots it can still take.
+    fn room(&self) -> usize;
+    /// True to return once anything was taken rather than wait to be full.
+    fn returns_early(&self) -> bool;
+    /// Takes the committed slot at `slot`.
+    ///
+    /// # Safety
+    /// `slot` is a committed slot of a queue of `layout`, valid for reads of its
+    /// `slot_bytes()` and not written while this runs; the sink is not full.
+    unsafe fn take(&mut self, layout: &SlotLayout, slot: *const u8);
+}
+
+impl Sink for Batch {
+    fn is_full(&self) -> bool {
+        Batch::is_full(self)
+    }
+    fn room(&self) -> usize {
+        self.capacity() - self.len()
+    }
+    fn returns_early(&self) -> bool {
+        false
+    }
+    unsafe fn take(&mut self, layout: &SlotLayout, slot: *const u8) {
+        // SAFETY: guaranteed by the caller; the batch has this layout (`pop_into` checks).
+        unsafe { layout.read_into(slot, self) }
+    }
+}
+
+/// Raw slot bytes for a relay (`pop_raw`).
+struct RawSink<'a> {
+    out: &'a mut Vec<u8>,
+    max: usize,
+    taken: usize,
+    slot_bytes: usize,
+}
+
+impl Sink for RawSink<'_> {
+    fn is_full(&self) -> bool {
+        self.taken >= self.max
+    }
+    fn room(&self) -> usize {
+        self.max - self.taken
+    }
+    fn returns_early(&self) -> bool {
+        true
+    }
+    unsafe fn take(&mut self, _layout: &SlotLayout, slot: *const u8) {
+        // SAFETY: the caller guarantees `slot_bytes` readable bytes at `slot`.
+        let bytes = unsafe { std::slice::from_raw_parts(slot, self.slot_bytes) };
+        self.out.extend_from_slice(bytes);
+        self.taken += 1;
     }
 }

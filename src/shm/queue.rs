@@ -347,6 +347,27 @@ impl ExperienceQueue {
         })
     }
 
+    /// Producer side, for slots that arrive whole (from a remote actor host, see
+    /// `crate::remote`): appends the `slot_bytes()` bytes `slot` to lane `lane` as they are;
+    /// blocks like [`Self::push`]. The bytes are read back with the layout's bounds (a
+    /// segment's length is clamped to the unroll), so no content can make the learner read
+    /// outside the slot; what the values mean is checked by the caller
+    /// ([`SlotLayout::check_raw`]). Errors: as `push`, `Shape` for a wrong length.
+    pub fn push_raw(&self, lane: usize, slot: &[u8]) -> Result<(), PushError> {
+        if slot.len() != self.slot_bytes {
+            return Err(PushError::Shape(format!(
+                "a raw slot of {} bytes; this queue's slots are {}",
+                slot.len(),
+                self.slot_bytes
+            )));
+        }
+        // SAFETY (of the closure's write): `commit` hands it a free slot of `slot_bytes`
+        // bytes, exclusively ours; `slot` is that long (checked above).
+        self.commit(lane, |dst| unsafe {
+            std::ptr::copy_nonoverlapping(slot.as_ptr(), dst, slot.len())
+        })
+    }
+
     /// Waits for a free slot of lane `lane`, fills it with `write` and commits it.
     fn commit(&self, lane: usize, write: impl FnOnce(*mut u8)) -> Result<(), PushError> {
         let lanes = self.lanes.len();

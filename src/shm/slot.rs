@@ -162,6 +162,84 @@ impl SlotLayout {
             .checked_next_multiple_of(Self::ALIGN)
     }
 
+    /// Why the raw slot `slot` (from a remote actor host, see `crate::remote`) cannot be
+    /// trained on, if it cannot: a wrong length, an action outside `0..num_actions`, a
+    /// non-finite return, reward or log-probability, a discount outside [0, 1], a positive
+    /// log-probability, or a segment length outside 1..=unroll. Reading a slot never goes out
+    /// of bounds whatever it holds; this check keeps garbage from reaching the loss.
+    pub fn check_raw(&self, slot: &[u8], num_actions: usize) -> Result<(), String> {
+        let want = self.slot_bytes().ok_or("slot size overflows")?;
+        if slot.len() != want {
+            return Err(format!(
+                "a slot of {} bytes; the layout's are {want}",
+                slot.len()
+            ));
+        }
+        let u32_at = |at: usize| u32::from_le_bytes(slot[at..at + 4].try_into().unwrap());
+        let f32_at = |at: usize| f32::from_le_bytes(slot[at..at + 4].try_into().unwrap());
+        let action_ok = |a: u32| (a as usize) < num_actions;
+        match self.segment {
+            None => {
+                let a = u32_at(Self::ACTION_OFFSET);
+                if !action_ok(a) {
+                    return Err(format!("action {a}; the game has {num_actions}"));
+                }
+                let ret = f32_at(Self::RET_OFFSET);
+                if !ret.is_finite() {
+                    return Err(format!("return {ret}"));
+                }
+                let d = f32_at(Self::DISCOUNT_OFFSET);
+                if !(0.0..=1.0).contains(&d) {
+                    return Err(format!("discount {d}; valid: 0 to 1"));
+                }
+            }
+            Some(shape) => {
+                let t = shape.unroll;
+                let len = u32_at(0) as usize;
+                if len == 0 || len > t {
+                    return Err(format!("a segment of {len} steps; valid: 1 to {t}"));
+                }
+                if u32_at(4) > 1 {
+                    return Err(format!("terminal flag {}; valid: 0 or 1", u32_at(4)));
+                }
+                let arrays = Self::OBS_OFFSET;
+                for k in 0..len {
+                    let a = u32_at(arrays + 4 * k);
+                    if !action_ok(a) {
+                        return Err(format!(
+                            "action {a} at step {k}; the game has {num_actions}"
+                        ));
+                    }
+                    let r = f32_at(arrays + 4 * t + 4 * k);
+                    if !r.is_finite() {
+                        return Err(format!("reward {r} at step {k}"));
+                    }
+                    let logp = f32_at(arrays + 8 * t + 4 * k);
+                    if !logp.is_finite() || logp > 0.0 {
+                        return Err(format!("behaviour log-probability {logp} at step {k}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The snapshot version stamped in the raw slot `slot`.
+    pub fn raw_version(slot: &[u8]) -> u32 {
+        u32::from_le_bytes(
+            slot[Self::VERSION_OFFSET..Self::VERSION_OFFSET + 4]
+                .try_into()
+                .unwrap(),
+        )
+    }
+
+    /// Stamps snapshot `version` into the raw slot `slot` (a relay maps its local snapshot
+    /// versions to the learner's).
+    pub fn set_raw_version(slot: &mut [u8], version: u32) {
+        slot[Self::VERSION_OFFSET..Self::VERSION_OFFSET + 4]
+            .copy_from_slice(&version.to_le_bytes());
+    }
+
     /// Copies `t` into the slot at `slot`.
     ///
     /// # Safety

@@ -1,0 +1,334 @@
+//! Remote actor hosts: the gRPC transport between a learner (`--listen`) and the machines that
+//! run actors for it (`--connect`).
+//!
+//! On every machine the actor loop is the same: actor processes push into a shared-memory
+//! queue and read a shared-memory weight snapshot ([`crate::shm`]). On an actor host, the
+//! queue's consumer and the snapshot's publisher is a relay ([`host`]) instead of a learner:
+//! it forwards the queue's slots, unread, up one gRPC stream per host and publishes the
+//! snapshots that come down. On the learner, each host's session ([`server`]) pushes those
+//! slots into queue lanes of its own, so the training loop and the learning rules take remote
+//! experience exactly as local experience. Neither the actor loop nor a rule knows which
+//! transport carried it.
+//!
+//! The protocol (one bidirectional stream, `async_rl.v1.ActorLink/Session`, messages in
+//! [`wire`]):
+//! - the host opens with [`wire::Hello`]; the learner checks its token (`authorization:
+//!   Bearer`, constant-time), protocol and build, gives it one queue lane per process, and
+//!   answers [`wire::Welcome`] with the run's config, so nothing is configured twice;
+//! - the host sends [`wire::Experience`] messages numbered 1, 2, ... (per host, across
+//!   reconnections): LZ4-compressed slots, the frames played and the games ended since the
+//!   last one. The learner counts each number once and acks it with the run's frame count;
+//!   after a reconnection the host resends what was not acked, so a connection cut mid-stream
+//!   neither loses nor double-counts frames and episodes. Experience is bounded by HTTP/2 flow
+//!   control and the learner's queue: a session that cannot push stops reading;
+//! - the learner sends a [`wire::Snapshot`] (LZ4) whenever its version changed;
+//! - both sides send [`wire::Heartbeat`]s every second and drop a session silent for
+//!   [`HEARTBEAT_TIMEOUT`]; the host then reconnects with capped exponential backoff and
+//!   jitter, also to a learner restarted from a checkpoint (a new run id: unacked data of the
+//!   old run is dropped);
+//! - a learner that stops sends [`wire::Stop`]: hosts exit when the run is finished, and
+//!   wait for the learner to come back when it was stopped by a signal.
+
+#[cfg(target_endian = "big")]
+compile_error!("queue slots travel as little-endian bytes: remote hosts need a little-endian CPU");
+
+pub mod host;
+pub mod server;
+pub mod wire;
+
+/// The generated client and server of the `ActorLink` service (see build.rs).
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/async_rl.v1.ActorLink.rs"));
+}
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::Config;
+
+/// Version of the session protocol; a host of another version is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The build a host must match: the config and the slots travel in its encoding.
+pub const BUILD: &str = env!("CARGO_PKG_VERSION");
+
+/// How often each side sends a heartbeat when it has nothing else to send.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// A session silent for this long is dropped (by either side).
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a new session has to send its [`wire::Hello`].
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most bytes of slots in one [`wire::Experience`] (before compression).
+pub const MAX_MESSAGE_SLOT_BYTES: usize = 4 << 20;
+
+/// Most slots in one [`wire::Experience`].
+pub const MAX_MESSAGE_SLOTS: usize = 64;
+
+/// Most games and failure lines in one [`wire::Experience`].
+pub const MAX_MESSAGE_EVENTS: usize = 4096;
+
+/// Slots per message for slots of `slot_bytes`: [`MAX_MESSAGE_SLOTS`], fewer for big slots,
+/// at least 1.
+pub fn max_slots(slot_bytes: usize) -> usize {
+    (MAX_MESSAGE_SLOT_BYTES / slot_bytes.max(1)).clamp(1, MAX_MESSAGE_SLOTS)
+}
+
+/// Largest encoded message either side accepts for slots of `slot_bytes` and snapshots of
+/// `numel` parameters: the biggest experience or snapshot LZ4 can produce, plus room for the
+/// rest of the message.
+pub fn max_message_bytes(slot_bytes: usize, numel: usize) -> usize {
+    let slots = max_slots(slot_bytes) * slot_bytes;
+    let weights = numel * 4;
+    lz4_flex::block::get_maximum_output_size(slots.max(weights)) + (1 << 20)
+}
+
+/// The problems with the remote-host flags of `cfg`, one line each (part of
+/// [`Config::validate`]).
+pub fn check_flags(cfg: &Config) -> Vec<String> {
+    let mut e = Vec::new();
+    if cfg.listen.is_some() && cfg.connect.is_some() {
+        e.push("--listen and --connect: a process is either the learner (--listen) or an actor host (--connect), not both".into());
+    }
+    if let Some(addr) = &cfg.listen {
+        match addr.parse::<std::net::SocketAddr>() {
+            Ok(a) if !a.ip().is_loopback() && cfg.auth_token_file.is_none() => e.push(format!(
+                "--listen {addr}: any machine that reaches this port could join the run; give --auth-token-file FILE (a shared secret the hosts present too), or listen on 127.0.0.1"
+            )),
+            Ok(_) => {}
+            Err(_) => e.push(format!(
+                "--listen {addr}: not an IP address and port (e.g. 0.0.0.0:7070, 127.0.0.1:0 for any free port)"
+            )),
+        }
+    }
+    if let Some(target) = &cfg.connect {
+        let port = target.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
+        if !matches!(port, Some((h, Ok(p))) if !h.is_empty() && p > 0) {
+            e.push(format!(
+                "--connect {target}: not HOST:PORT (e.g. learner-0.example.org:7070, 10.0.0.5:7070)"
+            ));
+        }
+        if !(cfg.reconnect_for.is_finite() && cfg.reconnect_for > 0.0) {
+            e.push(format!(
+                "--reconnect-for {}: must be a positive number of seconds",
+                cfg.reconnect_for
+            ));
+        }
+    }
+    let remote = cfg.listen.is_some() || cfg.connect.is_some();
+    for (flag, given) in [
+        ("--auth-token-file", cfg.auth_token_file.is_some()),
+        ("--tls-cert", cfg.tls_cert.is_some()),
+        ("--tls-key", cfg.tls_key.is_some()),
+        ("--tls-ca", cfg.tls_ca.is_some()),
+        ("--tls-domain", cfg.tls_domain.is_some()),
+    ] {
+        if given && !remote {
+            e.push(format!(
+                "{flag}: only with --listen (the learner) or --connect (an actor host)"
+            ));
+        }
+    }
+    if cfg.tls_cert.is_some() != cfg.tls_key.is_some() {
+        e.push(
+            "--tls-cert and --tls-key: give both (a certificate and its private key) or neither"
+                .into(),
+        );
+    }
+    if cfg.listen.is_some() && cfg.tls_ca.is_some() && cfg.tls_cert.is_none() {
+        e.push("--tls-ca with --listen asks for mutual TLS, which needs the learner's own --tls-cert and --tls-key".into());
+    }
+    if cfg.connect.is_some() && cfg.tls_ca.is_none() {
+        if cfg.tls_cert.is_some() {
+            e.push("--tls-cert with --connect is this host's client certificate for mutual TLS; TLS also needs --tls-ca (the CA that signed the learner's certificate)".into());
+        }
+        if cfg.tls_domain.is_some() {
+            e.push("--tls-domain: only with --tls-ca (TLS)".into());
+        }
+    }
+    if cfg.listen.is_some() && cfg.tls_domain.is_some() {
+        e.push(
+            "--tls-domain: only with --connect (the name the learner's certificate must carry)"
+                .into(),
+        );
+    }
+    e
+}
+
+/// The shared secret in `path` (surrounding whitespace removed). Errors name the flag: an
+/// unreadable file, or an empty one.
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--auth-token-file {}: {e}", path.display()))?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        anyhow::bail!(
+            "--auth-token-file {}: the file is empty; put a secret in it (e.g. `head -c 32 /dev/urandom | base64 > {}`)",
+            path.display(),
+            path.display()
+        );
+    }
+    if token.chars().any(|c| c.is_control() || !c.is_ascii()) {
+        anyhow::bail!(
+            "--auth-token-file {}: the secret must be printable ASCII (it travels in a gRPC header); e.g. `head -c 32 /dev/urandom | base64`",
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+/// Reads the PEM file of `flag`.
+fn read_pem(flag: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", path.display()))?;
+    if !pem.windows(10).any(|w| w == b"-----BEGIN") {
+        anyhow::bail!(
+            "{flag} {}: not a PEM file (no -----BEGIN line)",
+            path.display()
+        );
+    }
+    Ok(pem)
+}
+
+/// `f32`s as little-endian bytes, LZ4-compressed (a snapshot on the wire).
+pub fn compress_weights(weights: &[f32]) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(weights.len() * 4);
+    for w in weights {
+        raw.extend_from_slice(&w.to_le_bytes());
+    }
+    lz4_flex::block::compress(&raw)
+}
+
+/// Undoes [`compress_weights`] into `out` (`numel` values). Errors: the data does not
+/// decompress to exactly `out.len() * 4` bytes.
+pub fn decompress_weights(data: &[u8], out: &mut [f32]) -> Result<(), String> {
+    let raw = lz4_flex::block::decompress(data, out.len() * 4)
+        .map_err(|e| format!("snapshot does not decompress: {e}"))?;
+    if raw.len() != out.len() * 4 {
+        return Err(format!(
+            "snapshot of {} bytes; the network has {} parameters ({} bytes)",
+            raw.len(),
+            out.len(),
+            out.len() * 4
+        ));
+    }
+    for (w, b) in out.iter_mut().zip(raw.chunks_exact(4)) {
+        *w = f32::from_le_bytes(b.try_into().unwrap());
+    }
+    Ok(())
+}
+
+/// The slots of experience message `e` for a queue of `layout`, checked: at most `max_slots`,
+/// decompressing to exactly `slots * slot_bytes` bytes (never more: LZ4 is told the size), and
+/// every slot valid for a game of `num_actions` actions ([`crate::shm::SlotLayout::check_raw`]).
+/// Also bounds the games and failures it reports and their values.
+pub fn decode_experience(
+    e: &wire::Experience,
+    layout: &crate::shm::SlotLayout,
+    num_actions: usize,
+    max_slots: usize,
+) -> Result<Vec<u8>, String> {
+    let slot_bytes = layout.slot_bytes().ok_or("slot size overflows")?;
+    let n = e.slots as usize;
+    if n > max_slots {
+        return Err(format!("{n} slots in one message; at most {max_slots}"));
+    }
+    if e.episodes.len() + e.failures.len() > MAX_MESSAGE_EVENTS {
+        return Err(format!(
+            "{} games and {} failures in one message; at most {MAX_MESSAGE_EVENTS}",
+            e.episodes.len(),
+            e.failures.len()
+        ));
+    }
+    if let Some(bad) = e
+        .episodes
+        .iter()
+        .find(|g| !g.score.is_finite() || g.frames > 1 << 40)
+    {
+        return Err(format!(
+            "a game of score {} and {} frames",
+            bad.score, bad.frames
+        ));
+    }
+    // A host cannot have played more than 2^40 frames (100 years of an emulator) between two
+    // messages: a bigger count is garbage that would end the run's schedules.
+    if e.frames > 1 << 40 {
+        return Err(format!("{} frames in one message", e.frames));
+    }
+    if e.seq == 0 {
+        return Err("message number 0 (numbers start at 1)".into());
+    }
+    let raw = if n == 0 {
+        if !e.payload.is_empty() {
+            return Err("a payload without slots".into());
+        }
+        Vec::new()
+    } else {
+        lz4_flex::block::decompress(&e.payload, n * slot_bytes)
+            .map_err(|err| format!("the slots do not decompress: {err}"))?
+    };
+    if raw.len() != n * slot_bytes {
+        return Err(format!(
+            "{} bytes of slots for {n} slots of {slot_bytes}",
+            raw.len()
+        ));
+    }
+    for (k, slot) in raw.chunks_exact(slot_bytes.max(1)).enumerate() {
+        layout
+            .check_raw(slot, num_actions)
+            .map_err(|err| format!("slot {k}: {err}"))?;
+    }
+    Ok(raw)
+}
+
+/// Client-side TLS of an actor host, from its flags (`None`: plain HTTP/2).
+pub fn client_tls(
+    cfg: &Config,
+    host: &str,
+) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let Some(ca) = &cfg.tls_ca else {
+        return Ok(None);
+    };
+    let domain = cfg.tls_domain.clone().unwrap_or_else(|| {
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string()
+    });
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read_pem("--tls-ca", ca)?))
+        .domain_name(domain)
+        .timeout(Duration::from_secs(10));
+    if let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) {
+        tls = tls.identity(Identity::from_pem(
+            read_pem("--tls-cert", cert)?,
+            read_pem("--tls-key", key)?,
+        ));
+    }
+    Ok(Some(tls))
+}
+
+/// Server-side TLS of a learner, from its flags (`None`: plain HTTP/2).
+pub fn server_tls(cfg: &Config) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) else {
+        return Ok(None);
+    };
+    let mut tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            read_pem("--tls-cert", cert)?,
+            read_pem("--tls-key", key)?,
+        ))
+        // A client that opens TCP and never finishes the handshake is dropped.
+        .timeout(Duration::from_secs(10));
+    if let Some(ca) = &cfg.tls_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read_pem("--tls-ca", ca)?));
+    }
+    Ok(Some(tls))
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;
