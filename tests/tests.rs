@@ -8,6 +8,7 @@ mod faults;
 mod play;
 mod plot;
 mod queue;
+mod remote;
 mod replay;
 mod signals;
 mod snapshot;

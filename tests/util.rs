@@ -156,3 +156,151 @@ pub fn metrics_rows(dir: &Path) -> Vec<std::collections::HashMap<String, String>
         })
         .collect()
 }
+
+/// A binary running in the background in its own process group, its stdout and stderr going
+/// to files (so that a test reads them while it runs, and a killed process loses nothing).
+pub struct Proc {
+    pub child: std::process::Child,
+    out: std::path::PathBuf,
+    err: std::path::PathBuf,
+    pub what: String,
+}
+
+impl Proc {
+    /// Starts `bin args` in `dir`; `what` names it in failures and its log files.
+    pub fn start(bin: &str, args: &[&str], dir: &Path, what: &str) -> Proc {
+        let out = dir.join(format!("{what}.stdout"));
+        let err = dir.join(format!("{what}.stderr"));
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        Proc {
+            child: cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {bin}: {e}")),
+            out,
+            err,
+            what: what.to_string(),
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// Both outputs, for failure messages.
+    pub fn logs(&self) -> String {
+        format!(
+            "--- {} stdout:\n{}\n--- {} stderr:\n{}",
+            self.what,
+            self.stdout(),
+            self.what,
+            self.stderr()
+        )
+    }
+
+    /// Waits until stdout or stderr holds `n` lines containing `needle`; returns the first
+    /// such line (of the combined output). Fails past `limit` or when the process exits first.
+    pub fn wait_for(&mut self, needle: &str, n: usize, limit: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let all = format!("{}\n{}", self.stdout(), self.stderr());
+            let hits: Vec<&str> = all.lines().filter(|l| l.contains(needle)).collect();
+            if hits.len() >= n {
+                return hits[n - 1].to_string();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({status}) before {n} x `{needle}`\n{}",
+                    self.what,
+                    self.logs()
+                );
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "no {n} x `{needle}` from {} within {limit:?}\n{}",
+                self.what,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit within `limit` (SIGKILLed and failed past it).
+    pub fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if t0.elapsed() > limit {
+                self.kill_group();
+                panic!(
+                    "{} did not exit within {limit:?}\n{}",
+                    self.what,
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILLs the process and its group (its actors) and reaps it.
+    pub fn kill_group(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill_group();
+        }
+    }
+}
+
+/// Starts a learner that listens for actor hosts on a free loopback port; returns it and the
+/// address it printed.
+pub fn listening_learner(dir: &Path, what: &str, args: &[&str]) -> (Proc, String) {
+    let mut all = vec!["--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let mut learner = Proc::start(LEARNER, &all, dir, what);
+    let line = learner.wait_for("listening for actor hosts on ", 1, Duration::from_secs(60));
+    let addr = line
+        .split("listening for actor hosts on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    (learner, addr)
+}
+
+/// The numbers an actor host prints when it exits: frames played here, games played here,
+/// and the frames the learner acknowledged.
+pub fn host_summary(host: &Proc) -> (u64, u64, u64) {
+    let all = format!("{}\n{}", host.stdout(), host.stderr());
+    let line = all
+        .lines()
+        .find(|l| l.starts_with("host summary:"))
+        .unwrap_or_else(|| panic!("no summary\n{}", host.logs()));
+    let num = |key: &str| -> u64 {
+        line.split(key)
+            .nth(1)
+            .and_then(|r| r.trim().split([' ', ',']).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no `{key}` in `{line}`"))
+    };
+    (num("played frames"), num("games"), num("acked frames"))
+}

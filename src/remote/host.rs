@@ -66,6 +66,9 @@ struct Link {
     /// The learner's snapshot version that the actors hold.
     remote_version: AtomicU64,
     seq: AtomicU64,
+    /// Games played here, and frames of the messages the learner acked.
+    games: AtomicU64,
+    acked_frames: AtomicU64,
     /// Set by the pump when it gives up (its error says why).
     failed: Mutex<Option<String>>,
     done: AtomicBool,
@@ -173,6 +176,8 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
         versions: Mutex::new(VecDeque::new()),
         remote_version: AtomicU64::new(0),
         seq: AtomicU64::new(0),
+        games: AtomicU64::new(0),
+        acked_frames: AtomicU64::new(0),
         failed: Mutex::new(None),
         done: AtomicBool::new(false),
     });
@@ -523,7 +528,11 @@ impl Host {
             let mut u = self.link.unacked.lock().unwrap();
             let mut produced = None;
             while u.front().is_some_and(|p| p.msg.seq <= a.seq) {
-                produced = u.pop_front().map(|p| p.produced);
+                let p = u.pop_front().expect("checked");
+                self.link
+                    .acked_frames
+                    .fetch_add(p.msg.frames, Ordering::SeqCst);
+                produced = Some(p.produced);
             }
             produced
         };
@@ -548,7 +557,7 @@ impl Host {
         Ok(())
     }
 
-    /// Stops the pump and the actors.
+    /// Stops the pump and the actors; prints what this host did (`host summary: ...`).
     fn shut_down(&mut self) {
         self.link.done.store(true, Ordering::SeqCst);
         if let Some(mut local) = self.local.take() {
@@ -556,6 +565,20 @@ impl Host {
             if let Some(p) = local.pump.take() {
                 let _ = p.join();
             }
+            let played = {
+                let f = self.link.frames.lock().unwrap();
+                local
+                    .queue
+                    .frames()
+                    .load(Ordering::SeqCst)
+                    .wrapping_sub(f.offset)
+            };
+            crate::say!(
+                "host summary: played frames {played}, games {}, acked frames {}, messages {}",
+                self.link.games.load(Ordering::SeqCst),
+                self.link.acked_frames.load(Ordering::SeqCst),
+                self.link.seq.load(Ordering::SeqCst)
+            );
         }
     }
 }
@@ -709,7 +732,10 @@ fn classify_transport(target: &str, e: &tonic::transport::Error) -> Fail {
         source = s.source();
     }
     let lower = chain.to_lowercase();
-    if lower.contains("certificate") || lower.contains("handshake") || lower.contains("tls") {
+    if ["certificate", "handshake", "tls", "alert"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
         Fail::Permanent(anyhow!(
             "the learner at {target} failed the TLS handshake: {chain} (check --tls-ca, --tls-domain, and for mutual TLS --tls-cert/--tls-key)"
         ))
@@ -723,14 +749,16 @@ fn classify_transport(target: &str, e: &tonic::transport::Error) -> Fail {
 fn classify_status(target: &str, s: &tonic::Status) -> Fail {
     use tonic::Code;
     let mut msg = s.message().to_string();
-    if let Some(src) = std::error::Error::source(s) {
+    let mut source = std::error::Error::source(s);
+    while let Some(src) = source {
         msg = format!("{msg}: {src}");
+        source = src.source();
     }
     match s.code() {
         Code::Unauthenticated | Code::PermissionDenied | Code::FailedPrecondition | Code::InvalidArgument => {
             Fail::Permanent(anyhow!("the learner at {target} refused this host: {msg}"))
         }
-        _ if msg.to_lowercase().contains("certificate") => Fail::Permanent(anyhow!(
+        _ if ["certificate", "fatal alert"].iter().any(|w| msg.to_lowercase().contains(w)) => Fail::Permanent(anyhow!(
             "the learner at {target} refused this host's TLS: {msg} (check --tls-ca, --tls-cert, --tls-key)"
         )),
         _ => Fail::Transient(format!("{} ({:?})", msg, s.code())),
