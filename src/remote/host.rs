@@ -86,6 +86,24 @@ struct FrameSync {
 }
 
 impl Link {
+    fn new() -> Link {
+        Link {
+            session: Mutex::new(None),
+            unacked: Mutex::new(VecDeque::new()),
+            frames: Mutex::new(FrameSync {
+                offset: 0,
+                reported: 0,
+            }),
+            versions: Mutex::new(VecDeque::new()),
+            remote_version: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            games: AtomicU64::new(0),
+            acked_frames: AtomicU64::new(0),
+            failed: Mutex::new(None),
+            done: AtomicBool::new(false),
+        }
+    }
+
     /// Frames played here since the last message; marks them reported.
     fn take_frames(&self, counter: &AtomicU64) -> (u64, u64) {
         let mut f = self.frames.lock().unwrap();
@@ -166,21 +184,7 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the actor host's runtime")?;
-    let link = Arc::new(Link {
-        session: Mutex::new(None),
-        unacked: Mutex::new(VecDeque::new()),
-        frames: Mutex::new(FrameSync {
-            offset: 0,
-            reported: 0,
-        }),
-        versions: Mutex::new(VecDeque::new()),
-        remote_version: AtomicU64::new(0),
-        seq: AtomicU64::new(0),
-        games: AtomicU64::new(0),
-        acked_frames: AtomicU64::new(0),
-        failed: Mutex::new(None),
-        done: AtomicBool::new(false),
-    });
+    let link = Arc::new(Link::new());
     let name = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
@@ -762,5 +766,44 @@ fn classify_status(target: &str, s: &tonic::Status) -> Fail {
             "the learner at {target} refused this host's TLS: {msg} (check --tls-ca, --tls-cert, --tls-key)"
         )),
         _ => Fail::Transient(format!("{} ({:?})", msg, s.code())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_counter_is_the_runs_frames_plus_what_was_played_here_since() {
+        let link = Link::new();
+        // Welcomed at 1,000 frames.
+        let counter = AtomicU64::new(1000);
+        *link.frames.lock().unwrap() = FrameSync {
+            offset: 1000,
+            reported: 0,
+        };
+        counter.fetch_add(40, Ordering::SeqCst);
+        assert_eq!(link.take_frames(&counter), (40, 40));
+        // 8 more played here before the ack; the learner counted the message at 5,000
+        // (other hosts played too).
+        counter.fetch_add(8, Ordering::SeqCst);
+        link.sync_frames(&counter, 5000, 40);
+        assert_eq!(counter.load(Ordering::SeqCst), 5008);
+        assert_eq!(link.take_frames(&counter), (8, 48));
+        // A learner restarted from a checkpoint at 3,000 frames: the counter follows it down,
+        // keeping the 2 frames played here since the last message.
+        counter.fetch_add(2, Ordering::SeqCst);
+        link.sync_frames(&counter, 3000, 48);
+        assert_eq!(counter.load(Ordering::SeqCst), 3002);
+        assert_eq!(link.take_frames(&counter), (2, 50));
+    }
+
+    #[test]
+    fn local_snapshot_versions_map_to_the_learners() {
+        let link = Link::new();
+        link.versions.lock().unwrap().extend([(1, 17), (2, 19)]);
+        assert_eq!(link.remote_of(2), 19);
+        assert_eq!(link.remote_of(1), 17);
+        assert_eq!(link.remote_of(3), 0);
     }
 }

@@ -397,7 +397,10 @@ impl ActorLink for Service {
 }
 
 /// Refuses a session without the run's token (when there is one), comparing in constant time.
-fn check_token(token: Option<&str>, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+pub(super) fn check_token(
+    token: Option<&str>,
+    metadata: &tonic::metadata::MetadataMap,
+) -> Result<(), Status> {
     use subtle::ConstantTimeEq;
     let Some(token) = token else {
         return Ok(());
@@ -418,7 +421,7 @@ fn check_token(token: Option<&str>, metadata: &tonic::metadata::MetadataMap) -> 
 }
 
 /// Refuses another protocol or build, and a host without processes.
-fn check_hello(h: &wire::Hello) -> Result<(), Status> {
+pub(super) fn check_hello(h: &wire::Hello) -> Result<(), Status> {
     if h.protocol != super::PROTOCOL_VERSION {
         return Err(Status::failed_precondition(format!(
             "protocol version {}; this learner speaks {} (run the same build on every machine)",

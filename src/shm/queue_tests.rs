@@ -420,3 +420,85 @@ fn a_lane_whose_tail_outruns_its_capacity_is_an_error_naming_it() {
     );
     assert!(err.to_string().contains("lane 1 is corrupted"), "{err}");
 }
+
+#[test]
+fn raw_slots_relayed_from_one_queue_to_another_arrive_unchanged() {
+    // An actor host's relay: pop_raw on its own queue, push_raw into the learner's.
+    let host = ExperienceQueue::create(&name("raw-host"), 2, 8, L8).unwrap();
+    let learner = ExperienceQueue::create(&name("raw-learner"), 3, 18, L8).unwrap();
+    for seq in 0..3 {
+        push(&host, 0, seq);
+        push(&host, 1, seq);
+    }
+    let mut raw = Vec::new();
+    // At most 4 slots, round-robin over the lanes; then the rest.
+    assert_eq!(host.pop_raw(&mut raw, 4, Duration::ZERO).unwrap(), 4);
+    assert_eq!(raw.len(), 4 * host.slot_bytes());
+    assert_eq!(host.pop_raw(&mut raw, 10, Duration::ZERO).unwrap(), 2);
+    assert_eq!(
+        host.pop_raw(&mut raw, 10, Duration::from_millis(20))
+            .unwrap(),
+        0
+    );
+    for slot in raw.chunks_exact(host.slot_bytes()) {
+        L8.check_raw(slot, 2000).unwrap();
+        learner.push_raw(2, slot).unwrap();
+    }
+    let mut batch = Batch::new(6, L8);
+    assert!(learner.pop_into(&mut batch, Duration::ZERO).unwrap());
+    let mut got = rows(&batch);
+    got.sort();
+    assert_eq!(got, vec![(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]);
+    // A slot of another size is refused, not truncated.
+    assert!(matches!(
+        learner.push_raw(2, &raw[..10]),
+        Err(PushError::Shape(_))
+    ));
+}
+
+#[test]
+fn check_raw_refuses_what_would_poison_the_loss() {
+    let layout = SlotLayout::transitions(8, false);
+    let mut slot = vec![0u8; layout.slot_bytes().unwrap()];
+    assert_eq!(layout.check_raw(&slot, 4), Ok(()));
+    slot[0] = 4; // action 4 of 4
+    assert!(layout.check_raw(&slot, 4).unwrap_err().contains("action 4"));
+    slot[0] = 1;
+    slot[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+    assert!(layout.check_raw(&slot, 4).unwrap_err().contains("return"));
+    slot[4..8].copy_from_slice(&1.5f32.to_le_bytes());
+    slot[8..12].copy_from_slice(&1.5f32.to_le_bytes());
+    assert!(layout.check_raw(&slot, 4).unwrap_err().contains("discount"));
+    assert!(layout
+        .check_raw(&slot[1..], 4)
+        .unwrap_err()
+        .contains("bytes"));
+    // Segments: the length, the terminal flag, each action, reward and log-probability.
+    let seg = SlotLayout::segments(4, 3, 2);
+    let mut s = vec![0u8; seg.slot_bytes().unwrap()];
+    let put = |s: &mut [u8], at: usize, v: [u8; 4]| s[at..at + 4].copy_from_slice(&v);
+    assert!(seg.check_raw(&s, 4).unwrap_err().contains("0 steps"));
+    put(&mut s, 0, 2u32.to_le_bytes());
+    assert_eq!(seg.check_raw(&s, 4), Ok(()));
+    put(&mut s, 0, 4u32.to_le_bytes());
+    assert!(seg.check_raw(&s, 4).unwrap_err().contains("4 steps"));
+    put(&mut s, 0, 2u32.to_le_bytes());
+    put(&mut s, 4, 2u32.to_le_bytes());
+    assert!(seg.check_raw(&s, 4).unwrap_err().contains("terminal"));
+    put(&mut s, 4, 1u32.to_le_bytes());
+    put(&mut s, 16 + 4, 9u32.to_le_bytes()); // action of step 1
+    assert!(seg.check_raw(&s, 4).unwrap_err().contains("step 1"));
+    put(&mut s, 16 + 4, 3u32.to_le_bytes());
+    put(&mut s, 16 + 8 * 3, 0.5f32.to_le_bytes()); // log-probability of step 0
+    assert!(seg
+        .check_raw(&s, 4)
+        .unwrap_err()
+        .contains("log-probability"));
+    put(&mut s, 16 + 8 * 3, (-0.5f32).to_le_bytes());
+    // Past the length, anything goes (padding).
+    put(&mut s, 16 + 4 * 2, 99u32.to_le_bytes());
+    assert_eq!(seg.check_raw(&s, 4), Ok(()));
+    let mut v = s.clone();
+    SlotLayout::set_raw_version(&mut v, 77);
+    assert_eq!(SlotLayout::raw_version(&v), 77);
+}
