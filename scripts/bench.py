@@ -12,6 +12,11 @@ learner's metrics intervals (--interval seconds) after the warm-up: emulator fra
 steps/s (transitions consumed by the learner), updates/s, the learner's busy fraction and the
 queue's mean fill; plus CPU use (percent of one core) and peak RSS (VmHWM) per process kind,
 sampled from /proc. Prints a table and writes the same as JSON (--out).
+
+With --remote, the actors run on an actor host on this machine (`learner --connect`, over
+loopback gRPC) and the learner has none of its own (`--processes 0 --listen 127.0.0.1:0`);
+the table then also gives the bytes on the wire per transition (hosts.csv) and the relay's
+CPU (the host process itself, its actors apart).
 """
 import argparse, csv, json, os, signal, statistics, subprocess, sys, tempfile, time
 
@@ -58,9 +63,23 @@ def summary(values):
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
+def wait_for_listen(log_path, proc, limit=60):
+    """The address a learner with --listen printed."""
+    start = time.time()
+    while time.time() - start < limit:
+        for line in open(log_path):
+            if "listening for actor hosts on " in line:
+                return line.split("listening for actor hosts on ")[1].split()[0]
+        if proc.poll() is not None:
+            sys.exit(f"the learner exited ({proc.returncode}); see {log_path}")
+        time.sleep(0.1)
+    sys.exit(f"the learner did not listen within {limit} s; see {log_path}")
+
+
 def run_phase(phase, a, workdir):
     logdir = os.path.join(workdir, phase)
-    cmd = [a.learner, "--bench-phase", phase, "--game", a.game, "--processes", str(a.processes),
+    local = 0 if a.remote else a.processes
+    cmd = [a.learner, "--bench-phase", phase, "--game", a.game, "--processes", str(local),
            "--envs-per-actor", str(a.envs_per_actor), "--device", a.device,
            "--log-interval", str(a.interval), "--logdir", logdir,
            "--max-frames", str(10**15), "--save-freq", str(10**15)]
@@ -68,27 +87,41 @@ def run_phase(phase, a, workdir):
         # Actors at their final epsilons from the first frame, as for all but the first
         # --eps-decay frames of a run (4M of a default 80M).
         cmd += ["--eps-decay", "1"]
+    if a.remote:
+        cmd += ["--listen", "127.0.0.1:0"]
     cmd += a.extra
     log = open(os.path.join(workdir, f"{phase}.log"), "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    host = None
+    if a.remote:
+        addr = wait_for_listen(log.name, proc)
+        host_log = open(os.path.join(workdir, f"{phase}-host.log"), "w")
+        host = subprocess.Popen([a.learner, "--connect", addr, "--processes", str(a.processes)],
+                                stdout=host_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     start = time.time()
     warm_ticks, peaks, actors = None, {}, []
     while time.time() - start < a.warmup + a.seconds and proc.poll() is None:
         time.sleep(0.5)
-        actors = actors_of(proc.pid) or actors
-        for pid in [proc.pid] + actors:
+        actors = actors_of(host.pid if host else proc.pid) or actors
+        relay = [host.pid] if host else []
+        for pid in [proc.pid] + actors + relay:
             rss = peak_rss_mb(pid)
             if rss is not None:
                 peaks[pid] = max(peaks.get(pid, 0), rss)
         if warm_ticks is None and time.time() - start >= a.warmup:
-            warm_ticks = {pid: cpu_ticks(pid) for pid in [proc.pid] + actors}
+            warm_ticks = {pid: cpu_ticks(pid) for pid in [proc.pid] + actors + relay}
             warm_at = time.time()
-    end_ticks = {pid: cpu_ticks(pid) for pid in [proc.pid] + actors}
+    relay = [host.pid] if host else []
+    end_ticks = {pid: cpu_ticks(pid) for pid in [proc.pid] + actors + relay}
     measured = time.time() - warm_at if warm_ticks else 0
     if proc.poll() is not None:
         sys.exit(f"{phase}: the learner exited early ({proc.returncode}); see {log.name}")
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=120)
+    if host:
+        # Told that the learner stopped, the host waits for it to come back: stop it too.
+        host.send_signal(signal.SIGINT)
+        host.wait(timeout=60)
 
     def cpu_percent(pid):
         t0, t1 = (warm_ticks or {}).get(pid), end_ticks.get(pid)
@@ -101,6 +134,12 @@ def run_phase(phase, a, workdir):
         dt = float(row["wall_s"]) - float(prev["wall_s"])
         steps.append((int(row["steps"]) - int(prev["steps"])) / dt)
     actor_cpu = [c for c in (cpu_percent(p) for p in actors) if c is not None]
+    wire = None
+    if a.remote:
+        hosts = list(csv.DictReader(open(os.path.join(logdir, "hosts.csv"))))
+        hosts = [float(r["bytes_per_transition"]) for r in hosts
+                 if float(r["wall_s"]) > a.warmup and r["bytes_per_transition"]]
+        wire = summary(hosts)
     actor_rss = [peaks[p] for p in actors if p in peaks]
     return {
         "frames_per_s": summary([float(r["fps"]) for r in rows]),
@@ -112,6 +151,8 @@ def run_phase(phase, a, workdir):
                         "actor_mean": statistics.mean(actor_cpu) if actor_cpu else None,
                         "actors_total": sum(actor_cpu) if actor_cpu else None},
         "peak_rss_mb": {"learner": peaks.get(proc.pid), "actor_max": max(actor_rss) if actor_rss else None},
+        "wire_bytes_per_transition": wire,
+        "relay_cpu_percent": cpu_percent(host.pid) if host else None,
     }
 
 
@@ -136,6 +177,8 @@ def main():
                    help="steady: actors at their final epsilons (most of a run); start: epsilon "
                         "annealing from 1, as in the first --eps-decay frames, where acting skips "
                         "most forward passes")
+    p.add_argument("--remote", action="store_true",
+                   help="the actors on an actor host over loopback gRPC (learner --connect)")
     p.add_argument("--out", default="bench.json", help="where the JSON goes")
     p.add_argument("extra", nargs="*", help="more learner flags, after --")
     a = p.parse_args()
@@ -145,6 +188,8 @@ def main():
     bad = [x for x in phases if x not in ("limit", "acting", "training")]
     if bad:
         sys.exit(f"--phases: unknown {bad}; valid: limit, acting, training")
+    if a.remote and "limit" in phases:
+        sys.exit("--remote: the limit phase has no transport to measure; give --phases acting,training")
     results = {}
     with tempfile.TemporaryDirectory(prefix="async-rl-bench-") as workdir:
         for phase in phases:
@@ -154,7 +199,8 @@ def main():
     for r in results.values():
         fps = r["frames_per_s"]
         r["ratio_to_limit"] = fps["median"] / limit["median"] if fps and limit else None
-    print(f"\n{a.game}, {a.processes} actor processes x {a.envs_per_actor} envs, {os.cpu_count()} cores, "
+    where = "on a remote actor host over loopback gRPC" if a.remote else "local"
+    print(f"\n{a.game}, {a.processes} actor processes ({where}) x {a.envs_per_actor} envs, {os.cpu_count()} cores, "
           f"{a.exploration} exploration; "
           f"median [min-max] of {a.interval:.0f}-s intervals over {a.seconds:.0f} s after {a.warmup:.0f} s")
     head = f"{'phase':9} {'frames/s':>22} {'ratio':>6} {'samples/s':>18} {'updates/s':>15} {'busy':>6} {'queue':>6} {'CPU% L/A':>11} {'RSS MB L/A':>11}"
@@ -168,7 +214,12 @@ def main():
         fill = f"{r['queue_fill']['median']:.2f}" if r["queue_fill"] else "-"
         print(f"{phase:9} {fmt(r['frames_per_s']):>22} {ratio:>6} {fmt(r['samples_per_s']):>18} "
               f"{fmt(r['updates_per_s'], digits=1):>15} {busy:>6} {fill:>6} {cpus:>11} {rsss:>11}")
+        if a.remote:
+            relay = r["relay_cpu_percent"]
+            print(f"{'':9} wire bytes per transition {fmt(r['wire_bytes_per_transition'])}, "
+                  f"relay CPU {relay or 0:.0f}%")
     json.dump({"game": a.game, "processes": a.processes, "envs_per_actor": a.envs_per_actor,
+               "remote": a.remote,
                "exploration": a.exploration,
                "cores": os.cpu_count(), "seconds": a.seconds, "warmup": a.warmup,
                "interval": a.interval, "phases": results}, open(a.out, "w"), indent=2)

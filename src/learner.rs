@@ -671,6 +671,9 @@ fn train(
                     trainer.rule.model().flat_params_into(&mut flat);
                     let version = snapshot.publish(&flat)?;
                     published.record(version, c.frames);
+                    if let Some(server) = remote {
+                        server.published(version);
+                    }
                     next_sync = c.frames + cfg.sync_frames;
                 }
                 if c.frames >= next_save {

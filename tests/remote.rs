@@ -667,8 +667,13 @@ fn through_a_faulty_network_training_goes_on_and_nothing_is_counted_twice() {
         proxy.cut();
         a.wait_for("joined the learner", k + 1, Duration::from_secs(60));
     }
+    // A stall is a network cut without a FIN: only the heartbeats can notice it.
     proxy.stalled.store(true, Ordering::SeqCst);
-    std::thread::sleep(Duration::from_secs(7));
+    let stalled = Instant::now();
+    learner.wait_for("left: no message for", 1, Duration::from_secs(15));
+    eprintln!("the learner noticed the stalled host after {:?}", stalled.elapsed());
+    a.wait_for("no message for", 1, Duration::from_secs(15));
+    eprintln!("the host noticed the stalled learner after {:?}", stalled.elapsed());
     proxy.stalled.store(false, Ordering::SeqCst);
     a.wait_for("joined the learner", 5, Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(2));

@@ -101,6 +101,8 @@ struct Shared {
     compressed: Mutex<(u64, Arc<Vec<u8>>)>,
     /// Set when the learner stops: (reason, whether the run is finished).
     stop: watch::Sender<Option<(String, bool)>>,
+    /// The newest snapshot version the learner published (see [`RemoteServer::published`]).
+    published: watch::Sender<u64>,
     log: Box<dyn Fn(&str) + Send + Sync>,
 }
 
@@ -139,6 +141,7 @@ impl RemoteServer {
         let config_bytes = bincode::serde::encode_to_vec(&cfg, bincode::config::standard())
             .context("encoding the config for remote hosts")?;
         let (stop, _) = watch::channel(None);
+        let (published, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             layout,
             slot_bytes,
@@ -160,6 +163,7 @@ impl RemoteServer {
             reports: Mutex::new(settings.reports),
             compressed: Mutex::new((0, Arc::new(Vec::new()))),
             stop,
+            published,
             log: Box::new(log),
             queue,
             snapshot,
@@ -244,6 +248,11 @@ impl RemoteServer {
             .collect();
         all.sort_by_key(|h| h.host);
         all
+    }
+
+    /// The learner published snapshot `version`: every session sends it now.
+    pub fn published(&self, version: u64) {
+        self.shared.published.send_replace(version);
     }
 
     /// Sessions connected now.
@@ -493,7 +502,8 @@ struct Session {
 impl Session {
     async fn run(self, mut stream: Streaming<Up>) {
         let shared = self.shared.clone();
-        let (work_tx, work_rx) = mpsc::channel::<wire::Experience>(2);
+        // One message read ahead of the pusher: what waits here is experience getting older.
+        let (work_tx, work_rx) = mpsc::channel::<wire::Experience>(1);
         let ended = Arc::new(AtomicBool::new(false));
         let pusher = {
             let (shared, record, lanes, tx) = (
@@ -639,9 +649,16 @@ async fn send_loop(
     let mut sent_version = 0u64;
     let mut last_beat = Instant::now();
     let mut stop = shared.stop.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut published = shared.published.subscribe();
     loop {
-        tick.tick().await;
+        // A new snapshot goes down as soon as the learner publishes it (the actors of an
+        // on-policy rule must not act with old weights for longer than local ones do).
+        tokio::select! {
+            _ = published.changed() => {}
+            _ = stop.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        published.borrow_and_update();
         // The stop first: a session ends because of it, and its host must hear why.
         let stopping = stop.borrow_and_update().clone();
         if let Some((reason, finished)) = stopping {
