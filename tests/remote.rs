@@ -671,9 +671,15 @@ fn through_a_faulty_network_training_goes_on_and_nothing_is_counted_twice() {
     proxy.stalled.store(true, Ordering::SeqCst);
     let stalled = Instant::now();
     learner.wait_for("left: no message for", 1, Duration::from_secs(15));
-    eprintln!("the learner noticed the stalled host after {:?}", stalled.elapsed());
+    eprintln!(
+        "the learner noticed the stalled host after {:?}",
+        stalled.elapsed()
+    );
     a.wait_for("no message for", 1, Duration::from_secs(15));
-    eprintln!("the host noticed the stalled learner after {:?}", stalled.elapsed());
+    eprintln!(
+        "the host noticed the stalled learner after {:?}",
+        stalled.elapsed()
+    );
     proxy.stalled.store(false, Ordering::SeqCst);
     a.wait_for("joined the learner", 5, Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(2));
@@ -703,4 +709,89 @@ fn through_a_faulty_network_training_goes_on_and_nothing_is_counted_twice() {
         .unwrap();
     assert!(reconnects >= 4, "{rows:?}");
     assert_eq!(proxy.cuts.load(Ordering::SeqCst), 3);
+}
+
+/// Stops the one-node Slurm cluster when dropped.
+struct LocalSlurm(std::path::PathBuf);
+
+impl Drop for LocalSlurm {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.0).arg("stop").output();
+    }
+}
+
+/// deploy/slurm/async-rl.sbatch submitted for real to a one-node Slurm cluster on this machine
+/// (deploy/slurm/local-cluster): the learner and an actor host train CartPole and the job
+/// ends when the run does. Needs root and Slurm (`apt-get install -y slurm-wlm munge`, which
+/// scripts/test tries); without them it says so and checks nothing.
+#[test]
+fn the_sbatch_script_trains_on_a_one_node_slurm_cluster() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let have = |b: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {b}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || !have("sbatch") || !have("slurmd") || !have("munged") {
+        eprintln!("SKIPPED: no Slurm here (needs root and apt-get install -y slurm-wlm munge)");
+        return;
+    }
+    let cluster = repo.join("deploy/slurm/local-cluster");
+    let started = std::process::Command::new(&cluster)
+        .arg("start")
+        .output()
+        .unwrap();
+    let _stop = LocalSlurm(cluster.clone());
+    assert!(
+        started.status.success(),
+        "local-cluster start: {}",
+        text(&started.stderr)
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let bin = Path::new(LEARNER).parent().unwrap();
+    let run = dir.join("run");
+    let exports = format!(
+        "ALL,ASYNC_RL_GAME=CartPole,ASYNC_RL_BIN={},ASYNC_RL_LOGDIR={},ASYNC_RL_PORT={},ASYNC_RL_ACTOR_PROCESSES=1",
+        bin.display(),
+        run.display(),
+        free_port()
+    );
+    let submit = std::process::Command::new("sbatch")
+        .args(["--parsable", "--nodes=1", "--time=10"])
+        .arg(format!("--chdir={}", dir.display()))
+        .arg(format!("--output={}/slurm-%j.out", dir.display()))
+        .arg(format!("--export={exports}"))
+        .arg(repo.join("deploy/slurm/async-rl.sbatch"))
+        .env("ASYNC_RL_LEARNER_FLAGS", "--max-frames 40000 --device cpu")
+        .output()
+        .unwrap();
+    assert!(submit.status.success(), "sbatch: {}", text(&submit.stderr));
+    let job = text(&submit.stdout).trim().to_string();
+    let out = dir.join(format!("slurm-{job}.out"));
+    let t0 = Instant::now();
+    loop {
+        let q = std::process::Command::new("squeue")
+            .args(["-h", "-j", &job])
+            .output()
+            .unwrap();
+        if text(&q.stdout).trim().is_empty() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "job {job} still queued or running after 300 s\n{}",
+            std::fs::read_to_string(&out).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = std::fs::read_to_string(&out).unwrap_or_default();
+    eprintln!("Slurm job {job} took {:?}", t0.elapsed());
+    assert!(log.contains("joined with 1 actor processes"), "{log}");
+    assert!(log.contains("reached --max-frames 40000"), "{log}");
+    assert!(log.contains("the learner finished the run"), "{log}");
+    assert!(checkpoint_frames(&run) >= 40_000);
 }
