@@ -431,9 +431,14 @@ fn raw_slots_relayed_from_one_queue_to_another_arrive_unchanged() {
         push(&host, 1, seq);
     }
     let mut raw = Vec::new();
-    // At most 4 slots, round-robin over the lanes; then the rest.
+    // At most 4 slots, round-robin over the lanes, handed out grouped by lane; then the rest.
     assert_eq!(host.pop_raw(&mut raw, 4, Duration::ZERO).unwrap(), 4);
     assert_eq!(raw.len(), 4 * host.slot_bytes());
+    let first: Vec<[u8; 8]> = raw
+        .chunks_exact(host.slot_bytes())
+        .map(|s| s[16..24].try_into().unwrap())
+        .collect();
+    assert_eq!(first, vec![obs(0, 0), obs(0, 1), obs(1, 0), obs(1, 1)]);
     assert_eq!(host.pop_raw(&mut raw, 10, Duration::ZERO).unwrap(), 2);
     assert_eq!(
         host.pop_raw(&mut raw, 10, Duration::from_millis(20))
