@@ -361,8 +361,8 @@ pub struct Config {
     pub listen: Option<String>,
     /// With --listen: queue lanes kept for remote actor processes (each process of each host
     /// takes one; a host that asks for more than are free is refused)
-    #[arg(long, default_value_t = 32)]
-    #[serde(skip)]
+    #[arg(long, default_value_t = default_remote_lanes())]
+    #[serde(skip, default = "default_remote_lanes")]
     pub remote_lanes: usize,
     /// Be an actor host: run --processes actor processes here for the learner listening at
     /// HOST:PORT, which sends the game, network and settings (nothing else is configured
@@ -395,13 +395,23 @@ pub struct Config {
     #[serde(skip)]
     pub tls_domain: Option<String>,
     /// With --connect: give up (exit 1) after this many seconds without reaching the learner
-    #[arg(long, default_value_t = 600.0)]
-    #[serde(skip)]
+    #[arg(long, default_value_t = default_reconnect_for())]
+    #[serde(skip, default = "default_reconnect_for")]
     pub reconnect_for: f64,
     /// Benchmark phase, used by scripts/bench: limit, acting or training (the default)
     #[arg(long, value_enum, default_value_t = BenchPhase::Training, hide = true)]
     #[serde(skip)]
     pub bench_phase: BenchPhase,
+}
+
+/// `--remote-lanes`' default, also for configs read back from TOML or a checkpoint.
+fn default_remote_lanes() -> usize {
+    32
+}
+
+/// `--reconnect-for`'s default, also for configs read back from TOML or a checkpoint.
+fn default_reconnect_for() -> f64 {
+    600.0
 }
 
 /// Everything wrong with a configuration, one line each.
