@@ -667,17 +667,24 @@ fn through_a_faulty_network_training_goes_on_and_nothing_is_counted_twice() {
         proxy.cut();
         a.wait_for("joined the learner", k + 1, Duration::from_secs(60));
     }
-    // A stall is a network cut without a FIN: only the heartbeats can notice it.
+    // A stall is a network cut without a FIN: only heartbeats notice it (ours, or HTTP/2's
+    // keep-alive pings, whichever times out first).
+    let count = |p: &Proc, needle: &str| {
+        format!("{}\n{}", p.stdout(), p.stderr())
+            .matches(needle)
+            .count()
+    };
+    let (left, retried) = (count(&learner, " left: "), count(&a, "reconnecting in"));
     proxy.stalled.store(true, Ordering::SeqCst);
     let stalled = Instant::now();
-    learner.wait_for("left: no message for", 1, Duration::from_secs(15));
+    let line = learner.wait_for(" left: ", left + 1, Duration::from_secs(15));
     eprintln!(
-        "the learner noticed the stalled host after {:?}",
+        "the learner noticed the stalled host after {:?}: {line}",
         stalled.elapsed()
     );
-    a.wait_for("no message for", 1, Duration::from_secs(15));
+    let line = a.wait_for("reconnecting in", retried + 1, Duration::from_secs(15));
     eprintln!(
-        "the host noticed the stalled learner after {:?}",
+        "the host noticed the stalled learner after {:?}: {line}",
         stalled.elapsed()
     );
     proxy.stalled.store(false, Ordering::SeqCst);

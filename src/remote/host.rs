@@ -498,9 +498,13 @@ impl Host {
         up_tx: &mpsc::Sender<Up>,
     ) -> Result<End, Fail> {
         let mut beat = tokio::time::interval(super::HEARTBEAT_EVERY);
+        // Silence is measured from the last message, not from the last turn of this loop
+        // (the heartbeat tick turns it every second).
+        let mut deadline = tokio::time::Instant::now() + super::HEARTBEAT_TIMEOUT;
         loop {
             tokio::select! {
-                msg = tokio::time::timeout(super::HEARTBEAT_TIMEOUT, down.message()) => {
+                msg = tokio::time::timeout_at(deadline, down.message()) => {
+                    deadline = tokio::time::Instant::now() + super::HEARTBEAT_TIMEOUT;
                     let kind = match msg {
                         Err(_) => return Ok(End::Retry(format!("no message for {:?}", super::HEARTBEAT_TIMEOUT))),
                         Ok(Err(s)) => return Err(classify_status(&self.target, &s)),

@@ -261,10 +261,13 @@ impl RemoteServer {
     }
 
     /// Tells every host that the learner stops (`finished`: the run is over, hosts exit;
-    /// otherwise they wait for it to come back), waits up to `grace` for the sessions to end
-    /// and shuts the server down.
+    /// otherwise they wait for it to come back), closes the queue, waits up to `grace` for
+    /// the sessions to end and shuts the server down. The queue is closed after the stop is
+    /// announced, so that every session sends its Stop before it ends (a pusher blocked on a
+    /// full lane would otherwise hold its session until the learner closes the queue).
     pub fn stop(&mut self, reason: &str, finished: bool, grace: Duration) {
         let _ = self.shared.stop.send(Some((reason.to_string(), finished)));
+        self.shared.queue.close();
         let deadline = Instant::now() + grace;
         while self.sessions() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -519,9 +522,10 @@ impl Session {
         };
         let sender = tokio::spawn(send_loop(shared.clone(), self.tx.clone(), ended.clone()));
         let mut stop = shared.stop.subscribe();
+        let mut deadline = tokio::time::Instant::now() + super::HEARTBEAT_TIMEOUT;
         let reason: String = loop {
             tokio::select! {
-                msg = tokio::time::timeout(super::HEARTBEAT_TIMEOUT, stream.message()) => match msg {
+                msg = tokio::time::timeout_at(deadline, stream.message()) => { deadline = tokio::time::Instant::now() + super::HEARTBEAT_TIMEOUT; match msg {
                     Err(_) => break format!("no message for {:?}", super::HEARTBEAT_TIMEOUT),
                     Ok(Err(status)) => break format!("the stream broke: {}", status.message()),
                     Ok(Ok(None)) => break "the host closed the session".into(),
@@ -535,7 +539,7 @@ impl Session {
                         self.record.stats.lock().unwrap().snapshot_version = h.snapshot_version;
                     }
                     Ok(Ok(Some(_))) => break "a message out of order".into(),
-                },
+                }},
                 _ = stop.changed() => break "the learner stops".into(),
             }
         };
