@@ -657,9 +657,8 @@ fn forward(
         // A new session: resend what the learner has not acked, in order, before anything new.
         let current = link.session.lock().unwrap().clone();
         match (&current, &session) {
-            (Some((n, tx)), Some((m, _))) if n == m => {
-                let _ = tx;
-            }
+            // The session the pump already serves.
+            (Some((n, _)), Some((m, _))) if n == m => {}
             (Some((_, tx)), _) => {
                 let resend: Vec<wire::Experience> = link
                     .unacked
