@@ -266,8 +266,8 @@ impl Host {
                     patience.as_secs_f64()
                 );
             }
-            // Full jitter: a uniform wait up to the backoff, so that hosts cut off together
-            // do not come back together.
+            // Jitter: a uniform wait between half the backoff and all of it, so that hosts cut
+            // off together do not come back together.
             let wait = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
             crate::say!(
                 "learner at {}: {why}; reconnecting in {:.1} s",
