@@ -131,18 +131,27 @@ fn breakout_trains_with_two_remote_hosts_and_a_local_actor() {
     trains_with_two_hosts("Breakout", "20000");
 }
 
-/// With every actor remote, the learner's frames are the hosts' acked frames at least and
-/// the frames they played at most: nothing counted twice, nothing made up.
-fn check_counted_once(learner_frames: u64, hosts: &[&Proc]) {
-    let (mut played, mut acked) = (0, 0);
+/// With every actor remote, the learner's frames (its newest checkpoint's in `run_dir`) are
+/// the hosts' acked frames at least and the frames they played at most, and its games at most
+/// the games they played: nothing counted twice, nothing made up.
+fn check_counted_once(run_dir: &Path, hosts: &[&Proc]) {
+    let (mut played, mut games, mut acked) = (0, 0, 0);
     for h in hosts {
-        let (p, _, a) = host_summary(h);
+        let (p, g, a) = host_summary(h);
         played += p;
+        games += g;
         acked += a;
     }
+    let frames = checkpoint_frames(run_dir);
     assert!(
-        acked <= learner_frames && learner_frames <= played,
-        "learner counted {learner_frames} frames; hosts played {played}, had {acked} acked"
+        acked <= frames && frames <= played,
+        "learner counted {frames} frames; hosts played {played}, had {acked} acked"
+    );
+    let path = async_rl::checkpoint::path_for(run_dir, frames);
+    let episodes = async_rl::checkpoint::load(&path).unwrap().state.episodes;
+    assert!(
+        episodes > 0 && episodes <= games,
+        "learner counted {episodes} games; hosts played {games}"
     );
 }
 
@@ -172,7 +181,7 @@ fn all_remote_frames_are_counted_once() {
     assert_exit_ok(&mut learner);
     assert_exit_ok(&mut a);
     assert_exit_ok(&mut b);
-    check_counted_once(checkpoint_frames(&logdir), &[&a, &b]);
+    check_counted_once(&logdir, &[&a, &b]);
 }
 
 #[test]
@@ -707,7 +716,7 @@ fn through_a_faulty_network_training_goes_on_and_nothing_is_counted_twice() {
         .unwrap();
         assert_exit_ok(h);
     }
-    check_counted_once(checkpoint_frames(&logdir), &[&a, &b]);
+    check_counted_once(&logdir, &[&a, &b]);
     let rows = host_rows(&logdir);
     let reconnects: u32 = rows
         .iter()

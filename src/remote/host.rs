@@ -646,7 +646,8 @@ fn forward(
         while let Ok(msg) = reports.try_recv() {
             match msg {
                 ActorMsg::Episode { score, frames, .. } => {
-                    episodes.push(wire::Episode { score, frames })
+                    link.games.fetch_add(1, Ordering::SeqCst);
+                    episodes.push(wire::Episode { score, frames });
                 }
                 ActorMsg::Failed { actor, message } => {
                     failures.push(format!("actor {actor} failed: {message}"))
