@@ -22,23 +22,9 @@ fn checkpoint_frames(run_dir: &Path) -> u64 {
         .unwrap_or_else(|| panic!("no checkpoint in {}", run_dir.display()))
 }
 
-/// The rows of `hosts.csv` as maps from column to field.
+/// The rows of `hosts.csv` as maps from column to field (none before the first row).
 fn host_rows(run_dir: &Path) -> Vec<std::collections::HashMap<String, String>> {
-    let text = std::fs::read_to_string(run_dir.join("hosts.csv")).unwrap_or_default();
-    let mut lines = text.lines();
-    let Some(header) = lines.next() else {
-        return Vec::new();
-    };
-    let header: Vec<String> = header.split(',').map(String::from).collect();
-    lines
-        .map(|l| {
-            header
-                .iter()
-                .cloned()
-                .zip(l.split(',').map(String::from))
-                .collect()
-        })
-        .collect()
+    csv_rows(&run_dir.join("hosts.csv"))
 }
 
 /// An actor host for the learner at `addr` (one actor process unless `extra` says

@@ -143,9 +143,23 @@ pub fn untrained_checkpoint(dir: &Path, game: &str) -> std::path::PathBuf {
 
 /// The metrics.csv rows of run directory `dir` as maps from column name to field.
 pub fn metrics_rows(dir: &Path) -> Vec<std::collections::HashMap<String, String>> {
-    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert!(
+        dir.join("metrics.csv").is_file(),
+        "no metrics.csv in {}",
+        dir.display()
+    );
+    csv_rows(&dir.join("metrics.csv"))
+}
+
+/// The rows of the CSV file `path` (a header line, then values) as maps from column name to
+/// field; none when the file is missing or has only its header.
+pub fn csv_rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut lines = text.lines();
-    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
+    let Some(header) = lines.next() else {
+        return Vec::new();
+    };
+    let header: Vec<String> = header.split(',').map(String::from).collect();
     lines
         .map(|l| {
             header

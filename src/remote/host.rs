@@ -701,9 +701,19 @@ fn forward(
         if !due || (slots == 0 && episodes.is_empty() && failures.is_empty()) {
             continue;
         }
+        // Slots of one message carry one or two versions: look each up once, not per slot.
+        let mut mapped: Option<(u32, u32)> = None;
         for slot in buf.chunks_exact_mut(slot_bytes) {
             let local = SlotLayout::raw_version(slot);
-            SlotLayout::set_raw_version(slot, link.remote_of(local));
+            let remote = match mapped {
+                Some((l, r)) if l == local => r,
+                _ => {
+                    let r = link.remote_of(local);
+                    mapped = Some((local, r));
+                    r
+                }
+            };
+            SlotLayout::set_raw_version(slot, remote);
         }
         let (frames, produced) = link.take_frames(queue.frames());
         let msg = wire::Experience {

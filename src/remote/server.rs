@@ -214,7 +214,8 @@ impl RemoteServer {
             }
             Some(tls) => {
                 let _guard = runtime.enter();
-                let incoming = tls_incoming(listener, tls, shared.clone());
+                let log = shared.clone();
+                let incoming = super::tls::incoming(listener, tls, move |line| (log.log)(line));
                 runtime.spawn(async move {
                     let _ = router
                         .serve_with_incoming_shutdown(incoming, async {
@@ -717,62 +718,4 @@ fn latest_compressed(shared: &Shared) -> Option<(u64, Arc<Vec<u8>>)> {
         *cache = (version, Arc::new(super::compress_weights(&flat)));
     }
     Some((cache.0, cache.1.clone()))
-}
-
-/// TLS connections accepted on `listener`: each handshake runs on its own task, bounded by
-/// [`super::HELLO_TIMEOUT`] (a client that opens TCP and says nothing is dropped); a refused
-/// one is logged with its reason, at most one line a second (a flood of them is counted).
-fn tls_incoming(
-    listener: tokio::net::TcpListener,
-    tls: Arc<tokio_rustls::rustls::ServerConfig>,
-    shared: Arc<Shared>,
-) -> ReceiverStream<Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>>
-{
-    let (tx, rx) = mpsc::channel(16);
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let refusals = Arc::new(Mutex::new((Instant::now() - Duration::from_secs(2), 0u64)));
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(_) => {
-                    // Out of file descriptors, say: wait rather than spin.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let (acceptor, tx, shared, refusals) = (
-                acceptor.clone(),
-                tx.clone(),
-                shared.clone(),
-                refusals.clone(),
-            );
-            tokio::spawn(async move {
-                let why =
-                    match tokio::time::timeout(super::HELLO_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = tx.send(Ok(stream)).await;
-                            return;
-                        }
-                        Ok(Err(e)) => e.to_string(),
-                        Err(_) => format!("no TLS handshake within {:?}", super::HELLO_TIMEOUT),
-                    };
-                let mut r = refusals.lock().unwrap();
-                r.1 += 1;
-                if r.0.elapsed() >= Duration::from_secs(1) {
-                    let more = if r.1 > 1 {
-                        format!(" ({} refused since the last line)", r.1)
-                    } else {
-                        String::new()
-                    };
-                    (shared.log)(&format!(
-                        "refused a TLS connection from {peer}: {why}{more}"
-                    ));
-                    *r = (Instant::now(), 0);
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
 }
