@@ -21,7 +21,8 @@ use tch::Device;
 use crate::config::BenchPhase;
 use crate::env::{self, ObsSpec};
 use crate::eval;
-use crate::model::{obs_tensor, HeadKind, QNetwork};
+use crate::inference::{PolicySource, ServedPolicy, SnapshotPolicy};
+use crate::model::{HeadKind, QNetwork};
 use crate::protocol::{ActorInit, ActorMsg, EvalScores, Role};
 use crate::rules::{self, Adder, LaneSink, StepEnd};
 use crate::schedule;
@@ -99,13 +100,6 @@ fn argmax(q: &[f32]) -> usize {
     best
 }
 
-/// The network's outputs `[batch, act_width]` (Q-values; or logits and V(s)) of `batch`
-/// observations (their bytes, back to back) with the CPU network, into `out`.
-fn q_values(model: &QNetwork, obs_spec: ObsSpec, obs: &[u8], batch: usize, out: &mut [f32]) {
-    let q = model.act_outputs(&obs_tensor(obs_spec, obs, batch));
-    q.copy_data(out, out.len());
-}
-
 /// Seed of environment `j` of an actor seeded `seed` (environment 0 keeps the actor's seed).
 fn env_seed(seed: u64, j: usize) -> u64 {
     seed.wrapping_add((j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
@@ -144,29 +138,13 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
     if init.phase == BenchPhase::Limit {
         return emulate(init, reports, &mut envs, &queue);
     }
-    let snapshot = WeightSnapshot::open(&init.snapshot).context("opening the weight snapshot")?;
     let obs_spec = envs[0].obs_spec();
     let num_actions = envs[0].num_actions();
     let network = cfg.net_spec(obs_spec).map_err(anyhow::Error::msg)?;
-    let mut model = QNetwork::new(network, obs_spec, num_actions, Device::Cpu);
-    let mut flat = vec![0f32; snapshot.numel()];
-    anyhow::ensure!(
-        flat.len() == model.numel(),
-        "snapshot has {} parameters, this actor's network {}",
-        flat.len(),
-        model.numel()
-    );
-    let mut version = 0;
-    while version == 0 {
-        if queue.is_closed() {
-            return Ok(());
-        }
-        version = snapshot.read_into(&mut flat)?;
-        if version == 0 {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-    model.load_flat(&flat);
+    let width = num_actions + usize::from(network.head == HeadKind::ActorCritic);
+    let Some(mut policy) = policy_source(init, &queue, obs_spec, num_actions, k)? else {
+        return Ok(());
+    };
     report(
         reports,
         ActorMsg::Ready {
@@ -182,15 +160,14 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
     let mut sink = LaneSink {
         queue: &queue,
         lane: init.lane,
-        version: version as u32,
+        version: policy.version(),
     };
     // A policy network samples its actions and needs every environment's outputs; a
     // Q-network acts epsilon-greedily.
     let sampled = network.head == HeadKind::ActorCritic;
-    let width = model.act_width();
-    // The observations and outputs of the environments whose outputs this step uses, for
-    // one batched forward pass; `row[j]` is environment j's row, if it has one.
-    let mut obs = vec![0u8; k * obs_bytes];
+    // The outputs of the environments whose outputs this step uses, from one batched forward
+    // pass over their observations (staged in the policy source); `row[j]` is environment
+    // j's row, if it has one.
     let mut q = vec![0f32; k * width];
     let mut row: Vec<Option<usize>> = vec![None; k];
     let mut explore = vec![false; k];
@@ -218,33 +195,28 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
                 kind.trigger(init.actor)?;
             }
         }
-        if snapshot.version() != version {
-            version = snapshot.read_into(&mut flat)?;
-            model.load_flat(&flat);
-            sink.version = version as u32;
-        }
+        policy.refresh()?;
         // Epsilon-greedy, with the coin tossed first: an environment that acts at random
         // needs no Q-values unless its full segment bootstraps from this state, so the
         // forward pass covers only the others (most of them early on, while epsilon is
         // near 1).
         let eps = epsilon();
         let mut rows = 0;
+        let staging = policy.staging();
         for (j, (env, adder)) in envs.iter().zip(&adders).enumerate() {
             explore[j] = !sampled && explores(eps, &mut rng);
             row[j] = (!explore[j] || adder.needs_values()).then(|| {
-                obs[rows * obs_bytes..(rows + 1) * obs_bytes].copy_from_slice(env.obs());
+                staging[rows * obs_bytes..(rows + 1) * obs_bytes].copy_from_slice(env.obs());
                 rows += 1;
                 rows - 1
             });
         }
         if rows > 0 {
-            q_values(
-                &model,
-                obs_spec,
-                &obs[..rows * obs_bytes],
-                rows,
-                &mut q[..rows * width],
-            );
+            match policy.compute(rows, &mut q[..rows * width]) {
+                Ok(()) => sink.version = policy.version(),
+                Err(e) if stopping(&e, &queue) => return Ok(()),
+                Err(e) => return Err(e),
+            }
         }
         for (j, (env, adder)) in envs.iter_mut().zip(adders.iter_mut()).enumerate() {
             let qj = row[j].map(|r| &q[r * width..(r + 1) * width]);
@@ -267,9 +239,13 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
                 StepEnd::Continue
             };
             // Outputs on demand (a truncation's bootstrap), with the action the policy would
-            // take there.
+            // take there. A failure is kept and returned once the adder is done.
+            let mut failed = None;
             let mut values = |o: &[u8]| {
-                q_values(&model, obs_spec, o, 1, &mut last_q);
+                if let Err(e) = policy.outputs(o, 1, &mut last_q) {
+                    last_q.fill(0.0);
+                    failed = Some(e);
+                }
                 let next = if sampled {
                     sample_softmax(&last_q[..num_actions], &mut rng)
                 } else {
@@ -278,6 +254,11 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
                 (last_q.clone(), next)
             };
             let result = adder.end(step.clipped_reward, end, env.obs(), &mut values, &mut sink);
+            match failed {
+                Some(e) if stopping(&e, &queue) => return Ok(()),
+                Some(e) => return Err(e),
+                None => {}
+            }
             if !pushed(result)? {
                 return Ok(());
             }
@@ -286,6 +267,55 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
             }
         }
     }
+}
+
+/// The actor's policy source: the learner's inference server when the run has one
+/// (`--inference learner`), else a CPU copy of the weight snapshot, loaded with its first
+/// published version. `None` when the learner closed the queue before publishing one.
+fn policy_source(
+    init: &ActorInit,
+    queue: &ExperienceQueue,
+    obs: ObsSpec,
+    num_actions: usize,
+    rows: usize,
+) -> Result<Option<Box<dyn PolicySource>>> {
+    if let Some(name) = &init.inference {
+        return Ok(Some(Box::new(ServedPolicy::open(name, init.actor)?)));
+    }
+    let snapshot = WeightSnapshot::open(&init.snapshot).context("opening the weight snapshot")?;
+    let network = init.config.net_spec(obs).map_err(anyhow::Error::msg)?;
+    let mut model = QNetwork::new(network, obs, num_actions, Device::Cpu);
+    let mut flat = vec![0f32; snapshot.numel()];
+    anyhow::ensure!(
+        flat.len() == model.numel(),
+        "snapshot has {} parameters, this actor's network {}",
+        flat.len(),
+        model.numel()
+    );
+    let mut version = 0;
+    while version == 0 {
+        if queue.is_closed() {
+            return Ok(None);
+        }
+        version = snapshot.read_into(&mut flat)?;
+        if version == 0 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    model.load_flat(&flat);
+    Ok(Some(Box::new(SnapshotPolicy::new(
+        model, snapshot, flat, version, obs, rows,
+    ))))
+}
+
+/// Whether `e`, from the policy source, means the run is stopping (the queue closed, or the
+/// inference server stopped) rather than a failure.
+fn stopping(e: &anyhow::Error, queue: &ExperienceQueue) -> bool {
+    queue.is_closed()
+        || matches!(
+            e.downcast_ref::<crate::shm::InferenceError>(),
+            Some(crate::shm::InferenceError::Closed)
+        )
 }
 
 /// The evaluator (`--eval-every`): each time the frame count passes a multiple of

@@ -111,6 +111,21 @@ pub enum BenchPhase {
     Training,
 }
 
+/// Where actors' forward passes run (`--inference`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InferenceChoice {
+    /// `learner` when the learner (or --inference-device) is a GPU and no actor host connects
+    /// (--listen), else `actor`.
+    Auto,
+    /// Each actor process runs its own forward passes on a CPU copy of the newest weight
+    /// snapshot (Mnih et al. 2016).
+    Actor,
+    /// Actors send their observations to the learner process, which answers every pending
+    /// request in one batched forward pass of its newest weights (SEED RL).
+    Learner,
+}
+
 /// Where RMSProp's epsilon goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -285,6 +300,19 @@ pub struct Config {
     /// Device of the learner's network: auto, cpu, cuda or cuda:N (the GPU of index N)
     #[arg(long, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+    /// Where actors' forward passes run: `actor` (each actor's CPU copy of the newest
+    /// snapshot), `learner` (batched on the learner's device with its newest weights), or
+    /// `auto` (learner on a GPU, else actor)
+    #[arg(long, value_enum, default_value_t = InferenceChoice::Auto)]
+    pub inference: InferenceChoice,
+    /// --inference learner: the longest a request waits for a fuller batch, in microseconds
+    /// (a batch is computed at once when every actor's environments are waiting)
+    #[arg(long, default_value_t = 2000)]
+    pub inference_wait_us: u64,
+    /// --inference learner: the device of the inference server: cpu, cuda or cuda:N [default:
+    /// the learner's --device], e.g. one GPU serves the actors while another trains
+    #[arg(long)]
+    pub inference_device: Option<DeviceChoice>,
     /// CPU threads of the learner's libtorch (more threads fight the actors for the cores)
     #[arg(long, default_value_t = 1)]
     pub learner_threads: usize,
@@ -630,6 +658,9 @@ pub fn table_keys() -> BTreeSet<&'static str> {
         "vtrace-rho",
         "vtrace-c",
         "device",
+        "inference",
+        "inference-wait-us",
+        "inference-device",
         "learner-threads",
         "actor-nice",
         "seed",

@@ -174,6 +174,7 @@ impl Config {
                 self.log_interval
             ),
         );
+        self.validate_inference(&mut e);
         self.validate_replay(&mut e);
         self.validate_actor_critic(&mut e);
         if let Err(msg) = self.env_id() {
@@ -183,6 +184,25 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError(e))
+        }
+    }
+
+    /// The batched-inference settings; errors appended to `e`.
+    fn validate_inference(&self, e: &mut Vec<String>) {
+        use crate::config::InferenceChoice;
+        if !(1..=1_000_000).contains(&self.inference_wait_us) {
+            e.push(format!(
+                "--inference-wait-us {}: must be between 1 and 1000000 microseconds (1 s)",
+                self.inference_wait_us
+            ));
+        }
+        if self.inference == InferenceChoice::Learner && self.listen.is_some() {
+            e.push("--inference learner with --listen: the inference server serves this machine's actors only, and remote hosts act with their own snapshot copies; use --inference actor (or auto) with --listen".into());
+        }
+        if self.inference == InferenceChoice::Actor {
+            if let Some(d) = self.inference_device {
+                e.push(format!("--inference-device {d}: only with --inference learner (or auto), where the learner runs the actors' forward passes"));
+            }
         }
     }
 

@@ -11,8 +11,9 @@ use crate::checkpoint::{self, TrainingState};
 use crate::config::{BenchPhase, Config};
 use crate::device;
 use crate::env::{self, ObsSpec};
+use crate::inference::{Batching, InferenceServer};
 use crate::metrics::{
-    Board, CsvWriter, HostRow, HostsCsv, Progress, RemoteTotals, ReturnWindow, Row,
+    Board, CsvWriter, HostRow, HostsCsv, InferenceTotals, Progress, RemoteTotals, ReturnWindow, Row,
 };
 use crate::protocol::{ActorMsg, EvalScores};
 use crate::remote::server::{HostStats, RemoteServer, ServerSettings};
@@ -89,6 +90,7 @@ pub fn run(
     if let Some(reason) = fallback {
         crate::say!("--device auto: using the CPU ({reason})");
     }
+    let inference_device = inference_device(&cfg, device)?;
     let run_dir = cfg.run_dir();
     std::fs::create_dir_all(&run_dir).with_context(|| {
         format!(
@@ -124,11 +126,18 @@ pub fn run(
         _ => format!("n-step {}", cfg.n_step),
     };
     crate::say!(
-        "learner on {}; game {} ({} actors, --algorithm {} with {horizon})",
+        "learner on {}; game {} ({} actors, --algorithm {} with {horizon}; {})",
         device::describe(device),
         id.name(),
         cfg.processes,
         cfg.algorithm_name(),
+        match inference_device {
+            Some(d) => format!(
+                "actors' forward passes batched on the learner's {}",
+                device::describe(d)
+            ),
+            None => "actors run their own forward passes".to_string(),
+        },
     );
 
     // The action count and observation shape come from the environment itself.
@@ -207,6 +216,27 @@ pub fn run(
     let mut flat = vec![0f32; numel];
     trainer.rule.model().flat_params_into(&mut flat);
     snapshot.publish(&flat)?;
+    let mut inference = match inference_device {
+        None => None,
+        Some(d) => {
+            let model = trainer.rule.model();
+            let mut served = crate::model::QNetwork::new(net, obs, num_actions, d);
+            served.copy_from(model);
+            let slots = shm::InferenceSlots::create(
+                &shm::segment_name("inference"),
+                cfg.processes,
+                cfg.envs_per_actor,
+                obs.bytes(),
+                served.act_width(),
+            )
+            .context("creating the inference request slots")?;
+            let batching = Batching {
+                full: cfg.processes * cfg.envs_per_actor,
+                wait: Duration::from_micros(cfg.inference_wait_us),
+            };
+            Some(InferenceServer::start(slots, served, obs, batching)?)
+        }
+    };
 
     let (reports_tx, reports_rx) =
         ipc::channel::<ActorMsg>().context("creating the report channel")?;
@@ -258,6 +288,7 @@ pub fn run(
             final_epsilons: finals.clone(),
             queue: shm::segment_name("queue"),
             snapshot: shm::segment_name("snapshot"),
+            inference: inference.as_ref().map(|_| shm::segment_name("inference")),
             reports: reports_tx,
             // Differs between a run and its resumption, so resumed actors get fresh seeds.
             generation: counters.updates,
@@ -282,6 +313,7 @@ pub fn run(
             &stop,
             &run_dir,
             remote.as_ref(),
+            inference.as_ref(),
         );
     }
     // Shut down in order: tell remote hosts (they exit when the run is finished, and wait for
@@ -297,6 +329,11 @@ pub fn run(
         server.stop(&reason, finished, Duration::from_secs(2));
     }
     queue.close();
+    if let Some(server) = inference.as_mut() {
+        if let Err(e) = server.stop() {
+            crate::say_err!("the inference server failed: {e:#}");
+        }
+    }
     let killed = pool.stop_all(Duration::from_secs(5));
     if !killed.is_empty() {
         crate::say_err!("actors {killed:?} did not stop within 5 s and were killed");
@@ -318,6 +355,30 @@ pub fn run(
         }
     }
     outcome
+}
+
+/// The device of the inference server for `--inference` (None: actors run their own forward
+/// passes), given the learner's `device`. `auto` serves from the learner when the learner or
+/// `--inference-device` is a GPU and no actor host connects; a `--inference-device` that is
+/// not usable is an error naming it.
+fn inference_device(cfg: &Config, device: tch::Device) -> Result<Option<tch::Device>> {
+    use crate::config::{DeviceChoice, InferenceChoice};
+    // The limit benchmark runs no network in the actors.
+    if cfg.bench_phase == BenchPhase::Limit || cfg.inference == InferenceChoice::Actor {
+        return Ok(None);
+    }
+    let served = match cfg.inference_device {
+        None => device,
+        Some(DeviceChoice::Auto) => device,
+        Some(choice) => {
+            device::select(choice)
+                .map_err(|e| anyhow::anyhow!("--inference-device {choice}: {}", e.reason))?
+                .0
+        }
+    };
+    let wanted =
+        cfg.inference == InferenceChoice::Learner || (served.is_cuda() && cfg.listen.is_none());
+    Ok(wanted.then_some(served))
 }
 
 /// Writes checkpoint `model-<frames>.pt` of the run's current state.
@@ -513,6 +574,7 @@ impl Interval {
             snapshot_age: (self.age_n > 0).then(|| self.age_sum / self.age_n as f64),
             rule,
             remote: None,
+            inference: None,
         }
     }
 }
@@ -532,6 +594,7 @@ fn train(
     stop: &AtomicBool,
     run_dir: &std::path::Path,
     remote: Option<&RemoteServer>,
+    inference: Option<&InferenceServer>,
 ) -> Result<()> {
     let mut hosts_csv =
         match remote {
@@ -555,8 +618,18 @@ fn train(
     let mut next_log = start + log_every;
     let mut interval = Interval::new(start, c);
     let mut next_sync = c.frames + cfg.sync_frames;
+    // The versions that act: the snapshot's, or with --inference learner the inference
+    // server's, which takes the weights of every update.
     let mut published = PublishLog::new();
-    published.record(snapshot.version(), c.frames);
+    match inference {
+        Some(server) => {
+            if let Some(v) = server.refresh(trainer.rule.model()) {
+                published.record(v.into(), c.frames);
+            }
+        }
+        None => published.record(snapshot.version(), c.frames),
+    }
+    let mut served_before = inference.map(|s| s.stats()).unwrap_or_default();
     let mut next_save = (c.frames / cfg.save_freq + 1) * cfg.save_freq;
     let mut ready = std::collections::BTreeSet::new();
     let mut next_reap = Instant::now();
@@ -605,6 +678,9 @@ fn train(
         // second), which only delays noticing a dead actor by as much.
         let exited = if Instant::now() >= next_reap {
             next_reap = Instant::now() + REAP_EVERY;
+            if inference.is_some_and(|s| !s.is_running()) {
+                bail!("the inference server stopped serving the actors");
+            }
             pool.replace_exited()?
         } else {
             Vec::new()
@@ -667,10 +743,15 @@ fn train(
                 interval.loss_sum += s.loss;
                 interval.q_sum += s.q_mean;
                 interval.stat_n += 1;
+                if let Some(v) = inference.and_then(|s| s.refresh(trainer.rule.model())) {
+                    published.record(v.into(), c.frames);
+                }
                 if c.frames >= next_sync {
                     trainer.rule.model().flat_params_into(&mut flat);
                     let version = snapshot.publish(&flat)?;
-                    published.record(version, c.frames);
+                    if inference.is_none() {
+                        published.record(version, c.frames);
+                    }
                     if let Some(server) = remote {
                         server.published(version);
                     }
@@ -707,6 +788,17 @@ fn train(
                 }
                 row.remote = Some(RemoteTotals::of(&rows));
                 hosts_before = stats.into_iter().map(|h| (h.host, h)).collect();
+            }
+            if let Some(server) = inference {
+                let stats = server.stats();
+                let dt = now.duration_since(interval.start).as_secs_f64().max(1e-9);
+                let passes = stats.passes - served_before.passes;
+                row.inference = Some(InferenceTotals {
+                    batch: (passes > 0)
+                        .then(|| (stats.rows - served_before.rows) as f64 / passes as f64),
+                    passes_per_s: passes as f64 / dt,
+                });
+                served_before = stats;
             }
             csv.write(&row).context("writing metrics.csv")?;
             board

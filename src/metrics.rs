@@ -36,7 +36,7 @@ pub fn write_line(out: &mut impl Write, msg: &str) {
 
 /// The CSV header; one [`Row`] per line.
 pub const CSV_HEADER: &str =
-    "wall_s,frames,steps,updates,episodes,fps,mean_return,epsilon,loss,q_mean,lr,updates_per_s,queue_fill,learner_busy,snapshot_age,replay_size,replay_ratio,priority_mean,is_weight_mean,policy_loss,value_loss,entropy,value_mean,rho_mean,remote_hosts,remote_fps,remote_in_flight,remote_bytes_per_transition,remote_snapshot_lag,remote_reconnects";
+    "wall_s,frames,steps,updates,episodes,fps,mean_return,epsilon,loss,q_mean,lr,updates_per_s,queue_fill,learner_busy,snapshot_age,replay_size,replay_ratio,priority_mean,is_weight_mean,policy_loss,value_loss,entropy,value_mean,rho_mean,remote_hosts,remote_fps,remote_in_flight,remote_bytes_per_transition,remote_snapshot_lag,remote_reconnects,inference_batch,inference_passes_per_s";
 
 /// One metrics row. Frames are emulator frames over all actors; `fps` is frames per second
 /// over the last interval; `mean_return` is the mean unclipped game score of the last 100
@@ -68,6 +68,18 @@ pub struct Row {
     pub rule: crate::rules::RuleMetrics,
     /// Remote actor hosts, summed (`--listen` only; empty CSV fields otherwise).
     pub remote: Option<RemoteTotals>,
+    /// `--inference learner`: the inference server over the interval (empty CSV fields
+    /// otherwise).
+    pub inference: Option<InferenceTotals>,
+}
+
+/// The learner's inference server over one metrics interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct InferenceTotals {
+    /// Mean observations per forward pass (None: no pass).
+    pub batch: Option<f64>,
+    /// Forward passes per second.
+    pub passes_per_s: f64,
 }
 
 /// The remote actor hosts of one metrics interval, together (see [`HostRow`] for each).
@@ -186,7 +198,7 @@ fn opt(v: Option<f64>) -> String {
 impl Row {
     pub fn to_csv(&self) -> String {
         format!(
-            "{:.3},{},{},{},{},{:.1},{},{:.5},{},{},{:.3e},{:.2},{:.4},{:.4},{},{},{},{},{},{},{},{},{},{},{}",
+            "{:.3},{},{},{},{},{:.1},{},{:.5},{},{},{:.3e},{:.2},{:.4},{:.4},{},{},{},{},{},{},{},{},{},{},{},{}",
             self.wall_s,
             self.frames,
             self.steps,
@@ -224,6 +236,11 @@ impl Row {
                 opt(t.bytes_per_transition),
                 opt(t.snapshot_lag),
                 t.reconnects
+            )),
+            self.inference.map_or(",".to_string(), |i| format!(
+                "{},{:.2}",
+                opt(i.batch),
+                i.passes_per_s
             ))
         )
     }
@@ -446,6 +463,12 @@ impl Board {
             if let Some(v) = v {
                 w.add_scalar(tag, v, step)?;
             }
+        }
+        if let Some(i) = &r.inference {
+            if let Some(b) = i.batch {
+                w.add_scalar("perf/inference_batch", b, step)?;
+            }
+            w.add_scalar("perf/inference_passes_per_s", i.passes_per_s, step)?;
         }
         if let Some(t) = &r.remote {
             w.add_scalar("remote/hosts", t.hosts as f64, step)?;

@@ -27,6 +27,9 @@ pub struct ActorInit {
     /// Shared-memory segment names.
     pub queue: String,
     pub snapshot: String,
+    /// The learner's inference request slots (`--inference learner`): the actor asks there
+    /// for its network outputs instead of running its own copy of the snapshot.
+    pub inference: Option<String>,
     /// Where to send [`ActorMsg`]s.
     pub reports: IpcSender<ActorMsg>,
 }

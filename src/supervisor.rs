@@ -184,6 +184,8 @@ pub struct PoolSettings {
     /// Shared-memory segment names.
     pub queue: String,
     pub snapshot: String,
+    /// The inference request slots (`--inference learner`), for the acting actors.
+    pub inference: Option<String>,
     pub reports: IpcSender<ActorMsg>,
     /// Distinguishes the seeds of a run from those of its resumptions (e.g. the update count).
     pub generation: u64,
@@ -263,6 +265,8 @@ impl ActorPool {
             role: if evaluator { Role::Evaluate } else { Role::Act },
             queue: s.queue.clone(),
             snapshot: s.snapshot.clone(),
+            // The evaluator plays with its own snapshot copy.
+            inference: if evaluator { None } else { s.inference.clone() },
             reports: s.reports.clone(),
         };
         let a = spawn_actor(init, s.start_timeout)?;
@@ -360,6 +364,7 @@ mod tests {
             role: crate::protocol::Role::Act,
             queue: String::new(),
             snapshot: String::new(),
+            inference: None,
             reports,
         };
         // This test binary plays the actor: given `__actor <server> <pid>` it runs no test

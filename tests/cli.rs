@@ -151,6 +151,51 @@ fn device_cuda_without_cuda_fails_before_starting() {
 }
 
 #[test]
+fn inference_flags_that_cannot_work_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let refused = |args: &[&str], code: i32, needles: &[&str]| {
+        let mut all = vec!["--game", "CartPole", "--processes", "1", "--logdir", "run"];
+        all.extend_from_slice(args);
+        let (pid, out) = run(LEARNER, &all, tmp.path(), Duration::from_secs(60));
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: stderr lacks {n:?}:\n{err}");
+        }
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!tmp.path().join("run").exists(), "nothing may be created");
+        assert_clean(pid);
+    };
+    refused(
+        &["--inference", "learner", "--listen", "127.0.0.1:0"],
+        2,
+        &["--inference learner with --listen", "use --inference actor"],
+    );
+    refused(
+        &["--inference", "actor", "--inference-device", "cpu"],
+        2,
+        &["--inference-device cpu: only with --inference learner"],
+    );
+    refused(
+        &["--inference-wait-us", "0"],
+        2,
+        &["--inference-wait-us 0: must be between 1 and 1000000"],
+    );
+    refused(
+        &["--inference", "gpu"],
+        2,
+        &["'gpu'", "actor", "learner", "auto"],
+    );
+    if !std::path::Path::new("/dev/nvidia0").exists() {
+        refused(
+            &["--inference", "learner", "--inference-device", "cuda:1"],
+            1,
+            &["--inference-device cuda:1: "],
+        );
+    }
+}
+
+#[test]
 fn divergence_stops_the_run_and_the_last_good_checkpoint_stays_the_newest() {
     let tmp = tempfile::tempdir().unwrap();
     let base = [

@@ -105,13 +105,35 @@ fn metric_frames(run_dir: &Path) -> Vec<u64> {
 
 #[test]
 fn sigkilled_actor_is_replaced_and_training_goes_on() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut run = Run::start(
-        tmp.path(),
-        "run",
-        &["--processes", "2", "--max-frames", "100000000"],
-        &[],
+    sigkill_each_actor(&[]);
+}
+
+/// With `--inference learner` the actors wait on the learner's inference server: a killed
+/// actor, perhaps in the middle of a request, must not wedge it for the others or its
+/// replacement, and the server's counters must show it batching.
+#[test]
+fn sigkilled_actor_does_not_wedge_the_inference_server() {
+    let run_dir = sigkill_each_actor(&["--inference", "learner"]);
+    let rows = metrics_rows(&run_dir.path());
+    let batches: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| r["inference_batch"].parse().ok())
+        .collect();
+    assert!(!batches.is_empty(), "no inference_batch in metrics.csv");
+    assert!(
+        batches.iter().all(|b| (1.0..=2.0).contains(b)),
+        "a pass holds 1 to 2 observations (2 actors): {batches:?}"
     );
+}
+
+/// SIGKILLs each of two actors of a CartPole run in turn (with `extra` flags) and checks that
+/// each is replaced, with a fresh seed, and that training goes on; returns the run directory
+/// (`run` inside the returned temporary directory).
+fn sigkill_each_actor(extra: &[&str]) -> RunDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = vec!["--processes", "2", "--max-frames", "100000000"];
+    args.extend_from_slice(extra);
+    let mut run = Run::start(tmp.path(), "run", &args, &[]);
     let pid = run.child.id();
     run.wait_for("frames ", 2, Duration::from_secs(60));
     let victims = actors_of(pid);
@@ -163,7 +185,17 @@ fn sigkilled_actor_is_replaced_and_training_goes_on() {
     assert!(status.success(), "{status}\n{}", run.stderr());
     assert!(!async_rl::checkpoint::list(&tmp.path().join("run")).is_empty());
     assert_clean(pid);
-    println!("SIGKILLed actor detected and replaced in {detected:?}");
+    println!("SIGKILLed actor detected and replaced in {detected:?} ({extra:?})");
+    RunDir(tmp)
+}
+
+/// A finished run's directory (`run` in a temporary directory, removed on drop).
+struct RunDir(tempfile::TempDir);
+
+impl RunDir {
+    fn path(&self) -> PathBuf {
+        self.0.path().join("run")
+    }
 }
 
 /// Every actor fails at its 300th step in the way `kind` says; with one actor and a bound of

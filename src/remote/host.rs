@@ -459,6 +459,8 @@ impl Host {
                 final_epsilons: w.final_epsilons.clone(),
                 queue: queue_name,
                 snapshot: snapshot_name,
+                // A host's actors act with their own copies of the snapshot it relays.
+                inference: None,
                 reports: reports_tx,
                 generation: 0,
                 start_timeout: Duration::from_secs(30),

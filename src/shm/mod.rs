@@ -7,11 +7,13 @@
 mod batch;
 mod consumer;
 pub mod futex;
+pub mod inference;
 pub mod queue;
 mod queue_layout;
 mod slot;
 pub mod snapshot;
 
+pub use inference::{InferenceError, InferenceSlots};
 pub use queue::{
     Batch, ExperienceQueue, PushError, QueueError, Segment, SegmentShape, SlotLayout, Transition,
 };
