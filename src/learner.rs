@@ -68,11 +68,17 @@ impl Trainer {
 
 /// A batch whose loss or mean max-Q was not finite: the run stops without applying it.
 #[derive(Debug, thiserror::Error)]
-#[error("training diverged at {frames} frames: loss {loss}, mean Q (or V) {q_mean} (the update was not applied)")]
+#[error("training diverged at {frames} frames: loss {loss}, mean Q (or V) {q_mean} ({})", if *.applied {
+    "over the last metrics interval, read from the GPU once per interval; no checkpoint takes these weights"
+} else {
+    "the update was not applied"
+})]
 struct Diverged {
     frames: u64,
     loss: f64,
     q_mean: f64,
+    /// Found in the interval's sums (GPU), after the updates were applied.
+    applied: bool,
 }
 
 /// Starts the run described by `cfg` (already merged and validated) and trains until
@@ -507,9 +513,8 @@ struct Interval {
     busy: Duration,
     fill_sum: f64,
     fill_n: u64,
-    loss_sum: f64,
-    q_sum: f64,
-    stat_n: u64,
+    /// Loss and mean Q of the interval's updates, summed on the device.
+    stats: rules::DeviceSums,
     age_sum: f64,
     age_n: u64,
 }
@@ -523,9 +528,7 @@ impl Interval {
             busy: Duration::ZERO,
             fill_sum: 0.0,
             fill_n: 0,
-            loss_sum: 0.0,
-            q_sum: 0.0,
-            stat_n: 0,
+            stats: rules::DeviceSums::default(),
             age_sum: 0.0,
             age_n: 0,
         }
@@ -534,6 +537,7 @@ impl Interval {
     /// The metrics row for the interval ending `now`.
     fn row(
         &self,
+        stats: Option<&[f64]>,
         now: Instant,
         c: &Counters,
         cfg: &Config,
@@ -561,8 +565,8 @@ impl Interval {
             fps: (c.frames - self.frames) as f64 / dt,
             mean_return: scores.mean(),
             epsilon,
-            loss: (self.stat_n > 0).then(|| self.loss_sum / self.stat_n as f64),
-            q_mean: (self.stat_n > 0).then(|| self.q_sum / self.stat_n as f64),
+            loss: stats.map(|s| s[0]),
+            q_mean: stats.map(|s| s[1]),
             lr: schedule::learning_rate(cfg.lr, cfg.lr_decay, c.frames),
             updates_per_s: (c.updates - self.updates) as f64 / dt,
             queue_fill: if self.fill_n > 0 {
@@ -716,6 +720,7 @@ fn train(
                     frames: c.frames,
                     loss: s.loss,
                     q_mean: s.q_mean,
+                    applied: false,
                 })?;
                 interval.busy += t.elapsed();
                 s
@@ -740,9 +745,7 @@ fn train(
             };
             if let Some(s) = update {
                 c.updates += 1;
-                interval.loss_sum += s.loss;
-                interval.q_sum += s.q_mean;
-                interval.stat_n += 1;
+                interval.stats.add(&[&s.loss, &s.q_mean]);
                 if let Some(v) = inference.and_then(|s| s.refresh(trainer.rule.model())) {
                     published.record(v.into(), c.frames);
                 }
@@ -770,7 +773,29 @@ fn train(
         let now = Instant::now();
         if now >= next_log || done.is_some() {
             c.wall_s = wall0 + start.elapsed().as_secs_f64();
-            let mut row = interval.row(now, c, cfg, finals, &scores, trainer.rule.metrics());
+            // The interval's loss and mean Q, in one read from the device. On a GPU a non-finite
+            // one is found here rather than before its update (see QCore::step).
+            let stats = interval.stats.take_means();
+            if let Some(s) = stats.as_deref() {
+                if !s.iter().all(|x| x.is_finite()) {
+                    return Err(Diverged {
+                        frames: c.frames,
+                        loss: s[0],
+                        q_mean: s[1],
+                        applied: true,
+                    }
+                    .into());
+                }
+            }
+            let mut row = interval.row(
+                stats.as_deref(),
+                now,
+                c,
+                cfg,
+                finals,
+                &scores,
+                trainer.rule.metrics(),
+            );
             if let (Some(server), Some(hosts_csv)) = (remote, hosts_csv.as_mut()) {
                 let dt = now.duration_since(interval.start).as_secs_f64();
                 let stats = server.stats();

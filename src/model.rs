@@ -249,8 +249,10 @@ impl QNetwork {
     /// 1/255 here) or f32 vectors.
     fn features(&self, obs: &Tensor) -> Tensor {
         if obs.kind() == Kind::Uint8 {
-            self.torso
-                .forward(&(obs.to_kind(Kind::Float) * (1.0 / 255.0)))
+            // One float temporary, scaled in place (`x.to_kind() * s` made two).
+            let mut x = obs.to_kind(Kind::Float);
+            let _ = x.g_mul_scalar_(1.0 / 255.0);
+            self.torso.forward(&x)
         } else {
             self.torso.forward(obs)
         }

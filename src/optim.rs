@@ -101,24 +101,36 @@ impl RmsProp {
     }
 }
 
-/// Scales all gradients so that their global L2 norm is at most `max_norm`; returns the norm
-/// before clipping (a 0-dim tensor, left on the device to avoid a synchronisation).
+/// Scales all gradients so that their global L2 norm is at most `max_norm` (as
+/// `torch.nn.utils.clip_grad_norm_`); returns the norm before clipping (a 0-dim tensor, left on
+/// the device to avoid a synchronisation). Each gradient's squared norm is its dot product with
+/// itself, so no full-size temporary is made (`g.pow(2)` allocated one per parameter per
+/// update), and the sum builds up in one 0-dim tensor without host-side vectors.
 pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: f64) -> Tensor {
     let _guard = tch::no_grad_guard();
-    let grads: Vec<Tensor> = params
-        .iter()
-        .map(|(_, p)| p.grad())
-        .filter(|g| g.defined())
-        .collect();
-    let sq: Vec<Tensor> = grads
-        .iter()
-        .map(|g| g.pow_tensor_scalar(2).sum(tch::Kind::Float))
-        .collect();
-    let norm = Tensor::stack(&sq, 0).sum(tch::Kind::Float).sqrt();
+    let mut total: Option<Tensor> = None;
+    for (_, p) in params {
+        let g = p.grad();
+        if !g.defined() {
+            continue;
+        }
+        let flat = g.reshape([-1]);
+        let sq = flat.dot(&flat);
+        total = Some(match total {
+            Some(t) => t + sq,
+            None => sq,
+        });
+    }
+    let Some(total) = total else {
+        return Tensor::zeros([], (tch::Kind::Float, tch::Device::Cpu));
+    };
+    let norm = total.sqrt();
     let coef = (max_norm / (&norm + 1e-6)).clamp_max(1.0);
-    for g in &grads {
-        let mut g = g.shallow_clone();
-        let _ = g.g_mul_(&coef);
+    for (_, p) in params {
+        let mut g = p.grad();
+        if g.defined() {
+            let _ = g.g_mul_(&coef);
+        }
     }
     norm
 }
@@ -192,5 +204,24 @@ mod tests {
         zero_grad(&params);
         let g: Vec<f32> = Vec::try_from(&p.grad()).unwrap();
         assert_eq!(g, vec![0.0, 0.0]);
+        // Two parameters, one of them a matrix: the norm is global; below the maximum nothing
+        // changes.
+        let a = Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let b = Tensor::zeros([1], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let params = vec![
+            ("a".to_string(), a.shallow_clone()),
+            ("b".to_string(), b.shallow_clone()),
+        ];
+        // Gradients (1, 2; 2, 0) and (4): norm sqrt(1 + 4 + 4 + 16) = 5.
+        ((&a * Tensor::from_slice(&[1.0f32, 2.0, 2.0, 0.0]).view([2, 2])).sum(Kind::Float)
+            + (&b * 4.0).sum(Kind::Float))
+        .backward();
+        let norm = clip_grad_norm(&params, 10.0);
+        assert!((norm.double_value(&[]) - 5.0).abs() < 1e-5);
+        assert_eq!(Vec::<f32>::try_from(&b.grad()).unwrap(), vec![4.0]);
+        let norm = clip_grad_norm(&params, 2.5);
+        assert!((norm.double_value(&[]) - 5.0).abs() < 1e-5);
+        let ga: Vec<f32> = Vec::try_from(&a.grad().reshape([-1])).unwrap();
+        assert!((ga[1] - 1.0).abs() < 1e-5 && (b.grad().double_value(&[0]) - 2.0).abs() < 1e-5);
     }
 }

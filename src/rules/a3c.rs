@@ -15,7 +15,7 @@
 use tch::Tensor;
 
 use super::actor_critic::{self, Sums};
-use super::{LearnerRule, QCore, RuleMetrics, UpdateStats};
+use super::{LearnerRule, NonFinite, QCore, RuleMetrics, UpdateStats};
 use crate::config::Config;
 use crate::model::QNetwork;
 use crate::shm::Batch;
@@ -56,13 +56,13 @@ impl LearnerRule for Learner {
         self.ready
     }
 
-    fn update(&mut self, lr: f64) -> Result<Option<UpdateStats>, UpdateStats> {
+    fn update(&mut self, lr: f64) -> Result<Option<UpdateStats>, NonFinite> {
         let b = &self.held;
         let n = b.len();
         let c = &self.core;
         let obs = c.obs_tensor(&b.obs, n);
-        let actions = Tensor::from_slice(&b.actions[..n]).to_device(c.device);
-        let returns = Tensor::from_slice(&b.returns[..n]).to_device(c.device);
+        let actions = c.upload_slice(&b.actions[..n]);
+        let returns = c.upload_slice(&b.returns[..n]);
         let (logits, values) = c
             .model
             .policy_value(&obs)

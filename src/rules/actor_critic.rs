@@ -85,14 +85,11 @@ pub fn loss(steps: &Steps, value_coef: f64, entropy_coef: f64) -> Loss {
     }
 }
 
-/// Sums of the loss parts over the updates of one metrics interval.
-#[derive(Clone, Copy, Debug, Default)]
+/// Sums of the loss parts over the updates of one metrics interval (on the device: see
+/// [`super::DeviceSums`]).
+#[derive(Default)]
 pub struct Sums {
-    updates: u64,
-    policy: f64,
-    value: f64,
-    entropy: f64,
-    value_mean: f64,
+    parts: super::DeviceSums,
     rho: f64,
     rho_n: u64,
 }
@@ -100,11 +97,8 @@ pub struct Sums {
 impl Sums {
     /// Adds the parts of one applied update's `loss`.
     pub fn add(&mut self, loss: &Loss) {
-        self.updates += 1;
-        self.policy += loss.policy.double_value(&[]);
-        self.value += loss.value.double_value(&[]);
-        self.entropy += loss.entropy.double_value(&[]);
-        self.value_mean += loss.value_mean.double_value(&[]);
+        self.parts
+            .add(&[&loss.policy, &loss.value, &loss.entropy, &loss.value_mean]);
     }
 
     /// Adds the mean clipped importance weight of one update (IMPALA).
@@ -115,15 +109,16 @@ impl Sums {
 
     /// The interval's means as metrics (`None` without updates); resets the sums.
     pub fn take(&mut self) -> RuleMetrics {
-        let s = std::mem::take(self);
-        let n = s.updates as f64;
-        let per = |x: f64| (s.updates > 0).then(|| x / n);
+        let parts = self.parts.take_means();
+        let part = |i: usize| parts.as_ref().map(|p| p[i]);
+        let rho = (self.rho_n > 0).then(|| self.rho / self.rho_n as f64);
+        (self.rho, self.rho_n) = (0.0, 0);
         RuleMetrics {
-            policy_loss: per(s.policy),
-            value_loss: per(s.value),
-            entropy: per(s.entropy),
-            value_mean: per(s.value_mean),
-            rho_mean: (s.rho_n > 0).then(|| s.rho / s.rho_n as f64),
+            policy_loss: part(0),
+            value_loss: part(1),
+            entropy: part(2),
+            value_mean: part(3),
+            rho_mean: rho,
             ..RuleMetrics::default()
         }
     }

@@ -31,7 +31,8 @@ use rand::{rngs::StdRng, SeedableRng};
 use tch::{Kind, Tensor};
 
 use super::{
-    Adder, ExperienceSink, LearnerRule, QCore, RuleMetrics, StepEnd, UpdateStats, ValuesOf,
+    Adder, ExperienceSink, LearnerRule, NonFinite, QCore, RuleMetrics, StepEnd, UpdateStats,
+    ValuesOf,
 };
 use crate::config::Config;
 use crate::model::QNetwork;
@@ -281,7 +282,7 @@ impl LearnerRule for Learner {
             <= self.replay_ratio * since as f64 + self.batch_size as f64
     }
 
-    fn update(&mut self, lr: f64) -> Result<Option<UpdateStats>, UpdateStats> {
+    fn update(&mut self, lr: f64) -> Result<Option<UpdateStats>, NonFinite> {
         let beta = self.beta.map_or(1.0, |b| b.value(self.frames));
         if !self
             .memory
@@ -292,13 +293,12 @@ impl LearnerRule for Learner {
         let s = &self.sample;
         let b = s.indices.len();
         let c = &self.core;
-        let dev = c.device;
         let obs = c.obs_tensor(&s.obs, b);
         let next = c.obs_tensor(&s.next_obs, b);
-        let actions = Tensor::from_slice(&s.actions).to_device(dev);
-        let returns = Tensor::from_slice(&s.returns).to_device(dev);
-        let discounts = Tensor::from_slice(&s.discounts).to_device(dev);
-        let weights = Tensor::from_slice(&s.weights).to_device(dev);
+        let actions = c.upload_slice(&s.actions);
+        let returns = c.upload_slice(&s.returns);
+        let discounts = c.upload_slice(&s.discounts);
+        let weights = c.upload_slice(&s.weights);
         let target = tch::no_grad(|| {
             let q_target = self.target.forward(&next);
             let q_online = self.double_q.then(|| c.model.forward(&next));

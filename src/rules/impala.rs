@@ -20,7 +20,8 @@ use tch::{Device, Kind, Tensor};
 use super::actor_critic::{self, Sums};
 use super::vtrace::{vtrace, Clip};
 use super::{
-    Adder, ExperienceSink, LearnerRule, QCore, RuleMetrics, StepEnd, UpdateStats, ValuesOf,
+    Adder, ExperienceSink, LearnerRule, NonFinite, QCore, RuleMetrics, StepEnd, UpdateStats,
+    ValuesOf,
 };
 use crate::config::Config;
 use crate::env::ObsSpec;
@@ -179,9 +180,7 @@ impl Learner {
                 let (h, w) = (h as i64, w as i64);
                 // [n, stack + T, h, w] -> windows of `stack` frames along dim 1:
                 // [n, T + 1, h, w, stack] -> [n * (T + 1), stack, h, w].
-                let f = Tensor::from_slice(rows)
-                    .view([n, frames as i64, h, w])
-                    .to_device(c.device);
+                let f = c.upload_slice(rows).view([n, frames as i64, h, w]);
                 let s = f
                     .unfold(1, stack as i64, 1)
                     .permute([0, 1, 4, 2, 3])
@@ -192,9 +191,11 @@ impl Learner {
                     s
                 }
             }
-            ObsSpec::Vector(k) => {
-                Tensor::from_data_size(rows, &[n * t1, k as i64], Kind::Float).to_device(c.device)
-            }
+            ObsSpec::Vector(k) => c.upload(Tensor::from_data_size(
+                rows,
+                &[n * t1, k as i64],
+                Kind::Float,
+            )),
         }
     }
 }
@@ -211,11 +212,10 @@ impl LearnerRule for Learner {
         self.ready
     }
 
-    fn update(&mut self, lr: f64) -> Result<Option<UpdateStats>, UpdateStats> {
+    fn update(&mut self, lr: f64) -> Result<Option<UpdateStats>, NonFinite> {
         let n = self.held.len();
         let t_max = self.held.layout().steps();
         let t1 = t_max + 1;
-        let dev = self.core.device;
         let states = self.states(n);
         let (logits, values) = self
             .core
@@ -229,7 +229,7 @@ impl LearnerRule for Learner {
             .narrow(1, 0, t_max as i64)
             .reshape([(n * t_max) as i64, a]);
         let values = values.view([n as i64, t1 as i64]);
-        let actions = Tensor::from_slice(&self.held.actions[..n * t_max]).to_device(dev);
+        let actions = self.core.upload_slice(&self.held.actions[..n * t_max]);
         let target_logp = actor_critic::log_policy(&logits)
             .gather(1, &actions.unsqueeze(1), false)
             .squeeze_dim(1)
@@ -269,7 +269,7 @@ impl LearnerRule for Learner {
             rho_sum += v.clipped_rhos.iter().map(|r| f64::from(*r)).sum::<f64>();
             steps += len;
         }
-        let to_dev = |v: &[f32]| Tensor::from_slice(v).to_device(dev);
+        let to_dev = |v: &[f32]| self.core.upload_slice(v);
         let values_t = values
             .narrow(1, 0, t_max as i64)
             .reshape([(n * t_max) as i64]);

@@ -160,11 +160,56 @@ pub fn hold_full_batch(batch: &mut Batch, held: &mut Batch, ready: &mut bool) ->
     true
 }
 
-/// Loss and mean max-Q (actor-critic: mean V(s)) of one update.
-#[derive(Clone, Copy, Debug, Default)]
+/// Loss and mean max-Q (actor-critic: mean V(s)) of one update: 0-dim f32 tensors on the
+/// learner's device, detached. The learner sums them with [`DeviceSums`] and reads the sums
+/// once per metrics interval: on a GPU every read is a synchronisation that would leave the
+/// device idle while the host prepares the next batch.
 pub struct UpdateStats {
+    pub loss: Tensor,
+    pub q_mean: Tensor,
+}
+
+/// A loss or mean Q that was not finite, read back before the optimizer moved a weight (on the
+/// CPU, where reading costs nothing; see [`QCore::step`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NonFinite {
     pub loss: f64,
     pub q_mean: f64,
+}
+
+/// Sums of a few scalars over the updates of one metrics interval, kept on the device they are
+/// computed on (f64), read back in one transfer by [`DeviceSums::take_means`].
+#[derive(Default)]
+pub struct DeviceSums {
+    sums: Option<Tensor>,
+    n: u64,
+}
+
+impl DeviceSums {
+    /// Adds one update's `values` (0-dim tensors, always the same number of them).
+    pub fn add(&mut self, values: &[&Tensor]) {
+        let v = Tensor::stack(
+            &values
+                .iter()
+                .map(|t| t.detach().to_kind(tch::Kind::Double))
+                .collect::<Vec<_>>(),
+            0,
+        );
+        self.sums = Some(match self.sums.take() {
+            Some(s) => s + v,
+            None => v,
+        });
+        self.n += 1;
+    }
+
+    /// The means of each value over the updates added since the last call (None without any),
+    /// with one read from the device; resets the sums.
+    pub fn take_means(&mut self) -> Option<Vec<f64>> {
+        let sums = self.sums.take()?;
+        let n = std::mem::take(&mut self.n).max(1) as f64;
+        let v: Vec<f64> = Vec::try_from(sums.to_device(Device::Cpu)).ok()?;
+        Some(v.into_iter().map(|x| x / n).collect())
+    }
 }
 
 /// Rule-specific numbers for one metrics row (all `None` for rules without them).
@@ -203,9 +248,9 @@ pub trait LearnerRule {
     fn ready(&mut self, frames: u64) -> bool;
 
     /// One update with learning rate `lr`; `Ok(None)` when there was nothing to train on after
-    /// all. A non-finite loss or mean Q is returned as `Err` before the optimizer touches the
-    /// weights.
-    fn update(&mut self, lr: f64) -> Result<Option<UpdateStats>, UpdateStats>;
+    /// all. On the CPU a non-finite loss or mean Q is returned as `Err` before the optimizer
+    /// touches the weights (on a GPU the learner finds it in the interval's sums).
+    fn update(&mut self, lr: f64) -> Result<Option<UpdateStats>, NonFinite>;
 
     /// The online network (snapshots, checkpoints).
     fn model(&self) -> &QNetwork;
@@ -285,13 +330,34 @@ impl QCore {
     /// `batch` observations `[n, ...]` on the device, channels-last on the CPU (where oneDNN's
     /// NHWC convolutions are faster; see [`crate::model::channels_last`]).
     pub fn obs_tensor(&self, bytes: &[u8], n: usize) -> Tensor {
-        let t = crate::model::obs_tensor(self.obs, &bytes[..n * self.obs.bytes()], n)
-            .to_device(self.device);
+        let t = self.upload(crate::model::obs_tensor(
+            self.obs,
+            &bytes[..n * self.obs.bytes()],
+            n,
+        ));
         if self.device == Device::Cpu {
             crate::model::channels_last(&t)
         } else {
             t
         }
+    }
+
+    /// The CPU tensor `t` on the learner's device. On a GPU it goes through pinned host memory
+    /// with an asynchronous copy: the host returns at once and gathers the next batch while
+    /// the device copies and trains on this one (libtorch's caching host allocator keeps the
+    /// pinned block until the copy is done). On the CPU it is `t` itself.
+    pub fn upload(&self, t: Tensor) -> Tensor {
+        if self.device.is_cuda() {
+            t.pin_memory(self.device)
+                .to_device_(self.device, t.kind(), true, false)
+        } else {
+            t
+        }
+    }
+
+    /// A slice of host values as a 1-D tensor on the device (see [`QCore::upload`]).
+    pub fn upload_slice<T: tch::kind::Element>(&self, v: &[T]) -> Tensor {
+        self.upload(Tensor::from_slice(v))
     }
 
     /// Element-wise regression loss `[n]` of `q_sa` towards `target` (Huber with delta 1, or
@@ -304,27 +370,33 @@ impl QCore {
         }
     }
 
-    /// Checks `loss` and `q_mean` (0-dim tensors) for finiteness, then steps: zero the
-    /// gradients, backpropagate, clip the global norm to `--max-grad-norm`, RMSProp.
+    /// Steps on `loss`: zero the gradients, backpropagate, clip the global norm to
+    /// `--max-grad-norm`, RMSProp. On the CPU, `loss` and `q_mean` (0-dim tensors) are first
+    /// checked for finiteness and a non-finite one is refused before any weight moves; on a GPU
+    /// that check would synchronise every update, so it is left to the learner, which reads the
+    /// interval's sums (a divergence then stops the run at the end of the interval, and no
+    /// checkpoint takes non-finite weights).
     pub fn step(
         &mut self,
         loss: &Tensor,
         q_mean: &Tensor,
         lr: f64,
-    ) -> Result<UpdateStats, UpdateStats> {
-        let stats = UpdateStats {
-            loss: loss.double_value(&[]),
-            q_mean: q_mean.double_value(&[]),
-        };
-        if !stats.loss.is_finite() || !stats.q_mean.is_finite() {
-            return Err(stats);
+    ) -> Result<UpdateStats, NonFinite> {
+        if self.device == Device::Cpu {
+            let (l, q) = (loss.double_value(&[]), q_mean.double_value(&[]));
+            if !l.is_finite() || !q.is_finite() {
+                return Err(NonFinite { loss: l, q_mean: q });
+            }
         }
         let params = self.model.params();
         crate::optim::zero_grad(params);
         loss.backward();
-        let _grad_norm = crate::optim::clip_grad_norm(params, self.max_grad_norm);
+        let _norm = crate::optim::clip_grad_norm(params, self.max_grad_norm);
         self.optim.step(params, lr);
-        Ok(stats)
+        Ok(UpdateStats {
+            loss: loss.detach(),
+            q_mean: q_mean.detach(),
+        })
     }
 
     /// Restores the online weights and RMSProp state of `ckpt`.

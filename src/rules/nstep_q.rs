@@ -12,7 +12,8 @@
 use tch::{Kind, Tensor};
 
 use super::{
-    Adder, ExperienceSink, LearnerRule, QCore, RuleMetrics, StepEnd, UpdateStats, ValuesOf,
+    Adder, ExperienceSink, LearnerRule, NonFinite, QCore, RuleMetrics, StepEnd, UpdateStats,
+    ValuesOf,
 };
 use crate::config::{Algorithm, Config};
 use crate::model::QNetwork;
@@ -145,13 +146,13 @@ impl LearnerRule for Learner {
         self.ready
     }
 
-    fn update(&mut self, lr: f64) -> Result<Option<UpdateStats>, UpdateStats> {
+    fn update(&mut self, lr: f64) -> Result<Option<UpdateStats>, NonFinite> {
         let b = &self.held;
         let n = b.len();
         let c = &self.core;
         let obs = c.obs_tensor(&b.obs, n);
-        let actions = Tensor::from_slice(&b.actions[..n]).to_device(c.device);
-        let returns = Tensor::from_slice(&b.returns[..n]).to_device(c.device);
+        let actions = c.upload_slice(&b.actions[..n]);
+        let returns = c.upload_slice(&b.returns[..n]);
         let q = c.model.forward(&obs);
         let q_sa = q.gather(1, &actions.unsqueeze(1), false).squeeze_dim(1);
         let loss = c.elementwise_loss(&q_sa, &returns).mean(Kind::Float);
