@@ -10,7 +10,8 @@
 //! - The actor-critic rules, `configs/cartpole-a3c.toml` and `configs/cartpole-impala.toml`:
 //!   195 within 600,000 frames for at least 4 of 5 seeds, with no retry; `play --policy
 //!   greedy` of a solved checkpoint averages 195 (the best of the solved seeds). The same for A3C with
-//!   every actor remote: two actor hosts of one process each over loopback gRPC.
+//!   every actor remote (two actor hosts of one process each over loopback gRPC), and with the
+//!   actors' forward passes batched on the learner (`--inference learner`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,15 +34,27 @@ const DQN_BUDGET: &str = "500000";
 /// 180,000 (impala), 2 to 5 s each.
 const AC_BUDGET: &str = "600000";
 
+/// Where the actors act.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Acting {
+    /// 2 local actors with their own forward passes (`--inference actor`).
+    Local,
+    /// Every actor remote, on two actor hosts of one process each (`learner --connect` over
+    /// loopback), the learner with `--processes 0 --listen`.
+    Remote,
+    /// 2 local actors served by the learner's batched inference (`--inference learner`).
+    Served,
+}
+
 /// Trains one seed with 2 local actors; returns the frame count at which the target was
 /// reached and the final checkpoint, or None if the budget ran out first.
 fn train(dir: &Path, algorithm: &str, seed: u64) -> Option<(u64, PathBuf)> {
-    train_with(dir, algorithm, seed, false)
+    train_with(dir, algorithm, seed, Acting::Local)
 }
 
-/// As [`train`], with `remote`: every actor remote, on two actor hosts of one process each
-/// (`learner --connect` over loopback), the learner with `--processes 0 --listen`.
-fn train_with(dir: &Path, algorithm: &str, seed: u64, remote: bool) -> Option<(u64, PathBuf)> {
+/// As [`train`], with the actors acting as `acting` says.
+fn train_with(dir: &Path, algorithm: &str, seed: u64, acting: Acting) -> Option<(u64, PathBuf)> {
+    let remote = acting == Acting::Remote;
     let (config, budget) = match algorithm {
         "dqn" => (
             concat!(env!("CARGO_MANIFEST_DIR"), "/configs/cartpole-dqn.toml"),
@@ -60,7 +73,7 @@ fn train_with(dir: &Path, algorithm: &str, seed: u64, remote: bool) -> Option<(u
             BUDGET,
         ),
     };
-    let where_ = if remote { "remote" } else { "local" };
+    let where_ = format!("{acting:?}").to_lowercase();
     let logdir = dir.join(format!("{algorithm}-{seed}-{where_}"));
     let seed = seed.to_string();
     let mut args = vec![
@@ -76,6 +89,12 @@ fn train_with(dir: &Path, algorithm: &str, seed: u64, remote: bool) -> Option<(u
         "cpu",
         "--logdir",
         logdir.to_str().unwrap(),
+        "--inference",
+        if acting == Acting::Served {
+            "learner"
+        } else {
+            "actor"
+        },
     ];
     let stdout = if remote {
         args.extend(["--processes", "0"]);
@@ -263,14 +282,14 @@ fn cartpole_dqn_reaches_195_for_9_of_10_seeds() {
 }
 
 /// An actor-critic rule: at least 4 of seeds 1-5 reach 195 within `AC_BUDGET` frames, with no
-/// retry, and greedy play of the best solved checkpoint averages 195. `remote`: every
-/// actor on remote actor hosts (see [`train_with`]).
-fn actor_critic_learns(algorithm: &str, remote: bool) {
+/// retry, and greedy play of the best solved checkpoint averages 195, the actors acting as
+/// `acting` says.
+fn actor_critic_learns(algorithm: &str, acting: Acting) {
     let tmp = tempfile::tempdir().unwrap();
     let mut solved = Vec::new();
     let mut failed = Vec::new();
     for seed in 1..=5 {
-        match train_with(tmp.path(), algorithm, seed, remote) {
+        match train_with(tmp.path(), algorithm, seed, acting) {
             Some(run) => solved.push(run),
             None => failed.push(seed),
         }
@@ -297,16 +316,23 @@ fn actor_critic_learns(algorithm: &str, remote: bool) {
 
 #[test]
 fn cartpole_a3c_reaches_195_for_4_of_5_seeds() {
-    actor_critic_learns("a3c", false);
+    actor_critic_learns("a3c", Acting::Local);
 }
 
 /// The same bar with every actor remote: two actor hosts over loopback gRPC.
 #[test]
 fn cartpole_a3c_with_every_actor_remote_reaches_195_for_4_of_5_seeds() {
-    actor_critic_learns("a3c", true);
+    actor_critic_learns("a3c", Acting::Remote);
+}
+
+/// The same bar with the actors' forward passes batched on the learner (`--inference
+/// learner`): the policy and value outputs come from the inference server.
+#[test]
+fn cartpole_a3c_with_inference_on_the_learner_reaches_195_for_4_of_5_seeds() {
+    actor_critic_learns("a3c", Acting::Served);
 }
 
 #[test]
 fn cartpole_impala_reaches_195_for_4_of_5_seeds() {
-    actor_critic_learns("impala", false);
+    actor_critic_learns("impala", Acting::Local);
 }
