@@ -515,6 +515,8 @@ struct Interval {
     fill_n: u64,
     /// Loss and mean Q of the interval's updates, summed on the device.
     stats: rules::DeviceSums,
+    /// Their means, read once at the interval's end ([`rules::DeviceSums::take_means`]).
+    means: Option<Vec<f64>>,
     age_sum: f64,
     age_n: u64,
 }
@@ -529,6 +531,7 @@ impl Interval {
             fill_sum: 0.0,
             fill_n: 0,
             stats: rules::DeviceSums::default(),
+            means: None,
             age_sum: 0.0,
             age_n: 0,
         }
@@ -537,7 +540,6 @@ impl Interval {
     /// The metrics row for the interval ending `now`.
     fn row(
         &self,
-        stats: Option<&[f64]>,
         now: Instant,
         c: &Counters,
         cfg: &Config,
@@ -565,8 +567,8 @@ impl Interval {
             fps: (c.frames - self.frames) as f64 / dt,
             mean_return: scores.mean(),
             epsilon,
-            loss: stats.map(|s| s[0]),
-            q_mean: stats.map(|s| s[1]),
+            loss: self.means.as_ref().map(|s| s[0]),
+            q_mean: self.means.as_ref().map(|s| s[1]),
             lr: schedule::learning_rate(cfg.lr, cfg.lr_decay, c.frames),
             updates_per_s: (c.updates - self.updates) as f64 / dt,
             queue_fill: if self.fill_n > 0 {
@@ -775,8 +777,8 @@ fn train(
             c.wall_s = wall0 + start.elapsed().as_secs_f64();
             // The interval's loss and mean Q, in one read from the device. On a GPU a non-finite
             // one is found here rather than before its update (see QCore::step).
-            let stats = interval.stats.take_means();
-            if let Some(s) = stats.as_deref() {
+            interval.means = interval.stats.take_means();
+            if let Some(s) = interval.means.as_deref() {
                 if !s.iter().all(|x| x.is_finite()) {
                     return Err(Diverged {
                         frames: c.frames,
@@ -787,15 +789,7 @@ fn train(
                     .into());
                 }
             }
-            let mut row = interval.row(
-                stats.as_deref(),
-                now,
-                c,
-                cfg,
-                finals,
-                &scores,
-                trainer.rule.metrics(),
-            );
+            let mut row = interval.row(now, c, cfg, finals, &scores, trainer.rule.metrics());
             if let (Some(server), Some(hosts_csv)) = (remote, hosts_csv.as_mut()) {
                 let dt = now.duration_since(interval.start).as_secs_f64();
                 let stats = server.stats();
