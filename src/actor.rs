@@ -196,6 +196,7 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
             }
         }
         policy.refresh()?;
+        sink.version = policy.version();
         // Epsilon-greedy, with the coin tossed first: an environment that acts at random
         // needs no Q-values unless its full segment bootstraps from this state, so the
         // forward pass covers only the others (most of them early on, while epsilon is
