@@ -218,6 +218,8 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
                 Err(e) if stopping(&e, &queue) => return Ok(()),
                 Err(e) => return Err(e),
             }
+        } else {
+            policy.skip();
         }
         for (j, (env, adder)) in envs.iter_mut().zip(adders.iter_mut()).enumerate() {
             let qj = row[j].map(|r| &q[r * width..(r + 1) * width]);
@@ -283,16 +285,8 @@ fn policy_source(
     if let Some(name) = &init.inference {
         return Ok(Some(Box::new(ServedPolicy::open(name, init.actor)?)));
     }
-    let snapshot = WeightSnapshot::open(&init.snapshot).context("opening the weight snapshot")?;
-    let network = init.config.net_spec(obs).map_err(anyhow::Error::msg)?;
-    let mut model = QNetwork::new(network, obs, num_actions, Device::Cpu);
-    let mut flat = vec![0f32; snapshot.numel()];
-    anyhow::ensure!(
-        flat.len() == model.numel(),
-        "snapshot has {} parameters, this actor's network {}",
-        flat.len(),
-        model.numel()
-    );
+    let (snapshot, mut model, mut flat) =
+        snapshot_copy(init, obs, num_actions, "this actor's network")?;
     let mut version = 0;
     while version == 0 {
         if queue.is_closed() {
@@ -307,6 +301,28 @@ fn policy_source(
     Ok(Some(Box::new(SnapshotPolicy::new(
         model, snapshot, flat, version, obs, rows,
     ))))
+}
+
+/// The run's weight snapshot, opened, with a CPU network of the run's architecture for
+/// observations `obs` (`whose`, for the error when the two differ in size) and a buffer for its
+/// flat weights; the network keeps libtorch's initial weights until the caller loads some.
+fn snapshot_copy(
+    init: &ActorInit,
+    obs: ObsSpec,
+    num_actions: usize,
+    whose: &str,
+) -> Result<(WeightSnapshot, QNetwork, Vec<f32>)> {
+    let snapshot = WeightSnapshot::open(&init.snapshot).context("opening the weight snapshot")?;
+    let network = init.config.net_spec(obs).map_err(anyhow::Error::msg)?;
+    let model = QNetwork::new(network, obs, num_actions, Device::Cpu);
+    let flat = vec![0f32; snapshot.numel()];
+    anyhow::ensure!(
+        flat.len() == model.numel(),
+        "snapshot has {} parameters, {whose} {}",
+        flat.len(),
+        model.numel()
+    );
+    Ok((snapshot, model, flat))
 }
 
 /// Whether `e`, from the policy source, means the run is stopping (the queue closed, or the
@@ -332,16 +348,13 @@ fn evaluate_periodically(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Res
     let mut env = env::make(&id, &protocol.env_settings(&cfg.env_settings(init.seed)))
         .context("starting the evaluation environment")?;
     let queue = ExperienceQueue::open(&init.queue).context("opening the experience queue")?;
-    let snapshot = WeightSnapshot::open(&init.snapshot).context("opening the weight snapshot")?;
-    let network = cfg.net_spec(env.obs_spec()).map_err(anyhow::Error::msg)?;
-    let mut model = QNetwork::new(network, env.obs_spec(), env.num_actions(), Device::Cpu);
-    let mut flat = vec![0f32; snapshot.numel()];
-    anyhow::ensure!(
-        flat.len() == model.numel(),
-        "snapshot has {} parameters, the evaluator's network {}",
-        flat.len(),
-        model.numel()
-    );
+    let (snapshot, mut model, mut flat) = snapshot_copy(
+        init,
+        env.obs_spec(),
+        env.num_actions(),
+        "the evaluator's network",
+    )?;
+    let network = model.spec();
     let mut rng = StdRng::seed_from_u64(init.seed ^ 0xE7A1);
     // A policy network is evaluated as the A3C paper does: sampling from its policy.
     let policy = if network.head == HeadKind::ActorCritic {

@@ -10,10 +10,10 @@
 //!   one (SEED RL, Espeholt et al. 2020; Sample Factory's policy workers). Acting then costs the
 //!   actor no forward pass, and the weights that act are at most one update old.
 //!
-//! The server computes a batch when the rows pending reach `full` (every actor's environments)
-//! or when the oldest request has waited `--inference-wait-us`, so an actor that died, or one
-//! that needs no outputs this step (epsilon-greedy exploration), delays the others by at most
-//! that wait and never wedges them.
+//! The server computes a batch when every actor is accounted for (it waits for an answer, or
+//! said with [`PolicySource::skip`] that it needs none this step because all its environments
+//! explore), or when the oldest request has waited `--inference-wait-us`; so an actor that
+//! died delays the others by at most that wait and never wedges them.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -56,6 +56,10 @@ pub trait PolicySource {
     /// The version of the weights that computed the last outputs (the snapshot version, or the
     /// server's), stamped on the experience for the learner's snapshot age; 0 before any.
     fn version(&self) -> u32;
+
+    /// This step needs no outputs (every environment explores): a served policy tells the
+    /// server not to wait for it.
+    fn skip(&mut self) {}
 }
 
 /// `--inference actor`: a CPU copy of the newest weight snapshot.
@@ -195,6 +199,10 @@ impl PolicySource for ServedPolicy {
     fn version(&self) -> u32 {
         self.version
     }
+
+    fn skip(&mut self) {
+        self.slots.skip(self.slot);
+    }
 }
 
 /// Counters of an [`InferenceServer`] since it started.
@@ -206,7 +214,8 @@ pub struct ServerStats {
     pub rows: u64,
     /// Requests answered.
     pub requests: u64,
-    /// Passes started because the batch was full (the rest waited out the timeout).
+    /// Passes started because every actor was accounted for (the rest waited out the
+    /// timeout).
     pub full_passes: u64,
 }
 
@@ -349,6 +358,8 @@ fn serve(shared: &Shared, slots: &InferenceSlots, obs: ObsSpec, batching: Batchi
     let mut outputs = vec![0f32; max_rows * width];
     let mut pending: Vec<Pending> = Vec::with_capacity(slots.slots());
     let mut since: Option<Instant> = None;
+    // Each slot's skip count at the last pass: a slot that skipped since is accounted for.
+    let mut skips_seen: Vec<u32> = (0..slots.slots()).map(|s| slots.skips(s)).collect();
     while !shared.stop.load(Ordering::SeqCst) {
         let epoch = slots.epoch();
         slots.pending(&mut pending);
@@ -361,11 +372,26 @@ fn serve(shared: &Shared, slots: &InferenceSlots, obs: ObsSpec, batching: Batchi
         let now = Instant::now();
         let first = *since.get_or_insert(now);
         let full = rows >= batching.full.min(max_rows);
-        if !batch_due(rows, batching.full.min(max_rows), first, now, batching.wait) {
+        let mut asking = pending.iter().map(|p| p.slot).peekable();
+        let accounted = (0..slots.slots()).all(|s| {
+            let asks = asking.next_if_eq(&s).is_some();
+            asks || slots.skips(s) != skips_seen[s]
+        });
+        if !batch_due(
+            rows,
+            batching.full.min(max_rows),
+            accounted,
+            first,
+            now,
+            batching.wait,
+        ) {
             slots.wait_for_post(epoch, batching.wait.saturating_sub(now - first));
             continue;
         }
         since = None;
+        for (s, seen) in skips_seen.iter_mut().enumerate() {
+            *seen = slots.skips(s);
+        }
         // Gather: the rows of every pending request, back to back.
         // SAFETY: `host` is a contiguous u8 tensor of `max_rows * obs_bytes` bytes that only
         // this thread touches; `rows <= max_rows`.
@@ -395,7 +421,7 @@ fn serve(shared: &Shared, slots: &InferenceSlots, obs: ObsSpec, batching: Batchi
         shared
             .requests
             .fetch_add(pending.len() as u64, Ordering::Relaxed);
-        if full {
+        if full || accounted {
             shared.full_passes.fetch_add(1, Ordering::Relaxed);
         }
         let mut at = 0;

@@ -138,6 +138,35 @@ fn a_lone_request_is_answered_after_the_wait() {
 }
 
 #[test]
+fn an_actor_that_needs_no_outputs_does_not_hold_the_batch_back() {
+    let obs = ObsSpec::Vector(4);
+    let (served, _) = twins(Network::Mlp, obs, 2);
+    // Two actors, a full batch of 2, a timeout far beyond the test: actor 1 explores this step
+    // and says so, so actor 0's lone request is computed at once.
+    let batching = Batching {
+        full: 2,
+        wait: Duration::from_secs(60),
+    };
+    let (srv, name) = server("skip", served, obs, 2, 1, batching);
+    let asker = {
+        let name = name.clone();
+        std::thread::spawn(move || {
+            let mut p = ServedPolicy::open(&name, 0).unwrap();
+            let t = Instant::now();
+            p.outputs(&[0u8; 16], 1, &mut [0f32; 2]).unwrap();
+            t.elapsed()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let mut explorer = ServedPolicy::open(&name, 1).unwrap();
+    explorer.skip();
+    let waited = asker.join().unwrap();
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    let stats = srv.stats();
+    assert_eq!((stats.passes, stats.rows, stats.full_passes), (1, 1, 1));
+}
+
+#[test]
 fn dead_actors_do_not_wedge_the_server() {
     let obs = ObsSpec::Vector(4);
     let (served, _) = twins(Network::Mlp, obs, 2);

@@ -88,6 +88,9 @@ struct SlotCtrl {
     rows: AtomicU32,
     /// The weights' version that answered the last request.
     version: AtomicU32,
+    /// Steps on which the actor needed no outputs (all its environments explored), so that the
+    /// server need not wait for it.
+    skips: AtomicU32,
 }
 
 /// Byte sizes: (obs area, outputs area, per-slot stride, total).
@@ -164,20 +167,12 @@ impl InferenceSlots {
                 width,
             });
         }
-        let (obs_area, _, stride, total) = sizes(slots, rows, obs_bytes, width)?;
+        let (_, _, _, total) = sizes(slots, rows, obs_bytes, width)?;
         let shm = ShmemConf::new()
             .size(total)
             .os_id(super::os_id(name))
             .create()?;
-        let s = InferenceSlots {
-            shm,
-            slots,
-            rows,
-            obs_bytes,
-            width,
-            obs_area,
-            stride,
-        };
+        let s = Self::mapped(shm, slots, rows, obs_bytes, width)?;
         let h = s.header();
         h.slots.store(slots as u64, Ordering::Relaxed);
         h.rows.store(rows as u64, Ordering::Relaxed);
@@ -209,6 +204,17 @@ impl InferenceSlots {
             get(&h.obs_bytes),
             get(&h.width),
         );
+        Self::mapped(shm, slots, rows, obs_bytes, width)
+    }
+
+    /// The handle of mapping `shm` of this shape; errors when its size is not the shape's.
+    fn mapped(
+        shm: Shmem,
+        slots: usize,
+        rows: usize,
+        obs_bytes: usize,
+        width: usize,
+    ) -> Result<Self, InferenceError> {
         let (obs_area, _, stride, total) = sizes(slots, rows, obs_bytes, width)?;
         if total != shm.len() {
             return Err(InferenceError::SizeMismatch {
@@ -366,6 +372,26 @@ impl InferenceSlots {
         Ok(c.version.load(Ordering::Relaxed))
     }
 
+    /// Actor side: this step needs no outputs (every environment explores). The server then
+    /// counts the slot as accounted for and need not wait for its request to fill a batch.
+    pub fn skip(&self, slot: usize) {
+        if slot >= self.slots {
+            return;
+        }
+        self.ctrl(slot).skips.fetch_add(1, Ordering::SeqCst);
+        let h = self.header();
+        h.posted.fetch_add(1, Ordering::SeqCst);
+        if h.server_waiting.load(Ordering::SeqCst) != 0 {
+            futex::wake(&h.posted, 1);
+        }
+    }
+
+    /// Server side: how many steps slot `slot`'s actor has skipped (see
+    /// [`InferenceSlots::skip`]).
+    pub fn skips(&self, slot: usize) -> u32 {
+        self.ctrl(slot).skips.load(Ordering::SeqCst)
+    }
+
     /// Server side: the slots with a request not yet answered, in slot order.
     pub fn pending(&self, into: &mut Vec<Pending>) {
         into.clear();
@@ -460,10 +486,19 @@ impl Drop for InferenceSlots {
     }
 }
 
-/// When a batch of pending requests should be computed: as soon as `rows` reach `full`, or once
-/// the oldest has waited `wait` (measured from `since`, when the server first saw one pending).
-pub fn batch_due(rows: usize, full: usize, since: Instant, now: Instant, wait: Duration) -> bool {
-    rows >= full || now.duration_since(since) >= wait
+/// When a batch of pending requests should be computed: as soon as `rows` reach `full` or
+/// every actor is `accounted` for (it waits for an answer, or said it needs none this step),
+/// or once the oldest has waited `wait` (measured from `since`, when the server first saw one
+/// pending).
+pub fn batch_due(
+    rows: usize,
+    full: usize,
+    accounted: bool,
+    since: Instant,
+    now: Instant,
+    wait: Duration,
+) -> bool {
+    rows >= full || accounted || now.duration_since(since) >= wait
 }
 
 #[cfg(test)]
@@ -599,11 +634,12 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_is_due_when_full_or_when_the_oldest_waited_long_enough() {
+    fn a_batch_is_due_when_full_or_all_accounted_for_or_when_the_oldest_waited_long_enough() {
         let t0 = Instant::now();
         let wait = Duration::from_millis(2);
-        assert!(!batch_due(3, 4, t0, t0, wait));
-        assert!(batch_due(4, 4, t0, t0, wait));
-        assert!(batch_due(1, 4, t0, t0 + wait, wait));
+        assert!(!batch_due(3, 4, false, t0, t0, wait));
+        assert!(batch_due(4, 4, false, t0, t0, wait));
+        assert!(batch_due(3, 4, true, t0, t0, wait));
+        assert!(batch_due(1, 4, false, t0, t0 + wait, wait));
     }
 }
