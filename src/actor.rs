@@ -141,7 +141,7 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
     let obs_spec = envs[0].obs_spec();
     let num_actions = envs[0].num_actions();
     let network = cfg.net_spec(obs_spec).map_err(anyhow::Error::msg)?;
-    let width = num_actions + usize::from(network.head == HeadKind::ActorCritic);
+    let width = network.act_width(num_actions);
     let Some(mut policy) = policy_source(init, &queue, obs_spec, num_actions, k)? else {
         return Ok(());
     };

@@ -219,13 +219,6 @@ pub struct ServerStats {
     pub full_passes: u64,
 }
 
-impl ServerStats {
-    /// Mean observations per forward pass.
-    pub fn mean_batch(&self) -> f64 {
-        self.rows as f64 / self.passes.max(1) as f64
-    }
-}
-
 /// The inference model and the version of its weights.
 struct Served {
     model: QNetwork,
@@ -345,6 +338,7 @@ fn serve(shared: &Shared, slots: &InferenceSlots, obs: ObsSpec, batching: Batchi
     let _no_grad = tch::no_grad_guard();
     let device = shared.served.lock().unwrap().model.device();
     let max_rows = slots.slots() * slots.rows();
+    let full_rows = batching.full.min(max_rows);
     let (obs_bytes, width) = (slots.obs_bytes(), slots.width());
     // The gathered observations: pinned host memory on a GPU, so the copy to the device can be
     // asynchronous (and the next gather never overwrites what a copy still reads: the pass
@@ -371,20 +365,13 @@ fn serve(shared: &Shared, slots: &InferenceSlots, obs: ObsSpec, batching: Batchi
         }
         let now = Instant::now();
         let first = *since.get_or_insert(now);
-        let full = rows >= batching.full.min(max_rows);
+        let full = rows >= full_rows;
         let mut asking = pending.iter().map(|p| p.slot).peekable();
         let accounted = (0..slots.slots()).all(|s| {
             let asks = asking.next_if_eq(&s).is_some();
             asks || slots.skips(s) != skips_seen[s]
         });
-        if !batch_due(
-            rows,
-            batching.full.min(max_rows),
-            accounted,
-            first,
-            now,
-            batching.wait,
-        ) {
+        if !batch_due(rows, full_rows, accounted, first, now, batching.wait) {
             slots.wait_for_post(epoch, batching.wait.saturating_sub(now - first));
             continue;
         }

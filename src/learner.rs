@@ -222,6 +222,7 @@ pub fn run(
     let mut flat = vec![0f32; numel];
     trainer.rule.model().flat_params_into(&mut flat);
     snapshot.publish(&flat)?;
+    let inference_slots = shm::segment_name("inference");
     let mut inference = match inference_device {
         None => None,
         Some(d) => {
@@ -229,7 +230,7 @@ pub fn run(
             let mut served = crate::model::QNetwork::new(net, obs, num_actions, d);
             served.copy_from(model);
             let slots = shm::InferenceSlots::create(
-                &shm::segment_name("inference"),
+                &inference_slots,
                 cfg.processes,
                 cfg.envs_per_actor,
                 obs.bytes(),
@@ -294,7 +295,7 @@ pub fn run(
             final_epsilons: finals.clone(),
             queue: shm::segment_name("queue"),
             snapshot: shm::segment_name("snapshot"),
-            inference: inference.as_ref().map(|_| shm::segment_name("inference")),
+            inference: inference.as_ref().map(|_| inference_slots.clone()),
             reports: reports_tx,
             // Differs between a run and its resumption, so resumed actors get fresh seeds.
             generation: counters.updates,
@@ -374,8 +375,7 @@ fn inference_device(cfg: &Config, device: tch::Device) -> Result<Option<tch::Dev
         return Ok(None);
     }
     let served = match cfg.inference_device {
-        None => device,
-        Some(DeviceChoice::Auto) => device,
+        None | Some(DeviceChoice::Auto) => device,
         Some(choice) => {
             device::select(choice)
                 .map_err(|e| anyhow::anyhow!("--inference-device {choice}: {}", e.reason))?

@@ -78,6 +78,14 @@ pub struct NetSpec {
     pub head: HeadKind,
 }
 
+impl NetSpec {
+    /// Width of a row of [`QNetwork::act_outputs`] for `num_actions` actions: `num_actions`
+    /// for a Q head, `num_actions + 1` (the logits, then V(s)) for an actor-critic head.
+    pub fn act_width(&self, num_actions: usize) -> usize {
+        num_actions + usize::from(self.head == HeadKind::ActorCritic)
+    }
+}
+
 impl From<Network> for NetSpec {
     fn from(arch: Network) -> Self {
         NetSpec {
@@ -291,7 +299,7 @@ impl QNetwork {
     /// Width of a row of [`QNetwork::act_outputs`]: `num_actions` for a Q head,
     /// `num_actions + 1` for an actor-critic head.
     pub fn act_width(&self) -> usize {
-        self.num_actions + usize::from(self.spec.head == HeadKind::ActorCritic)
+        self.spec.act_width(self.num_actions)
     }
 
     /// What an actor needs of observations from [`obs_tensor`], `[batch, act_width()]` f32:
