@@ -7,7 +7,7 @@ Usage (through scripts/results, which builds first):
 e.g.
   scripts/results CartPole 2 --seeds 3 --config configs/cartpole-dqn.toml
   scripts/results Pong 180 --seeds 1
-  scripts/results Pong 60 --seeds 2 --parallel --config configs/pong-dqn.toml
+  scripts/results Pong 60 --seeds 2 --parallel --config configs/pong.toml
 
 --parallel trains the seeds at the same time instead, each pinned (taskset) to an equal share
 of the CPU cores (seed i to cores [i*c/K, (i+1)*c/K)), and evaluates them at the same time:

@@ -57,28 +57,23 @@ fn prepare(
     explicit: &std::collections::BTreeSet<String>,
 ) -> anyhow::Result<(Config, Option<checkpoint::Checkpoint>)> {
     // `--config none`: the defaults only. No --config on a new run: the game's tuned config,
-    // if there is one (a resumed run keeps the config it was trained with).
+    // if there is one (a resumed run keeps the config it was trained with); `tuned_for` keeps
+    // its game, to say so once the rule the file sets is known.
+    let mut tuned_for = None;
     let file_path = match &cli.config {
         Some(p) if p.as_os_str() == "none" => None,
         Some(p) => Some(p.clone()),
         None if cli.checkpoint.is_none() => {
             let plain = config::merge(&Config::default(), None, cli, explicit)?;
-            let tuned = plain
-                .env_id()
-                .ok()
-                .and_then(|id| config::tuned_config(id.name(), plain.algorithm).map(|p| (id, p)));
-            if let Some((id, p)) = &tuned {
-                let rule = match plain.algorithm {
-                    Algorithm::Q | Algorithm::Sarsa => String::new(),
-                    _ => format!(" with --algorithm {}", plain.algorithm_name()),
-                };
-                crate::say!(
-                    "using {}, the tuned config for {}{rule} (--config none for the built-in defaults)",
-                    p.display(),
-                    id.name()
-                );
+            let rule = explicit.contains("algorithm").then_some(plain.algorithm);
+            let id = plain.env_id().ok();
+            let tuned = id
+                .as_ref()
+                .and_then(|id| config::tuned_config(id.name(), rule));
+            if tuned.is_some() {
+                tuned_for = id;
             }
-            tuned.map(|(_, p)| p)
+            tuned
         }
         None => None,
     };
@@ -88,6 +83,14 @@ fn prepare(
         .transpose()?;
     let file_ref = file.as_ref().map(|(p, t)| (p.as_path(), t));
     let fresh = config::merge(&Config::default(), file_ref, cli, explicit)?;
+    if let (Some(id), Some(p)) = (tuned_for, &file_path) {
+        crate::say!(
+            "using {}, the tuned config for {} with --algorithm {} (--config none for the built-in defaults)",
+            p.display(),
+            id.name(),
+            fresh.algorithm_name()
+        );
+    }
     let game_given =
         explicit.contains("game") || file.as_ref().is_some_and(|(_, t)| t.contains_key("game"));
     let given = |key: &str| {

@@ -367,8 +367,9 @@ pub struct Config {
     #[arg(long, default_value_t = 10)]
     pub max_actor_restarts: u32,
     /// Read settings from this TOML file (keys are the flag names); flags override it.
-    /// Without it, a new run of a game uses configs/<game>.toml (n-step Q, SARSA) or
-    /// configs/<game>-<algorithm>.toml when there is one (see tuned_config); `none` uses only the built-in defaults
+    /// Without it, a new run of a game uses configs/<game>.toml (the game's recommended rule and
+    /// settings) or, with --algorithm, configs/<game>-<algorithm>.toml when there is one (see
+    /// tuned_config); `none` uses only the built-in defaults
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -596,22 +597,55 @@ pub fn merge(
 /// sets it to the repository's `configs/`); without it, `configs/` in the current directory.
 pub const CONFIG_DIR_ENV: &str = "ASYNC_RL_CONFIG_DIR";
 
-/// The tuned config of game `name` (its display name, e.g. `SpaceInvaders`) for learning rule
-/// `algorithm`: `<dir>/<name in lower case>.toml` for n-step Q and SARSA,
-/// `<dir>/<name>-<algorithm>.toml` (e.g. `pong-a3c.toml`) for the other rules, if that file
-/// exists, where `<dir>` is `$ASYNC_RL_CONFIG_DIR` or `configs`. A rule without its own file
-/// gets none: another rule's settings (epsilons for Q, a replay memory for dqn) would not fit.
-pub fn tuned_config(name: &str, algorithm: Algorithm) -> Option<PathBuf> {
+/// The tuned config of game `name` (its display name, e.g. `SpaceInvaders`) for a new run, in
+/// `<dir>` = `$ASYNC_RL_CONFIG_DIR` or `configs`:
+/// - without `--algorithm` (`algorithm` None): `<dir>/<game>.toml`, the settings and the rule
+///   this project recommends for the game (`pong.toml` sets dqn, `breakout.toml` n-step Q);
+/// - with `--algorithm R`: `<dir>/<game>-<r>.toml` (e.g. `pong-a3c.toml`) if it exists, for
+///   n-step SARSA else `<dir>/<game>-q.toml`, else `<dir>/<game>.toml` if the rule it sets
+///   (n-step Q when it sets none) is R, n-step Q and SARSA counting as one.
+///
+/// `<game>` is the name in lower case. A rule without a file that fits gets none: another
+/// rule's settings (epsilons for Q, a replay memory for dqn) would not fit it. A `<game>.toml`
+/// that cannot be read or parsed is returned as is, so that reading it reports the error.
+pub fn tuned_config(name: &str, algorithm: Option<Algorithm>) -> Option<PathBuf> {
     let dir = std::env::var_os(CONFIG_DIR_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("configs"));
+    tuned_config_in(&dir, name, algorithm)
+}
+
+/// [`tuned_config`] in the directory `dir`.
+pub fn tuned_config_in(dir: &Path, name: &str, algorithm: Option<Algorithm>) -> Option<PathBuf> {
     let game = name.to_lowercase();
-    let file = match algorithm {
-        Algorithm::Q | Algorithm::Sarsa => format!("{game}.toml"),
-        other => format!("{game}-{}.toml", format!("{other:?}").to_lowercase()),
+    let plain = dir.join(format!("{game}.toml"));
+    let Some(rule) = algorithm else {
+        return plain.is_file().then_some(plain);
     };
-    let path = dir.join(file);
-    path.is_file().then_some(path)
+    let rule_name = |a: Algorithm| format!("{a:?}").to_lowercase();
+    let mut own = vec![dir.join(format!("{game}-{}.toml", rule_name(rule)))];
+    if rule == Algorithm::Sarsa {
+        own.push(dir.join(format!("{game}-q.toml")));
+    }
+    if let Some(path) = own.into_iter().find(|p| p.is_file()) {
+        return Some(path);
+    }
+    if !plain.is_file() {
+        return None;
+    }
+    let family = |name: &str| match name {
+        "q" | "sarsa" => "q".to_string(),
+        other => other.to_string(),
+    };
+    let sets = match read_file(&plain) {
+        Ok(table) => match table.get("algorithm") {
+            Some(toml::Value::String(s)) => s.to_lowercase(),
+            Some(_) => return Some(plain),
+            None => "q".to_string(),
+        },
+        Err(_) => return Some(plain),
+    };
+    (family(&sets) == family(&rule_name(rule))).then_some(plain)
 }
 
 /// The keys a config file may set: every flag but the run-only ones.

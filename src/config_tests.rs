@@ -227,6 +227,82 @@ fn every_shipped_config_file_is_valid() {
 }
 
 #[test]
+fn tuned_config_takes_the_games_file_without_a_rule_and_a_fitting_file_with_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("pong.toml", "algorithm = \"dqn\"\n");
+    write("pong-q.toml", "n-step = 5\n");
+    write("pong-a3c.toml", "algorithm = \"a3c\"\n");
+    write("breakout.toml", "n-step = 5\n");
+    let find = |game: &str, rule: Option<Algorithm>| {
+        tuned_config_in(dir.path(), game, rule)
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+    };
+    let name = |s: &str| Some(s.to_string());
+    use Algorithm::*;
+    // No --algorithm: the game's own file, whatever rule it sets.
+    assert_eq!(find("Pong", None), name("pong.toml"));
+    assert_eq!(find("Breakout", None), name("breakout.toml"));
+    assert_eq!(find("SpaceInvaders", None), None);
+    // A rule's own file first (SARSA also takes Q's), then the game's file if its rule fits.
+    assert_eq!(find("Pong", Some(Q)), name("pong-q.toml"));
+    assert_eq!(find("Pong", Some(Sarsa)), name("pong-q.toml"));
+    assert_eq!(find("Pong", Some(Dqn)), name("pong.toml"));
+    assert_eq!(find("Pong", Some(A3c)), name("pong-a3c.toml"));
+    assert_eq!(
+        find("Pong", Some(Impala)),
+        None,
+        "dqn's file does not fit impala"
+    );
+    assert_eq!(find("Breakout", Some(Q)), name("breakout.toml"));
+    assert_eq!(find("Breakout", Some(Sarsa)), name("breakout.toml"));
+    assert_eq!(
+        find("Breakout", Some(Dqn)),
+        None,
+        "n-step Q's file does not fit dqn"
+    );
+    // A game file that cannot be parsed is handed over, so that reading it names the error.
+    write("pong.toml", "algorithm = \n");
+    assert_eq!(find("Pong", Some(Impala)), name("pong.toml"));
+}
+
+#[test]
+fn the_shipped_tuned_configs_set_the_rule_they_are_found_for() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let rule_of = |path: &Path| {
+        let (cli, explicit) = parse(&[]);
+        let file = read_file(path).unwrap();
+        merge(&Config::default(), Some((path, &file)), &cli, &explicit)
+            .unwrap()
+            .algorithm
+    };
+    // Pong trains dqn unless told otherwise: n-step Q's takeoff there is not dependable.
+    let pong = tuned_config_in(&dir, "Pong", None).expect("configs/pong.toml");
+    assert_eq!(rule_of(&pong), Algorithm::Dqn);
+    for game in ["Pong", "Breakout", "CartPole", "SpaceInvaders"] {
+        for rule in [
+            Algorithm::Q,
+            Algorithm::Sarsa,
+            Algorithm::Dqn,
+            Algorithm::A3c,
+            Algorithm::Impala,
+        ] {
+            if let Some(path) = tuned_config_in(&dir, game, Some(rule)) {
+                let sets = rule_of(&path);
+                let fits = sets == rule || (rule == Algorithm::Sarsa && sets == Algorithm::Q);
+                assert!(
+                    fits,
+                    "{game} with {rule:?} gets {} ({sets:?})",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(tuned_config_in(&dir, "Pong", Some(Algorithm::Q))
+        .is_some_and(|p| p.ends_with("pong-q.toml")));
+}
+
+#[test]
 fn configs_defaults_toml_is_the_built_in_defaults() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/defaults.toml");
     let (cli, explicit) = parse(&[]);

@@ -1,6 +1,6 @@
 //! The Atari learning guard: Pong must keep learning from where a DQN run took off.
 //!
-//! From scratch, Pong takes off after about 1.1 million frames with `configs/pong-dqn.toml`
+//! From scratch, Pong takes off after about 1.1 million frames with `configs/pong.toml`
 //! (33-37 minutes on one core of the 2-core machine; docs/RESULTS.md), far past the 10
 //! minutes a test may take. So the test starts where that run's seed 0 stood at 1,000,059
 //! frames (`tests/fixtures/pong-dqn-1000059.pt`, commit d66540c: its training mean had just
@@ -38,8 +38,8 @@ mod util;
 
 use util::*;
 
-/// The checkpoint the guard resumes: Pong, dqn, seed 0 of `configs/pong-dqn.toml` at
-/// 1,000,059 frames.
+/// The checkpoint the guard resumes: Pong, dqn, seed 0 of `configs/pong.toml` (then named
+/// `pong-dqn.toml`) at 1,000,059 frames.
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/pong-dqn-1000059.pt"

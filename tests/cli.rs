@@ -273,7 +273,7 @@ fn a_new_run_uses_the_games_tuned_config_and_says_so_unless_told_otherwise() {
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains(
-            "using configs/cartpole.toml, the tuned config for CartPole (--config none for the built-in defaults)"
+            "using configs/cartpole.toml, the tuned config for CartPole with --algorithm q (--config none for the built-in defaults)"
         ),
         "{stdout}"
     );
