@@ -227,7 +227,9 @@ pub struct Config {
     /// Probabilities of the final epsilons (comma-separated, summing to 1)
     #[arg(long, value_delimiter = ',', default_values_t = vec![0.4, 0.3, 0.3])]
     pub final_epsilon_probs: Vec<f64>,
-    /// Publish a weight snapshot to the actors every this many frames
+    /// Publish a weight snapshot to the actors every this many frames (emulator frames summed
+    /// over actors, as every schedule here; the Keras/Theano variant's 10,000 transitions
+    /// consumed are 40,000 frames at frame skip 4)
     #[arg(long, default_value_t = 10_000)]
     pub sync_frames: u64,
     /// Save a checkpoint every this many frames (and at the end)

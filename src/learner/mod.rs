@@ -1,0 +1,410 @@
+//! The learner process: owns the network (on the GPU when there is one), starts the actors,
+//! pulls batches from the experience queue, hands them to the learning rule's learner half
+//! (which trains with RMSProp), publishes weight snapshots, writes checkpoints and metrics, and
+//! shuts everything down in order on `--max-frames`, SIGINT/SIGTERM, or an actor's failure.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::checkpoint::{self, TrainingState};
+use crate::config::{BenchPhase, Config};
+use crate::device;
+use crate::env::{self, ObsSpec};
+use crate::inference::{Batching, InferenceServer};
+use crate::protocol::ActorMsg;
+use crate::remote::server::{RemoteServer, ServerSettings};
+use crate::rules::{self, LearnerRule};
+use crate::schedule;
+use crate::shm::{self, ExperienceQueue, WeightSnapshot};
+use crate::supervisor::{ActorPool, PoolSettings};
+use anyhow::{bail, Context, Result};
+use ipc_channel::ipc;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+mod save;
+mod train;
+
+use save::save;
+use train::train;
+
+/// Run counters, saved in checkpoints.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counters {
+    frames: u64,
+    steps: u64,
+    updates: u64,
+    episodes: u64,
+    wall_s: f64,
+}
+
+/// The learning rule's learner half and what a checkpoint records of the run.
+struct Trainer {
+    rule: Box<dyn LearnerRule>,
+    obs: ObsSpec,
+    /// Display name of the environment.
+    game: String,
+}
+
+impl Trainer {
+    /// What a checkpoint records of the run: the counters `c`, at `frames` frames.
+    fn state(&self, cfg: &Config, c: &Counters, frames: u64) -> TrainingState {
+        let model = self.rule.model();
+        TrainingState {
+            format_version: checkpoint::FORMAT_VERSION,
+            game: self.game.clone(),
+            network: model.arch(),
+            num_actions: model.num_actions(),
+            obs: self.obs,
+            frames,
+            steps: c.steps,
+            updates: c.updates,
+            episodes: c.episodes,
+            wall_s: c.wall_s,
+            config: cfg.clone(),
+        }
+    }
+}
+
+/// A batch whose loss or mean max-Q was not finite: the run stops without applying it.
+#[derive(Debug, thiserror::Error)]
+#[error("training diverged at {frames} frames: loss {loss}, mean Q (or V) {q_mean} ({})", if *.applied {
+    "over the last metrics interval, read from the GPU once per interval; no checkpoint takes these weights"
+} else {
+    "the update was not applied"
+})]
+struct Diverged {
+    frames: u64,
+    loss: f64,
+    q_mean: f64,
+    /// Found in the interval's sums (GPU), after the updates were applied.
+    applied: bool,
+}
+
+/// Starts the run described by `cfg` (already merged and validated) and trains until
+/// `--max-frames`, a signal in `stop`, or a failure. Always stops the actors and writes a final
+/// checkpoint when training had started.
+pub fn run(
+    cfg: Config,
+    resume: Option<checkpoint::Checkpoint>,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
+    let id = cfg.env_id().map_err(anyhow::Error::msg)?;
+    // The device first: `--device cuda` without CUDA fails before anything is created.
+    tch::set_num_threads(cfg.learner_threads as i32);
+    let (device, fallback) = device::select(cfg.device)?;
+    if let Some(reason) = fallback {
+        crate::say!("--device auto: using the CPU ({reason})");
+    }
+    let inference_device = inference_device(&cfg, device)?;
+    let run_dir = prepare_run_dir(&cfg)?;
+    let horizon = match cfg.algorithm {
+        crate::config::Algorithm::Impala => format!("segments of {} steps", cfg.unroll),
+        _ => format!("n-step {}", cfg.n_step),
+    };
+    crate::say!(
+        "learner on {}; game {} ({} actors, --algorithm {} with {horizon}; {})",
+        device::describe(device),
+        id.name(),
+        cfg.processes,
+        cfg.algorithm_name(),
+        match inference_device {
+            Some(d) => format!(
+                "actors' forward passes batched on the learner's {}",
+                device::describe(d)
+            ),
+            None => "actors run their own forward passes".to_string(),
+        },
+    );
+
+    // The action count and observation shape come from the environment itself.
+    let probe = env::make(&id, &cfg.env_settings(cfg.seed)).context("starting the environment")?;
+    let (num_actions, obs) = (probe.num_actions(), probe.obs_spec());
+    drop(probe);
+    let net = cfg.net_spec(obs).map_err(anyhow::Error::msg)?;
+
+    let mut trainer = Trainer {
+        rule: rules::learner(&cfg, net, obs, num_actions, device),
+        obs,
+        game: id.name().to_string(),
+    };
+    let mut counters = match resume {
+        Some(ckpt) => restore(&cfg, &mut trainer, &ckpt, &run_dir)?,
+        None => Counters::default(),
+    };
+    std::fs::write(run_dir.join("config.toml"), cfg.to_toml())
+        .with_context(|| format!("--logdir {}: cannot write config.toml", run_dir.display()))?;
+
+    // Shared memory: the queue (one lane per actor) and the weight snapshot.
+    let layout = rules::slot_layout(&cfg, obs);
+    // Local actors own lanes 0..processes; remote hosts' processes the --remote-lanes after.
+    let remote_lanes = if cfg.listen.is_some() {
+        cfg.remote_lanes
+    } else {
+        0
+    };
+    let queue = ExperienceQueue::create(
+        &shm::segment_name("queue"),
+        cfg.processes + remote_lanes,
+        cfg.queue_size,
+        layout,
+    )
+    .context("creating the experience queue")?;
+    queue.frames().store(counters.frames, Ordering::Relaxed);
+    let numel = trainer.rule.model().numel();
+    let mut snapshot = WeightSnapshot::create(&shm::segment_name("snapshot"), numel)
+        .context("creating the weight snapshot")?;
+    let mut flat = vec![0f32; numel];
+    trainer.rule.model().flat_params_into(&mut flat);
+    snapshot.publish(&flat)?;
+    let inference_slots = shm::segment_name("inference");
+    let mut inference = match inference_device {
+        None => None,
+        Some(d) => {
+            let model = trainer.rule.model();
+            let mut served = crate::model::QNetwork::new(net, obs, num_actions, d);
+            served.copy_from(model);
+            let slots = shm::InferenceSlots::create(
+                &inference_slots,
+                cfg.processes,
+                cfg.envs_per_actor,
+                obs.bytes(),
+                served.act_width(),
+            )
+            .context("creating the inference request slots")?;
+            let batching = Batching {
+                full: cfg.processes * cfg.envs_per_actor,
+                wait: Duration::from_micros(cfg.inference_wait_us),
+            };
+            Some(InferenceServer::start(slots, served, obs, batching)?)
+        }
+    };
+
+    let (reports_tx, reports_rx) =
+        ipc::channel::<ActorMsg>().context("creating the report channel")?;
+    let mut remote = match &cfg.listen {
+        None => None,
+        Some(_) => {
+            let server = RemoteServer::start(
+                ServerSettings {
+                    config: cfg.clone(),
+                    queue: shm::segment_name("queue"),
+                    snapshot: shm::segment_name("snapshot"),
+                    first_lane: cfg.processes,
+                    lanes: remote_lanes,
+                    num_actions,
+                    game: id.name().to_string(),
+                    reports: reports_tx.clone(),
+                },
+                |line| crate::say!("{line}"),
+            )?;
+            crate::say!(
+                "listening for actor hosts on {} ({} remote lanes{}{})",
+                server.local_addr(),
+                remote_lanes,
+                if cfg.auth_token_file.is_some() {
+                    ", token"
+                } else {
+                    ""
+                },
+                match (&cfg.tls_cert, &cfg.tls_ca) {
+                    (Some(_), Some(_)) => ", mutual TLS",
+                    (Some(_), None) => ", TLS",
+                    _ => "",
+                }
+            );
+            Some(server)
+        }
+    };
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let finals: Vec<f64> = (0..cfg.processes)
+        .map(|_| {
+            schedule::sample_final_epsilon(&cfg.final_epsilons, &cfg.final_epsilon_probs, rng.gen())
+        })
+        .collect();
+    let pids = Arc::new(Mutex::new(Vec::new()));
+    crate::signals::set_actor_pids(pids.clone());
+    let mut pool = ActorPool::new(
+        PoolSettings {
+            config: cfg.clone(),
+            final_epsilons: finals.clone(),
+            queue: shm::segment_name("queue"),
+            snapshot: shm::segment_name("snapshot"),
+            inference: inference.as_ref().map(|_| inference_slots.clone()),
+            reports: reports_tx,
+            // Differs between a run and its resumption, so resumed actors get fresh seeds.
+            generation: counters.updates,
+            start_timeout: Duration::from_secs(30),
+            evaluator: cfg.eval_every > 0 && cfg.bench_phase == BenchPhase::Training,
+        },
+        pids,
+    );
+    let mut outcome = pool.start_all(&stop);
+
+    let started = counters;
+    if outcome.is_ok() {
+        outcome = train(
+            &cfg,
+            &mut trainer,
+            &queue,
+            &mut snapshot,
+            &reports_rx,
+            &mut pool,
+            &finals,
+            &mut counters,
+            &stop,
+            &run_dir,
+            remote.as_ref(),
+            inference.as_ref(),
+        );
+    }
+    // Shut down in order: tell remote hosts (they exit when the run is finished, and wait for
+    // the learner to come back when it was stopped), close the queue (actors see it and
+    // exit), reap, then save.
+    if let Some(server) = remote.as_mut() {
+        let finished = outcome.is_ok() && !stop.load(Ordering::Relaxed);
+        let reason = match &outcome {
+            Ok(()) if finished => "the run is finished".to_string(),
+            Ok(()) => "the learner was stopped by a signal".to_string(),
+            Err(e) => format!("the learner failed: {e:#}"),
+        };
+        server.stop(&reason, finished, Duration::from_secs(2));
+    }
+    queue.close();
+    if let Some(server) = inference.as_mut() {
+        if let Err(e) = server.stop() {
+            crate::say_err!("the inference server failed: {e:#}");
+        }
+    }
+    let killed = pool.stop_all(Duration::from_secs(5));
+    if !killed.is_empty() {
+        crate::say_err!("actors {killed:?} did not stop within 5 s and were killed");
+    }
+    counters.frames = queue.frames().load(Ordering::Relaxed);
+    let trained = cfg.bench_phase == BenchPhase::Training;
+    // A diverged run keeps its last periodic checkpoint as the newest: the weights that gave
+    // a non-finite loss are not saved over it.
+    let diverged = matches!(&outcome, Err(e) if e.is::<Diverged>());
+    if diverged {
+        crate::say_err!("not saving a final checkpoint: training diverged");
+    } else if trained && (counters.updates > started.updates || counters.frames > started.frames) {
+        match save(&cfg, &trainer, &counters, &run_dir) {
+            Ok(path) => crate::say!("saved {}", path.display()),
+            // After a failure (e.g. past --max-actor-restarts) report that failure; a refused
+            // save is a note.
+            Err(e) if outcome.is_err() => crate::say_err!("{e:#}"),
+            Err(e) => return Err(e),
+        }
+    }
+    outcome
+}
+
+/// Creates the run directory of `cfg` and clears what killed runs left: an unfinished
+/// checkpoint save there, and shared-memory segments of dead processes.
+fn prepare_run_dir(cfg: &Config) -> Result<std::path::PathBuf> {
+    let run_dir = cfg.run_dir();
+    std::fs::create_dir_all(&run_dir).with_context(|| {
+        format!(
+            "--logdir {}: cannot create the run directory",
+            run_dir.display()
+        )
+    })?;
+    let partial = checkpoint::remove_partial(&run_dir)
+        .with_context(|| format!("--logdir {}: cannot clean up", run_dir.display()))?;
+    for p in partial {
+        crate::say!(
+            "removed {}, the unfinished save of a run that was killed",
+            p.display()
+        );
+    }
+    let mut removed =
+        shm::remove_stale_segments().context("removing stale shared-memory segments")?;
+    // Segments named with our own pid cannot be ours yet: a killed process that had this pid
+    // before us left them (pids are reused), and they would block our own.
+    removed.extend(
+        shm::remove_segments_of(std::process::id())
+            .context("removing shared-memory segments left under this process's pid")?,
+    );
+    if !removed.is_empty() {
+        crate::say!(
+            "removed {} stale shared-memory segment(s) of dead runs: {}",
+            removed.len(),
+            removed.join(", ")
+        );
+    }
+    Ok(run_dir)
+}
+
+/// Restores the learning rule of `trainer` (weights, optimizer state, replay memory when one
+/// was saved beside the checkpoint) from `ckpt`, and returns the run's counters at it. A
+/// checkpoint of another game, network, action set or observation is an error naming both.
+fn restore(
+    cfg: &Config,
+    trainer: &mut Trainer,
+    ckpt: &checkpoint::Checkpoint,
+    run_dir: &std::path::Path,
+) -> Result<Counters> {
+    let st = &ckpt.state;
+    let (network, num_actions) = {
+        let model = trainer.rule.model();
+        (model.arch(), model.num_actions())
+    };
+    if st.game != trainer.game
+        || st.network != network
+        || st.num_actions != num_actions
+        || st.obs != trainer.obs
+    {
+        bail!(
+            "--checkpoint: trained on {} with the {:?} network ({} actions); this run is {} with {:?} ({} actions)",
+            st.game, st.network, st.num_actions, trainer.game, network, num_actions
+        );
+    }
+    trainer
+        .rule
+        .restore(ckpt)
+        .map_err(|e| anyhow::anyhow!("--checkpoint: {e}"))?;
+    let replay = checkpoint::replay_path_for(run_dir, st.frames);
+    if replay.is_file() {
+        crate::say!("loading the replay memory {}", replay.display());
+        if !trainer.rule.load_replay(&replay)? {
+            crate::say!("(this rule has no replay memory: the file is not used)");
+        }
+    } else if cfg.algorithm == crate::config::Algorithm::Dqn {
+        crate::say!(
+            "no saved replay memory ({} does not exist): the replay memory starts empty and fills for --learning-starts {} frames before training goes on",
+            replay.display(),
+            cfg.learning_starts
+        );
+    }
+    crate::say!("resumed at {} frames, {} updates", st.frames, st.updates);
+    Ok(Counters {
+        frames: st.frames,
+        steps: st.steps,
+        updates: st.updates,
+        episodes: st.episodes,
+        wall_s: st.wall_s,
+    })
+}
+
+/// The device of the inference server for `--inference` (None: actors run their own forward
+/// passes), given the learner's `device`. `auto` serves from the learner when the learner or
+/// `--inference-device` is a GPU and no actor host connects; a `--inference-device` that is
+/// not usable is an error naming it.
+fn inference_device(cfg: &Config, device: tch::Device) -> Result<Option<tch::Device>> {
+    use crate::config::{DeviceChoice, InferenceChoice};
+    // The limit benchmark runs no network in the actors.
+    if cfg.bench_phase == BenchPhase::Limit || cfg.inference == InferenceChoice::Actor {
+        return Ok(None);
+    }
+    let served = match cfg.inference_device {
+        None | Some(DeviceChoice::Auto) => device,
+        Some(choice) => {
+            device::select(choice)
+                .map_err(|e| anyhow::anyhow!("--inference-device {choice}: {}", e.reason))?
+                .0
+        }
+    };
+    let wanted =
+        cfg.inference == InferenceChoice::Learner || (served.is_cuda() && cfg.listen.is_none());
+    Ok(wanted.then_some(served))
+}
