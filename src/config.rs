@@ -624,8 +624,10 @@ pub fn tuned_config_in(dir: &Path, name: &str, algorithm: Option<Algorithm>) -> 
     let Some(rule) = algorithm else {
         return plain.is_file().then_some(plain);
     };
-    let rule_name = |a: Algorithm| format!("{a:?}").to_lowercase();
-    let mut own = vec![dir.join(format!("{game}-{}.toml", rule_name(rule)))];
+    let mut own = vec![dir.join(format!(
+        "{game}-{}.toml",
+        format!("{rule:?}").to_lowercase()
+    ))];
     if rule == Algorithm::Sarsa {
         own.push(dir.join(format!("{game}-q.toml")));
     }
@@ -635,19 +637,17 @@ pub fn tuned_config_in(dir: &Path, name: &str, algorithm: Option<Algorithm>) -> 
     if !plain.is_file() {
         return None;
     }
-    let family = |name: &str| match name {
-        "q" | "sarsa" => "q".to_string(),
-        other => other.to_string(),
-    };
-    let sets = match read_file(&plain) {
+    let fits = match read_file(&plain) {
         Ok(table) => match table.get("algorithm") {
-            Some(toml::Value::String(s)) => s.to_lowercase(),
+            None => rule.shares_settings_with(Algorithm::Q),
+            Some(toml::Value::String(s)) => {
+                Algorithm::from_str(s, true).is_ok_and(|sets| rule.shares_settings_with(sets))
+            }
             Some(_) => return Some(plain),
-            None => "q".to_string(),
         },
         Err(_) => return Some(plain),
     };
-    (family(&sets) == family(&rule_name(rule))).then_some(plain)
+    fits.then_some(plain)
 }
 
 /// The keys a config file may set: every flag but the run-only ones.

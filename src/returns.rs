@@ -44,6 +44,13 @@ impl Algorithm {
     pub fn is_actor_critic(self) -> bool {
         matches!(self, Algorithm::A3c | Algorithm::Impala)
     }
+
+    /// Whether settings tuned for rule `tuned` fit this rule: the same rule, or n-step Q and
+    /// SARSA, which read the same settings.
+    pub fn shares_settings_with(self, tuned: Algorithm) -> bool {
+        let q = |a| matches!(a, Algorithm::Q | Algorithm::Sarsa);
+        self == tuned || (q(self) && q(tuned))
+    }
 }
 
 /// Writes the discounted returns of `rewards` (oldest first) into `out`, bootstrapped with
