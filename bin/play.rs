@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use async_rl::actor::ActionPolicy;
-use async_rl::config::{DeviceChoice, PolicyChoice};
+use async_rl::config::DeviceChoice;
 use async_rl::env::{EnvId, Environment};
 use async_rl::eval::{self, Event, Protocol, Report};
 use async_rl::model::QNetwork;
 use async_rl::recording::GifRecorder;
 use async_rl::render::TerminalScreen;
+use async_rl::rules::{Head, RULES};
 use async_rl::{checkpoint, device, env};
 use clap::{Parser, ValueEnum};
 use rand::{rngs::StdRng, SeedableRng};
@@ -31,6 +32,15 @@ use rand::{rngs::StdRng, SeedableRng};
 const GAME_FPS: f64 = 60.0;
 /// Largest `--fps`.
 const MAX_FPS: f64 = 1000.0;
+
+/// How `play` and the evaluator pick an actor-critic network's actions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PolicyChoice {
+    /// Sample from the policy's softmax (how the A3C paper evaluates).
+    Sample,
+    /// The most probable action.
+    Greedy,
+}
 
 /// Play Atari games with a trained checkpoint: watch them, record one, or evaluate.
 #[derive(Parser, Debug)]
@@ -280,8 +290,8 @@ fn play(args: &Args) -> Result<Outcome> {
     if args.sticky && !matches!(id, EnvId::Atari(_)) {
         bail!("--sticky: {game} has no sticky actions (they are an Atari emulator setting)");
     }
-    let actor_critic = cfg.algorithm.is_actor_critic();
-    let policy = action_policy(args, actor_critic, &cfg.algorithm_name())?;
+    let actor_critic = cfg.learner.algorithm.head == Head::ActorCritic;
+    let policy = action_policy(args, actor_critic, cfg.learner.algorithm.name)?;
     let epsilon = match policy {
         ActionPolicy::EpsilonGreedy(e) => e,
         ActionPolicy::Sample => 0.0,
@@ -338,8 +348,7 @@ fn play(args: &Args) -> Result<Outcome> {
     };
     let spec = async_rl::model::NetSpec {
         arch: st.network,
-        ..cfg
-            .net_spec(st.obs)
+        ..async_rl::rules::net_spec(cfg, st.obs)
             .map_err(|e| anyhow!("checkpoint {}: {e}", args.model.display()))?
     };
     let mut model = QNetwork::new(spec, st.obs, st.num_actions, device);
@@ -359,7 +368,7 @@ fn play(args: &Args) -> Result<Outcome> {
         args.model.display(),
         st.game,
         st.network,
-        cfg.algorithm_name(),
+        cfg.learner.algorithm,
         st.frames,
     );
     if let Some(p) = &protocol {
@@ -497,9 +506,15 @@ fn action_policy(args: &Args, actor_critic: bool, algorithm: &str) -> Result<Act
     } else {
         if let Some(p) = args.policy {
             bail!(
-                "--policy {}: only for actor-critic checkpoints (--algorithm a3c or impala); this \
-                 one is --algorithm {algorithm}, a Q-network: set --epsilon instead (0 is greedy)",
-                format!("{p:?}").to_lowercase()
+                "--policy {}: only for actor-critic checkpoints (--algorithm {}); this one is \
+                 --algorithm {algorithm}, a Q-network: set --epsilon instead (0 is greedy)",
+                format!("{p:?}").to_lowercase(),
+                RULES
+                    .iter()
+                    .filter(|r| r.head == Head::ActorCritic)
+                    .map(|r| r.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         Ok(ActionPolicy::EpsilonGreedy(

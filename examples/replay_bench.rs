@@ -16,7 +16,7 @@
 
 use std::time::Instant;
 
-use async_rl::config::{Algorithm, Config, Network, ReplayCompression};
+use async_rl::config::{Config, Network, ReplayCompression};
 use async_rl::env::{self, ObsSpec};
 use async_rl::replay::{Priorities, ReplayMemory, Sample};
 use async_rl::rules;
@@ -34,10 +34,7 @@ fn rss_mb(key: &str) -> f64 {
 
 /// `steps` stacked observations of `game` under random play (new games as they end).
 fn stacks_of(game: &str, steps: usize) -> Vec<Vec<u8>> {
-    let cfg = Config {
-        game: game.into(),
-        ..Config::default()
-    };
+    let cfg = Config::from_flags(["--game", game]).unwrap();
     let id = cfg.env_id().unwrap();
     let mut e = env::make(&id, &cfg.env_settings(1)).unwrap();
     let mut rng = StdRng::seed_from_u64(1);
@@ -181,17 +178,17 @@ fn speed() {
         (false, ReplayCompression::Lz4),
         (true, ReplayCompression::Lz4),
     ] {
-        let cfg = Config {
-            game: "Pong".into(),
-            algorithm: Algorithm::Dqn,
-            network: Network::Nips,
-            replay_size: 20_000,
-            learning_starts: 0,
-            replay_ratio: 1e9,
-            prioritized,
-            replay_compression: compression,
-            ..Config::default()
-        };
+        let mut cfg = Config::from_flags([
+            "--game=Pong",
+            "--algorithm=dqn",
+            "--network=nips",
+            "--replay-size=20000",
+            "--learning-starts=0",
+            "--replay-ratio=1e9",
+        ])
+        .unwrap();
+        cfg.rule.replay.prioritized = prioritized;
+        cfg.rule.replay.replay_compression = compression;
         let obs = ObsSpec::Frames([4, 84, 84]);
         let mut rule = rules::learner(&cfg, Network::Nips.into(), obs, 6, tch::Device::Cpu);
         let layout = rules::slot_layout(&cfg, obs);

@@ -21,10 +21,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// Transition slots of `steps` steps of random play of `game`, one environment per seed.
 fn slots_of(game: &str, steps: usize, seed: u64) -> Vec<Vec<u8>> {
-    let cfg = Config {
-        game: game.into(),
-        ..Config::default()
-    };
+    let cfg = Config::from_flags(["--game", game]).unwrap();
     let id = cfg.env_id().unwrap();
     let mut e = env::make(&id, &cfg.env_settings(seed)).unwrap();
     let mut rng = StdRng::seed_from_u64(seed);

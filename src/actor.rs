@@ -120,7 +120,7 @@ pub fn run(init: ActorInit) -> Result<()> {
 }
 
 fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
-    crate::supervisor::lower_priority(init.config.actor_nice)?;
+    crate::supervisor::lower_priority(init.config.procs.actor_nice)?;
     tch::set_num_threads(1);
     tch::manual_seed(init.seed as i64);
     let _no_grad = tch::no_grad_guard();
@@ -129,7 +129,7 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
     }
     let cfg = &init.config;
     let id = cfg.env_id().map_err(anyhow::Error::msg)?;
-    let k = cfg.envs_per_actor;
+    let k = cfg.actors.envs_per_actor;
     let mut envs = (0..k)
         .map(|j| env::make(&id, &cfg.env_settings(env_seed(init.seed, j))))
         .collect::<Result<Vec<_>, _>>()
@@ -140,7 +140,7 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
     }
     let obs_spec = envs[0].obs_spec();
     let num_actions = envs[0].num_actions();
-    let network = cfg.net_spec(obs_spec).map_err(anyhow::Error::msg)?;
+    let network = crate::rules::net_spec(cfg, obs_spec).map_err(anyhow::Error::msg)?;
     let width = network.act_width(num_actions);
     let Some(mut policy) = policy_source(init, &queue, obs_spec, num_actions, k)? else {
         return Ok(());
@@ -176,7 +176,7 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
     let epsilon = || {
         schedule::epsilon(
             init.final_epsilon,
-            cfg.eps_decay,
+            cfg.rule.exploration.eps_decay,
             frames.load(Ordering::Relaxed),
         )
     };
@@ -313,7 +313,7 @@ fn snapshot_copy(
     whose: &str,
 ) -> Result<(WeightSnapshot, QNetwork, Vec<f32>)> {
     let snapshot = WeightSnapshot::open(&init.snapshot).context("opening the weight snapshot")?;
-    let network = init.config.net_spec(obs).map_err(anyhow::Error::msg)?;
+    let network = crate::rules::net_spec(&init.config, obs).map_err(anyhow::Error::msg)?;
     let model = QNetwork::new(network, obs, num_actions, Device::Cpu);
     let flat = vec![0f32; snapshot.numel()];
     anyhow::ensure!(
@@ -363,7 +363,7 @@ fn evaluate_periodically(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Res
         ActionPolicy::EpsilonGreedy(protocol.epsilon)
     };
     let frames = queue.frames();
-    let every = cfg.eval_every.max(1);
+    let every = cfg.run.eval_every.max(1);
     let mut next = (frames.load(Ordering::Relaxed) / every + 1) * every;
     loop {
         while frames.load(Ordering::Relaxed) < next {
@@ -378,7 +378,7 @@ fn evaluate_periodically(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Res
         let result = eval::evaluate_with(
             &model,
             env.as_mut(),
-            cfg.eval_episodes,
+            cfg.run.eval_episodes,
             policy,
             &mut rng,
             |_, _| {
@@ -535,10 +535,7 @@ mod tests {
 
     #[test]
     fn the_frames_of_an_episodes_start_are_counted() {
-        let cfg = crate::config::Config {
-            game: "Breakout".into(),
-            ..crate::config::Config::default()
-        };
+        let cfg = crate::config::Config::from_flags(["--game", "Breakout"]).unwrap();
         let id = cfg.env_id().unwrap();
         let frames = AtomicU64::new(0);
         let mut total = 0;

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use crate::config::{self, Algorithm, Config, DeviceChoice};
+use crate::config::{self, Config, DeviceChoice, HostSettings, ProcessSettings, RemoteSettings};
 use crate::{actor, checkpoint, device, env, game, learner, signals, supervisor};
 
 /// The `learner` command line: trains (see `learner --help`), or runs as an actor when
@@ -15,7 +15,7 @@ pub fn learner_main() -> ExitCode {
         return actor_main(&args);
     }
     let (cli, explicit) = config::parse_args();
-    if cli.list_games {
+    if cli.invocation.list_games {
         for name in env::registry::registered_names() {
             crate::say!("{name}");
         }
@@ -29,11 +29,11 @@ pub fn learner_main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    if cli.connect.is_some() {
+    if cli.host.connect.is_some() {
         return host_main(&cli, &explicit);
     }
     // libtorch_cuda must be loaded before any tensor work, a checkpoint read included.
-    if !(explicit.contains("device") && cli.device == DeviceChoice::Cpu) {
+    if !(explicit.contains("device") && cli.learner.device == DeviceChoice::Cpu) {
         let _ = device::load_cuda();
     }
     match prepare(&cli, &explicit) {
@@ -60,12 +60,14 @@ fn prepare(
     // if there is one (a resumed run keeps the config it was trained with); `tuned_for` keeps
     // its game, to say so once the rule the file sets is known.
     let mut tuned_for = None;
-    let file_path = match &cli.config {
+    let file_path = match &cli.invocation.config {
         Some(p) if p.as_os_str() == "none" => None,
         Some(p) => Some(p.clone()),
-        None if cli.checkpoint.is_none() => {
+        None if cli.invocation.checkpoint.is_none() => {
             let plain = config::merge(&Config::default(), None, cli, explicit)?;
-            let rule = explicit.contains("algorithm").then_some(plain.algorithm);
+            let rule = explicit
+                .contains("algorithm")
+                .then_some(plain.learner.algorithm);
             let id = plain.env_id().ok();
             let tuned = id
                 .as_ref()
@@ -88,7 +90,7 @@ fn prepare(
             "using {}, the tuned config for {} with --algorithm {} (--config none for the built-in defaults)",
             p.display(),
             id.name(),
-            fresh.algorithm_name()
+            fresh.learner.algorithm
         );
     }
     let game_given =
@@ -97,10 +99,10 @@ fn prepare(
         explicit.contains(&key.replace('-', "_"))
             || file.as_ref().is_some_and(|(_, t)| t.contains_key(key))
     };
-    let Some(spec) = &cli.checkpoint else {
+    let Some(spec) = &cli.invocation.checkpoint else {
         fresh.validate()?;
         check_game_matches_rom(&fresh, game_given)?;
-        check_rule_flags(&fresh, given)?;
+        fresh.check_rule_settings(given)?;
         return Ok((fresh, None));
     };
     let found = checkpoint::open(&fresh.run_dir(), spec)?;
@@ -110,7 +112,7 @@ fn prepare(
     let cfg = config::merge(&found.checkpoint.state.config, file_ref, cli, explicit)?;
     cfg.validate()?;
     check_game_matches_rom(&cfg, game_given)?;
-    check_rule_flags(&cfg, given)?;
+    cfg.check_rule_settings(given)?;
     check_resumable(&cfg, &found)?;
     crate::say!("resuming from {}", found.path.display());
     Ok((cfg, Some(found.checkpoint)))
@@ -119,92 +121,20 @@ fn prepare(
 /// With `--rom`, the game is the ROM's; a `--game` given as well (on the command line or in
 /// the config file) must name the same game rather than be ignored.
 fn check_game_matches_rom(cfg: &Config, game_given: bool) -> anyhow::Result<()> {
-    let (Some(rom), true) = (&cfg.rom, game_given) else {
+    let (Some(rom), true) = (&cfg.run.rom, game_given) else {
         return Ok(());
     };
     let id = cfg.env_id().map_err(anyhow::Error::msg)?;
-    match game::resolve_game(&cfg.game) {
+    match game::resolve_game(&cfg.run.game) {
         Ok(spec) if spec.name == id.name() => Ok(()),
         _ => anyhow::bail!(
             "--game {} and --rom {}: the ROM plays {}; give --game {} or leave --game out",
-            cfg.game,
+            cfg.run.game,
             rom.display(),
             id.name(),
             id.name()
         ),
     }
-}
-
-/// The settings that only some rules read, with those rules: given (on the command line or in
-/// the config file) with another rule they would be ignored, so they are refused.
-const RULE_ONLY: &[(&[&str], &[Algorithm])] = &[
-    (
-        &[
-            "replay-size",
-            "replay-compression",
-            "learning-starts",
-            "replay-ratio",
-            "target-update",
-            "double-q",
-            "priority-alpha",
-            "priority-beta",
-        ],
-        &[Algorithm::Dqn],
-    ),
-    (
-        &["value-coef", "entropy-coef"],
-        &[Algorithm::A3c, Algorithm::Impala],
-    ),
-    (&["unroll", "vtrace-rho", "vtrace-c"], &[Algorithm::Impala]),
-    (
-        // Actor-critic actors sample from their policy: no epsilon; their value loss is
-        // squared.
-        &["eps-decay", "final-epsilons", "final-epsilon-probs", "loss"],
-        &[Algorithm::Q, Algorithm::Sarsa, Algorithm::Dqn],
-    ),
-    (
-        // IMPALA's segments are --unroll steps long.
-        &["n-step"],
-        &[
-            Algorithm::Q,
-            Algorithm::Sarsa,
-            Algorithm::Dqn,
-            Algorithm::A3c,
-        ],
-    ),
-];
-
-fn check_rule_flags(cfg: &Config, given: impl Fn(&str) -> bool) -> anyhow::Result<()> {
-    for (keys, readers) in RULE_ONLY {
-        if readers.contains(&cfg.algorithm) {
-            continue;
-        }
-        let ignored: Vec<String> = keys
-            .iter()
-            .filter(|k| given(k))
-            .map(|k| format!("--{k}"))
-            .collect();
-        if ignored.is_empty() {
-            continue;
-        }
-        let names: Vec<String> = readers
-            .iter()
-            .map(|a| format!("{a:?}").to_lowercase())
-            .collect();
-        let (it, read) = if ignored.len() == 1 {
-            ("it", if readers.len() == 1 { "reads" } else { "read" })
-        } else {
-            ("them", if readers.len() == 1 { "reads" } else { "read" })
-        };
-        anyhow::bail!(
-            "{}: only --algorithm {} {read} {it}; this run is --algorithm {} (add --algorithm {}, or leave {it} out)",
-            ignored.join(", "),
-            names.join(", "),
-            cfg.algorithm_name(),
-            names[0],
-        )
-    }
-    Ok(())
 }
 
 /// Refuses to resume a checkpoint of another game or network before anything is created; the
@@ -224,7 +154,8 @@ fn check_resumable(cfg: &Config, found: &checkpoint::Found) -> anyhow::Result<()
         );
     }
     // The same game has the same observations, so `auto` resolves as it did for the checkpoint.
-    let network = crate::model::resolve_network(cfg.network, st.obs).map_err(anyhow::Error::msg)?;
+    let network =
+        crate::model::resolve_network(cfg.net.network, st.obs).map_err(anyhow::Error::msg)?;
     if st.network != network {
         anyhow::bail!(
             "--checkpoint {}: trained with the {trained} network; this run asks for {} \
@@ -234,54 +165,46 @@ fn check_resumable(cfg: &Config, found: &checkpoint::Found) -> anyhow::Result<()
         );
     }
     let was = &st.config;
-    if was.algorithm != cfg.algorithm {
+    if was.learner.algorithm != cfg.learner.algorithm {
         anyhow::bail!(
             "--checkpoint {}: trained with --algorithm {}; this run asks for --algorithm {} \
              (resume with --algorithm {}, or start a new run in another --logdir)",
             found.path.display(),
-            was.algorithm_name(),
-            cfg.algorithm_name(),
-            was.algorithm_name()
+            was.learner.algorithm,
+            cfg.learner.algorithm,
+            was.learner.algorithm
         );
     }
-    if was.dueling != cfg.dueling {
+    if was.rule.q.dueling != cfg.rule.q.dueling {
         anyhow::bail!(
             "--checkpoint {}: trained with --dueling {}; this run asks for --dueling {} \
              (resume with --dueling {}, or start a new run in another --logdir)",
             found.path.display(),
-            was.dueling,
-            cfg.dueling,
-            was.dueling
+            was.rule.q.dueling,
+            cfg.rule.q.dueling,
+            was.rule.q.dueling
         );
     }
     Ok(())
 }
 
-/// The flags an actor host (`--connect`) reads; everything else comes from the learner.
-const HOST_FLAGS: &[&str] = &[
-    "connect",
-    "processes",
-    "auth_token_file",
-    "tls_cert",
-    "tls_key",
-    "tls_ca",
-    "tls_domain",
-    "reconnect_for",
-    "actor_nice",
-    "max_actor_restarts",
-];
-
 /// `learner --connect HOST:PORT --processes N`: an actor host (see [`crate::remote::host`]).
+/// It reads the groups [`ProcessSettings`], [`RemoteSettings`] and [`HostSettings`];
+/// everything else comes from the learner.
 fn host_main(cli: &Config, explicit: &std::collections::BTreeSet<String>) -> ExitCode {
-    // clap also reports its group of all the struct's flags (`Config`): flags only.
-    let flags: std::collections::BTreeSet<String> = <Config as clap::CommandFactory>::command()
-        .get_arguments()
-        .map(|a| a.get_id().to_string())
-        .collect();
-    let foreign: Vec<String> = explicit
-        .iter()
-        .filter(|k| flags.contains(k.as_str()) && !HOST_FLAGS.contains(&k.as_str()))
-        .map(|k| format!("--{}", k.replace('_', "-")))
+    use clap::Args;
+    let reads = config::flags_in(
+        &[
+            ProcessSettings::group_id(),
+            RemoteSettings::group_id(),
+            HostSettings::group_id(),
+        ]
+        .map(|id| id.expect("a derived group has an id")),
+    );
+    let foreign: Vec<String> = config::flags_in(&config::all_groups())
+        .into_iter()
+        .filter(|(id, _)| explicit.contains(id) && !reads.iter().any(|(r, _)| r == id))
+        .map(|(_, long)| format!("--{long}"))
         .collect();
     if !foreign.is_empty() {
         return fail(
@@ -290,27 +213,16 @@ fn host_main(cli: &Config, explicit: &std::collections::BTreeSet<String>) -> Exi
                 "{}: an actor host (--connect) takes the game, network and settings from the learner; set {} on the learner instead (a host reads only {})",
                 foreign.join(", "),
                 if foreign.len() == 1 { "it" } else { "them" },
-                HOST_FLAGS
+                reads
                     .iter()
-                    .map(|k| format!("--{}", k.replace('_', "-")))
+                    .map(|(_, long)| format!("--{long}"))
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
         );
     }
     let mut problems = crate::remote::check_flags(cli);
-    if !(1..=1024).contains(&cli.processes) {
-        problems.push(format!(
-            "--processes {}: an actor host runs 1 to 1024 actor processes",
-            cli.processes
-        ));
-    }
-    if cli.actor_nice > 19 {
-        problems.push(format!(
-            "--actor-nice {}: must be between 0 and 19",
-            cli.actor_nice
-        ));
-    }
+    cli.procs.validate(1, &mut problems);
     if !problems.is_empty() {
         return fail(
             2,

@@ -9,7 +9,66 @@ use std::ffi::{CStr, CString};
 
 use tch::Device;
 
-use crate::config::DeviceChoice;
+use serde::{Deserialize, Serialize};
+
+/// Where the learner's network lives (`auto`, `cpu`, `cuda` or `cuda:N`). Actors always run
+/// on the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceChoice {
+    /// CUDA device 0 when libtorch_cuda loads and a GPU is usable, else the CPU.
+    Auto,
+    Cpu,
+    /// CUDA device N (`cuda` is device 0) or an error: never falls back silently.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| {
+                    format!(
+                        "`{s}`: expected auto, cpu, cuda or cuda:N (N = 0, 1, ...: a GPU's index)"
+                    )
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Cuda(0) => f.write_str("cuda"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceChoice {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<DeviceChoice> for String {
+    fn from(d: DeviceChoice) -> String {
+        d.to_string()
+    }
+}
 
 /// Why the CUDA device asked for is not usable (`--device cuda` or `cuda:N`).
 #[derive(Debug, thiserror::Error)]

@@ -28,6 +28,24 @@ use crate::model::QNetwork;
 use crate::shm::inference::{batch_due, InferenceSlots, Pending};
 use crate::shm::WeightSnapshot;
 
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+/// Where actors' forward passes run (`--inference`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InferenceChoice {
+    /// `learner` when the learner (or --inference-device) is a GPU and no actor host connects
+    /// (--listen), else `actor`.
+    Auto,
+    /// Each actor process runs its own forward passes on a CPU copy of the newest weight
+    /// snapshot (Mnih et al. 2016).
+    Actor,
+    /// Actors send their observations to the learner process, which answers every pending
+    /// request in one batched forward pass of its newest weights (SEED RL).
+    Learner,
+}
+
 /// Where an actor gets the network outputs it acts on.
 ///
 /// The actor writes the observations of one forward pass into [`PolicySource::staging`], row

@@ -8,8 +8,24 @@
 
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 
-use crate::config::Network;
 use crate::env::ObsSpec;
+
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+/// The Q-network architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// `nips` for frame observations, `mlp` for vector observations.
+    Auto,
+    /// Mnih et al. 2013 (NIPS workshop) and the A3C paper: conv 16x8x8/4, conv 32x4x4/2, fc 256.
+    Nips,
+    /// Mnih et al. 2015 (Nature): conv 32x8x8/4, 64x4x4/2, 64x3x3/1, fc 512.
+    Nature,
+    /// For vector observations (CartPole): fc 64, fc 64.
+    Mlp,
+}
 
 /// Resolves `--network` for observations `obs`: `auto` is `nips` for frames and `mlp` for
 /// vectors; the convolutional networks need frames, the MLP vectors.

@@ -18,7 +18,19 @@
 
 use tch::Tensor;
 
-pub use crate::config::RmspropForm;
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+/// Where RMSProp's epsilon goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RmspropForm {
+    /// `g / (sqrt(v) + eps)`: torch.optim.RMSprop and OpenAI baselines (eps 1e-5).
+    EpsOutside,
+    /// `g / sqrt(v + eps)`: the A3C paper's RMSProp (Mnih et al. 2016, section 4 and S2) and
+    /// TensorFlow's, as its reproductions use it (eps 0.1).
+    EpsInside,
+}
 
 /// RMSProp state for a fixed list of parameters.
 pub struct RmsProp {

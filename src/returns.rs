@@ -18,41 +18,6 @@
 //! instead with Q(s_{t+n}, a_{t+n}) for the action the actor really takes there. A time-limit
 //! truncation is not terminal: it bootstraps like any other cut of the segment.
 
-use serde::{Deserialize, Serialize};
-
-/// The learning rule (see [`crate::rules`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Algorithm {
-    /// Asynchronous n-step Q-learning: the actor bootstraps with max_a Q(s', a; snapshot).
-    Q,
-    /// n-step SARSA: the actor bootstraps with Q(s', a') for the action a' taken next.
-    Sarsa,
-    /// DQN from a replay memory with a target network (double Q by default; prioritized with
-    /// --prioritized): the learner bootstraps.
-    Dqn,
-    /// Advantage actor-critic (A3C, Mnih et al. 2016): the actor samples from the snapshot's
-    /// policy and bootstraps n-step returns with its V(s').
-    A3c,
-    /// IMPALA (Espeholt et al. 2018): the actor pushes whole segments with its behaviour
-    /// policy's log-probabilities; the learner corrects for the lag with V-trace.
-    Impala,
-}
-
-impl Algorithm {
-    /// Whether the rule learns a policy and a value (an actor-critic head) rather than Q-values.
-    pub fn is_actor_critic(self) -> bool {
-        matches!(self, Algorithm::A3c | Algorithm::Impala)
-    }
-
-    /// Whether settings tuned for rule `tuned` fit this rule: the same rule, or n-step Q and
-    /// SARSA, which read the same settings.
-    pub fn shares_settings_with(self, tuned: Algorithm) -> bool {
-        let q = |a| matches!(a, Algorithm::Q | Algorithm::Sarsa);
-        self == tuned || (q(self) && q(tuned))
-    }
-}
-
 /// Writes the discounted returns of `rewards` (oldest first) into `out`, bootstrapped with
 /// `bootstrap` after the last reward: `out[i] = sum_{k=i}^{n-1} gamma^(k-i) r_k
 /// + gamma^(n-i) bootstrap`. Pass `bootstrap = 0.0` when the last step ended in a terminal
@@ -66,16 +31,28 @@ pub fn n_step_returns(rewards: &[f32], bootstrap: f32, gamma: f32, out: &mut [f3
     }
 }
 
-/// The bootstrap value of a segment that did not end in a terminal state (pass 0 for a
-/// terminal one): given the snapshot's outputs `next_q` for the state after the segment and
-/// the action `next_action` the actor takes there, `max_a Q(s', a)` for Q-learning,
-/// `Q(s', a')` for SARSA, and V(s') for the actor-critic rules, whose outputs are the policy's
-/// logits followed by V(s') (see [`crate::model::QNetwork::act_outputs`]).
-pub fn bootstrap_value(algorithm: Algorithm, next_q: &[f32], next_action: usize) -> f32 {
-    match algorithm {
-        Algorithm::Q | Algorithm::Dqn => next_q.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-        Algorithm::Sarsa => next_q[next_action],
-        Algorithm::A3c | Algorithm::Impala => next_q[next_q.len() - 1],
+/// What a segment that did not end in a terminal state bootstraps with (pass 0 for a
+/// terminal one), from the snapshot's outputs for the state after the segment (see
+/// [`crate::model::QNetwork::act_outputs`]) and the action the actor takes there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// `max_a Q(s', a)`: Q-learning.
+    MaxQ,
+    /// `Q(s', a')` of the action `a'` taken next: SARSA.
+    ActionTaken,
+    /// `V(s')`, the last output after the policy's logits: the actor-critic rules.
+    Value,
+}
+
+impl Bootstrap {
+    /// The bootstrap value for outputs `next` `[num_actions]` (`[num_actions + 1]` for
+    /// [`Bootstrap::Value`]) and the action `next_action` taken there.
+    pub fn value(self, next: &[f32], next_action: usize) -> f32 {
+        match self {
+            Bootstrap::MaxQ => next.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+            Bootstrap::ActionTaken => next[next_action],
+            Bootstrap::Value => next[next.len() - 1],
+        }
     }
 }
 
@@ -108,30 +85,20 @@ mod tests {
     fn q_learning_bootstraps_with_the_greedy_value() {
         let q = [3.0, 7.0, -1.0];
         // The action taken next does not matter to Q-learning.
-        assert_eq!(bootstrap_value(Algorithm::Q, &q, 2), 7.0);
+        assert_eq!(Bootstrap::MaxQ.value(&q, 2), 7.0);
         let mut out = [0.0; 1];
-        n_step_returns(
-            &[-1.0],
-            bootstrap_value(Algorithm::Q, &q, 0),
-            0.99,
-            &mut out,
-        );
+        n_step_returns(&[-1.0], Bootstrap::MaxQ.value(&q, 0), 0.99, &mut out);
         assert!(close(&out, &[-1.0 + 0.99 * 7.0]), "{out:?}");
     }
 
     #[test]
     fn sarsa_bootstraps_with_the_action_taken() {
         let q = [3.0, 7.0, -1.0];
-        assert_eq!(bootstrap_value(Algorithm::Sarsa, &q, 0), 3.0);
-        assert_eq!(bootstrap_value(Algorithm::Sarsa, &q, 2), -1.0);
+        assert_eq!(Bootstrap::ActionTaken.value(&q, 0), 3.0);
+        assert_eq!(Bootstrap::ActionTaken.value(&q, 2), -1.0);
         // 1-step SARSA target: r + gamma * Q(s', a') = 0.5 + 0.9 * -1 = -0.4
         let mut out = [0.0; 1];
-        n_step_returns(
-            &[0.5],
-            bootstrap_value(Algorithm::Sarsa, &q, 2),
-            0.9,
-            &mut out,
-        );
+        n_step_returns(&[0.5], Bootstrap::ActionTaken.value(&q, 2), 0.9, &mut out);
         assert!(close(&out, &[-0.4]), "{out:?}");
     }
 
@@ -142,7 +109,7 @@ mod tests {
         let (mut truncated, mut terminated) = ([0.0; 2], [0.0; 2]);
         n_step_returns(
             &[1.0, 1.0],
-            bootstrap_value(Algorithm::Q, &q, 1),
+            Bootstrap::MaxQ.value(&q, 1),
             0.9,
             &mut truncated,
         );
@@ -152,12 +119,7 @@ mod tests {
         assert!(close(&terminated, &[1.9, 1.0]), "{terminated:?}");
         // SARSA after a truncation takes the next action's value: R1 = 1 + 0.9*4 = 4.6.
         let mut sarsa = [0.0; 1];
-        n_step_returns(
-            &[1.0],
-            bootstrap_value(Algorithm::Sarsa, &q, 1),
-            0.9,
-            &mut sarsa,
-        );
+        n_step_returns(&[1.0], Bootstrap::ActionTaken.value(&q, 1), 0.9, &mut sarsa);
         assert!(close(&sarsa, &[4.6]), "{sarsa:?}");
     }
 

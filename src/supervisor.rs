@@ -261,7 +261,7 @@ impl ActorPool {
                 s.final_epsilons[actor]
             },
             config: s.config.clone(),
-            phase: s.config.bench_phase,
+            phase: s.config.invocation.bench_phase,
             role: if evaluator { Role::Evaluate } else { Role::Act },
             queue: s.queue.clone(),
             snapshot: s.snapshot.clone(),
@@ -278,7 +278,7 @@ impl ActorPool {
     /// Starts every actor, stopping early (without error) when `stop` is set.
     pub fn start_all(&mut self, stop: &std::sync::atomic::AtomicBool) -> Result<()> {
         for i in 0..self.slots() {
-            let seed = actor_seed(self.settings.config.seed, i, self.settings.generation);
+            let seed = actor_seed(self.settings.config.run.seed, i, self.settings.generation);
             self.start(i, seed)?;
             if stop.load(std::sync::atomic::Ordering::Relaxed) {
                 break;
@@ -296,7 +296,7 @@ impl ActorPool {
         let mut done = Vec::new();
         for (actor, status) in exited {
             self.forget_dead_pids();
-            let max = self.settings.config.max_actor_restarts;
+            let max = self.settings.config.procs.max_actor_restarts;
             if self.restarts >= max {
                 bail!(
                     "actor {actor} exited unexpectedly ({status}) after {} restart(s); --max-actor-restarts {max} reached",
@@ -309,7 +309,7 @@ impl ActorPool {
                 .settings
                 .generation
                 .wrapping_add(u64::from(self.restarts) << 32);
-            let seed = actor_seed(self.settings.config.seed, actor, generation);
+            let seed = actor_seed(self.settings.config.run.seed, actor, generation);
             self.start(actor, seed)
                 .with_context(|| format!("restarting actor {actor}"))?;
             done.push(Replacement {

@@ -241,7 +241,7 @@ fn settings_an_actor_critic_rule_would_ignore_are_refused() {
         ),
         (
             &["--algorithm", "a3c", "--dueling"],
-            "--dueling: a Q-value head; --algorithm a3c learns a policy and a value",
+            "--dueling: only --algorithm q, sarsa, dqn read it; this run is --algorithm a3c",
         ),
         (
             &["--algorithm", "impala", "--vtrace-rho", "0"],

@@ -150,7 +150,7 @@ fn train_with(dir: &Path, algorithm: &str, seed: u64, acting: Acting) -> Option<
 fn greedy_mean(dir: &Path, model: &Path, episodes: usize) -> f64 {
     let n = episodes.to_string();
     let ckpt = async_rl::checkpoint::load(model).unwrap();
-    let greedy = if ckpt.state.config.algorithm.is_actor_critic() {
+    let greedy = if ckpt.state.config.learner.algorithm.head == async_rl::rules::Head::ActorCritic {
         ["--policy", "greedy"]
     } else {
         ["--epsilon", "0"]

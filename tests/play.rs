@@ -66,10 +66,7 @@ fn record_writes_the_first_game_as_a_gif_in_its_own_colours() {
         assert!(f.rgb.chunks_exact(3).all(|p| palette.contains(p)));
     }
     // The first frame is the screen after the reset, exactly: the same game, seed and settings.
-    let cfg = Config {
-        game: "Breakout".into(),
-        ..Config::default()
-    };
+    let cfg = Config::from_flags(["--game", "Breakout"]).unwrap();
     let settings = eval::play_settings(&cfg.env_settings(4), false);
     let mut e = env::make(&cfg.env_id().unwrap(), &settings).unwrap();
     e.reset();

@@ -190,7 +190,7 @@ fn bad_replay_settings_are_refused_before_anything_starts() {
     assert!(err.contains("--replay-ratio 0"), "{err}");
     let err = refused(d, &["--prioritized"]);
     assert!(
-        err.contains("--prioritized: needs a replay memory"),
+        err.contains("--prioritized: only --algorithm dqn reads it"),
         "{err}"
     );
     // A dqn setting given to another rule would be ignored: refused instead.

@@ -130,10 +130,7 @@ pub fn untrained_checkpoint(dir: &Path, game: &str) -> std::path::PathBuf {
         updates: 0,
         episodes: 0,
         wall_s: 0.0,
-        config: Config {
-            game: game.to_string(),
-            ..Config::default()
-        },
+        config: Config::from_flags(["--game", game]).unwrap(),
     };
     let rmsprop: Vec<tch::Tensor> = model.params().iter().map(|(_, p)| p.zeros_like()).collect();
     let path = checkpoint::path_for(dir, 1000);

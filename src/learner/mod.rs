@@ -91,23 +91,20 @@ pub fn run(
 ) -> Result<()> {
     let id = cfg.env_id().map_err(anyhow::Error::msg)?;
     // The device first: `--device cuda` without CUDA fails before anything is created.
-    tch::set_num_threads(cfg.learner_threads as i32);
-    let (device, fallback) = device::select(cfg.device)?;
+    tch::set_num_threads(cfg.learner.learner_threads as i32);
+    let (device, fallback) = device::select(cfg.learner.device)?;
     if let Some(reason) = fallback {
         crate::say!("--device auto: using the CPU ({reason})");
     }
     let inference_device = inference_device(&cfg, device)?;
     let run_dir = prepare_run_dir(&cfg)?;
-    let horizon = match cfg.algorithm {
-        crate::config::Algorithm::Impala => format!("segments of {} steps", cfg.unroll),
-        _ => format!("n-step {}", cfg.n_step),
-    };
+    let horizon = (cfg.learner.algorithm.horizon)(&cfg);
     crate::say!(
         "learner on {}; game {} ({} actors, --algorithm {} with {horizon}; {})",
         device::describe(device),
         id.name(),
-        cfg.processes,
-        cfg.algorithm_name(),
+        cfg.procs.processes,
+        cfg.learner.algorithm,
         match inference_device {
             Some(d) => format!(
                 "actors' forward passes batched on the learner's {}",
@@ -118,10 +115,11 @@ pub fn run(
     );
 
     // The action count and observation shape come from the environment itself.
-    let probe = env::make(&id, &cfg.env_settings(cfg.seed)).context("starting the environment")?;
+    let probe =
+        env::make(&id, &cfg.env_settings(cfg.run.seed)).context("starting the environment")?;
     let (num_actions, obs) = (probe.num_actions(), probe.obs_spec());
     drop(probe);
-    let net = cfg.net_spec(obs).map_err(anyhow::Error::msg)?;
+    let net = rules::net_spec(&cfg, obs).map_err(anyhow::Error::msg)?;
 
     let mut trainer = Trainer {
         rule: rules::learner(&cfg, net, obs, num_actions, device),
@@ -138,15 +136,15 @@ pub fn run(
     // Shared memory: the queue (one lane per actor) and the weight snapshot.
     let layout = rules::slot_layout(&cfg, obs);
     // Local actors own lanes 0..processes; remote hosts' processes the --remote-lanes after.
-    let remote_lanes = if cfg.listen.is_some() {
-        cfg.remote_lanes
+    let remote_lanes = if cfg.listen.listen.is_some() {
+        cfg.listen.remote_lanes
     } else {
         0
     };
     let queue = ExperienceQueue::create(
         &shm::segment_name("queue"),
-        cfg.processes + remote_lanes,
-        cfg.queue_size,
+        cfg.procs.processes + remote_lanes,
+        cfg.actors.queue_size,
         layout,
     )
     .context("creating the experience queue")?;
@@ -166,15 +164,15 @@ pub fn run(
             served.copy_from(model);
             let slots = shm::InferenceSlots::create(
                 &inference_slots,
-                cfg.processes,
-                cfg.envs_per_actor,
+                cfg.procs.processes,
+                cfg.actors.envs_per_actor,
                 obs.bytes(),
                 served.act_width(),
             )
             .context("creating the inference request slots")?;
             let batching = Batching {
-                full: cfg.processes * cfg.envs_per_actor,
-                wait: Duration::from_micros(cfg.inference_wait_us),
+                full: cfg.procs.processes * cfg.actors.envs_per_actor,
+                wait: Duration::from_micros(cfg.actors.inference_wait_us),
             };
             Some(InferenceServer::start(slots, served, obs, batching)?)
         }
@@ -182,7 +180,7 @@ pub fn run(
 
     let (reports_tx, reports_rx) =
         ipc::channel::<ActorMsg>().context("creating the report channel")?;
-    let mut remote = match &cfg.listen {
+    let mut remote = match &cfg.listen.listen {
         None => None,
         Some(_) => {
             let server = RemoteServer::start(
@@ -190,7 +188,7 @@ pub fn run(
                     config: cfg.clone(),
                     queue: shm::segment_name("queue"),
                     snapshot: shm::segment_name("snapshot"),
-                    first_lane: cfg.processes,
+                    first_lane: cfg.procs.processes,
                     lanes: remote_lanes,
                     num_actions,
                     game: id.name().to_string(),
@@ -202,12 +200,12 @@ pub fn run(
                 "listening for actor hosts on {} ({} remote lanes{}{})",
                 server.local_addr(),
                 remote_lanes,
-                if cfg.auth_token_file.is_some() {
+                if cfg.remote.auth_token_file.is_some() {
                     ", token"
                 } else {
                     ""
                 },
-                match (&cfg.tls_cert, &cfg.tls_ca) {
+                match (&cfg.remote.tls_cert, &cfg.remote.tls_ca) {
                     (Some(_), Some(_)) => ", mutual TLS",
                     (Some(_), None) => ", TLS",
                     _ => "",
@@ -216,10 +214,14 @@ pub fn run(
             Some(server)
         }
     };
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let finals: Vec<f64> = (0..cfg.processes)
+    let mut rng = StdRng::seed_from_u64(cfg.run.seed);
+    let finals: Vec<f64> = (0..cfg.procs.processes)
         .map(|_| {
-            schedule::sample_final_epsilon(&cfg.final_epsilons, &cfg.final_epsilon_probs, rng.gen())
+            schedule::sample_final_epsilon(
+                &cfg.rule.exploration.final_epsilons,
+                &cfg.rule.exploration.final_epsilon_probs,
+                rng.gen(),
+            )
         })
         .collect();
     let pids = Arc::new(Mutex::new(Vec::new()));
@@ -235,7 +237,7 @@ pub fn run(
             // Differs between a run and its resumption, so resumed actors get fresh seeds.
             generation: counters.updates,
             start_timeout: Duration::from_secs(30),
-            evaluator: cfg.eval_every > 0 && cfg.bench_phase == BenchPhase::Training,
+            evaluator: cfg.run.eval_every > 0 && cfg.invocation.bench_phase == BenchPhase::Training,
         },
         pids,
     );
@@ -281,7 +283,7 @@ pub fn run(
         crate::say_err!("actors {killed:?} did not stop within 5 s and were killed");
     }
     counters.frames = queue.frames().load(Ordering::Relaxed);
-    let trained = cfg.bench_phase == BenchPhase::Training;
+    let trained = cfg.invocation.bench_phase == BenchPhase::Training;
     // A diverged run keeps its last periodic checkpoint as the newest: the weights that gave
     // a non-finite loss are not saved over it.
     let diverged = matches!(&outcome, Err(e) if e.is::<Diverged>());
@@ -369,11 +371,11 @@ fn restore(
         if !trainer.rule.load_replay(&replay)? {
             crate::say!("(this rule has no replay memory: the file is not used)");
         }
-    } else if cfg.algorithm == crate::config::Algorithm::Dqn {
+    } else if cfg.learner.algorithm.has_replay() {
         crate::say!(
             "no saved replay memory ({} does not exist): the replay memory starts empty and fills for --learning-starts {} frames before training goes on",
             replay.display(),
-            cfg.learning_starts
+            cfg.rule.replay.learning_starts
         );
     }
     crate::say!("resumed at {} frames, {} updates", st.frames, st.updates);
@@ -393,10 +395,12 @@ fn restore(
 fn inference_device(cfg: &Config, device: tch::Device) -> Result<Option<tch::Device>> {
     use crate::config::{DeviceChoice, InferenceChoice};
     // The limit benchmark runs no network in the actors.
-    if cfg.bench_phase == BenchPhase::Limit || cfg.inference == InferenceChoice::Actor {
+    if cfg.invocation.bench_phase == BenchPhase::Limit
+        || cfg.actors.inference == InferenceChoice::Actor
+    {
         return Ok(None);
     }
-    let served = match cfg.inference_device {
+    let served = match cfg.actors.inference_device {
         None | Some(DeviceChoice::Auto) => device,
         Some(choice) => {
             device::select(choice)
@@ -404,7 +408,7 @@ fn inference_device(cfg: &Config, device: tch::Device) -> Result<Option<tch::Dev
                 .0
         }
     };
-    let wanted =
-        cfg.inference == InferenceChoice::Learner || (served.is_cuda() && cfg.listen.is_none());
+    let wanted = cfg.actors.inference == InferenceChoice::Learner
+        || (served.is_cuda() && cfg.listen.listen.is_none());
     Ok(wanted.then_some(served))
 }

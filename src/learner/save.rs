@@ -25,14 +25,14 @@ pub(super) fn save(
         trainer.rule.optimizer_state(),
         &trainer.rule.extra_tensors(),
     )?;
-    if cfg.save_replay {
+    if cfg.rule.replay.save_replay {
         let replay = checkpoint::replay_path_for(run_dir, c.frames);
         trainer.rule.save_replay(&replay)?;
     }
-    checkpoint::prune(run_dir, cfg.keep_checkpoints).with_context(|| {
+    checkpoint::prune(run_dir, cfg.run.keep_checkpoints).with_context(|| {
         format!(
             "--keep-checkpoints {}: removing older checkpoints in {}",
-            cfg.keep_checkpoints,
+            cfg.run.keep_checkpoints,
             run_dir.display()
         )
     })?;

@@ -120,12 +120,12 @@ impl Interval {
     ) -> Row {
         let dt = now.duration_since(self.start).as_secs_f64().max(1e-9);
         // Actor-critic actors sample from their policy: no epsilon.
-        let epsilon = if cfg.algorithm.is_actor_critic() || finals.is_empty() {
+        let epsilon = if !cfg.learner.algorithm.explores_with_epsilon() || finals.is_empty() {
             0.0
         } else {
             finals
                 .iter()
-                .map(|f| schedule::epsilon(*f, cfg.eps_decay, c.frames))
+                .map(|f| schedule::epsilon(*f, cfg.rule.exploration.eps_decay, c.frames))
                 .sum::<f64>()
                 / finals.len().max(1) as f64
         };
@@ -140,7 +140,7 @@ impl Interval {
             epsilon,
             loss: self.means.as_ref().map(|s| s[0]),
             q_mean: self.means.as_ref().map(|s| s[1]),
-            lr: schedule::learning_rate(cfg.lr, cfg.lr_decay, c.frames),
+            lr: schedule::learning_rate(cfg.optim.lr, cfg.optim.lr_decay, c.frames),
             updates_per_s: (c.updates - self.updates) as f64 / dt,
             queue_fill: if self.fill_n > 0 {
                 self.fill_sum / self.fill_n as f64
@@ -185,16 +185,16 @@ pub(super) fn train(
         .with_context(|| format!("--logdir {}: cannot write metrics.csv", run_dir.display()))?;
     let mut board = Board::create(run_dir, &cfg.key_values(), c.frames)
         .with_context(|| format!("--logdir {}: TensorBoard", run_dir.display()))?;
-    let progress = Progress::new(c.frames, cfg.max_frames);
-    let mut batch = Batch::new(cfg.batch_size, queue.layout());
+    let progress = Progress::new(c.frames, cfg.run.max_frames);
+    let mut batch = Batch::new(cfg.learner.batch_size, queue.layout());
     let mut scores = ReturnWindow::new(100);
     let mut flat = vec![0f32; trainer.rule.model().numel()];
     let start = Instant::now();
     let wall0 = c.wall_s;
-    let log_every = Duration::from_secs_f64(cfg.log_interval);
+    let log_every = Duration::from_secs_f64(cfg.run.log_interval);
     let mut next_log = start + log_every;
     let mut interval = Interval::new(start, c);
-    let mut next_sync = c.frames + cfg.sync_frames;
+    let mut next_sync = c.frames + cfg.actors.sync_frames;
     // The versions that act: the snapshot's, or with --inference learner the inference
     // server's, which takes the weights of every update.
     let mut published = PublishLog::new();
@@ -207,7 +207,7 @@ pub(super) fn train(
         None => published.record(snapshot.version(), c.frames),
     }
     let mut served_before = inference.map(|s| s.stats()).unwrap_or_default();
-    let mut next_save = (c.frames / cfg.save_freq + 1) * cfg.save_freq;
+    let mut next_save = (c.frames / cfg.run.save_freq + 1) * cfg.run.save_freq;
     let mut ready = std::collections::BTreeSet::new();
     let mut next_reap = Instant::now();
     // The best evaluation so far, kept across resumptions in model-best.eval.json.
@@ -266,15 +266,15 @@ pub(super) fn train(
             ready.remove(&r.actor);
             progress.println(&format!(
                 "actor {} exited unexpectedly ({}) at {} frames; restarted it with seed {} (restart {} of --max-actor-restarts {})",
-                r.actor, r.status, c.frames, r.seed, r.restarts, cfg.max_actor_restarts
+                r.actor, r.status, c.frames, r.seed, r.restarts, cfg.procs.max_actor_restarts
             ));
         }
         let done = if stop.load(Ordering::Relaxed) {
             Some("stopping on signal".to_string())
-        } else if c.frames >= cfg.max_frames {
-            Some(format!("reached --max-frames {}", cfg.max_frames))
+        } else if c.frames >= cfg.run.max_frames {
+            Some(format!("reached --max-frames {}", cfg.run.max_frames))
         } else {
-            match (cfg.target_return, scores.mean()) {
+            match (cfg.run.target_return, scores.mean()) {
                 (Some(target), Some(mean)) if scores.is_full() && mean >= target => Some(format!(
                     "reached --target-return {target}: mean return {mean:.2} over the last 100 episodes at {} frames",
                     c.frames
@@ -285,10 +285,10 @@ pub(super) fn train(
         if done.is_none() {
             interval.fill_sum += queue.len() as f64 / queue.capacity() as f64;
             interval.fill_n += 1;
-            let trains = cfg.bench_phase == BenchPhase::Training;
+            let trains = cfg.invocation.bench_phase == BenchPhase::Training;
             let update = if trains && trainer.rule.ready(c.frames) {
                 let t = Instant::now();
-                let lr = schedule::learning_rate(cfg.lr, cfg.lr_decay, c.frames);
+                let lr = schedule::learning_rate(cfg.optim.lr, cfg.optim.lr_decay, c.frames);
                 let s = trainer.rule.update(lr).map_err(|s| Diverged {
                     frames: c.frames,
                     loss: s.loss,
@@ -331,7 +331,7 @@ pub(super) fn train(
                     if let Some(server) = remote {
                         server.published(version);
                     }
-                    next_sync = c.frames + cfg.sync_frames;
+                    next_sync = c.frames + cfg.actors.sync_frames;
                 }
                 if c.frames >= next_save {
                     c.wall_s = wall0 + start.elapsed().as_secs_f64();
@@ -339,7 +339,7 @@ pub(super) fn train(
                     // checkpoints are intact.
                     let path = save(cfg, trainer, c, run_dir)?;
                     progress.println(&format!("saved {}", path.display()));
-                    next_save = (c.frames / cfg.save_freq + 1) * cfg.save_freq;
+                    next_save = (c.frames / cfg.run.save_freq + 1) * cfg.run.save_freq;
                 }
             }
         }

@@ -157,12 +157,13 @@ struct Local {
 /// certificate, protocol, another game), `--reconnect-for` seconds without a learner, or a
 /// signal in `stop`. `cfg` holds this host's flags (`--connect`, `--processes`, security).
 pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
-    let target = cfg.connect.clone().context("--connect is not set")?;
+    let target = cfg.host.connect.clone().context("--connect is not set")?;
     let (host_part, _) = target
         .rsplit_once(':')
         .with_context(|| format!("--connect {target}: not HOST:PORT"))?;
     let tls = super::client_tls(&cfg, host_part)?;
     let token = cfg
+        .remote
         .auth_token_file
         .as_deref()
         .map(super::read_token)
@@ -203,7 +204,7 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
         build: super::BUILD.into(),
         host_id: rand::thread_rng().gen_range(1..u64::MAX),
         name: format!("{name}:{}", std::process::id()),
-        processes: cfg.processes as u32,
+        processes: cfg.procs.processes as u32,
         run_id: 0,
     };
     let mut host = Host {
@@ -242,7 +243,7 @@ impl Host {
     async fn serve(&mut self) -> Result<()> {
         let mut backoff = BACKOFF_MIN;
         let mut last_ok = Instant::now();
-        let patience = Duration::from_secs_f64(self.cfg.reconnect_for);
+        let patience = Duration::from_secs_f64(self.cfg.host.reconnect_for);
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(());
@@ -360,7 +361,7 @@ impl Host {
             "joined the learner at {} as host {} ({} actor processes, {} at {} frames)",
             self.target,
             welcome.host,
-            self.cfg.processes,
+            self.cfg.procs.processes,
             welcome.game,
             welcome.frames
         );
@@ -406,13 +407,13 @@ impl Host {
         let (mut cfg, _): (Config, usize) =
             bincode::serde::decode_from_slice(&w.config, bincode::config::standard())
                 .map_err(|e| anyhow!("the learner's config does not decode: {e}"))?;
-        cfg.processes = self.cfg.processes;
-        cfg.seed = w.seed;
-        cfg.eval_every = 0;
-        cfg.max_actor_restarts = self.cfg.max_actor_restarts;
-        cfg.actor_nice = self.cfg.actor_nice;
+        cfg.procs.processes = self.cfg.procs.processes;
+        cfg.run.seed = w.seed;
+        cfg.run.eval_every = 0;
+        cfg.procs.max_actor_restarts = self.cfg.procs.max_actor_restarts;
+        cfg.procs.actor_nice = self.cfg.procs.actor_nice;
         let id = cfg.env_id().map_err(anyhow::Error::msg)?;
-        let probe = crate::env::make(&id, &cfg.env_settings(cfg.seed))
+        let probe = crate::env::make(&id, &cfg.env_settings(cfg.run.seed))
             .with_context(|| format!("starting {} on this host", id.name()))?;
         let (num_actions, obs) = (probe.num_actions(), probe.obs_spec());
         drop(probe);
@@ -424,11 +425,11 @@ impl Host {
                 w.game, w.num_actions, w.slot_bytes, num_actions, slot_bytes
             );
         }
-        if w.final_epsilons.len() != cfg.processes {
+        if w.final_epsilons.len() != cfg.procs.processes {
             bail!(
                 "the learner sent {} final epsilons for {} processes",
                 w.final_epsilons.len(),
-                cfg.processes
+                cfg.procs.processes
             );
         }
         let queue_name = shm::segment_name("host-queue");
@@ -436,8 +437,8 @@ impl Host {
         let queue = Arc::new(
             ExperienceQueue::create(
                 &queue_name,
-                cfg.processes,
-                cfg.processes * LANE_SLOTS,
+                cfg.procs.processes,
+                cfg.procs.processes * LANE_SLOTS,
                 layout,
             )
             .context("creating this host's queue")?,

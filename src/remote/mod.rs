@@ -50,8 +50,9 @@ use std::time::Duration;
 
 use crate::config::Config;
 
-/// Version of the session protocol; a host of another version is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of the session protocol; a host of another version is refused. 2: the Welcome's
+/// config is encoded in groups (`config::Config` since the settings groups).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The build a host must match: the config and the slots travel in its encoding.
 pub const BUILD: &str = env!("CARGO_PKG_VERSION");
@@ -93,12 +94,12 @@ pub fn max_message_bytes(slot_bytes: usize, numel: usize) -> usize {
 /// [`Config::validate`]).
 pub fn check_flags(cfg: &Config) -> Vec<String> {
     let mut e = Vec::new();
-    if cfg.listen.is_some() && cfg.connect.is_some() {
+    if cfg.listen.listen.is_some() && cfg.host.connect.is_some() {
         e.push("--listen and --connect: a process is either the learner (--listen) or an actor host (--connect), not both".into());
     }
-    if let Some(addr) = &cfg.listen {
+    if let Some(addr) = &cfg.listen.listen {
         match addr.parse::<std::net::SocketAddr>() {
-            Ok(a) if !a.ip().is_loopback() && cfg.auth_token_file.is_none() => e.push(format!(
+            Ok(a) if !a.ip().is_loopback() && cfg.remote.auth_token_file.is_none() => e.push(format!(
                 "--listen {addr}: any machine that reaches this port could join the run; give --auth-token-file FILE (a shared secret the hosts present too), or listen on 127.0.0.1"
             )),
             Ok(_) => {}
@@ -107,27 +108,27 @@ pub fn check_flags(cfg: &Config) -> Vec<String> {
             )),
         }
     }
-    if let Some(target) = &cfg.connect {
+    if let Some(target) = &cfg.host.connect {
         let port = target.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
         if !matches!(port, Some((h, Ok(p))) if !h.is_empty() && p > 0) {
             e.push(format!(
                 "--connect {target}: not HOST:PORT (e.g. learner-0.example.org:7070, 10.0.0.5:7070)"
             ));
         }
-        if !(cfg.reconnect_for.is_finite() && cfg.reconnect_for > 0.0) {
+        if !(cfg.host.reconnect_for.is_finite() && cfg.host.reconnect_for > 0.0) {
             e.push(format!(
                 "--reconnect-for {}: must be a positive number of seconds",
-                cfg.reconnect_for
+                cfg.host.reconnect_for
             ));
         }
     }
-    let remote = cfg.listen.is_some() || cfg.connect.is_some();
+    let remote = cfg.listen.listen.is_some() || cfg.host.connect.is_some();
     for (flag, given) in [
-        ("--auth-token-file", cfg.auth_token_file.is_some()),
-        ("--tls-cert", cfg.tls_cert.is_some()),
-        ("--tls-key", cfg.tls_key.is_some()),
-        ("--tls-ca", cfg.tls_ca.is_some()),
-        ("--tls-domain", cfg.tls_domain.is_some()),
+        ("--auth-token-file", cfg.remote.auth_token_file.is_some()),
+        ("--tls-cert", cfg.remote.tls_cert.is_some()),
+        ("--tls-key", cfg.remote.tls_key.is_some()),
+        ("--tls-ca", cfg.remote.tls_ca.is_some()),
+        ("--tls-domain", cfg.host.tls_domain.is_some()),
     ] {
         if given && !remote {
             e.push(format!(
@@ -135,24 +136,24 @@ pub fn check_flags(cfg: &Config) -> Vec<String> {
             ));
         }
     }
-    if cfg.tls_cert.is_some() != cfg.tls_key.is_some() {
+    if cfg.remote.tls_cert.is_some() != cfg.remote.tls_key.is_some() {
         e.push(
             "--tls-cert and --tls-key: give both (a certificate and its private key) or neither"
                 .into(),
         );
     }
-    if cfg.listen.is_some() && cfg.tls_ca.is_some() && cfg.tls_cert.is_none() {
+    if cfg.listen.listen.is_some() && cfg.remote.tls_ca.is_some() && cfg.remote.tls_cert.is_none() {
         e.push("--tls-ca with --listen asks for mutual TLS, which needs the learner's own --tls-cert and --tls-key".into());
     }
-    if cfg.connect.is_some() && cfg.tls_ca.is_none() {
-        if cfg.tls_cert.is_some() {
+    if cfg.host.connect.is_some() && cfg.remote.tls_ca.is_none() {
+        if cfg.remote.tls_cert.is_some() {
             e.push("--tls-cert with --connect is this host's client certificate for mutual TLS; TLS also needs --tls-ca (the CA that signed the learner's certificate)".into());
         }
-        if cfg.tls_domain.is_some() {
+        if cfg.host.tls_domain.is_some() {
             e.push("--tls-domain: only with --tls-ca (TLS)".into());
         }
     }
-    if cfg.listen.is_some() && cfg.tls_domain.is_some() {
+    if cfg.listen.listen.is_some() && cfg.host.tls_domain.is_some() {
         e.push(
             "--tls-domain: only with --connect (the name the learner's certificate must carry)"
                 .into(),

@@ -117,7 +117,7 @@ pub struct RemoteServer {
 }
 
 impl RemoteServer {
-    /// Binds `cfg.listen` and serves hosts from the lanes of `settings`. `log` prints a line
+    /// Binds `cfg.listen.listen` and serves hosts from the lanes of `settings`. `log` prints a line
     /// for people (sessions opening and ending, refusals). Errors: the address cannot be
     /// bound, the token or TLS files cannot be read, the queue or snapshot cannot be opened.
     pub fn start(
@@ -125,8 +125,9 @@ impl RemoteServer {
         log: impl Fn(&str) + Send + Sync + 'static,
     ) -> Result<RemoteServer> {
         let cfg = settings.config;
-        let listen = cfg.listen.clone().context("--listen is not set")?;
+        let listen = cfg.listen.listen.clone().context("--listen is not set")?;
         let token = cfg
+            .remote
             .auth_token_file
             .as_deref()
             .map(super::read_token)
@@ -468,13 +469,17 @@ fn welcome(shared: &Shared, lanes: &[usize], last_seq: u64, host: u32) -> wire::
     let cfg = &shared.config;
     let generation = shared.generation.fetch_add(1, Ordering::SeqCst);
     let mut rng = rand::rngs::StdRng::seed_from_u64(actor_seed(
-        cfg.seed,
+        cfg.run.seed,
         1 << 20 | host as usize,
         generation,
     ));
     let final_epsilons = (0..lanes.len())
         .map(|_| {
-            schedule::sample_final_epsilon(&cfg.final_epsilons, &cfg.final_epsilon_probs, rng.gen())
+            schedule::sample_final_epsilon(
+                &cfg.rule.exploration.final_epsilons,
+                &cfg.rule.exploration.final_epsilon_probs,
+                rng.gen(),
+            )
         })
         .collect();
     wire::Welcome {

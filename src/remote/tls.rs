@@ -29,10 +29,10 @@ pub fn client_tls(
     host: &str,
 ) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-    let Some(ca) = &cfg.tls_ca else {
+    let Some(ca) = &cfg.remote.tls_ca else {
         return Ok(None);
     };
-    let domain = cfg.tls_domain.clone().unwrap_or_else(|| {
+    let domain = cfg.host.tls_domain.clone().unwrap_or_else(|| {
         host.trim_start_matches('[')
             .trim_end_matches(']')
             .to_string()
@@ -41,7 +41,7 @@ pub fn client_tls(
         .ca_certificate(Certificate::from_pem(read_pem("--tls-ca", ca)?))
         .domain_name(domain)
         .timeout(Duration::from_secs(10));
-    if let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) {
+    if let (Some(cert), Some(key)) = (&cfg.remote.tls_cert, &cfg.remote.tls_key) {
         tls = tls.identity(Identity::from_pem(
             read_pem("--tls-cert", cert)?,
             read_pem("--tls-key", key)?,
@@ -62,7 +62,7 @@ pub fn server_tls(
     use tokio_rustls::rustls::{
         crypto::ring, server::WebPkiClientVerifier, RootCertStore, ServerConfig,
     };
-    let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) else {
+    let (Some(cert), Some(key)) = (&cfg.remote.tls_cert, &cfg.remote.tls_key) else {
         return Ok(None);
     };
     let certs = |flag: &str, path: &Path| -> anyhow::Result<Vec<CertificateDer<'static>>> {
@@ -83,7 +83,7 @@ pub fn server_tls(
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
-    let builder = match &cfg.tls_ca {
+    let builder = match &cfg.remote.tls_ca {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             for c in certs("--tls-ca", ca)? {

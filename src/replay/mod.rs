@@ -25,6 +25,19 @@ use crate::env::ObsSpec;
 pub use frames::FrameStore;
 pub use sum_tree::SumTree;
 
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+/// How the replay memory stores its (deduplicated) observation pieces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplayCompression {
+    /// LZ4 blocks (lz4_flex): an Atari frame of 7,056 bytes takes a few hundred.
+    Lz4,
+    /// Raw bytes: more memory, no decompression when sampling.
+    None,
+}
+
 /// Proportional prioritization's settings (Schaul et al. 2016, section 3.3).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Priorities {

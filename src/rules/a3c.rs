@@ -12,13 +12,25 @@
 //! [`super::actor_critic`] with `R_i` as the value target and `R_i - V(s_i)` (current weights,
 //! not differentiated) as the advantage.
 
-use tch::Tensor;
-
 use super::actor_critic::{self, Sums};
-use super::{LearnerRule, NonFinite, QCore, RuleMetrics, UpdateStats};
+use super::nstep_q::{n_step_horizon, returns_layout, Segment};
+use super::{Family, Head, LearnerRule, NonFinite, QCore, RuleMetrics, RuleSpec, UpdateStats};
 use crate::config::Config;
-use crate::model::QNetwork;
+use crate::returns::Bootstrap;
 use crate::shm::Batch;
+
+/// `--algorithm a3c`.
+pub static SPEC: RuleSpec = RuleSpec {
+    name: "a3c",
+    about: "Advantage actor-critic (A3C, Mnih et al. 2016): the actor samples from the snapshot's policy and bootstraps n-step returns with its V(s')",
+    head: Head::ActorCritic,
+    reads: &[Family::NStep, Family::ActorCritic],
+    horizon: n_step_horizon,
+    // The actor computes its n-step returns as n-step Q's does, bootstrapped with V(s').
+    adder: |cfg, obs| Box::new(Segment::new(cfg, obs.bytes(), Bootstrap::Value)),
+    slot_layout: returns_layout,
+    learner: |core, cfg| Box::new(Learner::new(core, cfg)),
+};
 
 /// The learner half: one actor-critic step on every full batch of n-step returns.
 pub struct Learner {
@@ -35,10 +47,10 @@ impl Learner {
         let layout = super::slot_layout(cfg, core.obs);
         Learner {
             core,
-            held: Batch::new(cfg.batch_size, layout),
+            held: Batch::new(cfg.learner.batch_size, layout),
             ready: false,
-            value_coef: cfg.value_coef,
-            entropy_coef: cfg.entropy_coef,
+            value_coef: cfg.rule.actor_critic.value_coef,
+            entropy_coef: cfg.rule.actor_critic.entropy_coef,
             sums: Sums::default(),
         }
     }
@@ -89,20 +101,12 @@ impl LearnerRule for Learner {
         result.map(Some)
     }
 
-    fn model(&self) -> &QNetwork {
-        &self.core.model
+    fn core(&self) -> &QCore {
+        &self.core
     }
 
-    fn optimizer_state(&self) -> &[Tensor] {
-        self.core.optim.state()
-    }
-
-    fn extra_tensors(&self) -> Vec<(String, Tensor)> {
-        Vec::new()
-    }
-
-    fn restore(&mut self, ckpt: &crate::checkpoint::Checkpoint) -> Result<(), String> {
-        self.core.restore(ckpt)
+    fn core_mut(&mut self) -> &mut QCore {
+        &mut self.core
     }
 
     fn metrics(&mut self) -> RuleMetrics {
@@ -114,7 +118,8 @@ impl LearnerRule for Learner {
 mod tests {
     use super::super::nstep_q::Segment;
     use super::super::{Adder, ExperienceSink, StepEnd};
-    use crate::config::{Algorithm, Config};
+    use crate::config::Config;
+    use crate::returns::Bootstrap;
     use crate::shm::{PushError, Transition};
 
     #[derive(Default)]
@@ -131,13 +136,9 @@ mod tests {
     /// V), walked back with gamma; 0 after a terminal; V(s') after a truncation.
     #[test]
     fn n_step_advantage_targets_bootstrap_with_the_snapshots_value() {
-        let cfg = Config {
-            n_step: 3,
-            gamma: 0.5,
-            algorithm: Algorithm::A3c,
-            ..Config::default()
-        };
-        let mut seg = Segment::new(&cfg, 1);
+        let cfg =
+            Config::from_flags(["--algorithm", "a3c", "--n-step", "3", "--gamma", "0.5"]).unwrap();
+        let mut seg = Segment::new(&cfg, 1, Bootstrap::Value);
         let mut out = Collect::default();
         let mut never = |_: &[u8]| -> (Vec<f32>, usize) { panic!("no truncation here") };
         // Outputs of 2 actions: logits, then V(s). The logits must not matter.

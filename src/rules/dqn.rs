@@ -31,14 +31,38 @@ use rand::{rngs::StdRng, SeedableRng};
 use tch::{Kind, Tensor};
 
 use super::{
-    Adder, ExperienceSink, LearnerRule, NonFinite, QCore, RuleMetrics, StepEnd, UpdateStats,
-    ValuesOf,
+    Adder, ExperienceSink, Family, Head, LearnerRule, NonFinite, QCore, RuleMetrics, RuleSpec,
+    StepEnd, UpdateStats, ValuesOf,
 };
 use crate::config::Config;
+use crate::env::ObsSpec;
 use crate::model::QNetwork;
-use crate::replay::{Priorities, ReplayMemory, Sample};
+use crate::replay::{Priorities, ReplayCompression, ReplayMemory, Sample};
 use crate::schedule::LinearSchedule;
-use crate::shm::{Batch, PushError, Transition};
+use crate::shm::{Batch, PushError, SlotLayout, Transition};
+
+/// `--algorithm dqn`.
+pub static SPEC: RuleSpec = RuleSpec {
+    name: "dqn",
+    about: "DQN from a replay memory with a target network (double Q by default; prioritized with --prioritized): the learner bootstraps",
+    head: Head::Q,
+    reads: &[
+        Family::NStep,
+        Family::QValue,
+        Family::Exploration,
+        Family::Replay,
+    ],
+    horizon: super::nstep_q::n_step_horizon,
+    adder: |cfg, obs| {
+        Box::new(NStepWindow::new(
+            cfg.rule.n_step.n_step,
+            cfg.learner.gamma,
+            obs.bytes(),
+        ))
+    },
+    slot_layout: |_cfg, obs: ObsSpec| SlotLayout::transitions(obs.bytes(), true),
+    learner: |core, cfg| Box::new(Learner::new(core, cfg)),
+};
 
 /// The actor half: a sliding window of the last n steps of one environment.
 pub struct NStepWindow {
@@ -194,29 +218,30 @@ impl Learner {
         );
         let mut target = target;
         target.copy_from(&core.model);
-        let prioritized = cfg.prioritized.then_some(Priorities {
-            alpha: cfg.priority_alpha,
+        let replay = &cfg.rule.replay;
+        let prioritized = replay.prioritized.then_some(Priorities {
+            alpha: replay.priority_alpha,
             epsilon: 1e-6,
         });
         Learner {
             memory: ReplayMemory::new(
                 core.obs,
-                cfg.replay_size,
+                replay.replay_size,
                 prioritized,
-                cfg.replay_compression == crate::config::ReplayCompression::Lz4,
+                replay.replay_compression == ReplayCompression::Lz4,
             ),
             target,
             core,
             sample: Sample::default(),
-            rng: StdRng::seed_from_u64(cfg.seed ^ 0xD0_0D),
-            batch_size: cfg.batch_size,
-            replay_ratio: cfg.replay_ratio,
-            learning_starts: cfg.learning_starts,
-            target_update: cfg.target_update,
-            double_q: cfg.double_q,
-            beta: cfg
+            rng: StdRng::seed_from_u64(cfg.run.seed ^ 0xD0_0D),
+            batch_size: cfg.learner.batch_size,
+            replay_ratio: replay.replay_ratio,
+            learning_starts: replay.learning_starts,
+            target_update: replay.target_update,
+            double_q: replay.double_q,
+            beta: replay
                 .prioritized
-                .then(|| LinearSchedule::new(cfg.priority_beta, 1.0, cfg.max_frames)),
+                .then(|| LinearSchedule::new(replay.priority_beta, 1.0, cfg.run.max_frames)),
             first_frames: None,
             inserted_at_start: None,
             sampled: 0,
@@ -334,12 +359,12 @@ impl LearnerRule for Learner {
         Ok(Some(stats))
     }
 
-    fn model(&self) -> &QNetwork {
-        &self.core.model
+    fn core(&self) -> &QCore {
+        &self.core
     }
 
-    fn optimizer_state(&self) -> &[Tensor] {
-        self.core.optim.state()
+    fn core_mut(&mut self) -> &mut QCore {
+        &mut self.core
     }
 
     fn extra_tensors(&self) -> Vec<(String, Tensor)> {

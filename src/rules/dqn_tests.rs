@@ -1,6 +1,6 @@
 use super::*;
-use crate::config::{Algorithm, Network};
 use crate::env::ObsSpec;
+use crate::model::Network;
 use crate::shm::SlotLayout;
 use tch::Device;
 
@@ -65,17 +65,17 @@ fn double_q_takes_the_online_networks_action_and_the_target_networks_value() {
 }
 
 fn cartpole_cfg() -> Config {
-    Config {
-        game: "CartPole".into(),
-        algorithm: Algorithm::Dqn,
-        network: Network::Mlp,
-        batch_size: 4,
-        replay_size: 100,
-        learning_starts: 0,
-        replay_ratio: 2.0,
-        target_update: 3,
-        ..Config::default()
-    }
+    Config::from_flags([
+        "--game=CartPole",
+        "--algorithm=dqn",
+        "--network=mlp",
+        "--batch-size=4",
+        "--replay-size=100",
+        "--learning-starts=0",
+        "--replay-ratio=2",
+        "--target-update=3",
+    ])
+    .unwrap()
 }
 
 fn learner(cfg: &Config) -> Learner {
@@ -118,7 +118,7 @@ fn the_replay_ratio_is_held_in_both_directions() {
         // Never ahead of 2 samples per insert (plus one batch of slack), never behind by
         // more than one batch once the learner has caught up.
         let since = inserted - 8;
-        let sampled = updates * cfg.batch_size;
+        let sampled = updates * cfg.learner.batch_size;
         assert!(sampled as f64 <= 2.0 * since as f64 + 4.0, "round {round}");
         assert!(sampled as f64 + 4.0 > 2.0 * since as f64, "round {round}");
     }
@@ -130,10 +130,8 @@ fn the_replay_ratio_is_held_in_both_directions() {
 
 #[test]
 fn learning_waits_for_learning_starts_frames() {
-    let cfg = Config {
-        learning_starts: 5000,
-        ..cartpole_cfg()
-    };
+    let mut cfg = cartpole_cfg();
+    cfg.rule.replay.learning_starts = 5000;
     let mut l = learner(&cfg);
     l.insert(&mut batch(8, 0), 1000);
     assert!(!l.ready(5999), "4999 frames after the first insertion");
@@ -142,10 +140,8 @@ fn learning_waits_for_learning_starts_frames() {
 
 #[test]
 fn the_target_network_follows_the_online_one_every_target_update_updates() {
-    let cfg = Config {
-        replay_ratio: 100.0,
-        ..cartpole_cfg()
-    };
+    let mut cfg = cartpole_cfg();
+    cfg.rule.replay.replay_ratio = 100.0;
     let mut l = learner(&cfg);
     let flat = |n: &QNetwork| {
         let mut v = vec![0f32; n.numel()];
@@ -169,10 +165,8 @@ fn the_target_network_follows_the_online_one_every_target_update_updates() {
 
 #[test]
 fn prioritized_updates_report_priorities_and_weights() {
-    let cfg = Config {
-        prioritized: true,
-        ..cartpole_cfg()
-    };
+    let mut cfg = cartpole_cfg();
+    cfg.rule.replay.prioritized = true;
     let mut l = learner(&cfg);
     l.insert(&mut batch(16, 0), 0);
     assert!(l.ready(0), "learning starts");

@@ -20,13 +20,29 @@ use tch::{Device, Kind, Tensor};
 use super::actor_critic::{self, Sums};
 use super::vtrace::{vtrace, Clip};
 use super::{
-    Adder, ExperienceSink, LearnerRule, NonFinite, QCore, RuleMetrics, StepEnd, UpdateStats,
-    ValuesOf,
+    Adder, ExperienceSink, Family, Head, LearnerRule, NonFinite, QCore, RuleMetrics, RuleSpec,
+    StepEnd, UpdateStats, ValuesOf,
 };
 use crate::config::Config;
 use crate::env::ObsSpec;
-use crate::model::QNetwork;
 use crate::shm::{Batch, PushError, Segment, SlotLayout};
+
+/// `--algorithm impala`.
+pub static SPEC: RuleSpec = RuleSpec {
+    name: "impala",
+    about: "IMPALA (Espeholt et al. 2018): the actor pushes whole segments with its behaviour policy's log-probabilities; the learner corrects for the lag with V-trace",
+    head: Head::ActorCritic,
+    reads: &[Family::ActorCritic, Family::VTrace],
+    horizon: |cfg| format!("segments of {} steps", cfg.rule.vtrace.unroll),
+    adder: |cfg, obs| Box::new(Unroll::new(segments_layout(cfg, obs))),
+    slot_layout: segments_layout,
+    learner: |core, cfg| Box::new(Learner::new(core, cfg)),
+};
+
+/// IMPALA's slots: segments of `--unroll` steps, stored as frames.
+fn segments_layout(cfg: &Config, obs: ObsSpec) -> SlotLayout {
+    SlotLayout::segments(obs.bytes(), cfg.rule.vtrace.unroll, super::frame_bytes(obs))
+}
 
 /// log softmax(logits)[a], computed stably.
 pub fn log_prob(logits: &[f32], a: usize) -> f32 {
@@ -147,19 +163,22 @@ pub struct Learner {
 impl Learner {
     pub fn new(core: QCore, cfg: &Config) -> Self {
         let layout = super::slot_layout(cfg, core.obs);
-        let (rho, c) = (cfg.vtrace_rho as f32, cfg.vtrace_c as f32);
+        let (rho, c) = (
+            cfg.rule.vtrace.vtrace_rho as f32,
+            cfg.rule.vtrace.vtrace_c as f32,
+        );
         Learner {
             core,
-            held: Batch::new(cfg.batch_size, layout),
+            held: Batch::new(cfg.learner.batch_size, layout),
             ready: false,
-            gamma: cfg.gamma,
+            gamma: cfg.learner.gamma,
             clip: Clip {
                 rho_bar: rho,
                 c_bar: c,
                 pg_rho_bar: rho,
             },
-            value_coef: cfg.value_coef,
-            entropy_coef: cfg.entropy_coef,
+            value_coef: cfg.rule.actor_critic.value_coef,
+            entropy_coef: cfg.rule.actor_critic.entropy_coef,
             sums: Sums::default(),
         }
     }
@@ -296,20 +315,12 @@ impl LearnerRule for Learner {
         result.map(Some)
     }
 
-    fn model(&self) -> &QNetwork {
-        &self.core.model
+    fn core(&self) -> &QCore {
+        &self.core
     }
 
-    fn optimizer_state(&self) -> &[Tensor] {
-        self.core.optim.state()
-    }
-
-    fn extra_tensors(&self) -> Vec<(String, Tensor)> {
-        Vec::new()
-    }
-
-    fn restore(&mut self, ckpt: &crate::checkpoint::Checkpoint) -> Result<(), String> {
-        self.core.restore(ckpt)
+    fn core_mut(&mut self) -> &mut QCore {
+        &mut self.core
     }
 
     fn metrics(&mut self) -> RuleMetrics {

@@ -1,7 +1,7 @@
 use super::*;
-use crate::config::{Algorithm, Network};
 use crate::env::ObsSpec;
 use crate::model::HeadKind;
+use crate::model::Network;
 use crate::shm::{ExperienceQueue, Transition};
 
 /// A pushed segment, owned: frames, actions, rewards, log-probabilities, terminal.
@@ -151,17 +151,15 @@ fn the_segment_slot_round_trips_through_the_queue() {
 }
 
 fn impala_config(unroll: usize, batch: usize, network: Network) -> Config {
-    Config {
-        algorithm: Algorithm::Impala,
-        unroll,
-        batch_size: batch,
-        network,
-        ..Config::default()
-    }
+    let mut cfg = Config::from_flags(["--algorithm=impala"]).unwrap();
+    cfg.rule.vtrace.unroll = unroll;
+    cfg.learner.batch_size = batch;
+    cfg.net.network = network;
+    cfg
 }
 
 fn learner(cfg: &Config, obs: ObsSpec, actions: usize) -> Learner {
-    let net = cfg.net_spec(obs).unwrap();
+    let net = crate::rules::net_spec(cfg, obs).unwrap();
     assert_eq!(net.head, HeadKind::ActorCritic);
     Learner::new(QCore::new(cfg, net, obs, actions, Device::Cpu), cfg)
 }
@@ -210,10 +208,8 @@ fn the_learner_rebuilds_every_stacked_atari_observation_from_the_frames() {
 fn on_policy_segments_have_importance_weights_of_one_and_an_update_learns() {
     tch::manual_seed(0);
     let obs = ObsSpec::Vector(4);
-    let cfg = Config {
-        lr: 1e-2,
-        ..impala_config(5, 3, Network::Mlp)
-    };
+    let mut cfg = impala_config(5, 3, Network::Mlp);
+    cfg.optim.lr = 1e-2;
     let mut l = learner(&cfg, obs, 2);
     let layout = super::super::slot_layout(&cfg, obs);
     let mut batch = Batch::new(3, layout);

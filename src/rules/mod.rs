@@ -8,8 +8,10 @@
 //!   can run, owns its loss and its extra state (a target network, a replay memory) and what of
 //!   it a checkpoint keeps.
 //!
-//! The loops know no rule by name: [`adder`], [`slot_layout`] and [`learner`] pick the halves
-//! from the config. Rules: [`nstep_q`] (`--algorithm q|sarsa`, Mnih et al. 2016), [`dqn`]
+//! Each rule declares itself once, in its module, as a [`RuleSpec`] (its name, head, the
+//! families of settings it reads, the constructors of its halves); [`RULES`] lists them. The
+//! loops know no rule by name: [`adder`], [`slot_layout`] and [`learner`] call the halves of
+//! the config's rule. Rules: [`nstep_q`] (`--algorithm q|sarsa`, Mnih et al. 2016), [`dqn`]
 //! (`--algorithm dqn`: replay memory, target network, double Q, prioritized replay), [`a3c`]
 //! (`--algorithm a3c`, the advantage actor-critic of Mnih et al. 2016) and [`impala`]
 //! (`--algorithm impala`, V-trace, Espeholt et al. 2018); [`actor_critic`] holds what the last
@@ -20,16 +22,24 @@ pub mod actor_critic;
 pub mod dqn;
 pub mod impala;
 pub mod nstep_q;
+mod settings;
+mod spec;
 pub mod vtrace;
+
+pub use settings::{
+    ActorCriticSettings, ExplorationSettings, Loss, NStepSettings, QValueSettings, ReplaySettings,
+    RuleSettings, VTraceSettings,
+};
+pub use spec::{Algorithm, Family, Head, RuleSpec, RULES};
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use tch::{Device, Tensor};
 
-use crate::config::{Algorithm, Config};
+use crate::config::Config;
 use crate::env::ObsSpec;
-use crate::model::{NetSpec, QNetwork};
+use crate::model::{HeadKind, NetSpec, QNetwork};
 use crate::shm::{Batch, PushError, Segment, SlotLayout, Transition};
 
 /// Where an actor's experience goes: the transport seam. The shared-memory queue's lane is the
@@ -119,14 +129,7 @@ pub trait Adder {
 
 /// The actor half of `cfg`'s rule for observations `obs`.
 pub fn adder(cfg: &Config, obs: ObsSpec) -> Box<dyn Adder> {
-    match cfg.algorithm {
-        // A3C's actor computes its n-step returns as n-step Q's does, bootstrapped with V(s').
-        Algorithm::Q | Algorithm::Sarsa | Algorithm::A3c => {
-            Box::new(nstep_q::Segment::new(cfg, obs.bytes()))
-        }
-        Algorithm::Dqn => Box::new(dqn::NStepWindow::new(cfg.n_step, cfg.gamma, obs.bytes())),
-        Algorithm::Impala => Box::new(impala::Unroll::new(slot_layout(cfg, obs))),
-    }
+    (cfg.learner.algorithm.adder)(cfg, obs)
 }
 
 /// Bytes of one frame of a stacked observation: a frame of `[c, h, w]` frames, the whole
@@ -141,10 +144,21 @@ pub fn frame_bytes(obs: ObsSpec) -> usize {
 /// The queue's slot layout for `cfg`'s rule: rules that bootstrap on the learner carry the
 /// next observation; IMPALA's actors push segments of `--unroll` steps.
 pub fn slot_layout(cfg: &Config, obs: ObsSpec) -> SlotLayout {
-    match cfg.algorithm {
-        Algorithm::Impala => SlotLayout::segments(obs.bytes(), cfg.unroll, frame_bytes(obs)),
-        a => SlotLayout::transitions(obs.bytes(), a == Algorithm::Dqn),
-    }
+    (cfg.learner.algorithm.slot_layout)(cfg, obs)
+}
+
+/// The network `cfg`'s rule trains for observations `obs`: `--network` resolved (see
+/// [`crate::model::resolve_network`]) with the rule's head, Q-values (dueling with
+/// `--dueling`) or a policy and a value.
+pub fn net_spec(cfg: &Config, obs: ObsSpec) -> Result<NetSpec, String> {
+    Ok(NetSpec {
+        arch: crate::model::resolve_network(cfg.net.network, obs)?,
+        head: match cfg.learner.algorithm.head {
+            Head::ActorCritic => HeadKind::ActorCritic,
+            Head::Q if cfg.rule.q.dueling => HeadKind::Dueling,
+            Head::Q => HeadKind::Q,
+        },
+    })
 }
 
 /// What the on-policy learners (n-step Q, a3c, impala) do with a popped batch: when `batch`
@@ -252,18 +266,32 @@ pub trait LearnerRule {
     /// touches the weights (on a GPU the learner finds it in the interval's sums).
     fn update(&mut self, lr: f64) -> Result<Option<UpdateStats>, NonFinite>;
 
+    /// The online network and its optimizer.
+    fn core(&self) -> &QCore;
+
+    /// [`LearnerRule::core`], mutable.
+    fn core_mut(&mut self) -> &mut QCore;
+
     /// The online network (snapshots, checkpoints).
-    fn model(&self) -> &QNetwork;
+    fn model(&self) -> &QNetwork {
+        &self.core().model
+    }
 
     /// The optimizer state, one tensor per parameter of [`LearnerRule::model`], in order.
-    fn optimizer_state(&self) -> &[Tensor];
+    fn optimizer_state(&self) -> &[Tensor] {
+        self.core().optim.state()
+    }
 
-    /// Extra named tensors a checkpoint keeps (e.g. `target/<param>`).
-    fn extra_tensors(&self) -> Vec<(String, Tensor)>;
+    /// Extra named tensors a checkpoint keeps (e.g. `target/<param>`); none by default.
+    fn extra_tensors(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
 
     /// Restores the weights, optimizer state and extras of a checkpoint; errors name what is
     /// missing or mis-shaped.
-    fn restore(&mut self, ckpt: &crate::checkpoint::Checkpoint) -> Result<(), String>;
+    fn restore(&mut self, ckpt: &crate::checkpoint::Checkpoint) -> Result<(), String> {
+        self.core_mut().restore(ckpt)
+    }
 
     /// Numbers for the metrics row ending now; resets the interval's sums.
     fn metrics(&mut self) -> RuleMetrics;
@@ -290,12 +318,7 @@ pub fn learner(
     device: Device,
 ) -> Box<dyn LearnerRule> {
     let core = QCore::new(cfg, net, obs, num_actions, device);
-    match cfg.algorithm {
-        Algorithm::Q | Algorithm::Sarsa => Box::new(nstep_q::Learner::new(core, cfg)),
-        Algorithm::Dqn => Box::new(dqn::Learner::new(core, cfg)),
-        Algorithm::A3c => Box::new(a3c::Learner::new(core, cfg)),
-        Algorithm::Impala => Box::new(impala::Learner::new(core, cfg)),
-    }
+    (cfg.learner.algorithm.learner)(core, cfg)
 }
 
 /// What every rule's learner has: the online network, its RMSProp and the loss settings.
@@ -304,26 +327,32 @@ pub struct QCore {
     pub optim: crate::optim::RmsProp,
     pub device: Device,
     pub obs: ObsSpec,
-    pub loss: crate::config::Loss,
+    pub loss: Loss,
     pub max_grad_norm: f64,
 }
 
 impl QCore {
-    fn new(cfg: &Config, net: NetSpec, obs: ObsSpec, num_actions: usize, device: Device) -> Self {
+    pub fn new(
+        cfg: &Config,
+        net: NetSpec,
+        obs: ObsSpec,
+        num_actions: usize,
+        device: Device,
+    ) -> Self {
         let model = QNetwork::new(net, obs, num_actions, device);
         let optim = crate::optim::RmsProp::new(
             model.params(),
-            cfg.rms_decay,
-            cfg.rms_eps,
-            cfg.rmsprop_form,
+            cfg.optim.rms_decay,
+            cfg.optim.rms_eps,
+            cfg.optim.rmsprop_form,
         );
         QCore {
             model,
             optim,
             device,
             obs,
-            loss: cfg.loss,
-            max_grad_norm: cfg.max_grad_norm,
+            loss: cfg.rule.q.loss,
+            max_grad_norm: cfg.optim.max_grad_norm,
         }
     }
 
@@ -365,8 +394,8 @@ impl QCore {
     pub fn elementwise_loss(&self, q_sa: &Tensor, target: &Tensor) -> Tensor {
         use tch::Reduction;
         match self.loss {
-            crate::config::Loss::Huber => q_sa.huber_loss(target, Reduction::None, 1.0),
-            crate::config::Loss::Mse => q_sa.mse_loss(target, Reduction::None),
+            Loss::Huber => q_sa.huber_loss(target, Reduction::None, 1.0),
+            Loss::Mse => q_sa.mse_loss(target, Reduction::None),
         }
     }
 

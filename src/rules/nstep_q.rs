@@ -9,22 +9,53 @@
 //! `R = r_i + gamma R` and pushes one transition per held step, with `discount = 0` (the return
 //! is complete). The snapshot plays the role of the target network.
 
-use tch::{Kind, Tensor};
+use tch::Kind;
 
 use super::{
-    Adder, ExperienceSink, LearnerRule, NonFinite, QCore, RuleMetrics, StepEnd, UpdateStats,
-    ValuesOf,
+    Adder, ExperienceSink, Family, Head, LearnerRule, NonFinite, QCore, RuleMetrics, RuleSpec,
+    StepEnd, UpdateStats, ValuesOf,
 };
-use crate::config::{Algorithm, Config};
-use crate::model::QNetwork;
-use crate::returns::{bootstrap_value, n_step_returns};
-use crate::shm::{Batch, PushError, Transition};
+use crate::config::Config;
+use crate::env::ObsSpec;
+
+use crate::returns::{n_step_returns, Bootstrap};
+use crate::shm::{Batch, PushError, SlotLayout, Transition};
+
+/// `--algorithm q`: asynchronous n-step Q-learning.
+pub static Q: RuleSpec = RuleSpec {
+    name: "q",
+    about: "Asynchronous n-step Q-learning: the actor bootstraps with max_a Q(s', a; snapshot)",
+    head: Head::Q,
+    reads: &[Family::NStep, Family::QValue, Family::Exploration],
+    horizon: n_step_horizon,
+    adder: |cfg, obs| Box::new(Segment::new(cfg, obs.bytes(), Bootstrap::MaxQ)),
+    slot_layout: returns_layout,
+    learner: |core, cfg| Box::new(Learner::new(core, cfg)),
+};
+
+/// `--algorithm sarsa`: n-step SARSA, the same learner with the action taken next.
+pub static SARSA: RuleSpec = RuleSpec {
+    name: "sarsa",
+    about: "n-step SARSA: the actor bootstraps with Q(s', a') for the action a' taken next",
+    adder: |cfg, obs| Box::new(Segment::new(cfg, obs.bytes(), Bootstrap::ActionTaken)),
+    ..Q
+};
+
+/// `n-step N`, the horizon of the rules whose actors compute n-step returns.
+pub fn n_step_horizon(cfg: &Config) -> String {
+    format!("n-step {}", cfg.rule.n_step.n_step)
+}
+
+/// The slots of the rules whose actors push complete returns: no next observation.
+pub fn returns_layout(_cfg: &Config, obs: ObsSpec) -> SlotLayout {
+    SlotLayout::transitions(obs.bytes(), false)
+}
 
 /// The last n steps an actor holds before it can compute their returns.
 pub struct Segment {
     n: usize,
     gamma: f32,
-    algorithm: Algorithm,
+    bootstrap: Bootstrap,
     obs: Vec<Vec<u8>>,
     actions: Vec<u32>,
     rewards: Vec<f32>,
@@ -32,13 +63,14 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// A segment of up to `cfg.n_step` steps of `obs_bytes`-byte observations.
-    pub fn new(cfg: &Config, obs_bytes: usize) -> Self {
-        let n = cfg.n_step;
+    /// A segment of up to `--n-step` steps of `obs_bytes`-byte observations, bootstrapped
+    /// with `bootstrap`.
+    pub fn new(cfg: &Config, obs_bytes: usize, bootstrap: Bootstrap) -> Self {
+        let n = cfg.rule.n_step.n_step;
         Segment {
             n,
-            gamma: cfg.gamma,
-            algorithm: cfg.algorithm,
+            gamma: cfg.learner.gamma,
+            bootstrap,
             obs: (0..n).map(|_| vec![0u8; obs_bytes]).collect(),
             actions: Vec::with_capacity(n),
             rewards: Vec::with_capacity(n),
@@ -85,7 +117,7 @@ impl Adder for Segment {
             // A full segment bootstraps from this state: max_a Q(s, a), or Q(s, a) of the
             // action just chosen for SARSA.
             let q = q.expect("needs_values() asked for the Q-values of a full segment");
-            self.flush(bootstrap_value(self.algorithm, q, action as usize), sink)?;
+            self.flush(self.bootstrap.value(q, action as usize), sink)?;
         }
         let i = self.actions.len();
         self.obs[i].copy_from_slice(obs);
@@ -109,7 +141,7 @@ impl Adder for Segment {
             StepEnd::Truncated => {
                 // A time limit is not a terminal state: bootstrap from the last observation.
                 let (q, next) = values(next_obs);
-                self.flush(bootstrap_value(self.algorithm, &q, next), sink)
+                self.flush(self.bootstrap.value(&q, next), sink)
             }
         }
     }
@@ -128,7 +160,7 @@ impl Learner {
         let layout = super::slot_layout(cfg, core.obs);
         Learner {
             core,
-            held: Batch::new(cfg.batch_size, layout),
+            held: Batch::new(cfg.learner.batch_size, layout),
             ready: false,
         }
     }
@@ -163,20 +195,12 @@ impl LearnerRule for Learner {
         result.map(Some)
     }
 
-    fn model(&self) -> &QNetwork {
-        &self.core.model
+    fn core(&self) -> &QCore {
+        &self.core
     }
 
-    fn optimizer_state(&self) -> &[Tensor] {
-        self.core.optim.state()
-    }
-
-    fn extra_tensors(&self) -> Vec<(String, Tensor)> {
-        Vec::new()
-    }
-
-    fn restore(&mut self, ckpt: &crate::checkpoint::Checkpoint) -> Result<(), String> {
-        self.core.restore(ckpt)
+    fn core_mut(&mut self) -> &mut QCore {
+        &mut self.core
     }
 
     fn metrics(&mut self) -> RuleMetrics {
@@ -200,18 +224,13 @@ mod tests {
         }
     }
 
-    fn cfg(n: usize, algorithm: Algorithm) -> Config {
-        Config {
-            n_step: n,
-            gamma: 0.5,
-            algorithm,
-            ..Config::default()
-        }
+    fn cfg(n: usize) -> Config {
+        Config::from_flags(["--n-step", &n.to_string(), "--gamma", "0.5"]).unwrap()
     }
 
     #[test]
     fn a_full_segment_bootstraps_from_the_next_state_and_a_terminal_does_not() {
-        let mut seg = Segment::new(&cfg(2, Algorithm::Q), 1);
+        let mut seg = Segment::new(&cfg(2), 1, Bootstrap::MaxQ);
         let mut out = Collect::default();
         let mut never = |_: &[u8]| -> (Vec<f32>, usize) { panic!("no truncation here") };
         for (t, r) in [(0u8, 1.0f32), (1, 0.0)] {
@@ -231,7 +250,7 @@ mod tests {
 
     #[test]
     fn sarsa_bootstraps_with_the_next_action_after_a_truncation() {
-        let mut seg = Segment::new(&cfg(3, Algorithm::Sarsa), 1);
+        let mut seg = Segment::new(&cfg(3), 1, Bootstrap::ActionTaken);
         let mut out = Collect::default();
         let mut values = |o: &[u8]| -> (Vec<f32>, usize) {
             assert_eq!(o, &[9]);
