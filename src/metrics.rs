@@ -522,6 +522,66 @@ impl HostsCsv {
     }
 }
 
+/// Where the learner's records go: `metrics.csv` ([`CsvWriter`]), TensorBoard ([`Board`]),
+/// `hosts.csv` ([`HostsCsv`]). Each implements what it records; errors name the file.
+pub trait Logger {
+    /// A finished training game: its unclipped score and length in frames, at `frames`.
+    fn episode(&mut self, _frames: u64, _score: f64, _length: u64) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// A periodic evaluation (`--eval-every`).
+    fn eval(&mut self, _scores: &crate::protocol::EvalScores) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// One remote host's numbers for the interval ending at `wall_s` seconds and `frames`.
+    fn host(&mut self, _wall_s: f64, _frames: u64, _row: &HostRow) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// The metrics row ending an interval.
+    fn row(&mut self, _row: &Row) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logger for CsvWriter {
+    fn row(&mut self, row: &Row) -> anyhow::Result<()> {
+        use anyhow::Context;
+        self.write(row).context("writing metrics.csv")
+    }
+}
+
+impl Logger for HostsCsv {
+    fn host(&mut self, wall_s: f64, frames: u64, row: &HostRow) -> anyhow::Result<()> {
+        use anyhow::Context;
+        self.write(row, wall_s, frames).context("writing hosts.csv")
+    }
+}
+
+impl Logger for Board {
+    fn episode(&mut self, frames: u64, score: f64, length: u64) -> anyhow::Result<()> {
+        Board::episode(self, frames, score, length).map_err(board_error)
+    }
+
+    fn eval(&mut self, scores: &crate::protocol::EvalScores) -> anyhow::Result<()> {
+        Board::eval(self, scores).map_err(board_error)
+    }
+
+    fn host(&mut self, _wall_s: f64, frames: u64, row: &HostRow) -> anyhow::Result<()> {
+        Board::host(self, frames, row).map_err(board_error)
+    }
+
+    fn row(&mut self, row: &Row) -> anyhow::Result<()> {
+        Board::row(self, row).map_err(board_error)
+    }
+}
+
+fn board_error(e: TensorBoardError) -> anyhow::Error {
+    anyhow::Error::new(e).context("writing the TensorBoard event file")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -227,6 +227,11 @@ impl ActorPool {
     }
 
     /// Number of acting actors (the evaluator not counted).
+    /// Each actor's final epsilon, in actor order.
+    pub fn final_epsilons(&self) -> &[f64] {
+        &self.settings.final_epsilons
+    }
+
     pub fn size(&self) -> usize {
         self.settings.final_epsilons.len()
     }

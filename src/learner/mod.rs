@@ -4,7 +4,7 @@
 //! shuts everything down in order on `--max-frames`, SIGINT/SIGTERM, or an actor's failure.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::checkpoint::{self, TrainingState};
@@ -12,21 +12,22 @@ use crate::config::{BenchPhase, Config};
 use crate::device;
 use crate::env::{self, ObsSpec};
 use crate::inference::{Batching, InferenceServer};
-use crate::protocol::ActorMsg;
+use crate::local_actors::{ActorSetup, LocalActors};
 use crate::remote::server::{RemoteServer, ServerSettings};
 use crate::rules::{self, LearnerRule};
 use crate::schedule;
-use crate::shm::{self, ExperienceQueue, WeightSnapshot};
-use crate::supervisor::{ActorPool, PoolSettings};
+use crate::shm;
 use anyhow::{bail, Context, Result};
-use ipc_channel::ipc;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+mod interval;
 mod save;
+mod services;
 mod train;
 
 use save::save;
-use train::train;
+use services::{Ending, Service};
+use train::{train, Run};
 
 /// Run counters, saved in checkpoints.
 #[derive(Clone, Copy, Debug, Default)]
@@ -133,172 +134,220 @@ pub fn run(
     std::fs::write(run_dir.join("config.toml"), cfg.to_toml())
         .with_context(|| format!("--logdir {}: cannot write config.toml", run_dir.display()))?;
 
-    // Shared memory: the queue (one lane per actor) and the weight snapshot.
-    let layout = rules::slot_layout(&cfg, obs);
-    // Local actors own lanes 0..processes; remote hosts' processes the --remote-lanes after.
+    // Local actors own queue lanes 0..processes; remote hosts' processes the --remote-lanes
+    // after.
     let remote_lanes = if cfg.listen.listen.is_some() {
         cfg.listen.remote_lanes
     } else {
         0
     };
-    let queue = ExperienceQueue::create(
-        &shm::segment_name("queue"),
-        cfg.procs.processes + remote_lanes,
-        cfg.actors.queue_size,
-        layout,
-    )
-    .context("creating the experience queue")?;
-    queue.frames().store(counters.frames, Ordering::Relaxed);
-    let numel = trainer.rule.model().numel();
-    let mut snapshot = WeightSnapshot::create(&shm::segment_name("snapshot"), numel)
-        .context("creating the weight snapshot")?;
-    let mut flat = vec![0f32; numel];
+    let inference_slots = inference_device.map(|_| shm::segment_name("inference"));
+    let mut actors = LocalActors::create(
+        &cfg,
+        ActorSetup {
+            prefix: "",
+            lanes: cfg.procs.processes + remote_lanes,
+            slots: cfg.actors.queue_size,
+            layout: rules::slot_layout(&cfg, obs),
+            numel: trainer.rule.model().numel(),
+            frames: counters.frames,
+            final_epsilons: final_epsilons(&cfg),
+            inference: inference_slots.clone(),
+            // Differs between a run and its resumption, so resumed actors get fresh seeds.
+            generation: counters.updates,
+            evaluator: cfg.run.eval_every > 0 && cfg.invocation.bench_phase == BenchPhase::Training,
+        },
+    )?;
+    let mut flat = vec![0f32; trainer.rule.model().numel()];
     trainer.rule.model().flat_params_into(&mut flat);
-    snapshot.publish(&flat)?;
-    let inference_slots = shm::segment_name("inference");
-    let mut inference = match inference_device {
-        None => None,
-        Some(d) => {
-            let model = trainer.rule.model();
-            let mut served = crate::model::QNetwork::new(net, obs, num_actions, d);
-            served.copy_from(model);
-            let slots = shm::InferenceSlots::create(
-                &inference_slots,
-                cfg.procs.processes,
-                cfg.actors.envs_per_actor,
-                obs.bytes(),
-                served.act_width(),
-            )
-            .context("creating the inference request slots")?;
-            let batching = Batching {
-                full: cfg.procs.processes * cfg.actors.envs_per_actor,
-                wait: Duration::from_micros(cfg.actors.inference_wait_us),
-            };
-            Some(InferenceServer::start(slots, served, obs, batching)?)
-        }
-    };
+    actors.snapshot.publish(&flat)?;
+    let mut services = start_services(
+        &cfg,
+        &trainer,
+        &actors,
+        inference_device,
+        &inference_slots,
+        &id,
+        num_actions,
+        remote_lanes,
+    )?;
+    let finals = actors.pool.final_epsilons().to_vec();
+    let mut outcome = actors.pool.start_all(&stop);
+    let started = counters;
+    if outcome.is_ok() {
+        outcome = train(Run {
+            cfg: &cfg,
+            trainer: &mut trainer,
+            queue: &actors.queue,
+            snapshot: &mut actors.snapshot,
+            pool: &mut actors.pool,
+            reports: &actors.reports,
+            finals: &finals,
+            services: &mut services,
+            counters: &mut counters,
+            stop: &stop,
+            run_dir: &run_dir,
+        });
+    }
+    let finished = outcome.is_ok() && !stop.load(Ordering::Relaxed);
+    shut_down(&mut actors, &mut services, &outcome, finished);
+    counters.frames = actors.queue.frames().load(Ordering::Relaxed);
+    let trained = cfg.invocation.bench_phase == BenchPhase::Training
+        && (counters.updates > started.updates || counters.frames > started.frames);
+    if trained {
+        save_final(&cfg, &trainer, &counters, &run_dir, &outcome)?;
+    }
+    outcome
+}
 
-    let (reports_tx, reports_rx) =
-        ipc::channel::<ActorMsg>().context("creating the report channel")?;
-    let mut remote = match &cfg.listen.listen {
-        None => None,
-        Some(_) => {
-            let server = RemoteServer::start(
-                ServerSettings {
-                    config: cfg.clone(),
-                    queue: shm::segment_name("queue"),
-                    snapshot: shm::segment_name("snapshot"),
-                    first_lane: cfg.procs.processes,
-                    lanes: remote_lanes,
-                    num_actions,
-                    game: id.name().to_string(),
-                    reports: reports_tx.clone(),
-                },
-                |line| crate::say!("{line}"),
-            )?;
-            crate::say!(
-                "listening for actor hosts on {} ({} remote lanes{}{})",
-                server.local_addr(),
-                remote_lanes,
-                if cfg.remote.auth_token_file.is_some() {
-                    ", token"
-                } else {
-                    ""
-                },
-                match (&cfg.remote.tls_cert, &cfg.remote.tls_ca) {
-                    (Some(_), Some(_)) => ", mutual TLS",
-                    (Some(_), None) => ", TLS",
-                    _ => "",
-                }
-            );
-            Some(server)
-        }
-    };
+/// The final checkpoint of a run that trained, after the actors stopped. A diverged run keeps
+/// its last periodic checkpoint as the newest: the weights that gave a non-finite loss are not
+/// saved over it. After a failure (e.g. past --max-actor-restarts) a refused save is a note
+/// beside that failure; else it is the run's error.
+fn save_final(
+    cfg: &Config,
+    trainer: &Trainer,
+    counters: &Counters,
+    run_dir: &std::path::Path,
+    outcome: &Result<()>,
+) -> Result<()> {
+    if matches!(outcome, Err(e) if e.is::<Diverged>()) {
+        crate::say_err!("not saving a final checkpoint: training diverged");
+        return Ok(());
+    }
+    match save(cfg, trainer, counters, run_dir) {
+        Ok(path) => crate::say!("saved {}", path.display()),
+        Err(e) if outcome.is_err() => crate::say_err!("{e:#}"),
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+/// The side services of the run: the inference server on `inference_device` (request slots
+/// `inference_slots`), the remote-host server with `--listen` (lanes after the local actors').
+#[allow(clippy::too_many_arguments)]
+fn start_services(
+    cfg: &Config,
+    trainer: &Trainer,
+    actors: &LocalActors,
+    inference_device: Option<tch::Device>,
+    inference_slots: &Option<String>,
+    id: &env::EnvId,
+    num_actions: usize,
+    remote_lanes: usize,
+) -> Result<Vec<Box<dyn Service>>> {
+    let mut services: Vec<Box<dyn Service>> = Vec::new();
+    if let (Some(d), Some(slots)) = (inference_device, inference_slots) {
+        services.push(Box::new(start_inference(cfg, trainer, d, slots)?));
+    }
+    if cfg.listen.listen.is_some() {
+        let settings = ServerSettings {
+            config: cfg.clone(),
+            queue: actors.queue_name.clone(),
+            snapshot: actors.snapshot_name.clone(),
+            first_lane: cfg.procs.processes,
+            lanes: remote_lanes,
+            num_actions,
+            game: id.name().to_string(),
+            reports: actors.report_sender.clone(),
+        };
+        services.push(Box::new(start_remote(cfg, settings)?));
+    }
+    Ok(services)
+}
+
+/// Each local actor's final epsilon, drawn from `--final-epsilons` with `--final-epsilon-probs`
+/// by a generator seeded with `--seed` (unused by rules that do not explore with epsilon).
+fn final_epsilons(cfg: &Config) -> Vec<f64> {
+    let exploration = &cfg.rule.exploration;
     let mut rng = StdRng::seed_from_u64(cfg.run.seed);
-    let finals: Vec<f64> = (0..cfg.procs.processes)
+    (0..cfg.procs.processes)
         .map(|_| {
             schedule::sample_final_epsilon(
-                &cfg.rule.exploration.final_epsilons,
-                &cfg.rule.exploration.final_epsilon_probs,
+                &exploration.final_epsilons,
+                &exploration.final_epsilon_probs,
                 rng.gen(),
             )
         })
-        .collect();
-    let pids = Arc::new(Mutex::new(Vec::new()));
-    crate::signals::set_actor_pids(pids.clone());
-    let mut pool = ActorPool::new(
-        PoolSettings {
-            config: cfg.clone(),
-            final_epsilons: finals.clone(),
-            queue: shm::segment_name("queue"),
-            snapshot: shm::segment_name("snapshot"),
-            inference: inference.as_ref().map(|_| inference_slots.clone()),
-            reports: reports_tx,
-            // Differs between a run and its resumption, so resumed actors get fresh seeds.
-            generation: counters.updates,
-            start_timeout: Duration::from_secs(30),
-            evaluator: cfg.run.eval_every > 0 && cfg.invocation.bench_phase == BenchPhase::Training,
-        },
-        pids,
-    );
-    let mut outcome = pool.start_all(&stop);
+        .collect()
+}
 
-    let started = counters;
-    if outcome.is_ok() {
-        outcome = train(
-            &cfg,
-            &mut trainer,
-            &queue,
-            &mut snapshot,
-            &reports_rx,
-            &mut pool,
-            &finals,
-            &mut counters,
-            &stop,
-            &run_dir,
-            remote.as_ref(),
-            inference.as_ref(),
-        );
-    }
-    // Shut down in order: tell remote hosts (they exit when the run is finished, and wait for
-    // the learner to come back when it was stopped), close the queue (actors see it and
-    // exit), reap, then save.
-    if let Some(server) = remote.as_mut() {
-        let finished = outcome.is_ok() && !stop.load(Ordering::Relaxed);
-        let reason = match &outcome {
+/// Shuts down in order: tell the services' peers (remote hosts exit when the run is
+/// `finished`, and wait for the learner to come back when it was stopped or failed), close the
+/// queue (actors see it and exit), stop the services, reap the actors.
+fn shut_down(
+    actors: &mut LocalActors,
+    services: &mut [Box<dyn Service>],
+    outcome: &Result<()>,
+    finished: bool,
+) {
+    let ending = Ending {
+        finished,
+        reason: match outcome {
             Ok(()) if finished => "the run is finished".to_string(),
             Ok(()) => "the learner was stopped by a signal".to_string(),
             Err(e) => format!("the learner failed: {e:#}"),
-        };
-        server.stop(&reason, finished, Duration::from_secs(2));
+        },
+    };
+    for s in services.iter_mut() {
+        s.stopping(&ending);
     }
-    queue.close();
-    if let Some(server) = inference.as_mut() {
-        if let Err(e) = server.stop() {
-            crate::say_err!("the inference server failed: {e:#}");
-        }
+    actors.queue.close();
+    for s in services.iter_mut() {
+        s.stop();
     }
-    let killed = pool.stop_all(Duration::from_secs(5));
+    let killed = actors.pool.stop_all(Duration::from_secs(5));
     if !killed.is_empty() {
         crate::say_err!("actors {killed:?} did not stop within 5 s and were killed");
     }
-    counters.frames = queue.frames().load(Ordering::Relaxed);
-    let trained = cfg.invocation.bench_phase == BenchPhase::Training;
-    // A diverged run keeps its last periodic checkpoint as the newest: the weights that gave
-    // a non-finite loss are not saved over it.
-    let diverged = matches!(&outcome, Err(e) if e.is::<Diverged>());
-    if diverged {
-        crate::say_err!("not saving a final checkpoint: training diverged");
-    } else if trained && (counters.updates > started.updates || counters.frames > started.frames) {
-        match save(&cfg, &trainer, &counters, &run_dir) {
-            Ok(path) => crate::say!("saved {}", path.display()),
-            // After a failure (e.g. past --max-actor-restarts) report that failure; a refused
-            // save is a note.
-            Err(e) if outcome.is_err() => crate::say_err!("{e:#}"),
-            Err(e) => return Err(e),
+}
+
+/// Starts the batched inference server on device `d`, serving a copy of the learner's
+/// network through the request slots named `slots`.
+fn start_inference(
+    cfg: &Config,
+    trainer: &Trainer,
+    d: tch::Device,
+    slots: &str,
+) -> Result<services::Inference> {
+    let model = trainer.rule.model();
+    let mut served = crate::model::QNetwork::new(model.spec(), trainer.obs, model.num_actions(), d);
+    served.copy_from(model);
+    let slots = shm::InferenceSlots::create(
+        slots,
+        cfg.procs.processes,
+        cfg.actors.envs_per_actor,
+        trainer.obs.bytes(),
+        served.act_width(),
+    )
+    .context("creating the inference request slots")?;
+    let batching = Batching {
+        full: cfg.procs.processes * cfg.actors.envs_per_actor,
+        wait: Duration::from_micros(cfg.actors.inference_wait_us),
+    };
+    let server = InferenceServer::start(slots, served, trainer.obs, batching)?;
+    Ok(services::Inference::new(server))
+}
+
+/// Starts the server of remote actor hosts (`--listen`) and says where it listens.
+fn start_remote(cfg: &Config, settings: ServerSettings) -> Result<services::Remote> {
+    let lanes = settings.lanes;
+    let server = RemoteServer::start(settings, |line| crate::say!("{line}"))?;
+    crate::say!(
+        "listening for actor hosts on {} ({lanes} remote lanes{}{})",
+        server.local_addr(),
+        if cfg.remote.auth_token_file.is_some() {
+            ", token"
+        } else {
+            ""
+        },
+        match (&cfg.remote.tls_cert, &cfg.remote.tls_ca) {
+            (Some(_), Some(_)) => ", mutual TLS",
+            (Some(_), None) => ", TLS",
+            _ => "",
         }
-    }
-    outcome
+    );
+    Ok(services::Remote::new(server))
 }
 
 /// Creates the run directory of `cfg` and clears what killed runs left: an unfinished

@@ -23,9 +23,10 @@ use tonic::transport::Endpoint;
 use super::pb::actor_link_client::ActorLinkClient;
 use super::wire::{self, down, up, Down, Up};
 use crate::config::Config;
+use crate::local_actors::{ActorSetup, LocalActors};
 use crate::protocol::ActorMsg;
 use crate::shm::{self, ExperienceQueue, SlotLayout, WeightSnapshot};
-use crate::supervisor::{ActorPool, PoolSettings};
+use crate::supervisor::ActorPool;
 
 /// Experience messages the host sends ahead of the learner's acks: enough to keep loopback
 /// and a LAN busy, few enough that experience does not wait long in flight (it ages there,
@@ -432,50 +433,40 @@ impl Host {
                 cfg.procs.processes
             );
         }
-        let queue_name = shm::segment_name("host-queue");
-        let snapshot_name = shm::segment_name("host-snapshot");
-        let queue = Arc::new(
-            ExperienceQueue::create(
-                &queue_name,
-                cfg.procs.processes,
-                cfg.procs.processes * LANE_SLOTS,
+        let LocalActors {
+            queue,
+            snapshot,
+            reports,
+            pool,
+            ..
+        } = LocalActors::create(
+            &cfg,
+            ActorSetup {
+                prefix: "host-",
+                lanes: cfg.procs.processes,
+                slots: cfg.procs.processes * LANE_SLOTS,
                 layout,
-            )
-            .context("creating this host's queue")?,
-        );
-        queue.frames().store(w.frames, Ordering::SeqCst);
+                numel: w.numel as usize,
+                frames: w.frames,
+                final_epsilons: w.final_epsilons.clone(),
+                // A host's actors act with their own copies of the snapshot it relays.
+                inference: None,
+                generation: 0,
+                evaluator: false,
+            },
+        )
+        .context("setting up this host's actors")?;
         *self.link.frames.lock().unwrap() = FrameSync {
             offset: w.frames,
             reported: 0,
         };
-        let snapshot = WeightSnapshot::create(&snapshot_name, w.numel as usize)
-            .context("creating this host's weight snapshot")?;
-        let (reports_tx, reports_rx) =
-            ipc_channel::ipc::channel::<ActorMsg>().context("creating the report channel")?;
-        let pids = Arc::new(Mutex::new(Vec::new()));
-        crate::signals::set_actor_pids(pids.clone());
-        let pool = ActorPool::new(
-            PoolSettings {
-                config: cfg.clone(),
-                final_epsilons: w.final_epsilons.clone(),
-                queue: queue_name,
-                snapshot: snapshot_name,
-                // A host's actors act with their own copies of the snapshot it relays.
-                inference: None,
-                reports: reports_tx,
-                generation: 0,
-                start_timeout: Duration::from_secs(30),
-                evaluator: false,
-            },
-            pids,
-        );
         let pump = {
             let (link, queue, stop) = (self.link.clone(), queue.clone(), self.stop.clone());
             let max_slots = (w.max_slots as usize).max(1);
             std::thread::Builder::new()
                 .name("host-pump".into())
                 .spawn(move || {
-                    if let Err(e) = pump(&link, &queue, pool, &reports_rx, max_slots, &stop) {
+                    if let Err(e) = pump(&link, &queue, pool, &reports, max_slots, &stop) {
                         *link.failed.lock().unwrap() = Some(format!("{e:#}"));
                     }
                 })
