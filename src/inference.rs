@@ -1,4 +1,4 @@
-//! Where an actor's network outputs come from: the policy source seam of DESIGN.md.
+//! Where an actor's network outputs come from: the policy source seam of docs/ARCHITECTURE.md.
 //!
 //! - [`SnapshotPolicy`] (`--inference actor`): the actor's own CPU copy of the newest weight
 //!   snapshot, refreshed when the learner publishes one (Mnih et al. 2016: each actor thread

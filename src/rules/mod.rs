@@ -1,5 +1,5 @@
 //! Learning rules, one module each, every rule in two halves behind the seams that the actor
-//! and learner loops call (DESIGN.md, "Where it goes now"):
+//! and learner loops call (docs/ARCHITECTURE.md, "The seams"):
 //!
 //! - the actor half, an [`Adder`] (Acme's name): per environment, turns the steps the actor
 //!   takes into the transitions it pushes (n-step returns bootstrapped by the actor, or
