@@ -6,7 +6,7 @@
 //! [`schedule`] (the RL math), [`rules`] (the learning rules' actor and learner halves),
 //! [`replay`] (the replay memory), [`optim`] (RMSProp), [`shm`] (the experience queue and weight
 //! snapshot in shared memory), [`actor`] and [`learner`] (the two loops), [`inference`] (where actors' network outputs come from: their snapshot copy or the learner's batched inference server), [`supervisor`] and
-//! [`signals`] (process management), [`cli`] (the learner's command line), [`protocol`] (ipc messages), [`checkpoint`], [`metrics`],
+//! [`signals`] (process management), [`cli`] (the learner's command line), [`ipc`] (the messages between the learner and its actor processes), [`checkpoint`], [`metrics`],
 //! [`tensorboard`] (event files), [`config`] and [`device`]; for watching and measuring a result,
 //! [`eval`] (the evaluation protocols), [`render`] (the screen on a terminal) and [`recording`]
 //! (GIFs).
@@ -20,12 +20,12 @@ pub mod env;
 pub mod eval;
 pub mod game;
 pub mod inference;
+pub mod ipc;
 pub mod learner;
 pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod preprocess;
-pub mod protocol;
 pub mod recording;
 pub mod remote;
 pub mod render;

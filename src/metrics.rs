@@ -411,7 +411,7 @@ impl Board {
 
     /// A periodic evaluation (`eval/mean_return`, `eval/median_return`, `eval/std_return`) at
     /// the frames of the evaluated snapshot; flushes.
-    pub fn eval(&mut self, e: &crate::protocol::EvalScores) -> Result<(), TensorBoardError> {
+    pub fn eval(&mut self, e: &crate::ipc::EvalScores) -> Result<(), TensorBoardError> {
         let step = e.frames as i64;
         self.writer.add_scalar("eval/mean_return", e.mean, step)?;
         self.writer

@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
 
 use crate::config::Config;
-use crate::protocol::{actor_seed, ActorInit, ActorMsg, Role};
+use crate::ipc::{actor_seed, ActorInit, ActorMsg, Role};
 
 /// First argument that turns the learner binary into an actor.
 pub const ACTOR_ARG: &str = "__actor";
@@ -361,7 +361,7 @@ mod tests {
             final_epsilon: 0.1,
             config: crate::config::Config::default(),
             phase: crate::config::BenchPhase::Training,
-            role: crate::protocol::Role::Act,
+            role: crate::ipc::Role::Act,
             queue: String::new(),
             snapshot: String::new(),
             inference: None,

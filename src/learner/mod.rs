@@ -12,7 +12,7 @@ use crate::config::{BenchPhase, Config};
 use crate::device;
 use crate::env::{self, ObsSpec};
 use crate::inference::{Batching, InferenceServer};
-use crate::protocol::ActorMsg;
+use crate::ipc::ActorMsg;
 use crate::remote::server::{RemoteServer, ServerSettings};
 use crate::rules::{self, LearnerRule};
 use crate::schedule;

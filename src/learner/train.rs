@@ -13,10 +13,10 @@ use super::{Counters, Diverged, Trainer};
 use crate::checkpoint;
 use crate::config::{BenchPhase, Config};
 use crate::inference::InferenceServer;
+use crate::ipc::{ActorMsg, EvalScores};
 use crate::metrics::{
     Board, CsvWriter, HostRow, HostsCsv, InferenceTotals, Progress, RemoteTotals, ReturnWindow, Row,
 };
-use crate::protocol::{ActorMsg, EvalScores};
 use crate::remote::server::{HostStats, RemoteServer};
 use crate::rules;
 use crate::schedule;

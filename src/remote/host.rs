@@ -23,7 +23,7 @@ use tonic::transport::Endpoint;
 use super::pb::actor_link_client::ActorLinkClient;
 use super::wire::{self, down, up, Down, Up};
 use crate::config::Config;
-use crate::protocol::ActorMsg;
+use crate::ipc::ActorMsg;
 use crate::shm::{self, ExperienceQueue, SlotLayout, WeightSnapshot};
 use crate::supervisor::{ActorPool, PoolSettings};
 

@@ -1,4 +1,4 @@
-//! The small messages that travel over ipc-channel between the learner and its actors: the
+//! The messages between the learner and its actor processes over ipc-channel: the
 //! handshake that hands an actor its settings, and the actor's reports (readiness, finished
 //! games, fatal errors). Bulk data never goes here: experience travels through the shared-memory
 //! queue and weights through the snapshot.
