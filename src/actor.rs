@@ -49,7 +49,7 @@ pub fn run(init: ActorInit) -> Result<()> {
 }
 
 fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
-    crate::supervisor::lower_priority(init.config.procs.actor_nice)?;
+    crate::os::lower_priority(init.config.procs.actor_nice)?;
     tch::set_num_threads(1);
     tch::manual_seed(init.seed as i64);
     let _no_grad = tch::no_grad_guard();

@@ -5,8 +5,8 @@
 //! preprocessing), [`game`] (game names and ROMs), [`model`] (the Q-networks), [`returns`] and
 //! [`schedule`] (the RL math), [`rules`] (the learning rules' actor and learner halves),
 //! [`replay`] (the replay memory), [`optim`] (RMSProp), [`shm`] (the experience queue and weight
-//! snapshot in shared memory), [`actor`] and [`learner`] (the two loops), [`policy`] (epsilon-greedy or sampled actions), [`inference`] (where actors' network outputs come from: their snapshot copy or the learner's batched inference server), [`supervisor`] and
-//! [`signals`] (process management), [`cli`] (the learner's command line), [`ipc`] (the messages between the learner and its actor processes), [`checkpoint`], [`metrics`],
+//! snapshot in shared memory), [`actor`] and [`learner`] (the two loops), [`policy`] (epsilon-greedy or sampled actions), [`inference`] (where actors' network outputs come from: their snapshot copy or the learner's batched inference server), [`supervisor`],
+//! [`signals`] and [`os`] (process management), [`cli`] (the learner's command line), [`ipc`] (the messages between the learner and its actor processes), [`checkpoint`], [`metrics`],
 //! [`tensorboard`] (event files), [`config`] and [`device`]; for watching and measuring a result,
 //! [`eval`] (the evaluation protocols), [`render`] (the screen on a terminal) and [`recording`]
 //! (GIFs).
@@ -25,6 +25,7 @@ pub mod learner;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod os;
 pub mod policy;
 pub mod preprocess;
 pub mod recording;
