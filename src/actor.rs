@@ -7,55 +7,34 @@
 //! loop knows no rule by name: it asks each environment's adder whether this step needs the
 //! snapshot's Q-values (n-step Q bootstraps a full segment from the forward pass that picks the
 //! next action anyway), so an actor runs at most one forward pass per agent step, over only the
-//! environments whose Q-values it uses (see `act`).
+//! environments whose Q-values it uses (see [`run`]).
 
-use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ipc_channel::ipc::IpcSender;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use tch::Device;
 
 use crate::config::BenchPhase;
 use crate::env::{self, ObsSpec};
-use crate::eval;
-use crate::inference::{PolicySource, ServedPolicy, SnapshotPolicy};
-use crate::ipc::{ActorInit, ActorMsg, EvalScores, Role};
-use crate::model::{HeadKind, QNetwork};
-use crate::policy::{argmax, epsilon_greedy, explores, sample_softmax, ActionPolicy};
+use crate::inference::{snapshot_copy, PolicySource, ServedPolicy, SnapshotPolicy};
+use crate::ipc::{report, ActorInit, ActorMsg};
+use crate::model::{HeadKind, NetSpec};
+use crate::policy::{argmax, epsilon_greedy, explores, sample_softmax};
 use crate::rules::{self, Adder, LaneSink, StepEnd};
 use crate::schedule;
-use crate::shm::{ExperienceQueue, PushError, WeightSnapshot};
+use crate::shm::{ExperienceQueue, PushError};
 
 /// Seed of environment `j` of an actor seeded `seed` (environment 0 keeps the actor's seed).
 fn env_seed(seed: u64, j: usize) -> u64 {
     seed.wrapping_add((j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
-/// Runs one actor until the learner closes the queue. `init` comes from the handshake.
-pub fn run(init: ActorInit) -> Result<()> {
-    let reports = init.reports.clone();
-    let actor = init.actor;
-    let result = act(&init, &reports);
-    if let Err(e) = &result {
-        let _ = reports.send(ActorMsg::Failed {
-            actor,
-            message: format!("{e:#}"),
-        });
-    }
-    result
-}
-
-fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
-    crate::os::lower_priority(init.config.procs.actor_nice)?;
-    tch::set_num_threads(1);
-    tch::manual_seed(init.seed as i64);
-    let _no_grad = tch::no_grad_guard();
-    if init.role == Role::Evaluate {
-        return evaluate_periodically(init, reports);
-    }
+/// Runs one actor until the learner closes the queue: steps its environments, acts on the
+/// snapshot's outputs and pushes the learning rule's transitions into its lane. `init` comes
+/// from the handshake; the caller has set up the process (see [`crate::cli`]).
+pub fn run(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
     let cfg = &init.config;
     let id = cfg.env_id().map_err(anyhow::Error::msg)?;
     let k = cfg.actors.envs_per_actor;
@@ -71,7 +50,7 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
     let num_actions = envs[0].num_actions();
     let network = crate::rules::net_spec(cfg, obs_spec).map_err(anyhow::Error::msg)?;
     let width = network.act_width(num_actions);
-    let Some(mut policy) = policy_source(init, &queue, obs_spec, num_actions, k)? else {
+    let Some(mut policy) = policy_source(init, &queue, network, obs_spec, num_actions, k)? else {
         return Ok(());
     };
     report(
@@ -207,6 +186,7 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
 fn policy_source(
     init: &ActorInit,
     queue: &ExperienceQueue,
+    network: NetSpec,
     obs: ObsSpec,
     num_actions: usize,
     rows: usize,
@@ -214,8 +194,13 @@ fn policy_source(
     if let Some(name) = &init.inference {
         return Ok(Some(Box::new(ServedPolicy::open(name, init.actor)?)));
     }
-    let (snapshot, mut model, mut flat) =
-        snapshot_copy(init, obs, num_actions, "this actor's network")?;
+    let (snapshot, mut model, mut flat) = snapshot_copy(
+        &init.snapshot,
+        network,
+        obs,
+        num_actions,
+        "this actor's network",
+    )?;
     let mut version = 0;
     while version == 0 {
         if queue.is_closed() {
@@ -232,28 +217,6 @@ fn policy_source(
     ))))
 }
 
-/// The run's weight snapshot, opened, with a CPU network of the run's architecture for
-/// observations `obs` (`whose`, for the error when the two differ in size) and a buffer for its
-/// flat weights; the network keeps libtorch's initial weights until the caller loads some.
-fn snapshot_copy(
-    init: &ActorInit,
-    obs: ObsSpec,
-    num_actions: usize,
-    whose: &str,
-) -> Result<(WeightSnapshot, QNetwork, Vec<f32>)> {
-    let snapshot = WeightSnapshot::open(&init.snapshot).context("opening the weight snapshot")?;
-    let network = crate::rules::net_spec(&init.config, obs).map_err(anyhow::Error::msg)?;
-    let model = QNetwork::new(network, obs, num_actions, Device::Cpu);
-    let flat = vec![0f32; snapshot.numel()];
-    anyhow::ensure!(
-        flat.len() == model.numel(),
-        "snapshot has {} parameters, {whose} {}",
-        flat.len(),
-        model.numel()
-    );
-    Ok((snapshot, model, flat))
-}
-
 /// Whether `e`, from the policy source, means the run is stopping (the queue closed, or the
 /// inference server stopped) rather than a failure.
 fn stopping(e: &anyhow::Error, queue: &ExperienceQueue) -> bool {
@@ -262,84 +225,6 @@ fn stopping(e: &anyhow::Error, queue: &ExperienceQueue) -> bool {
             e.downcast_ref::<crate::shm::InferenceError>(),
             Some(crate::shm::InferenceError::Closed)
         )
-}
-
-/// The evaluator (`--eval-every`): each time the frame count passes a multiple of
-/// `--eval-every`, copies the newest snapshot and plays `--eval-episodes` whole games with the
-/// standard protocol ([`eval::Protocol::standard`]: epsilon 0.05, up to 30 no-op starts, a
-/// lost life not terminal, unclipped scores; an actor-critic network samples from its policy
-/// instead of acting epsilon-greedily), and reports their statistics. Training does not
-/// wait for it; an evaluation that spans several multiples reports once.
-fn evaluate_periodically(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
-    let cfg = &init.config;
-    let id = cfg.env_id().map_err(anyhow::Error::msg)?;
-    let protocol = eval::Protocol::standard();
-    let mut env = env::make(&id, &protocol.env_settings(&cfg.env_settings(init.seed)))
-        .context("starting the evaluation environment")?;
-    let queue = ExperienceQueue::open(&init.queue).context("opening the experience queue")?;
-    let (snapshot, mut model, mut flat) = snapshot_copy(
-        init,
-        env.obs_spec(),
-        env.num_actions(),
-        "the evaluator's network",
-    )?;
-    let network = model.spec();
-    let mut rng = StdRng::seed_from_u64(init.seed ^ 0xE7A1);
-    // A policy network is evaluated as the A3C paper does: sampling from its policy.
-    let policy = if network.head == HeadKind::ActorCritic {
-        ActionPolicy::Sample
-    } else {
-        ActionPolicy::EpsilonGreedy(protocol.epsilon)
-    };
-    let frames = queue.frames();
-    let every = cfg.run.eval_every.max(1);
-    let mut next = (frames.load(Ordering::Relaxed) / every + 1) * every;
-    loop {
-        while frames.load(Ordering::Relaxed) < next {
-            if queue.is_closed() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let at = frames.load(Ordering::Relaxed);
-        snapshot.read_into(&mut flat)?;
-        model.load_flat(&flat);
-        let result = eval::evaluate_with(
-            &model,
-            env.as_mut(),
-            cfg.run.eval_episodes,
-            policy,
-            &mut rng,
-            |_, _| {
-                if queue.is_closed() {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            },
-        )?;
-        if queue.is_closed() {
-            return Ok(());
-        }
-        if let Some(s) = result.stats() {
-            report(
-                reports,
-                ActorMsg::Eval {
-                    scores: EvalScores {
-                        frames: at,
-                        mean: s.mean,
-                        median: s.median,
-                        std: s.std,
-                        min: s.min,
-                        max: s.max,
-                        episodes: result.episodes.len(),
-                    },
-                    weights: flat.clone(),
-                },
-            )?;
-        }
-        next = (frames.load(Ordering::Relaxed) / every + 1) * every;
-    }
 }
 
 /// The `limit` benchmark phase: the environments stepped with uniformly random actions and
@@ -411,13 +296,6 @@ fn injected_fault() -> Result<Option<(Fault, u64)>> {
     parsed.map(Some).ok_or_else(|| {
         anyhow::anyhow!("{FAULT_ENV}={spec}: expected panic@N, exit@N or error@N with N >= 1")
     })
-}
-
-/// Sends `msg` to the learner.
-fn report(reports: &IpcSender<ActorMsg>, msg: ActorMsg) -> Result<()> {
-    reports
-        .send(msg)
-        .map_err(|e| anyhow::anyhow!("reporting to the learner: {e:?}"))
 }
 
 /// Starts a new episode of `env` and adds the frames its start took (Atari: the no-op and

@@ -83,6 +83,13 @@ pub enum ActorMsg {
     },
 }
 
+/// Sends `msg` to the learner over `reports`. Errors: the channel's, when the learner is gone.
+pub fn report(reports: &IpcSender<ActorMsg>, msg: ActorMsg) -> anyhow::Result<()> {
+    reports
+        .send(msg)
+        .map_err(|e| anyhow::anyhow!("reporting to the learner: {e:?}"))
+}
+
 /// Seed of actor `actor` in restart generation `generation` from the run's base seed:
 /// distinct per actor, reproducible per run (splitmix64 of the three).
 pub fn actor_seed(base: u64, actor: usize, generation: u64) -> u64 {
