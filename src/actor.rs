@@ -32,9 +32,10 @@ fn env_seed(seed: u64, j: usize) -> u64 {
 }
 
 /// Runs one actor until the learner closes the queue: steps its environments, acts on the
-/// snapshot's outputs and pushes the learning rule's transitions into its lane. `init` comes
-/// from the handshake; the caller has set up the process (see [`crate::cli`]).
-pub fn run(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
+/// snapshot's outputs (epsilon annealed from 1 to `final_epsilon` over `--eps-decay` frames)
+/// and pushes the learning rule's transitions into its lane. `init` comes from the handshake;
+/// the caller has set up the process (see [`crate::cli`]).
+pub fn run(init: &ActorInit, final_epsilon: f64, reports: &IpcSender<ActorMsg>) -> Result<()> {
     let cfg = &init.config;
     let id = cfg.env_id().map_err(anyhow::Error::msg)?;
     let k = cfg.actors.envs_per_actor;
@@ -83,7 +84,7 @@ pub fn run(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
     let frames = queue.frames();
     let epsilon = || {
         schedule::epsilon(
-            init.final_epsilon,
+            final_epsilon,
             cfg.rule.exploration.eps_decay,
             frames.load(Ordering::Relaxed),
         )

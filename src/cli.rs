@@ -280,7 +280,7 @@ fn play_role(
     tch::manual_seed(init.seed as i64);
     let _no_grad = tch::no_grad_guard();
     match init.role {
-        Role::Act => actor::run(init, reports),
+        Role::Act { final_epsilon } => actor::run(init, final_epsilon, reports),
         Role::Evaluate => evaluator::run(init, reports),
     }
 }

@@ -17,12 +17,11 @@ pub struct ActorInit {
     pub lane: usize,
     /// Seed for the emulator and exploration, derived from `--seed`, the index and the restart.
     pub seed: u64,
-    /// This actor's final epsilon (drawn from `--final-epsilons`).
-    pub final_epsilon: f64,
     pub config: Config,
     /// What to run (the config does not carry it: it is not a hyperparameter).
     pub phase: BenchPhase,
-    /// Acting for training, or evaluating the snapshot every `--eval-every` frames.
+    /// Acting for training (with its final epsilon), or evaluating the snapshot every
+    /// `--eval-every` frames.
     pub role: Role,
     /// Shared-memory segment names.
     pub queue: String,
@@ -35,10 +34,12 @@ pub struct ActorInit {
 }
 
 /// What an actor process does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Role {
-    /// Plays with epsilon-greedy exploration and pushes n-step transitions into its lane.
-    Act,
+    /// Plays with epsilon-greedy exploration, annealed to `final_epsilon` (drawn from
+    /// `--final-epsilons`; a policy network samples its actions instead), and pushes the
+    /// learning rule's transitions into its lane.
+    Act { final_epsilon: f64 },
     /// Every `--eval-every` frames, copies the snapshot and plays `--eval-episodes` games with
     /// the evaluation protocol; pushes nothing.
     Evaluate,

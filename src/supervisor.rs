@@ -234,14 +234,16 @@ impl ActorPool {
             actor,
             lane: actor,
             seed,
-            final_epsilon: if evaluator {
-                crate::eval::EPSILON
-            } else {
-                s.final_epsilons[actor]
-            },
             config: s.config.clone(),
             phase: s.config.invocation.bench_phase,
-            role: if evaluator { Role::Evaluate } else { Role::Act },
+            // The evaluator plays by the evaluation protocol, which sets its own epsilon.
+            role: if evaluator {
+                Role::Evaluate
+            } else {
+                Role::Act {
+                    final_epsilon: s.final_epsilons[actor],
+                }
+            },
             queue: s.queue.clone(),
             snapshot: s.snapshot.clone(),
             // The evaluator plays with its own snapshot copy.
@@ -337,10 +339,9 @@ mod tests {
             actor: 0,
             lane: 0,
             seed: 0,
-            final_epsilon: 0.1,
             config: crate::config::Config::default(),
             phase: crate::config::BenchPhase::Training,
-            role: crate::ipc::Role::Act,
+            role: crate::ipc::Role::Act { final_epsilon: 0.1 },
             queue: String::new(),
             snapshot: String::new(),
             inference: None,
