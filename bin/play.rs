@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use async_rl::actor::ActionPolicy;
 use async_rl::config::DeviceChoice;
 use async_rl::env::{EnvId, Environment};
 use async_rl::eval::{self, Event, Protocol, Report};
 use async_rl::model::QNetwork;
+use async_rl::policy::ActionPolicy;
 use async_rl::recording::GifRecorder;
 use async_rl::render::TerminalScreen;
 use async_rl::rules::{Head, RULES};

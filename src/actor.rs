@@ -7,126 +7,35 @@
 //! loop knows no rule by name: it asks each environment's adder whether this step needs the
 //! snapshot's Q-values (n-step Q bootstraps a full segment from the forward pass that picks the
 //! next action anyway), so an actor runs at most one forward pass per agent step, over only the
-//! environments whose Q-values it uses (see `act`).
+//! environments whose Q-values it uses (see [`run`]).
 
-use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ipc_channel::ipc::IpcSender;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use tch::Device;
 
 use crate::config::BenchPhase;
 use crate::env::{self, ObsSpec};
-use crate::eval;
-use crate::inference::{PolicySource, ServedPolicy, SnapshotPolicy};
-use crate::model::{HeadKind, QNetwork};
-use crate::protocol::{ActorInit, ActorMsg, EvalScores, Role};
+use crate::inference::{snapshot_copy, PolicySource, ServedPolicy, SnapshotPolicy};
+use crate::ipc::{report, ActorInit, ActorMsg};
+use crate::model::{HeadKind, NetSpec};
+use crate::policy::{argmax, epsilon_greedy, explores, sample_softmax};
 use crate::rules::{self, Adder, LaneSink, StepEnd};
 use crate::schedule;
-use crate::shm::{ExperienceQueue, PushError, WeightSnapshot};
-
-/// How an agent picks its action from a row of the network's action values.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum ActionPolicy {
-    /// Q-values: with probability epsilon a uniform action, else the argmax.
-    EpsilonGreedy(f64),
-    /// Policy logits: a sample from their softmax (the actor-critic rules).
-    Sample,
-}
-
-impl From<f64> for ActionPolicy {
-    fn from(epsilon: f64) -> Self {
-        ActionPolicy::EpsilonGreedy(epsilon)
-    }
-}
-
-impl ActionPolicy {
-    /// The action for `values` (`[num_actions]`: Q-values or logits).
-    pub fn act(self, values: &[f32], rng: &mut impl Rng) -> usize {
-        match self {
-            ActionPolicy::EpsilonGreedy(e) => epsilon_greedy(values, e, rng),
-            ActionPolicy::Sample => sample_softmax(values, rng),
-        }
-    }
-}
-
-/// An action drawn from `softmax(logits)` (computed stably: the largest logit is subtracted
-/// first). Non-finite logits fall back to the argmax.
-pub fn sample_softmax(logits: &[f32], rng: &mut impl Rng) -> usize {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    // Two passes over the logits instead of a vector of weights: no allocation per step.
-    let weight = |l: f32| f64::from(l - max).exp();
-    let total: f64 = logits.iter().map(|&l| weight(l)).sum();
-    if !total.is_finite() || total <= 0.0 {
-        return argmax(logits);
-    }
-    let mut u = rng.gen::<f64>() * total;
-    for (i, &l) in logits.iter().enumerate() {
-        let w = weight(l);
-        if u < w {
-            return i;
-        }
-        u -= w;
-    }
-    logits.len() - 1
-}
-
-/// Greedy-or-random action: with probability `epsilon` a uniform action, else argmax of `q`.
-pub fn epsilon_greedy(q: &[f32], epsilon: f64, rng: &mut impl Rng) -> usize {
-    if explores(epsilon, rng) {
-        rng.gen_range(0..q.len())
-    } else {
-        argmax(q)
-    }
-}
-
-/// The first half of [`epsilon_greedy`], drawn before the Q-values are known: true (a random
-/// action) with probability `epsilon`.
-fn explores(epsilon: f64, rng: &mut impl Rng) -> bool {
-    rng.gen::<f64>() < epsilon
-}
-
-/// Index of the largest value (the first of equals); 0 for an empty slice.
-fn argmax(q: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, v) in q.iter().enumerate() {
-        if *v > q[best] {
-            best = i;
-        }
-    }
-    best
-}
+use crate::shm::{ExperienceQueue, PushError};
 
 /// Seed of environment `j` of an actor seeded `seed` (environment 0 keeps the actor's seed).
 fn env_seed(seed: u64, j: usize) -> u64 {
     seed.wrapping_add((j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
-/// Runs one actor until the learner closes the queue. `init` comes from the handshake.
-pub fn run(init: ActorInit) -> Result<()> {
-    let reports = init.reports.clone();
-    let actor = init.actor;
-    let result = act(&init, &reports);
-    if let Err(e) = &result {
-        let _ = reports.send(ActorMsg::Failed {
-            actor,
-            message: format!("{e:#}"),
-        });
-    }
-    result
-}
-
-fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
-    crate::supervisor::lower_priority(init.config.procs.actor_nice)?;
-    tch::set_num_threads(1);
-    tch::manual_seed(init.seed as i64);
-    let _no_grad = tch::no_grad_guard();
-    if init.role == Role::Evaluate {
-        return evaluate_periodically(init, reports);
-    }
+/// Runs one actor until the learner closes the queue: steps its environments, acts on the
+/// snapshot's outputs (epsilon annealed from 1 to `final_epsilon` over `--eps-decay` frames)
+/// and pushes the learning rule's transitions into its lane. `init` comes from the handshake;
+/// the caller has set up the process (see [`crate::cli`]).
+pub fn run(init: &ActorInit, final_epsilon: f64, reports: &IpcSender<ActorMsg>) -> Result<()> {
     let cfg = &init.config;
     let id = cfg.env_id().map_err(anyhow::Error::msg)?;
     let k = cfg.actors.envs_per_actor;
@@ -142,7 +51,7 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
     let num_actions = envs[0].num_actions();
     let network = crate::rules::net_spec(cfg, obs_spec).map_err(anyhow::Error::msg)?;
     let width = network.act_width(num_actions);
-    let Some(mut policy) = policy_source(init, &queue, obs_spec, num_actions, k)? else {
+    let Some(mut policy) = policy_source(init, &queue, network, obs_spec, num_actions, k)? else {
         return Ok(());
     };
     report(
@@ -175,7 +84,7 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
     let frames = queue.frames();
     let epsilon = || {
         schedule::epsilon(
-            init.final_epsilon,
+            final_epsilon,
             cfg.rule.exploration.eps_decay,
             frames.load(Ordering::Relaxed),
         )
@@ -278,6 +187,7 @@ fn act(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
 fn policy_source(
     init: &ActorInit,
     queue: &ExperienceQueue,
+    network: NetSpec,
     obs: ObsSpec,
     num_actions: usize,
     rows: usize,
@@ -285,8 +195,13 @@ fn policy_source(
     if let Some(name) = &init.inference {
         return Ok(Some(Box::new(ServedPolicy::open(name, init.actor)?)));
     }
-    let (snapshot, mut model, mut flat) =
-        snapshot_copy(init, obs, num_actions, "this actor's network")?;
+    let (snapshot, mut model, mut flat) = snapshot_copy(
+        &init.snapshot,
+        network,
+        obs,
+        num_actions,
+        "this actor's network",
+    )?;
     let mut version = 0;
     while version == 0 {
         if queue.is_closed() {
@@ -303,28 +218,6 @@ fn policy_source(
     ))))
 }
 
-/// The run's weight snapshot, opened, with a CPU network of the run's architecture for
-/// observations `obs` (`whose`, for the error when the two differ in size) and a buffer for its
-/// flat weights; the network keeps libtorch's initial weights until the caller loads some.
-fn snapshot_copy(
-    init: &ActorInit,
-    obs: ObsSpec,
-    num_actions: usize,
-    whose: &str,
-) -> Result<(WeightSnapshot, QNetwork, Vec<f32>)> {
-    let snapshot = WeightSnapshot::open(&init.snapshot).context("opening the weight snapshot")?;
-    let network = crate::rules::net_spec(&init.config, obs).map_err(anyhow::Error::msg)?;
-    let model = QNetwork::new(network, obs, num_actions, Device::Cpu);
-    let flat = vec![0f32; snapshot.numel()];
-    anyhow::ensure!(
-        flat.len() == model.numel(),
-        "snapshot has {} parameters, {whose} {}",
-        flat.len(),
-        model.numel()
-    );
-    Ok((snapshot, model, flat))
-}
-
 /// Whether `e`, from the policy source, means the run is stopping (the queue closed, or the
 /// inference server stopped) rather than a failure.
 fn stopping(e: &anyhow::Error, queue: &ExperienceQueue) -> bool {
@@ -333,84 +226,6 @@ fn stopping(e: &anyhow::Error, queue: &ExperienceQueue) -> bool {
             e.downcast_ref::<crate::shm::InferenceError>(),
             Some(crate::shm::InferenceError::Closed)
         )
-}
-
-/// The evaluator (`--eval-every`): each time the frame count passes a multiple of
-/// `--eval-every`, copies the newest snapshot and plays `--eval-episodes` whole games with the
-/// standard protocol ([`eval::Protocol::standard`]: epsilon 0.05, up to 30 no-op starts, a
-/// lost life not terminal, unclipped scores; an actor-critic network samples from its policy
-/// instead of acting epsilon-greedily), and reports their statistics. Training does not
-/// wait for it; an evaluation that spans several multiples reports once.
-fn evaluate_periodically(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
-    let cfg = &init.config;
-    let id = cfg.env_id().map_err(anyhow::Error::msg)?;
-    let protocol = eval::Protocol::standard();
-    let mut env = env::make(&id, &protocol.env_settings(&cfg.env_settings(init.seed)))
-        .context("starting the evaluation environment")?;
-    let queue = ExperienceQueue::open(&init.queue).context("opening the experience queue")?;
-    let (snapshot, mut model, mut flat) = snapshot_copy(
-        init,
-        env.obs_spec(),
-        env.num_actions(),
-        "the evaluator's network",
-    )?;
-    let network = model.spec();
-    let mut rng = StdRng::seed_from_u64(init.seed ^ 0xE7A1);
-    // A policy network is evaluated as the A3C paper does: sampling from its policy.
-    let policy = if network.head == HeadKind::ActorCritic {
-        ActionPolicy::Sample
-    } else {
-        ActionPolicy::EpsilonGreedy(protocol.epsilon)
-    };
-    let frames = queue.frames();
-    let every = cfg.run.eval_every.max(1);
-    let mut next = (frames.load(Ordering::Relaxed) / every + 1) * every;
-    loop {
-        while frames.load(Ordering::Relaxed) < next {
-            if queue.is_closed() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let at = frames.load(Ordering::Relaxed);
-        snapshot.read_into(&mut flat)?;
-        model.load_flat(&flat);
-        let result = eval::evaluate_with(
-            &model,
-            env.as_mut(),
-            cfg.run.eval_episodes,
-            policy,
-            &mut rng,
-            |_, _| {
-                if queue.is_closed() {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            },
-        )?;
-        if queue.is_closed() {
-            return Ok(());
-        }
-        if let Some(s) = result.stats() {
-            report(
-                reports,
-                ActorMsg::Eval {
-                    scores: EvalScores {
-                        frames: at,
-                        mean: s.mean,
-                        median: s.median,
-                        std: s.std,
-                        min: s.min,
-                        max: s.max,
-                        episodes: result.episodes.len(),
-                    },
-                    weights: flat.clone(),
-                },
-            )?;
-        }
-        next = (frames.load(Ordering::Relaxed) / every + 1) * every;
-    }
 }
 
 /// The `limit` benchmark phase: the environments stepped with uniformly random actions and
@@ -484,13 +299,6 @@ fn injected_fault() -> Result<Option<(Fault, u64)>> {
     })
 }
 
-/// Sends `msg` to the learner.
-fn report(reports: &IpcSender<ActorMsg>, msg: ActorMsg) -> Result<()> {
-    reports
-        .send(msg)
-        .map_err(|e| anyhow::anyhow!("reporting to the learner: {e:?}"))
-}
-
 /// Starts a new episode of `env` and adds the frames its start took (Atari: the no-op and
 /// FIRE frames, which [`env::Environment::episode_frames`] counts from the reset) to the run's
 /// frame counter `frames`, so that every emulator frame counts towards the schedules.
@@ -548,38 +356,5 @@ mod tests {
             total += start;
         }
         assert_eq!(frames.load(Ordering::Relaxed), total);
-    }
-
-    #[test]
-    fn sampling_follows_the_softmax() {
-        let mut rng = StdRng::seed_from_u64(2);
-        // Logits ln(1), ln(2), ln(7): probabilities 0.1, 0.2, 0.7 (any shift gives the same).
-        let logits = [100.0f32, 100.0 + 2f32.ln(), 100.0 + 7f32.ln()];
-        let n = 20_000;
-        let mut seen = [0usize; 3];
-        for _ in 0..n {
-            seen[ActionPolicy::Sample.act(&logits, &mut rng)] += 1;
-        }
-        for (count, p) in seen.iter().zip([0.1, 0.2, 0.7]) {
-            let sd = (n as f64 * p * (1.0 - p)).sqrt();
-            assert!((*count as f64 - n as f64 * p).abs() < 4.0 * sd, "{seen:?}");
-        }
-        // Non-finite logits fall back to the argmax instead of panicking.
-        assert_eq!(sample_softmax(&[0.0, f32::NAN, 1.0], &mut rng), 2);
-        assert_eq!(ActionPolicy::from(0.0).act(&[0.1, 0.9], &mut rng), 1);
-    }
-
-    #[test]
-    fn epsilon_greedy_extremes() {
-        let mut rng = StdRng::seed_from_u64(1);
-        let q = [0.1, 0.9, 0.3];
-        for _ in 0..100 {
-            assert_eq!(epsilon_greedy(&q, 0.0, &mut rng), 1);
-        }
-        let mut seen = [0usize; 3];
-        for _ in 0..3000 {
-            seen[epsilon_greedy(&q, 1.0, &mut rng)] += 1;
-        }
-        assert!(seen.iter().all(|&c| c > 800), "{seen:?}");
     }
 }

@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use crate::config::{self, Config, DeviceChoice, HostSettings, ProcessSettings, RemoteSettings};
-use crate::{actor, checkpoint, device, env, game, learner, signals, supervisor};
+use crate::ipc::{ActorInit, ActorMsg, Role};
+use crate::{actor, checkpoint, device, env, evaluator, game, learner, signals, supervisor};
 
 /// The `learner` command line: trains (see `learner --help`), or runs as an actor when
 /// re-executed by a learner. Call it from your own `main` after registering environments with
@@ -246,9 +247,41 @@ fn actor_main(args: &[String]) -> ExitCode {
             "actor: usage: learner __actor <server> <learner-pid> (started by the learner only)",
         );
     };
-    match supervisor::actor_handshake(server, pid).and_then(actor::run) {
+    match supervisor::actor_handshake(server, pid).and_then(run_actor) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(1, &format!("actor: {e:#}")),
+    }
+}
+
+/// An actor process after its handshake: plays its role ([`actor::run`] or [`evaluator::run`])
+/// until the learner closes the queue. A failure is reported to the learner
+/// ([`ActorMsg::Failed`]) as well as returned.
+fn run_actor(init: ActorInit) -> anyhow::Result<()> {
+    let reports = init.reports.clone();
+    let actor = init.actor;
+    let result = play_role(&init, &reports);
+    if let Err(e) = &result {
+        let _ = reports.send(ActorMsg::Failed {
+            actor,
+            message: format!("{e:#}"),
+        });
+    }
+    result
+}
+
+/// Sets up this actor process (`--actor-nice`, one libtorch thread, its seed, no gradients)
+/// and runs its role.
+fn play_role(
+    init: &ActorInit,
+    reports: &ipc_channel::ipc::IpcSender<ActorMsg>,
+) -> anyhow::Result<()> {
+    crate::os::lower_priority(init.config.procs.actor_nice)?;
+    tch::set_num_threads(1);
+    tch::manual_seed(init.seed as i64);
+    let _no_grad = tch::no_grad_guard();
+    match init.role {
+        Role::Act { final_epsilon } => actor::run(init, final_epsilon, reports),
+        Role::Evaluate => evaluator::run(init, reports),
     }
 }
 

@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use rand::Rng;
 use serde::Serialize;
 
-use crate::actor::ActionPolicy;
 use crate::env::{EnvError, EnvSettings, Environment, Step};
 use crate::model::{obs_tensor, QNetwork};
+use crate::policy::ActionPolicy;
 
 /// Games per evaluation.
 pub const EPISODES: usize = 30;

@@ -24,7 +24,7 @@ use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use crate::env::ObsSpec;
-use crate::model::QNetwork;
+use crate::model::{NetSpec, QNetwork};
 use crate::shm::inference::{batch_due, InferenceSlots, Pending};
 use crate::shm::WeightSnapshot;
 
@@ -115,6 +115,28 @@ impl SnapshotPolicy {
             rows,
         }
     }
+}
+
+/// The weight snapshot named `snapshot`, opened, with a CPU network `network` for observations
+/// `obs` (`whose`, for the error when the two differ in size) and a buffer for its flat
+/// weights; the network keeps libtorch's initial weights until the caller loads some.
+pub fn snapshot_copy(
+    snapshot: &str,
+    network: NetSpec,
+    obs: ObsSpec,
+    num_actions: usize,
+    whose: &str,
+) -> Result<(WeightSnapshot, QNetwork, Vec<f32>)> {
+    let snapshot = WeightSnapshot::open(snapshot).context("opening the weight snapshot")?;
+    let model = QNetwork::new(network, obs, num_actions, Device::Cpu);
+    let flat = vec![0f32; snapshot.numel()];
+    anyhow::ensure!(
+        flat.len() == model.numel(),
+        "snapshot has {} parameters, {whose} {}",
+        flat.len(),
+        model.numel()
+    );
+    Ok((snapshot, model, flat))
 }
 
 impl PolicySource for SnapshotPolicy {

@@ -5,11 +5,15 @@
 //! preprocessing), [`game`] (game names and ROMs), [`model`] (the Q-networks), [`returns`] and
 //! [`schedule`] (the RL math), [`rules`] (the learning rules' actor and learner halves),
 //! [`replay`] (the replay memory), [`optim`] (RMSProp), [`shm`] (the experience queue and weight
-//! snapshot in shared memory), [`actor`] and [`learner`] (the two loops), [`local_actors`] (a machine's actor processes with their queue and snapshot), [`inference`] (where actors' network outputs come from: their snapshot copy or the learner's batched inference server), [`supervisor`] and
-//! [`signals`] (process management), [`cli`] (the learner's command line), [`protocol`] (ipc messages), [`checkpoint`], [`metrics`],
+//! snapshot in shared memory), [`actor`] and [`learner`] (the two loops), [`local_actors`] (a
+//! machine's actor processes with their queue and snapshot), [`policy`] (epsilon-greedy or
+//! sampled actions), [`inference`] (where actors' network outputs come from: their snapshot
+//! copy or the learner's batched inference server), [`supervisor`], [`signals`] and [`os`]
+//! (process management), [`ipc`] (the messages between the learner and its actor processes),
+//! [`cli`] (the learner's command line), [`checkpoint`], [`metrics`],
 //! [`tensorboard`] (event files), [`config`] and [`device`]; for watching and measuring a result,
-//! [`eval`] (the evaluation protocols), [`render`] (the screen on a terminal) and [`recording`]
-//! (GIFs).
+//! [`eval`] (the evaluation protocols), [`evaluator`] (the run's periodic evaluation), [`render`]
+//! (the screen on a terminal) and [`recording`] (GIFs).
 
 pub mod actor;
 pub mod checkpoint;
@@ -18,15 +22,18 @@ pub mod config;
 pub mod device;
 pub mod env;
 pub mod eval;
+pub mod evaluator;
 pub mod game;
 pub mod inference;
+pub mod ipc;
 pub mod learner;
 pub mod local_actors;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod os;
+pub mod policy;
 pub mod preprocess;
-pub mod protocol;
 pub mod recording;
 pub mod remote;
 pub mod render;

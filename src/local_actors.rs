@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use ipc_channel::ipc::{self, IpcReceiver, IpcSender};
 
 use crate::config::Config;
-use crate::protocol::ActorMsg;
+use crate::ipc::ActorMsg;
 use crate::shm::{self, ExperienceQueue, SlotLayout, WeightSnapshot};
 use crate::supervisor::{ActorPool, PoolSettings};
 

@@ -411,7 +411,7 @@ impl Board {
 
     /// A periodic evaluation (`eval/mean_return`, `eval/median_return`, `eval/std_return`) at
     /// the frames of the evaluated snapshot; flushes.
-    pub fn eval(&mut self, e: &crate::protocol::EvalScores) -> Result<(), TensorBoardError> {
+    pub fn eval(&mut self, e: &crate::ipc::EvalScores) -> Result<(), TensorBoardError> {
         let step = e.frames as i64;
         self.writer.add_scalar("eval/mean_return", e.mean, step)?;
         self.writer
@@ -531,7 +531,7 @@ pub trait Logger {
     }
 
     /// A periodic evaluation (`--eval-every`).
-    fn eval(&mut self, _scores: &crate::protocol::EvalScores) -> anyhow::Result<()> {
+    fn eval(&mut self, _scores: &crate::ipc::EvalScores) -> anyhow::Result<()> {
         Ok(())
     }
 
@@ -565,7 +565,7 @@ impl Logger for Board {
         Board::episode(self, frames, score, length).map_err(board_error)
     }
 
-    fn eval(&mut self, scores: &crate::protocol::EvalScores) -> anyhow::Result<()> {
+    fn eval(&mut self, scores: &crate::ipc::EvalScores) -> anyhow::Result<()> {
         Board::eval(self, scores).map_err(board_error)
     }
 

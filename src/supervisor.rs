@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
 
 use crate::config::Config;
-use crate::protocol::{actor_seed, ActorInit, ActorMsg, Role};
+use crate::ipc::{actor_seed, ActorInit, ActorMsg, Role};
 
 /// First argument that turns the learner binary into an actor.
 pub const ACTOR_ARG: &str = "__actor";
@@ -112,27 +112,6 @@ pub fn actor_handshake(server: &str, learner_pid: u32) -> Result<ActorInit> {
         .map_err(|e| anyhow!("handshake: {e:?}"))?;
     rx.recv()
         .map_err(|e| anyhow!("receiving settings from the learner: {e:?}"))
-}
-
-/// Adds `by` to this process's niceness (capped at 19, the lowest priority), so that an actor
-/// yields the cores to the learner it feeds when they are oversubscribed (`--actor-nice`).
-pub fn lower_priority(by: u32) -> Result<()> {
-    if by == 0 {
-        return Ok(());
-    }
-    nix::errno::Errno::clear();
-    // SAFETY: getpriority takes no pointers; -1 is a valid niceness, so errno tells errors.
-    let current = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
-    if current == -1 && nix::errno::Errno::last_raw() != 0 {
-        return Err(std::io::Error::last_os_error()).context("--actor-nice: getpriority");
-    }
-    let target = current.saturating_add(by as i32).min(19);
-    // SAFETY: setpriority takes no pointers; `0` is this process.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, target) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("--actor-nice {by}: setpriority to {target}"));
-    }
-    Ok(())
 }
 
 /// Waits up to `grace` for all actors to exit, then SIGKILLs and reaps the rest. Returns the
@@ -260,14 +239,16 @@ impl ActorPool {
             actor,
             lane: actor,
             seed,
-            final_epsilon: if evaluator {
-                crate::eval::EPSILON
-            } else {
-                s.final_epsilons[actor]
-            },
             config: s.config.clone(),
             phase: s.config.invocation.bench_phase,
-            role: if evaluator { Role::Evaluate } else { Role::Act },
+            // The evaluator plays by the evaluation protocol, which sets its own epsilon.
+            role: if evaluator {
+                Role::Evaluate
+            } else {
+                Role::Act {
+                    final_epsilon: s.final_epsilons[actor],
+                }
+            },
             queue: s.queue.clone(),
             snapshot: s.snapshot.clone(),
             // The evaluator plays with its own snapshot copy.
@@ -363,10 +344,9 @@ mod tests {
             actor: 0,
             lane: 0,
             seed: 0,
-            final_epsilon: 0.1,
             config: crate::config::Config::default(),
             phase: crate::config::BenchPhase::Training,
-            role: crate::protocol::Role::Act,
+            role: crate::ipc::Role::Act { final_epsilon: 0.1 },
             queue: String::new(),
             snapshot: String::new(),
             inference: None,

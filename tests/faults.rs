@@ -165,9 +165,7 @@ fn sigkill_each_actor(extra: &[&str]) -> RunDir {
             rest.split_whitespace().next()?.parse().ok()
         })
         .collect();
-    let originals: Vec<u64> = (0..2)
-        .map(|i| async_rl::protocol::actor_seed(0, i, 0))
-        .collect();
+    let originals: Vec<u64> = (0..2).map(|i| async_rl::ipc::actor_seed(0, i, 0)).collect();
     assert_eq!(seeds.len(), 2, "{log}");
     assert!(
         seeds.iter().all(|s| !originals.contains(s)) && seeds[0] != seeds[1],

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use super::{Counters, Trainer};
 use crate::checkpoint;
 use crate::config::Config;
-use crate::protocol::EvalScores;
+use crate::ipc::EvalScores;
 
 /// Writes checkpoint `model-<frames>.pt` of the run's current state.
 pub(super) fn save(

@@ -23,8 +23,8 @@ use tonic::transport::Endpoint;
 use super::pb::actor_link_client::ActorLinkClient;
 use super::wire::{self, down, up, Down, Up};
 use crate::config::Config;
+use crate::ipc::ActorMsg;
 use crate::local_actors::{ActorSetup, LocalActors};
-use crate::protocol::ActorMsg;
 use crate::shm::{self, ExperienceQueue, SlotLayout, WeightSnapshot};
 use crate::supervisor::ActorPool;
 

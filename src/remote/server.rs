@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::pb::actor_link_server::{ActorLink, ActorLinkServer};
 use super::wire::{self, down, up, Down, Up};
 use crate::config::Config;
-use crate::protocol::{actor_seed, ActorMsg};
+use crate::ipc::{actor_seed, ActorMsg};
 use crate::schedule;
 use crate::shm::{ExperienceQueue, PushError, SlotLayout, WeightSnapshot};
 

@@ -1,4 +1,4 @@
-//! The small messages that travel over ipc-channel between the learner and its actors: the
+//! The messages between the learner and its actor processes over ipc-channel: the
 //! handshake that hands an actor its settings, and the actor's reports (readiness, finished
 //! games, fatal errors). Bulk data never goes here: experience travels through the shared-memory
 //! queue and weights through the snapshot.
@@ -17,12 +17,11 @@ pub struct ActorInit {
     pub lane: usize,
     /// Seed for the emulator and exploration, derived from `--seed`, the index and the restart.
     pub seed: u64,
-    /// This actor's final epsilon (drawn from `--final-epsilons`).
-    pub final_epsilon: f64,
     pub config: Config,
     /// What to run (the config does not carry it: it is not a hyperparameter).
     pub phase: BenchPhase,
-    /// Acting for training, or evaluating the snapshot every `--eval-every` frames.
+    /// Acting for training (with its final epsilon), or evaluating the snapshot every
+    /// `--eval-every` frames.
     pub role: Role,
     /// Shared-memory segment names.
     pub queue: String,
@@ -35,10 +34,12 @@ pub struct ActorInit {
 }
 
 /// What an actor process does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Role {
-    /// Plays with epsilon-greedy exploration and pushes n-step transitions into its lane.
-    Act,
+    /// Plays with epsilon-greedy exploration, annealed to `final_epsilon` (drawn from
+    /// `--final-epsilons`; a policy network samples its actions instead), and pushes the
+    /// learning rule's transitions into its lane.
+    Act { final_epsilon: f64 },
     /// Every `--eval-every` frames, copies the snapshot and plays `--eval-episodes` games with
     /// the evaluation protocol; pushes nothing.
     Evaluate,
@@ -81,6 +82,13 @@ pub enum ActorMsg {
         scores: EvalScores,
         weights: Vec<f32>,
     },
+}
+
+/// Sends `msg` to the learner over `reports`. Errors: the channel's, when the learner is gone.
+pub fn report(reports: &IpcSender<ActorMsg>, msg: ActorMsg) -> anyhow::Result<()> {
+    reports
+        .send(msg)
+        .map_err(|e| anyhow::anyhow!("reporting to the learner: {e:?}"))
 }
 
 /// Seed of actor `actor` in restart generation `generation` from the run's base seed:
