@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 use rand::Rng;
 use serde::Serialize;
 
+use crate::atomic_file::{self, WriteError};
+
 use crate::actor::ActionPolicy;
 use crate::env::{EnvError, EnvSettings, Environment, Step};
 use crate::model::{obs_tensor, QNetwork};
@@ -323,38 +325,14 @@ pub fn report_path(model: &Path, sticky: bool) -> PathBuf {
     model.with_file_name(format!("{stem}.{suffix}.json"))
 }
 
-/// Writes `report` as pretty JSON to `path` atomically (a temporary file in the same
-/// directory, fsynced, renamed into place). Errors name the path.
-pub fn write_report(path: &Path, report: &Report) -> Result<(), ReportError> {
-    let err = |source: std::io::Error| ReportError {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".eval.")
-        .suffix(".tmp")
-        // As File::create: 0o666 less the umask (a temporary file's default is 0o600).
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-        .tempfile_in(dir)
-        .map_err(err)?;
-    let mut json = serde_json::to_string_pretty(report).map_err(|e| err(e.into()))?;
-    json.push('\n');
-    tmp.write_all(json.as_bytes()).map_err(err)?;
-    tmp.as_file().sync_all().map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    Ok(())
-}
-
-/// A report that could not be written.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot write {}: {source}", path.display())]
-pub struct ReportError {
-    pub path: PathBuf,
-    pub source: std::io::Error,
+/// Writes `report` as pretty JSON (and a final newline) to `path` atomically
+/// ([`atomic_file`]). Errors name the path.
+pub fn write_report(path: &Path, report: &Report) -> Result<(), WriteError> {
+    atomic_file::write(path, |f| {
+        let mut json = serde_json::to_string_pretty(report)?;
+        json.push('\n');
+        f.write_all(json.as_bytes())
+    })
 }
 
 #[cfg(test)]

@@ -6,12 +6,13 @@
 //! [`schedule`] (the RL math), [`rules`] (the learning rules' actor and learner halves),
 //! [`replay`] (the replay memory), [`optim`] (RMSProp), [`shm`] (the experience queue and weight
 //! snapshot in shared memory), [`actor`] and [`learner`] (the two loops), [`inference`] (where actors' network outputs come from: their snapshot copy or the learner's batched inference server), [`supervisor`] and
-//! [`signals`] (process management), [`cli`] (the learner's command line), [`protocol`] (ipc messages), [`checkpoint`], [`metrics`],
+//! [`signals`] (process management), [`cli`] (the learner's command line), [`protocol`] (ipc messages), [`checkpoint`], [`atomic_file`] (how files are written), [`metrics`],
 //! [`tensorboard`] (event files), [`config`] and [`device`]; for watching and measuring a result,
 //! [`eval`] (the evaluation protocols), [`render`] (the screen on a terminal) and [`recording`]
 //! (GIFs).
 
 pub mod actor;
+pub mod atomic_file;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 
 use super::{Counters, Trainer};
+use crate::atomic_file;
 use crate::checkpoint;
 use crate::config::Config;
 use crate::protocol::EvalScores;
@@ -68,10 +69,9 @@ pub(super) fn save_best(
     let rmsprop: Vec<tch::Tensor> = best.params().iter().map(|(_, p)| p.zeros_like()).collect();
     let path = checkpoint::best_path(run_dir);
     checkpoint::save(&path, &state, best.params(), &rmsprop, &[])?;
-    let json = checkpoint::best_scores_path(run_dir);
-    let tmp = json.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(scores)?)
-        .and_then(|()| std::fs::rename(&tmp, &json))
-        .with_context(|| format!("writing {}", json.display()))?;
+    let json = serde_json::to_vec_pretty(scores)?;
+    atomic_file::write(&checkpoint::best_scores_path(run_dir), |f| {
+        std::io::Write::write_all(f, &json)
+    })?;
     Ok(())
 }
