@@ -398,11 +398,7 @@ fn evaluate_periodically(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Res
                 ActorMsg::Eval {
                     scores: EvalScores {
                         frames: at,
-                        mean: s.mean,
-                        median: s.median,
-                        std: s.std,
-                        min: s.min,
-                        max: s.max,
+                        stats: s,
                         episodes: result.episodes.len(),
                     },
                     weights: flat.clone(),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use ipc_channel::ipc::IpcReceiver;
 
-use super::save::{save, save_best};
+use super::save::{read_best_scores, save, save_best};
 use super::{Counters, Diverged, Trainer};
 use crate::checkpoint;
 use crate::config::{BenchPhase, Config};
@@ -211,9 +211,7 @@ pub(super) fn train(
     let mut ready = std::collections::BTreeSet::new();
     let mut next_reap = Instant::now();
     // The best evaluation so far, kept across resumptions in model-best.eval.json.
-    let mut best: Option<EvalScores> = std::fs::read(checkpoint::best_scores_path(run_dir))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let mut best: Option<EvalScores> = read_best_scores(&checkpoint::best_scores_path(run_dir));
     loop {
         c.frames = queue.frames().load(Ordering::Relaxed);
         while let Ok(msg) = reports.try_recv() {
@@ -229,14 +227,15 @@ pub(super) fn train(
                         .context("writing the TensorBoard event file")?;
                 }
                 ActorMsg::Eval { scores: e, weights } => {
+                    let s = &e.stats;
                     progress.println(&format!(
                         "evaluation at {} frames: mean {:.2}, median {:.2}, std {:.2}, min {}, max {} over {} games",
-                        e.frames, e.mean, e.median, e.std, e.min, e.max, e.episodes
+                        e.frames, s.mean, s.median, s.std, s.min, s.max, e.episodes
                     ));
                     board
                         .eval(&e)
                         .context("writing the TensorBoard event file")?;
-                    if best.as_ref().is_none_or(|b| e.mean > b.mean) {
+                    if best.as_ref().is_none_or(|b| e.stats.mean > b.stats.mean) {
                         save_best(cfg, trainer, c, run_dir, &e, &weights)?;
                         progress.println(&format!(
                             "the best evaluation so far: saved {}",
