@@ -442,12 +442,13 @@ fn play(args: &Args) -> Result<Outcome> {
             result.episodes.len()
         );
     }
-    let Some(stats) = result.stats() else {
+    let Some(games) = result.summary() else {
         return Ok(Outcome::Interrupted);
     };
+    let stats = &games.stats;
     async_rl::say!(
         "{} episodes: mean {:.2}, median {}, std {:.2}, min {}, max {}",
-        result.episodes.len(),
+        games.episodes,
         stats.mean,
         stats.median,
         stats.std,
@@ -462,22 +463,11 @@ fn play(args: &Args) -> Result<Outcome> {
             frames_trained: st.frames,
             protocol: protocol_name(args.sticky).to_string(),
             policy: policy_name.to_string(),
-            epsilon: p.epsilon,
-            noop_max: p.noop_max,
-            repeat_action_probability: p.repeat_action_probability,
+            settings: p,
             max_episode_frames: settings.max_episode_frames,
             frame_skip: settings.frame_skip,
             seed: args.seed,
-            episodes: result.episodes.len(),
-            frames: result.frames(),
-            truncated: result.episodes.iter().filter(|e| e.truncated).count(),
-            mean: stats.mean,
-            median: stats.median,
-            std: stats.std,
-            min: stats.min,
-            max: stats.max,
-            scores: result.scores(),
-            episode_frames: result.episodes.iter().map(|e| e.frames).collect(),
+            games,
         };
         eval::write_report(&path, &report).context("--eval: the scores above are not saved")?;
         async_rl::say!("wrote {}", path.display());

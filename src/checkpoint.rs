@@ -7,17 +7,17 @@
 //! bincode 2 in a u8 tensor named `state` (its first field is the format version, so a file of
 //! another version is named as such), and a CRC-32 of all of that in `checksum`, so a flipped
 //! byte anywhere is caught on load. It is written to a temporary file, fsynced, renamed into
-//! place and the directory fsynced, so a crash or a full disk never leaves a half-written
+//! place and the directory fsynced ([`crate::atomic_file`]), so a crash or a full disk never leaves a half-written
 //! checkpoint under its name, and the previous checkpoints stay intact.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use crate::atomic_file;
 use crate::config::{Config, Network};
 use crate::env::ObsSpec;
 
@@ -232,16 +232,26 @@ pub fn prune(dir: &Path, keep: usize) -> std::io::Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
-/// Removes the temporary files (`model-*.pt.tmp`, `model-*.replay.tmp`) of saves that a crash interrupted; returns
-/// their paths.
+/// Removes the temporary files of the learner's saves that a crash interrupted (checkpoints,
+/// replay memories, `model-best.eval.json`: `.model-*.pt.*.tmp` and the like, as
+/// [`atomic_file`] names them; also `model-*.pt.tmp` and `model-*.replay.tmp`, the names of
+/// older builds); returns their paths.
 pub fn remove_partial(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let ours = |dest: &str| {
+        dest.starts_with("model-")
+            && (dest.ends_with(".pt")
+                || dest.ends_with(".replay")
+                || dest == "model-best.eval.json")
+    };
     let mut removed = Vec::new();
     for entry in std::fs::read_dir(dir)?.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with("model-")
-            && (name.ends_with(".pt.tmp") || name.ends_with(".replay.tmp"))
-        {
+        let partial = match atomic_file::destination_of(&name) {
+            Some(dest) => ours(dest),
+            None => name.strip_suffix(".tmp").is_some_and(ours),
+        };
+        if partial {
             std::fs::remove_file(entry.path())?;
             removed.push(entry.path());
         }
@@ -260,7 +270,8 @@ pub struct Checkpoint {
     pub extra: HashMap<String, Tensor>,
 }
 
-/// Writes a checkpoint atomically (temporary file, fsync, rename, fsync of the directory), with
+/// Writes a checkpoint atomically ([`atomic_file`]: temporary file, fsync, rename, fsync of the
+/// directory), with
 /// a learning rule's `extra` tensors under their own names (`<prefix>/<name>`, any prefix but
 /// `param` and `rmsprop`). Refuses weights that are not all finite, so a diverged run never
 /// replaces a good checkpoint.
@@ -311,28 +322,8 @@ pub fn save(
     Tensor::save_multi_to_stream(&named, archive.clone())
         .map_err(|e| werr(std::io::Error::other(first_line(&e.to_string()))))?;
     let bytes = archive.0.take();
-    let tmp = path.with_extension("pt.tmp");
-    let written = File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(&bytes)?;
-            f.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(werr);
-    if let Err(e) = written {
-        // Out of space or killed mid-write: the older checkpoints are untouched.
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        File::open(dir).and_then(|f| f.sync_all()).map_err(werr)?;
-    }
-    Ok(())
+    // Out of space or killed mid-write: the older checkpoints are untouched.
+    atomic_file::write(path, |f| f.write_all(&bytes)).map_err(|e| werr(e.error))
 }
 
 /// Reads a checkpoint; every failure is a [`CheckpointError`] naming the file.
@@ -588,10 +579,36 @@ mod tests {
         let removed = prune(dir.path(), 2).unwrap();
         assert_eq!(removed.len(), 2);
         assert_eq!(list(dir.path()), vec![3000, 4000]);
-        std::fs::write(dir.path().join("model-5000.pt.tmp"), b"half").unwrap();
-        let partial = remove_partial(dir.path()).unwrap();
-        assert_eq!(partial, vec![dir.path().join("model-5000.pt.tmp")]);
+        // What a save killed mid-write leaves (no destructor runs to remove it), of a
+        // checkpoint, a replay memory and the best evaluation's scores; and what older builds
+        // left. Other files stay.
+        let mut partial = vec![];
+        for name in ["model-5000.pt", "model-5000.replay", "model-best.eval.json"] {
+            let mut f = atomic_file::AtomicFile::create(&dir.path().join(name)).unwrap();
+            f.write_all(b"half").unwrap();
+            partial.push(f.temporary_path().to_path_buf());
+            std::mem::forget(f);
+        }
+        for name in ["model-4500.pt.tmp", "model-4500.replay.tmp"] {
+            std::fs::write(dir.path().join(name), b"half").unwrap();
+            partial.push(dir.path().join(name));
+        }
+        let kept = [
+            "model-1000.eval.json",
+            "notes.tmp",
+            ".other.json.abc123.tmp",
+        ];
+        for name in kept {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let mut removed = remove_partial(dir.path()).unwrap();
+        removed.sort();
+        partial.sort();
+        assert_eq!(removed, partial);
         assert_eq!(list(dir.path()), vec![3000, 4000]);
+        for name in kept {
+            assert!(dir.path().join(name).exists(), "{name}");
+        }
     }
 
     #[test]

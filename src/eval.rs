@@ -9,15 +9,18 @@
 //! previous action with probability [`STICKY_PROBABILITY`] (0.25) at every frame.
 //!
 //! [`evaluate`] plays; [`Protocol::env_settings`] derives the environment of a protocol from
-//! the one a checkpoint was trained with; [`Stats`] summarises scores; [`Report`] is what
-//! `play --eval` writes next to the model.
+//! the one a checkpoint was trained with; [`Stats`] summarises scores, the one summary that
+//! `play`'s report, the periodic evaluator's message ([`crate::ipc::EvalScores`]) and
+//! `model-best.eval.json` carry; [`Report`] is what `play --eval` writes next to the model.
 
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use rand::Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::atomic_file::{self, WriteError};
 
 use crate::env::{EnvError, EnvSettings, Environment, Step};
 use crate::model::{obs_tensor, QNetwork};
@@ -101,8 +104,9 @@ pub fn play_settings(trained: &EnvSettings, sticky: bool) -> EnvSettings {
     }
 }
 
-/// Summary of scores.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+/// Summary of scores. Its fields keep their names in JSON (`mean`, `median`, `std`, `min`,
+/// `max`), flattened into the reports that embed it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     pub mean: f64,
     /// The middle score, or the mean of the two middle ones for an even count.
@@ -169,6 +173,18 @@ impl EvalResult {
     /// Statistics of the scores; `None` when no game finished.
     pub fn stats(&self) -> Option<Stats> {
         Stats::of(&self.scores())
+    }
+
+    /// The games as a [`Report`] gives them; `None` when no game finished.
+    pub fn summary(&self) -> Option<Summary> {
+        Some(Summary {
+            episodes: self.episodes.len(),
+            frames: self.frames(),
+            truncated: self.episodes.iter().filter(|e| e.truncated).count(),
+            stats: self.stats()?,
+            scores: self.scores(),
+            episode_frames: self.episodes.iter().map(|e| e.frames).collect(),
+        })
     }
 
     /// Frames over all finished games.
@@ -276,7 +292,10 @@ pub fn evaluate_with(
     Ok(result)
 }
 
-/// What `play --eval` writes as JSON next to the model.
+/// What `play --eval` writes as JSON next to the model: one flat object, `model`, `game`,
+/// `frames_trained`, `protocol`, `policy`, `epsilon`, `noop_max`,
+/// `repeat_action_probability`, `max_episode_frames`, `frame_skip`, `seed`, then the
+/// [`Summary`]'s keys, in this order.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
     /// The checkpoint evaluated, as given.
@@ -290,25 +309,31 @@ pub struct Report {
     /// How actions were chosen: `epsilon-greedy` (Q-networks, with `epsilon`), or `sample` or
     /// `greedy` (policy networks; `epsilon` is then 0).
     pub policy: String,
-    pub epsilon: f64,
-    pub noop_max: u32,
-    pub repeat_action_probability: f32,
+    /// The protocol's settings: `epsilon`, `noop_max`, `repeat_action_probability`.
+    #[serde(flatten)]
+    pub settings: Protocol,
     /// Frames after which a game is cut short (0: never).
     pub max_episode_frames: u64,
     pub frame_skip: u32,
     pub seed: u64,
+    /// The games and their scores.
+    #[serde(flatten)]
+    pub games: Summary,
+}
+
+/// The finished games of an evaluation, as a [`Report`] gives them ([`EvalResult::summary`]):
+/// `episodes`, `frames`, `truncated`, the [`Stats`]' keys, `scores`, `episode_frames`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
     /// Games played.
     pub episodes: usize,
     /// Frames over all games.
     pub frames: u64,
     /// Games cut short by the frame limit.
     pub truncated: usize,
-    pub mean: f64,
-    pub median: f64,
-    /// Population standard deviation.
-    pub std: f64,
-    pub min: f64,
-    pub max: f64,
+    /// Statistics of the scores.
+    #[serde(flatten)]
+    pub stats: Stats,
     /// Every game's score, in order.
     pub scores: Vec<f64>,
     /// Every game's frames, in order.
@@ -323,38 +348,14 @@ pub fn report_path(model: &Path, sticky: bool) -> PathBuf {
     model.with_file_name(format!("{stem}.{suffix}.json"))
 }
 
-/// Writes `report` as pretty JSON to `path` atomically (a temporary file in the same
-/// directory, fsynced, renamed into place). Errors name the path.
-pub fn write_report(path: &Path, report: &Report) -> Result<(), ReportError> {
-    let err = |source: std::io::Error| ReportError {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".eval.")
-        .suffix(".tmp")
-        // As File::create: 0o666 less the umask (a temporary file's default is 0o600).
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-        .tempfile_in(dir)
-        .map_err(err)?;
-    let mut json = serde_json::to_string_pretty(report).map_err(|e| err(e.into()))?;
-    json.push('\n');
-    tmp.write_all(json.as_bytes()).map_err(err)?;
-    tmp.as_file().sync_all().map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    Ok(())
-}
-
-/// A report that could not be written.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot write {}: {source}", path.display())]
-pub struct ReportError {
-    pub path: PathBuf,
-    pub source: std::io::Error,
+/// Writes `report` as pretty JSON (and a final newline) to `path` atomically
+/// ([`atomic_file`]). Errors name the path.
+pub fn write_report(path: &Path, report: &Report) -> Result<(), WriteError> {
+    atomic_file::write(path, |f| {
+        let mut json = serde_json::to_string_pretty(report)?;
+        json.push('\n');
+        f.write_all(json.as_bytes())
+    })
 }
 
 #[cfg(test)]
@@ -476,34 +477,79 @@ mod tests {
     fn reports_are_written_whole_or_name_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model-1.eval.json");
+        let result = EvalResult {
+            episodes: vec![
+                Episode {
+                    score: 10.0,
+                    frames: 10,
+                    truncated: false,
+                },
+                Episode {
+                    score: 20.0,
+                    frames: 20,
+                    truncated: true,
+                },
+            ],
+            stopped: false,
+        };
+        assert_eq!(EvalResult::default().summary(), None);
         let report = Report {
             model: "model-1.pt".into(),
             game: "CartPole".into(),
             frames_trained: 1,
             protocol: "standard".into(),
             policy: "epsilon-greedy".into(),
-            epsilon: 0.05,
-            noop_max: 30,
-            repeat_action_probability: 0.0,
+            settings: Protocol::standard(),
             max_episode_frames: 108_000,
             frame_skip: 4,
             seed: 0,
-            episodes: 2,
-            frames: 30,
-            truncated: 0,
-            mean: 15.0,
-            median: 15.0,
-            std: 5.0,
-            min: 10.0,
-            max: 20.0,
-            scores: vec![10.0, 20.0],
-            episode_frames: vec![10, 20],
+            games: result.summary().unwrap(),
         };
         write_report(&path, &report).unwrap();
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        // One flat object, its keys in the order scripts and people have always seen.
+        let keys: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("  \"")?.split_once("\":").map(|(k, _)| k))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "model",
+                "game",
+                "frames_trained",
+                "protocol",
+                "policy",
+                "epsilon",
+                "noop_max",
+                "repeat_action_probability",
+                "max_episode_frames",
+                "frame_skip",
+                "seed",
+                "episodes",
+                "frames",
+                "truncated",
+                "mean",
+                "median",
+                "std",
+                "min",
+                "max",
+                "scores",
+                "episode_frames"
+            ],
+            "{text}"
+        );
+        assert!(text.ends_with("]\n}\n"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["median"], 15.0);
+        assert_eq!(v["std"], 5.0);
+        assert_eq!(v["episodes"], 2);
+        assert_eq!(v["frames"], 30);
+        assert_eq!(v["truncated"], 1);
+        assert_eq!(v["epsilon"], 0.05);
+        assert_eq!(v["repeat_action_probability"], 0.0);
         assert_eq!(v["scores"][1], 20.0);
+        assert_eq!(v["episode_frames"][1], 20);
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(left.len(), 1, "no temporary file is left");
         let bad = dir.path().join("missing/x.eval.json");

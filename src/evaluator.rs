@@ -82,11 +82,7 @@ pub fn run(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
                 ActorMsg::Eval {
                     scores: EvalScores {
                         frames: at,
-                        mean: s.mean,
-                        median: s.median,
-                        std: s.std,
-                        min: s.min,
-                        max: s.max,
+                        stats: s,
                         episodes: result.episodes.len(),
                     },
                     weights: flat.clone(),

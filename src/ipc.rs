@@ -7,6 +7,7 @@ use ipc_channel::ipc::IpcSender;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{BenchPhase, Config};
+use crate::eval::Stats;
 
 /// Everything an actor needs, sent by the learner in reply to the actor's connection.
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,16 +47,17 @@ pub enum Role {
 }
 
 /// Scores of one periodic evaluation (unclipped, whole games).
+///
+/// `stats` is a plain nested field, not `#[serde(flatten)]`: this travels over ipc-channel
+/// with bincode, which cannot encode flattened structs. `model-best.eval.json` writes it flat
+/// through its own view (`learner::save`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalScores {
     /// Frames trained when the evaluated snapshot was copied.
     pub frames: u64,
-    pub mean: f64,
-    pub median: f64,
-    /// Population standard deviation.
-    pub std: f64,
-    pub min: f64,
-    pub max: f64,
+    /// Statistics of the games' scores.
+    pub stats: Stats,
+    /// Games played.
     pub episodes: usize,
 }
 
@@ -105,6 +107,21 @@ pub fn actor_seed(base: u64, actor: usize, generation: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn evaluations_travel_over_ipc() {
+        let (tx, rx) = ipc_channel::ipc::channel::<ActorMsg>().unwrap();
+        let msg = ActorMsg::Eval {
+            scores: EvalScores {
+                frames: 10_000,
+                stats: Stats::of(&[1.0, 2.0, 6.0]).unwrap(),
+                episodes: 3,
+            },
+            weights: vec![0.5, -1.0],
+        };
+        tx.send(msg.clone()).unwrap();
+        assert_eq!(rx.recv().unwrap(), msg);
+    }
 
     #[test]
     fn actor_seeds_differ_and_repeat() {

@@ -10,12 +10,13 @@
 //! sampled actions), [`inference`] (where actors' network outputs come from: their snapshot
 //! copy or the learner's batched inference server), [`supervisor`], [`signals`] and [`os`]
 //! (process management), [`ipc`] (the messages between the learner and its actor processes),
-//! [`cli`] (the learner's command line), [`checkpoint`], [`metrics`],
+//! [`cli`] (the learner's command line), [`checkpoint`], [`atomic_file`] (how files are written), [`metrics`],
 //! [`tensorboard`] (event files), [`config`] and [`device`]; for watching and measuring a result,
 //! [`eval`] (the evaluation protocols), [`evaluator`] (the run's periodic evaluation), [`render`]
 //! (the screen on a terminal) and [`recording`] (GIFs).
 
 pub mod actor;
+pub mod atomic_file;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

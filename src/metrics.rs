@@ -413,10 +413,11 @@ impl Board {
     /// the frames of the evaluated snapshot; flushes.
     pub fn eval(&mut self, e: &crate::ipc::EvalScores) -> Result<(), TensorBoardError> {
         let step = e.frames as i64;
-        self.writer.add_scalar("eval/mean_return", e.mean, step)?;
+        let s = &e.stats;
+        self.writer.add_scalar("eval/mean_return", s.mean, step)?;
         self.writer
-            .add_scalar("eval/median_return", e.median, step)?;
-        self.writer.add_scalar("eval/std_return", e.std, step)?;
+            .add_scalar("eval/median_return", s.median, step)?;
+        self.writer.add_scalar("eval/std_return", s.std, step)?;
         self.writer.flush()
     }
 

@@ -11,7 +11,8 @@
 //! Delays are in hundredths of a second, as GIF stores them; rounding is carried over from
 //! frame to frame so that the animation's length stays exact (15 frames/s: 7, 7, 6, ...).
 //! The file is written under a temporary name beside the target and renamed into place by
-//! [`GifRecorder::finish`], so an unfinished recording never appears under its name.
+//! [`GifRecorder::finish`] ([`crate::atomic_file`]), so an unfinished recording never appears
+//! under its name.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -19,8 +20,8 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use gif::{DisposalMethod, Encoder, Frame, Repeat};
-use tempfile::NamedTempFile;
 
+use crate::atomic_file::AtomicFile;
 use crate::env::ale::NTSC_PALETTE;
 
 /// Palette index of transparent pixels (the first index after the 128 colours).
@@ -53,7 +54,7 @@ pub enum RecordError {
 /// Writes RGB screens, `[height, width, 3] u8`, as the frames of an animated GIF that loops.
 pub struct GifRecorder {
     path: PathBuf,
-    encoder: Encoder<BufWriter<NamedTempFile>>,
+    encoder: Encoder<BufWriter<AtomicFile>>,
     width: usize,
     height: usize,
     /// RGB colour (`0xRRGGBB`) to global palette index.
@@ -80,25 +81,10 @@ impl GifRecorder {
         {
             return Err(RecordError::Size { width, height });
         }
-        let create = |source| RecordError::Create {
-            path: path.to_path_buf(),
-            source,
-        };
-        if path.is_dir() {
-            return Err(create(std::io::Error::other("it is a directory")));
-        }
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
-            // As File::create: 0o666 less the umask (a temporary file's default is 0o600).
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-            .tempfile_in(dir)
-            .map_err(create)?;
+        let tmp = AtomicFile::create(path).map_err(|e| RecordError::Create {
+            path: e.path,
+            source: e.error,
+        })?;
         let mut palette = Vec::with_capacity(3 * NTSC_PALETTE.len());
         for c in NTSC_PALETTE {
             palette.extend_from_slice(&c.to_be_bytes()[1..]);
@@ -273,8 +259,7 @@ impl GifRecorder {
         let mut writer = self.encoder.into_inner().map_err(|e| werr(e.to_string()))?;
         writer.flush().map_err(|e| werr(e.to_string()))?;
         let tmp = writer.into_inner().map_err(|e| werr(e.to_string()))?;
-        tmp.as_file().sync_all().map_err(|e| werr(e.to_string()))?;
-        let file: File = tmp.persist(&path).map_err(|e| werr(e.to_string()))?;
+        let file = tmp.commit().map_err(|e| werr(e.error.to_string()))?;
         Ok(file.metadata().map(|m| m.len()).unwrap_or(0))
     }
 }

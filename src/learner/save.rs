@@ -1,12 +1,51 @@
 //! The learner's checkpoints: the run's state at a frame count, and `model-best.pt`, the
-//! weights of the best evaluation.
+//! weights of the best evaluation, with its scores in `model-best.eval.json`.
+
+use std::path::Path;
 
 use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
 
 use super::{Counters, Trainer};
+use crate::atomic_file::{self, WriteError};
 use crate::checkpoint;
 use crate::config::Config;
+use crate::eval::Stats;
 use crate::ipc::EvalScores;
+
+/// `model-best.eval.json`: an [`EvalScores`] as one flat JSON object, `frames`, `mean`,
+/// `median`, `std`, `min`, `max`, `episodes` (scripts and resumed runs read these keys).
+/// `EvalScores` itself nests its statistics, for bincode.
+#[derive(Serialize, Deserialize)]
+struct BestScoresFile {
+    frames: u64,
+    #[serde(flatten)]
+    stats: Stats,
+    episodes: usize,
+}
+
+/// Writes `scores` to `path` (`model-best.eval.json`) as pretty JSON, atomically.
+pub(super) fn write_best_scores(path: &Path, scores: &EvalScores) -> Result<(), WriteError> {
+    let file = BestScoresFile {
+        frames: scores.frames,
+        stats: scores.stats,
+        episodes: scores.episodes,
+    };
+    atomic_file::write(path, |f| {
+        use std::io::Write;
+        f.write_all(&serde_json::to_vec_pretty(&file)?)
+    })
+}
+
+/// The scores in `path` (`model-best.eval.json`); `None` if it is missing or unreadable.
+pub(super) fn read_best_scores(path: &Path) -> Option<EvalScores> {
+    let file: BestScoresFile = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    Some(EvalScores {
+        frames: file.frames,
+        stats: file.stats,
+        episodes: file.episodes,
+    })
+}
 
 /// Writes checkpoint `model-<frames>.pt` of the run's current state.
 pub(super) fn save(
@@ -68,10 +107,52 @@ pub(super) fn save_best(
     let rmsprop: Vec<tch::Tensor> = best.params().iter().map(|(_, p)| p.zeros_like()).collect();
     let path = checkpoint::best_path(run_dir);
     checkpoint::save(&path, &state, best.params(), &rmsprop, &[])?;
-    let json = checkpoint::best_scores_path(run_dir);
-    let tmp = json.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(scores)?)
-        .and_then(|()| std::fs::rename(&tmp, &json))
-        .with_context(|| format!("writing {}", json.display()))?;
+    write_best_scores(&checkpoint::best_scores_path(run_dir), scores)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_scores_are_flat_json_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = checkpoint::best_scores_path(dir.path());
+        let scores = EvalScores {
+            frames: 20_000,
+            stats: Stats::of(&[1.0, 2.0, 6.0]).unwrap(),
+            episodes: 3,
+        };
+        write_best_scores(&path, &scores).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let keys: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("  \"")?.split_once("\":").map(|(k, _)| k))
+            .collect();
+        assert_eq!(
+            keys,
+            ["frames", "mean", "median", "std", "min", "max", "episodes"],
+            "{text}"
+        );
+        assert!(
+            text.starts_with("{\n  \"frames\": 20000,\n  \"mean\": 3.0,"),
+            "{text}"
+        );
+        assert!(text.ends_with("\"episodes\": 3\n}"), "{text}");
+        assert_eq!(read_best_scores(&path), Some(scores));
+        // What a user or an older build wrote reads the same.
+        std::fs::write(
+            &path,
+            r#"{"frames": 1, "mean": 1e9, "median": 1e9, "std": 0, "min": 1e9, "max": 1e9, "episodes": 3}"#,
+        )
+        .unwrap();
+        let read = read_best_scores(&path).unwrap();
+        assert_eq!((read.frames, read.stats.mean, read.episodes), (1, 1e9, 3));
+        std::fs::write(&path, b"{}").unwrap();
+        assert_eq!(read_best_scores(&path), None);
+        assert_eq!(read_best_scores(&dir.path().join("missing.json")), None);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file is left");
+    }
 }

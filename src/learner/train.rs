@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use ipc_channel::ipc::IpcReceiver;
 
 use super::interval::{Interval, PublishLog};
-use super::save::{save, save_best};
+use super::save::{read_best_scores, save, save_best};
 use super::services::Service;
 use super::{Counters, Diverged, Trainer};
 use crate::checkpoint;
@@ -145,9 +145,7 @@ impl<'a> Training<'a> {
             next_reap: start,
             published,
             ready: BTreeSet::new(),
-            best: std::fs::read(checkpoint::best_scores_path(dir))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok()),
+            best: read_best_scores(&checkpoint::best_scores_path(dir)),
             run,
         })
     }
@@ -181,14 +179,19 @@ impl<'a> Training<'a> {
     /// A periodic evaluation of the `weights` it scored: logged, and saved as model-best.pt
     /// when it is the best so far.
     fn evaluated(&mut self, e: EvalScores, weights: &[f32]) -> Result<()> {
+        let s = &e.stats;
         self.progress.println(&format!(
             "evaluation at {} frames: mean {:.2}, median {:.2}, std {:.2}, min {}, max {} over {} games",
-            e.frames, e.mean, e.median, e.std, e.min, e.max, e.episodes
+            e.frames, s.mean, s.median, s.std, s.min, s.max, e.episodes
         ));
         for l in &mut self.loggers {
             l.eval(&e)?;
         }
-        if self.best.as_ref().is_none_or(|b| e.mean > b.mean) {
+        if self
+            .best
+            .as_ref()
+            .is_none_or(|b| e.stats.mean > b.stats.mean)
+        {
             let r = &self.run;
             save_best(r.cfg, r.trainer, r.counters, r.run_dir, &e, weights)?;
             self.progress.println(&format!(

@@ -1,6 +1,6 @@
 //! Saving and restoring a replay memory (`--save-replay`): one binary file beside the
-//! checkpoint, `model-<frames>.replay`, written to a temporary file, fsynced and renamed (as
-//! checkpoints are), with a CRC-32 of its contents checked on load.
+//! checkpoint, `model-<frames>.replay`, written atomically (as checkpoints are:
+//! [`crate::atomic_file`]), with a CRC-32 of its contents checked on load.
 //!
 //! Layout (little-endian): `b"ARLREPLY"`, format version u32, then the geometry as u64
 //! (pieces per observation, bytes per piece, capacity, piece-ring size, transitions inserted,
@@ -17,6 +17,7 @@ use std::path::Path;
 use anyhow::{bail, ensure, Context, Result};
 
 use super::ReplayMemory;
+use crate::atomic_file::{self, AtomicFile};
 
 const MAGIC: &[u8; 8] = b"ARLREPLY";
 const VERSION: u32 = 1;
@@ -66,9 +67,7 @@ impl ReplayMemory {
     /// Writes the memory to `path` atomically (see the module documentation). Errors name the
     /// file.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("replay.tmp");
-        let write = || -> std::io::Result<()> {
-            let file = File::create(&tmp)?;
+        let write = |file: &mut AtomicFile| -> std::io::Result<()> {
             let mut w = Summing {
                 inner: BufWriter::with_capacity(1 << 20, file),
                 crc: crc32fast::Hasher::new(),
@@ -110,19 +109,10 @@ impl ReplayMemory {
             let sum = w.crc.clone().finalize();
             let mut inner = w.inner;
             inner.write_all(&sum.to_le_bytes())?;
-            let file = inner.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                File::open(dir)?.sync_all()?;
-            }
-            Ok(())
+            inner.flush()
         };
-        write()
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                anyhow::Error::new(e)
-            })
+        atomic_file::write(path, write)
+            .map_err(|e| anyhow::Error::new(e.error))
             .with_context(|| format!("writing the replay memory {}", path.display()))
     }
 
