@@ -17,36 +17,22 @@
 //! Segment layout: `[Header (128-byte aligned)][SlotCtrl; slots][per slot: obs area (rows *
 //! obs_bytes), outputs (rows * width f32)]`, each area padded to 128 bytes.
 
-use shared_memory::{Shmem, ShmemConf, ShmemError};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::futex;
+use super::mapping::{Mapping, SegmentError, SegmentHeader};
 
 /// "ARLINFER" in ASCII.
-const MAGIC: u64 = u64::from_le_bytes(*b"ARLINFER");
+const INFERENCE_MAGIC: u64 = u64::from_le_bytes(*b"ARLINFER");
 const ALIGN: usize = 128;
 /// Upper bound on one futex sleep: `close()` and a lost wake-up cost at most this.
 const MAX_WAIT: Duration = Duration::from_millis(50);
 
-/// Errors from [`InferenceSlots`].
+/// Errors from requests and answers through [`InferenceSlots`] (creating and opening the slots
+/// fail with a [`SegmentError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum InferenceError {
-    #[error("an inference segment needs at least one slot, one row, observation bytes and an output width (got slots {slots}, rows {rows}, obs_bytes {obs_bytes}, width {width})")]
-    Empty {
-        slots: usize,
-        rows: usize,
-        obs_bytes: usize,
-        width: usize,
-    },
-    #[error("an inference segment of {slots} slots x {rows} rows overflows the address space")]
-    TooLarge { slots: usize, rows: usize },
-    #[error("shared memory: {0}")]
-    Shm(#[from] ShmemError),
-    #[error("bad magic {found:#x}: not an inference segment (or not initialised yet)")]
-    BadMagic { found: u64 },
-    #[error("inference segment is {found} bytes, its header implies {expected}")]
-    SizeMismatch { expected: usize, found: usize },
     #[error("slot {slot} does not exist: the segment has {slots}")]
     BadSlot { slot: usize, slots: usize },
     #[error("a request of {rows} rows; a slot holds 1 to {max}")]
@@ -93,14 +79,35 @@ struct SlotCtrl {
     skips: AtomicU32,
 }
 
-/// Byte sizes: (obs area, outputs area, per-slot stride, total).
+// SAFETY: `Header` is made of atomics only (`AtomicU64`s, `AtomicU32`s and padding), so any
+// bytes are a valid header and processes may share it.
+unsafe impl SegmentHeader for Header {
+    const KIND: &'static str = "inference";
+    const MAGIC: u64 = INFERENCE_MAGIC;
+
+    fn magic(&self) -> &AtomicU64 {
+        &self.magic
+    }
+}
+
+/// Byte sizes: (obs area, outputs area, per-slot stride, total). Errors: `Invalid` when a
+/// size is 0, `TooLarge`.
 fn sizes(
     slots: usize,
     rows: usize,
     obs_bytes: usize,
     width: usize,
-) -> Result<(usize, usize, usize, usize), InferenceError> {
-    let too_large = || InferenceError::TooLarge { slots, rows };
+) -> Result<(usize, usize, usize, usize), SegmentError> {
+    if slots == 0 || rows == 0 || obs_bytes == 0 || width == 0 {
+        return Err(SegmentError::Invalid {
+            kind: Header::KIND,
+            reason: format!("an inference segment needs at least one slot, one row, observation bytes and an output width (got slots {slots}, rows {rows}, obs_bytes {obs_bytes}, width {width})"),
+        });
+    }
+    let too_large = || SegmentError::TooLarge {
+        kind: Header::KIND,
+        shape: format!("{slots} slots x {rows} rows"),
+    };
     let pad = |b: usize| b.checked_next_multiple_of(ALIGN);
     let obs = rows
         .checked_mul(obs_bytes)
@@ -133,7 +140,7 @@ pub struct Pending {
 /// `width` f32 outputs for observations of `obs_bytes` bytes. The creator (the learner) owns the
 /// segment and unlinks it on drop; actors open it.
 pub struct InferenceSlots {
-    shm: Shmem,
+    seg: Mapping<Header>,
     slots: usize,
     rows: usize,
     obs_bytes: usize,
@@ -144,86 +151,59 @@ pub struct InferenceSlots {
 
 // SAFETY: the control words are atomics; the data areas of a slot are written by one side at a
 // time, as the request/response counters hand them over (see the module docs), and only
-// through raw-pointer copies. The mapping lives (and is unmapped) with `self.shm`.
+// through raw-pointer copies. The mapping lives (and is unmapped) with `self.seg`.
 unsafe impl Send for InferenceSlots {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for InferenceSlots {}
 
 impl InferenceSlots {
-    /// Creates and owns segment `name`. Errors: `Empty`, `TooLarge`, `Shm` (e.g. the name
-    /// exists).
+    /// Creates and owns segment `name`. Errors: `Invalid` (a size is 0), `TooLarge`, `Shm`
+    /// (e.g. the name exists).
     pub fn create(
         name: &str,
         slots: usize,
         rows: usize,
         obs_bytes: usize,
         width: usize,
-    ) -> Result<Self, InferenceError> {
-        if slots == 0 || rows == 0 || obs_bytes == 0 || width == 0 {
-            return Err(InferenceError::Empty {
-                slots,
-                rows,
-                obs_bytes,
-                width,
-            });
-        }
-        let (_, _, _, total) = sizes(slots, rows, obs_bytes, width)?;
-        let shm = ShmemConf::new()
-            .size(total)
-            .os_id(super::os_id(name))
-            .create()?;
-        let s = Self::mapped(shm, slots, rows, obs_bytes, width)?;
-        let h = s.header();
-        h.slots.store(slots as u64, Ordering::Relaxed);
-        h.rows.store(rows as u64, Ordering::Relaxed);
-        h.obs_bytes.store(obs_bytes as u64, Ordering::Relaxed);
-        h.width.store(width as u64, Ordering::Relaxed);
-        h.magic.store(MAGIC, Ordering::Release);
-        Ok(s)
-    }
-
-    /// Opens an existing segment; checks its magic and size.
-    pub fn open(name: &str) -> Result<Self, InferenceError> {
-        let shm = ShmemConf::new().os_id(super::os_id(name)).open()?;
-        if shm.len() < size_of::<Header>() {
-            return Err(InferenceError::SizeMismatch {
-                expected: size_of::<Header>(),
-                found: shm.len(),
-            });
-        }
-        // SAFETY: a page-aligned mapping at least one header long, all atomics.
-        let h = unsafe { &*shm.as_ptr().cast::<Header>() };
-        let found = h.magic.load(Ordering::Acquire);
-        if found != MAGIC {
-            return Err(InferenceError::BadMagic { found });
-        }
-        let get = |w: &AtomicU64| usize::try_from(w.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
-        let (slots, rows, obs_bytes, width) = (
-            get(&h.slots),
-            get(&h.rows),
-            get(&h.obs_bytes),
-            get(&h.width),
-        );
-        Self::mapped(shm, slots, rows, obs_bytes, width)
-    }
-
-    /// The handle of mapping `shm` of this shape; errors when its size is not the shape's.
-    fn mapped(
-        shm: Shmem,
-        slots: usize,
-        rows: usize,
-        obs_bytes: usize,
-        width: usize,
-    ) -> Result<Self, InferenceError> {
+    ) -> Result<Self, SegmentError> {
         let (obs_area, _, stride, total) = sizes(slots, rows, obs_bytes, width)?;
-        if total != shm.len() {
-            return Err(InferenceError::SizeMismatch {
-                expected: total,
-                found: shm.len(),
-            });
-        }
+        let seg = Mapping::create(name, total, |h: &Header| {
+            h.slots.store(slots as u64, Ordering::Relaxed);
+            h.rows.store(rows as u64, Ordering::Relaxed);
+            h.obs_bytes.store(obs_bytes as u64, Ordering::Relaxed);
+            h.width.store(width as u64, Ordering::Relaxed);
+        })?;
         Ok(InferenceSlots {
-            shm,
+            seg,
+            slots,
+            rows,
+            obs_bytes,
+            width,
+            obs_area,
+            stride,
+        })
+    }
+
+    /// Opens an existing segment; checks its magic and size. Errors: `Shm` (e.g. no such
+    /// segment), `TooSmall`, `BadMagic`, `SizeMismatch`, and `Invalid` or `TooLarge` for a
+    /// header that records no possible segment.
+    pub fn open(name: &str) -> Result<Self, SegmentError> {
+        let (seg, (slots, rows, obs_bytes, width, obs_area, stride)) =
+            Mapping::open(name, |h: &Header| {
+                let get = |w: &AtomicU64| {
+                    usize::try_from(w.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
+                };
+                let (slots, rows, obs_bytes, width) = (
+                    get(&h.slots),
+                    get(&h.rows),
+                    get(&h.obs_bytes),
+                    get(&h.width),
+                );
+                let (obs_area, _, stride, total) = sizes(slots, rows, obs_bytes, width)?;
+                Ok(((slots, rows, obs_bytes, width, obs_area, stride), total))
+            })?;
+        Ok(InferenceSlots {
+            seg,
             slots,
             rows,
             obs_bytes,
@@ -234,16 +214,17 @@ impl InferenceSlots {
     }
 
     fn header(&self) -> &Header {
-        // SAFETY: the mapping starts with a `Header` (checked by create/open), all atomics.
-        unsafe { &*self.shm.as_ptr().cast::<Header>() }
+        self.seg.header()
     }
 
     fn ctrl(&self, slot: usize) -> &SlotCtrl {
         debug_assert!(slot < self.slots);
-        // SAFETY: the controls follow the header, one per slot, inside the mapping.
+        // SAFETY: the controls follow the header, one per slot, inside the mapping (whose
+        // length is `sizes`'s total: made so by `Mapping::create`, checked by `Mapping::open`);
+        // they are all atomics.
         unsafe {
             &*self
-                .shm
+                .seg
                 .as_ptr()
                 .add(size_of::<Header>() + slot * size_of::<SlotCtrl>())
                 .cast::<SlotCtrl>()
@@ -252,9 +233,9 @@ impl InferenceSlots {
 
     /// Start of slot `slot`'s observation area; its outputs follow at `obs_area`.
     fn data(&self, slot: usize) -> *mut u8 {
-        // SAFETY (of the offset): inside the mapping by `sizes`.
+        // SAFETY (of the offset): inside the mapping by `sizes` (see `ctrl`).
         unsafe {
-            self.shm
+            self.seg
                 .as_ptr()
                 .add(size_of::<Header>() + self.slots * size_of::<SlotCtrl>() + slot * self.stride)
         }
@@ -480,7 +461,7 @@ impl InferenceSlots {
 
 impl Drop for InferenceSlots {
     fn drop(&mut self) {
-        if self.shm.is_owner() {
+        if self.seg.is_owner() {
             self.close();
         }
     }
@@ -602,14 +583,39 @@ mod tests {
         assert!(InferenceSlots::open(&n).is_err(), "the owner unlinks it");
         let snap = name("not-inference");
         let _w = super::super::WeightSnapshot::create(&snap, 1024).unwrap();
-        assert!(matches!(
-            InferenceSlots::open(&snap),
-            Err(InferenceError::BadMagic { .. })
-        ));
-        assert!(matches!(
-            InferenceSlots::create(&name("empty"), 0, 1, 1, 1),
-            Err(InferenceError::Empty { .. })
-        ));
+        let err = InferenceSlots::open(&snap).err().unwrap();
+        assert!(
+            matches!(
+                err,
+                SegmentError::BadMagic {
+                    kind: "inference",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("not an inference segment"),
+            "{err}"
+        );
+        let err = InferenceSlots::create(&name("empty"), 0, 1, 1, 1)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                err,
+                SegmentError::Invalid {
+                    kind: "inference",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("(got slots 0, rows 1, obs_bytes 1, width 1)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Shared-memory plumbing between the actor processes and the learner: the
 //! bounded experience queue (actors -> learner), the weight snapshot
-//! (learner -> actors), futex helpers, and the naming/cleanup convention for
+//! (learner -> actors), the inference request slots (actors <-> learner), the
+//! segment helper they share, futex helpers, and the naming/cleanup convention for
 //! the POSIX shared-memory segments so that segments left behind by crashed
 //! runs can be found and removed.
 
@@ -8,12 +9,14 @@ mod batch;
 mod consumer;
 pub mod futex;
 pub mod inference;
+mod mapping;
 pub mod queue;
 mod queue_layout;
 mod slot;
 pub mod snapshot;
 
 pub use inference::{InferenceError, InferenceSlots};
+pub use mapping::SegmentError;
 pub use queue::{
     Batch, ExperienceQueue, PushError, QueueError, Segment, SegmentShape, SlotLayout, Transition,
 };

@@ -11,42 +11,23 @@
 //! line, and each slot follows [`SlotLayout`].
 
 use super::futex;
-use shared_memory::{Shmem, ShmemConf, ShmemError};
+use super::mapping::{Mapping, SegmentError, SegmentHeader};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub use super::batch::{Batch, Segment, Transition};
 pub use super::queue_layout::QUEUE_LAYOUT_VERSION;
-use super::queue_layout::{geometry, Geometry, Header, LaneCtrl, QUEUE_MAGIC};
+use super::queue_layout::{geometry, Geometry, Header, LaneCtrl};
 pub use super::slot::{SegmentShape, SlotLayout};
 
 /// Upper bound on one futex sleep, so `close()` and lost wakeups (which should
 /// not happen) are noticed within this time.
 pub(super) const MAX_WAIT: Duration = Duration::from_millis(100);
 
-/// Errors from creating, opening or consuming an [`ExperienceQueue`].
+/// Errors from consuming an [`ExperienceQueue`] (creating and opening one fail with a
+/// [`SegmentError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    #[error("a queue needs at least one lane")]
-    NoLanes,
-    #[error("capacity {capacity} is smaller than the number of lanes {lanes}")]
-    CapacityBelowLanes { capacity: usize, lanes: usize },
-    #[error("obs_bytes must be > 0")]
-    ZeroObsBytes,
-    #[error("slot layout: {0}")]
-    BadLayout(String),
-    #[error("queue geometry overflows the address space")]
-    TooLarge,
-    #[error("shared memory: {0}")]
-    Shm(#[from] ShmemError),
-    #[error("segment of {size} bytes is too small to hold a queue header")]
-    SegmentTooSmall { size: usize },
-    #[error("bad magic {found:#x}: not a queue segment (or not initialised yet)")]
-    BadMagic { found: u64 },
-    #[error("queue layout version {found}, this build expects {expected}")]
-    VersionMismatch { found: u32, expected: u32 },
-    #[error("segment is {found} bytes, header implies {expected}")]
-    SizeMismatch { expected: usize, found: usize },
     #[error("batch layout {batch:?} does not match queue layout {queue:?}")]
     BatchLayout {
         batch: SlotLayout,
@@ -95,8 +76,7 @@ pub(super) struct Lane {
 /// (a second concurrent `pop_into` in this process gets `ConsumerBusy`) and at
 /// most one producer per lane at a time (across processes: by contract).
 pub struct ExperienceQueue {
-    pub(super) shm: Shmem,
-    pub(super) header: *const Header,
+    pub(super) seg: Mapping<Header>,
     pub(super) lanes: Vec<Lane>,
     pub(super) layout: SlotLayout,
     pub(super) slot_bytes: usize,
@@ -105,7 +85,7 @@ pub struct ExperienceQueue {
     pub(super) consuming: AtomicBool,
 }
 
-// Raw pointers point into `shm`'s mapping, which lives as long as `self`.
+// Raw pointers point into `seg`'s mapping, which lives as long as `self`.
 // SAFETY: shared mutable state is atomic or handed over by the lane protocol
 // (Release tail / Acquire head); in-process guards stop two producers on one
 // lane or two consumers.
@@ -130,88 +110,86 @@ impl ExperienceQueue {
     /// `lanes` = number of producers, `capacity` = total slots, split as evenly
     /// as possible (lane i gets capacity/lanes, +1 for the first
     /// capacity%lanes). Segment size is about `capacity * slot_bytes` plus
-    /// 384 + 256 * lanes bytes. Errors: `NoLanes`, `CapacityBelowLanes`,
-    /// `ZeroObsBytes`, `TooLarge`, `Shm` (e.g. the name already exists).
+    /// 384 + 256 * lanes bytes. Errors: `Invalid` (no lanes, fewer slots than lanes,
+    /// `obs_bytes` 0, a bad slot layout), `TooLarge`, `Shm` (e.g. the name already exists).
     pub fn create(
         name: &str,
         lanes: usize,
         capacity: usize,
         layout: SlotLayout,
-    ) -> Result<Self, QueueError> {
+    ) -> Result<Self, SegmentError> {
         let geo = geometry(lanes, capacity, layout)?;
-        let shm = ShmemConf::new()
-            .size(geo.total)
-            .os_id(super::os_id(name))
-            .create()?;
-        let q = Self::from_parts(shm, geo, layout, capacity);
-        let cfg = &q.header().cfg;
-        cfg.layout_version
-            .store(QUEUE_LAYOUT_VERSION, Ordering::Relaxed);
-        cfg.lanes.store(lanes as u64, Ordering::Relaxed);
-        cfg.capacity.store(capacity as u64, Ordering::Relaxed);
-        cfg.obs_bytes
-            .store(layout.obs_bytes as u64, Ordering::Relaxed);
-        cfg.next_obs
-            .store(u64::from(layout.next_obs), Ordering::Relaxed);
-        let shape = layout.segment.unwrap_or(SegmentShape {
-            unroll: 0,
-            frame_bytes: 0,
-        });
-        cfg.unroll.store(shape.unroll as u64, Ordering::Relaxed);
-        cfg.frame_bytes
-            .store(shape.frame_bytes as u64, Ordering::Relaxed);
-        cfg.slot_bytes.store(q.slot_bytes as u64, Ordering::Relaxed);
-        cfg.magic.store(QUEUE_MAGIC, Ordering::Release);
-        Ok(q)
+        let seg = Mapping::create(name, geo.total, |h: &Header| {
+            let cfg = &h.cfg;
+            cfg.lanes.store(lanes as u64, Ordering::Relaxed);
+            cfg.capacity.store(capacity as u64, Ordering::Relaxed);
+            cfg.obs_bytes
+                .store(layout.obs_bytes as u64, Ordering::Relaxed);
+            cfg.next_obs
+                .store(u64::from(layout.next_obs), Ordering::Relaxed);
+            let shape = layout.segment.unwrap_or(SegmentShape {
+                unroll: 0,
+                frame_bytes: 0,
+            });
+            cfg.unroll.store(shape.unroll as u64, Ordering::Relaxed);
+            cfg.frame_bytes
+                .store(shape.frame_bytes as u64, Ordering::Relaxed);
+            cfg.slot_bytes
+                .store(geo.slot_bytes as u64, Ordering::Relaxed);
+        })?;
+        Ok(Self::from_parts(seg, geo, layout, capacity))
     }
 
     /// Opens an existing queue (actor side) without taking ownership. Checks
     /// the magic, [`QUEUE_LAYOUT_VERSION`] and that the segment size matches
-    /// the geometry recorded in the header.
-    pub fn open(name: &str) -> Result<Self, QueueError> {
-        let shm = ShmemConf::new().os_id(super::os_id(name)).open()?;
-        if shm.len() < size_of::<Header>() {
-            return Err(QueueError::SegmentTooSmall { size: shm.len() });
-        }
-        // SAFETY: the mapping is page-aligned, at least one Header long and
-        // contains only atomics; we only read it here.
-        let cfg = unsafe { &(*shm.as_ptr().cast::<Header>()).cfg };
-        let found = cfg.magic.load(Ordering::Acquire);
-        if found != QUEUE_MAGIC {
-            return Err(QueueError::BadMagic { found });
-        }
-        let version = cfg.layout_version.load(Ordering::Relaxed);
-        if version != QUEUE_LAYOUT_VERSION {
-            return Err(QueueError::VersionMismatch {
-                found: version,
-                expected: QUEUE_LAYOUT_VERSION,
-            });
-        }
-        let as_usize = |v: &AtomicU64| {
-            usize::try_from(v.load(Ordering::Relaxed)).map_err(|_| QueueError::TooLarge)
-        };
-        let (lanes, capacity) = (as_usize(&cfg.lanes)?, as_usize(&cfg.capacity)?);
-        let unroll = as_usize(&cfg.unroll)?;
-        let layout = SlotLayout {
-            obs_bytes: as_usize(&cfg.obs_bytes)?,
-            next_obs: cfg.next_obs.load(Ordering::Relaxed) != 0,
-            segment: (unroll > 0).then_some(SegmentShape {
-                unroll,
-                frame_bytes: as_usize(&cfg.frame_bytes)?,
-            }),
-        };
-        let geo = geometry(lanes, capacity, layout)?;
-        if geo.total != shm.len() || as_usize(&cfg.slot_bytes)? != geo.slot_bytes {
-            return Err(QueueError::SizeMismatch {
-                expected: geo.total,
-                found: shm.len(),
-            });
-        }
-        Ok(Self::from_parts(shm, geo, layout, capacity))
+    /// the geometry recorded in the header. Errors: `Shm` (e.g. no such segment),
+    /// `TooSmall`, `BadMagic`, `VersionMismatch`, `SizeMismatch`, and `Invalid` or
+    /// `TooLarge` for a header that records no possible queue.
+    pub fn open(name: &str) -> Result<Self, SegmentError> {
+        let (seg, (geo, layout, capacity)) = Mapping::open(name, |h: &Header| {
+            let cfg = &h.cfg;
+            let as_usize = |v: &AtomicU64, what: &str| {
+                let v = v.load(Ordering::Relaxed);
+                usize::try_from(v).map_err(|_| SegmentError::TooLarge {
+                    kind: Header::KIND,
+                    shape: format!("{v} {what}"),
+                })
+            };
+            let lanes = as_usize(&cfg.lanes, "lanes")?;
+            let capacity = as_usize(&cfg.capacity, "slots")?;
+            let unroll = as_usize(&cfg.unroll, "steps per segment")?;
+            let layout = SlotLayout {
+                obs_bytes: as_usize(&cfg.obs_bytes, "observation bytes")?,
+                next_obs: cfg.next_obs.load(Ordering::Relaxed) != 0,
+                segment: (unroll > 0).then_some(SegmentShape {
+                    unroll,
+                    frame_bytes: as_usize(&cfg.frame_bytes, "frame bytes")?,
+                }),
+            };
+            let geo = geometry(lanes, capacity, layout)?;
+            let recorded = cfg.slot_bytes.load(Ordering::Relaxed);
+            if recorded != geo.slot_bytes as u64 {
+                return Err(SegmentError::Invalid {
+                    kind: Header::KIND,
+                    reason: format!(
+                        "the queue header records slots of {recorded} bytes, its layout implies {}",
+                        geo.slot_bytes
+                    ),
+                });
+            }
+            let total = geo.total;
+            Ok(((geo, layout, capacity), total))
+        })?;
+        Ok(Self::from_parts(seg, geo, layout, capacity))
     }
 
-    fn from_parts(shm: Shmem, geo: Geometry, layout: SlotLayout, capacity: usize) -> Self {
-        let base = shm.as_ptr();
+    fn from_parts(
+        seg: Mapping<Header>,
+        geo: Geometry,
+        layout: SlotLayout,
+        capacity: usize,
+    ) -> Self {
+        let base = seg.as_ptr();
         let lanes = geo
             .lanes
             .iter()
@@ -219,7 +197,8 @@ impl ExperienceQueue {
             .map(|(i, &(off, cap))| Lane {
                 // SAFETY: `geometry` placed the lane controls right after the
                 // header and the slot regions after them, all within `total`
-                // bytes, which is the mapping's length.
+                // bytes, which is the mapping's length (`Mapping::create` made
+                // it that long, `Mapping::open` checked it).
                 ctrl: unsafe {
                     base.add(size_of::<Header>() + i * size_of::<LaneCtrl>())
                         .cast()
@@ -231,8 +210,7 @@ impl ExperienceQueue {
             })
             .collect();
         Self {
-            header: base.cast::<Header>(),
-            shm,
+            seg,
             lanes,
             layout,
             slot_bytes: geo.slot_bytes,
@@ -243,8 +221,7 @@ impl ExperienceQueue {
     }
 
     pub(super) fn header(&self) -> &Header {
-        // SAFETY: points at the start of our live mapping; all fields atomic.
-        unsafe { &*self.header }
+        self.seg.header()
     }
 
     pub(super) fn ctrl(&self, lane: &Lane) -> &LaneCtrl {
@@ -290,7 +267,7 @@ impl ExperienceQueue {
 
     /// True if this handle created (and will unlink) the segment.
     pub fn is_owner(&self) -> bool {
-        self.shm.is_owner()
+        self.seg.is_owner()
     }
 
     /// Producer side: appends `t` to lane `lane`, blocking (futex, no spinning)
@@ -469,8 +446,8 @@ impl ExperienceQueue {
 impl Drop for ExperienceQueue {
     fn drop(&mut self) {
         // The owner going away means the run is over: release blocked actors.
-        // (The `Shmem` field then unmaps, and unlinks if we are the owner.)
-        if self.shm.is_owner() {
+        // (The `Mapping` field then unmaps, and unlinks if we are the owner.)
+        if self.seg.is_owner() {
             self.close();
         }
     }

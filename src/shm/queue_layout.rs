@@ -6,7 +6,7 @@
 //! control line is 128-byte aligned so producer- and consumer-written words
 //! never share a cache line.
 
-use super::queue::QueueError;
+use super::mapping::{SegmentError, SegmentHeader};
 use super::slot::SlotLayout;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
@@ -65,6 +65,21 @@ pub(super) struct Header {
     pub(super) committed: CommittedLine,
 }
 
+// SAFETY: `Header` is made of atomics only (its four lines hold `AtomicU64`s, `AtomicU32`s and
+// padding), so any bytes are a valid header and processes may share it.
+unsafe impl SegmentHeader for Header {
+    const KIND: &'static str = "queue";
+    const MAGIC: u64 = QUEUE_MAGIC;
+
+    fn magic(&self) -> &AtomicU64 {
+        &self.cfg.magic
+    }
+
+    fn version(&self) -> Option<(&AtomicU32, u32)> {
+        Some((&self.cfg.layout_version, QUEUE_LAYOUT_VERSION))
+    }
+}
+
 /// Written by the lane's producer.
 #[repr(C, align(128))]
 pub(super) struct ProducerLine {
@@ -92,34 +107,53 @@ pub(super) struct Geometry {
     pub(super) total: usize,
 }
 
+/// A queue of this shape is not valid: `reason` says why.
+fn invalid(reason: impl Into<String>) -> SegmentError {
+    SegmentError::Invalid {
+        kind: Header::KIND,
+        reason: reason.into(),
+    }
+}
+
+/// Offsets of a queue of `lanes` lanes sharing `capacity` slots of `layout`. Errors:
+/// `Invalid` (no lanes, fewer slots than lanes, empty observations, a bad slot layout),
+/// `TooLarge`.
 pub(super) fn geometry(
     lanes: usize,
     capacity: usize,
     layout: SlotLayout,
-) -> Result<Geometry, QueueError> {
+) -> Result<Geometry, SegmentError> {
     if lanes == 0 {
-        return Err(QueueError::NoLanes);
+        return Err(invalid("a queue needs at least one lane"));
     }
     if capacity < lanes {
-        return Err(QueueError::CapacityBelowLanes { capacity, lanes });
+        return Err(invalid(format!(
+            "capacity {capacity} is smaller than the number of lanes {lanes}"
+        )));
     }
     if layout.obs_bytes == 0 {
-        return Err(QueueError::ZeroObsBytes);
+        return Err(invalid("obs_bytes must be > 0"));
     }
-    layout.check().map_err(QueueError::BadLayout)?;
-    let slot_bytes = layout.slot_bytes().ok_or(QueueError::TooLarge)?;
+    layout
+        .check()
+        .map_err(|e| invalid(format!("slot layout: {e}")))?;
+    let too_large = || SegmentError::TooLarge {
+        kind: Header::KIND,
+        shape: format!("{capacity} slots in {lanes} lanes"),
+    };
+    let slot_bytes = layout.slot_bytes().ok_or_else(too_large)?;
     let ctrl = size_of::<LaneCtrl>()
         .checked_mul(lanes)
-        .ok_or(QueueError::TooLarge)?;
+        .ok_or_else(too_large)?;
     let mut off = size_of::<Header>()
         .checked_add(ctrl)
-        .ok_or(QueueError::TooLarge)?;
+        .ok_or_else(too_large)?;
     let mut out = Vec::with_capacity(lanes);
     for i in 0..lanes {
         let cap = capacity / lanes + usize::from(i < capacity % lanes);
         out.push((off, cap as u64));
-        let bytes = cap.checked_mul(slot_bytes).ok_or(QueueError::TooLarge)?;
-        off = off.checked_add(bytes).ok_or(QueueError::TooLarge)?;
+        let bytes = cap.checked_mul(slot_bytes).ok_or_else(too_large)?;
+        off = off.checked_add(bytes).ok_or_else(too_large)?;
     }
     Ok(Geometry {
         lanes: out,

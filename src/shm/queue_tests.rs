@@ -214,33 +214,36 @@ fn batch_is_round_robin_across_lanes() {
 #[test]
 fn bad_input_errors() {
     let n = name("errs");
-    assert!(matches!(
-        ExperienceQueue::create(&n, 0, 4, L8),
-        Err(QueueError::NoLanes)
-    ));
-    assert!(matches!(
-        ExperienceQueue::create(&n, 3, 2, L8),
-        Err(QueueError::CapacityBelowLanes {
-            capacity: 2,
-            lanes: 3
-        })
-    ));
-    let zero = SlotLayout::new(0);
-    assert!(matches!(
-        ExperienceQueue::create(&n, 1, 1, zero),
-        Err(QueueError::ZeroObsBytes)
-    ));
+    let invalid = |lanes, capacity, layout| {
+        let err = ExperienceQueue::create(&n, lanes, capacity, layout)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, SegmentError::Invalid { kind: "queue", .. }),
+            "{err}"
+        );
+        err.to_string()
+    };
+    assert_eq!(invalid(0, 4, L8), "a queue needs at least one lane");
+    assert_eq!(
+        invalid(3, 2, L8),
+        "capacity 2 is smaller than the number of lanes 3"
+    );
+    assert_eq!(invalid(1, 1, SlotLayout::new(0)), "obs_bytes must be > 0");
     let huge = SlotLayout::new(usize::MAX / 2);
     assert!(matches!(
         ExperienceQueue::create(&n, 1, 4, huge),
-        Err(QueueError::TooLarge)
+        Err(SegmentError::TooLarge { kind: "queue", .. })
     ));
-    assert!(matches!(ExperienceQueue::open(&n), Err(QueueError::Shm(_))));
+    assert!(matches!(
+        ExperienceQueue::open(&n),
+        Err(SegmentError::Shm(_))
+    ));
 
     let q = ExperienceQueue::create(&n, 2, 4, L8).unwrap();
     assert!(matches!(
         ExperienceQueue::create(&n, 2, 4, L8),
-        Err(QueueError::Shm(_))
+        Err(SegmentError::Shm(_))
     ));
     let bad = Transition {
         obs: &[0; 7],
@@ -273,10 +276,12 @@ fn bad_input_errors() {
 
     let snap_name = name("errs-snap");
     let s = crate::shm::WeightSnapshot::create(&snap_name, 64).unwrap();
-    assert!(matches!(
-        ExperienceQueue::open(&snap_name),
-        Err(QueueError::BadMagic { .. })
-    ));
+    let err = ExperienceQueue::open(&snap_name).err().unwrap();
+    assert!(
+        matches!(err, SegmentError::BadMagic { kind: "queue", .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not a queue segment"), "{err}");
     drop(s);
 }
 

@@ -8,26 +8,17 @@
 //! Segment layout: `[SnapHeader (128-byte aligned)][buffer 0][buffer 1]`,
 //! each buffer `numel` `AtomicU32`s, padded to 128 bytes.
 
-use shared_memory::{Shmem, ShmemConf, ShmemError};
+use super::mapping::{Mapping, SegmentError, SegmentHeader};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 /// "ARLSNAPS" in ASCII.
 const SNAP_MAGIC: u64 = u64::from_le_bytes(*b"ARLSNAPS");
 const ALIGN: usize = 128;
 
-/// Errors from [`WeightSnapshot`].
+/// Errors from publishing and reading a [`WeightSnapshot`] (creating and opening one fail with
+/// a [`SegmentError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("a snapshot needs numel > 0")]
-    ZeroNumel,
-    #[error("snapshot of {numel} f32 overflows the address space")]
-    TooLarge { numel: usize },
-    #[error("shared memory: {0}")]
-    Shm(#[from] ShmemError),
-    #[error("bad magic {found:#x}: not a snapshot segment (or not initialised yet)")]
-    BadMagic { found: u64 },
-    #[error("segment is {found} bytes, header implies {expected}")]
-    SizeMismatch { expected: usize, found: usize },
     #[error("slice has {got} elements, snapshot has {expected}")]
     LenMismatch { expected: usize, got: usize },
     #[error("only the handle that created the snapshot publishes; this one opened it to read")]
@@ -57,17 +48,38 @@ struct SnapHeader {
     bufs: [BufCtrl; 2],
 }
 
-/// Returns (buffer stride in bytes, total segment size).
-fn sizes(numel: usize) -> Result<(usize, usize), SnapshotError> {
-    let too_large = SnapshotError::TooLarge { numel };
+// SAFETY: `SnapHeader` is made of atomics only (`AtomicU64`s and padding), so any bytes are a
+// valid header and processes may share it.
+unsafe impl SegmentHeader for SnapHeader {
+    const KIND: &'static str = "snapshot";
+    const MAGIC: u64 = SNAP_MAGIC;
+
+    fn magic(&self) -> &AtomicU64 {
+        &self.magic
+    }
+}
+
+/// Returns (buffer stride in bytes, total segment size) of a snapshot of `numel` f32. Errors:
+/// `Invalid` for 0, `TooLarge`.
+fn sizes(numel: usize) -> Result<(usize, usize), SegmentError> {
+    if numel == 0 {
+        return Err(SegmentError::Invalid {
+            kind: SnapHeader::KIND,
+            reason: "a snapshot needs numel > 0".into(),
+        });
+    }
+    let too_large = || SegmentError::TooLarge {
+        kind: SnapHeader::KIND,
+        shape: format!("{numel} f32"),
+    };
     let stride = numel
         .checked_mul(size_of::<AtomicU32>())
         .and_then(|b| b.checked_next_multiple_of(ALIGN))
-        .ok_or(too_large)?;
+        .ok_or_else(too_large)?;
     let total = stride
         .checked_mul(2)
         .and_then(|b| b.checked_add(size_of::<SnapHeader>()))
-        .ok_or(SnapshotError::TooLarge { numel })?;
+        .ok_or_else(too_large)?;
     Ok((stride, total))
 }
 
@@ -75,13 +87,13 @@ fn sizes(numel: usize) -> Result<(usize, usize), SnapshotError> {
 /// many readers, any processes). The creator owns the segment and unlinks it
 /// on drop; openers never do.
 pub struct WeightSnapshot {
-    shm: Shmem,
+    seg: Mapping<SnapHeader>,
     numel: usize,
     stride: usize,
 }
 
 // SAFETY: all access to the mapping goes through atomics; the mapping itself
-// lives (and is unmapped) with `self.shm`.
+// lives (and is unmapped) with `self.seg`.
 unsafe impl Send for WeightSnapshot {}
 // SAFETY: see `Send`; `publish` takes `&mut self` and only the creating
 // handle may call it, so there is one writer.
@@ -90,65 +102,43 @@ unsafe impl Sync for WeightSnapshot {}
 impl WeightSnapshot {
     /// Creates and owns the segment `name` holding `numel` f32 parameters
     /// (about `8 * numel` bytes: two buffers). Version 0 = nothing published.
-    /// Errors: `ZeroNumel`, `TooLarge`, `Shm` (e.g. the name exists).
-    pub fn create(name: &str, numel: usize) -> Result<Self, SnapshotError> {
-        if numel == 0 {
-            return Err(SnapshotError::ZeroNumel);
-        }
+    /// Errors: `Invalid` (`numel` 0), `TooLarge`, `Shm` (e.g. the name exists).
+    pub fn create(name: &str, numel: usize) -> Result<Self, SegmentError> {
         let (stride, total) = sizes(numel)?;
-        let shm = ShmemConf::new()
-            .size(total)
-            .os_id(super::os_id(name))
-            .create()?;
-        let s = Self { shm, numel, stride };
-        let h = s.header();
-        h.numel.store(numel as u64, Ordering::Relaxed);
-        h.magic.store(SNAP_MAGIC, Ordering::Release);
-        Ok(s)
+        let seg = Mapping::create(name, total, |h: &SnapHeader| {
+            h.numel.store(numel as u64, Ordering::Relaxed);
+        })?;
+        Ok(Self { seg, numel, stride })
     }
 
-    /// Opens an existing snapshot segment; checks magic and size.
-    pub fn open(name: &str) -> Result<Self, SnapshotError> {
-        let shm = ShmemConf::new().os_id(super::os_id(name)).open()?;
-        if shm.len() < size_of::<SnapHeader>() {
-            return Err(SnapshotError::SizeMismatch {
-                expected: size_of::<SnapHeader>(),
-                found: shm.len(),
-            });
-        }
-        // SAFETY: page-aligned mapping at least one header long, all atomics.
-        let h = unsafe { &*shm.as_ptr().cast::<SnapHeader>() };
-        let found = h.magic.load(Ordering::Acquire);
-        if found != SNAP_MAGIC {
-            return Err(SnapshotError::BadMagic { found });
-        }
-        let numel = usize::try_from(h.numel.load(Ordering::Relaxed))
-            .map_err(|_| SnapshotError::TooLarge { numel: usize::MAX })?;
-        if numel == 0 {
-            return Err(SnapshotError::ZeroNumel);
-        }
-        let (stride, total) = sizes(numel)?;
-        if total != shm.len() {
-            return Err(SnapshotError::SizeMismatch {
-                expected: total,
-                found: shm.len(),
-            });
-        }
-        Ok(Self { shm, numel, stride })
+    /// Opens an existing snapshot segment; checks magic and size. Errors: `Shm` (e.g. no such
+    /// segment), `TooSmall`, `BadMagic`, `SizeMismatch`, and `Invalid` or `TooLarge` for a
+    /// header that records no possible snapshot.
+    pub fn open(name: &str) -> Result<Self, SegmentError> {
+        let (seg, (numel, stride)) = Mapping::open(name, |h: &SnapHeader| {
+            let numel = h.numel.load(Ordering::Relaxed);
+            let numel = usize::try_from(numel).map_err(|_| SegmentError::TooLarge {
+                kind: SnapHeader::KIND,
+                shape: format!("{numel} f32"),
+            })?;
+            let (stride, total) = sizes(numel)?;
+            Ok(((numel, stride), total))
+        })?;
+        Ok(Self { seg, numel, stride })
     }
 
     fn header(&self) -> &SnapHeader {
-        // SAFETY: start of our live mapping, which is at least a header long.
-        unsafe { &*self.shm.as_ptr().cast::<SnapHeader>() }
+        self.seg.header()
     }
 
     fn buffer(&self, b: usize) -> &[AtomicU32] {
         // SAFETY: buffer `b` (0 or 1) starts at header + b * stride, holds
-        // `numel` AtomicU32 (4-byte aligned) inside the mapping, and is only
-        // ever accessed atomically.
+        // `numel` AtomicU32 (4-byte aligned) inside the mapping (whose length is
+        // `sizes(numel)`'s total: made so by `Mapping::create`, checked by
+        // `Mapping::open`), and is only ever accessed atomically.
         unsafe {
             let p = self
-                .shm
+                .seg
                 .as_ptr()
                 .add(size_of::<SnapHeader>() + b * self.stride);
             std::slice::from_raw_parts(p.cast::<AtomicU32>(), self.numel)
@@ -162,7 +152,7 @@ impl WeightSnapshot {
 
     /// True if this handle created (and will unlink) the segment.
     pub fn is_owner(&self) -> bool {
-        self.shm.is_owner()
+        self.seg.is_owner()
     }
 
     /// Single writer: publishes `data` (`len == numel`) as the next version and
@@ -306,10 +296,18 @@ mod tests {
 
     #[test]
     fn bad_input_errors() {
-        assert!(matches!(
-            WeightSnapshot::create(&name("zero"), 0),
-            Err(SnapshotError::ZeroNumel)
-        ));
+        let zero = WeightSnapshot::create(&name("zero"), 0).err().unwrap();
+        assert!(
+            matches!(
+                zero,
+                SegmentError::Invalid {
+                    kind: "snapshot",
+                    ..
+                }
+            ),
+            "{zero}"
+        );
+        assert_eq!(zero.to_string(), "a snapshot needs numel > 0");
         let mut w = WeightSnapshot::create(&name("bad"), 10).unwrap();
         assert!(matches!(
             w.publish(&[0.0; 9]),
@@ -324,7 +322,7 @@ mod tests {
         ));
         assert!(matches!(
             WeightSnapshot::create(&name("bad"), 10),
-            Err(SnapshotError::Shm(_))
+            Err(SegmentError::Shm(_))
         ));
         // A reader's handle cannot publish: one writer only.
         let mut reader = WeightSnapshot::open(&name("bad")).unwrap();
@@ -335,15 +333,23 @@ mod tests {
         assert_eq!(w.version(), 0);
         assert!(matches!(
             WeightSnapshot::open(&name("missing")),
-            Err(SnapshotError::Shm(_))
+            Err(SegmentError::Shm(_))
         ));
         let q =
             crate::shm::ExperienceQueue::create(&name("q"), 1, 1, crate::shm::SlotLayout::new(8))
                 .unwrap();
-        assert!(matches!(
-            WeightSnapshot::open(&name("q")),
-            Err(SnapshotError::BadMagic { .. })
-        ));
+        let err = WeightSnapshot::open(&name("q")).err().unwrap();
+        assert!(
+            matches!(
+                err,
+                SegmentError::BadMagic {
+                    kind: "snapshot",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("not a snapshot segment"), "{err}");
         drop(q);
     }
 
