@@ -11,36 +11,20 @@ use crate::util::*;
 fn impala_on_breakout_trains_on_segments_resumes_and_plays() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
-    let logdir = dir.to_str().unwrap();
-    let common = [
-        "--game",
-        "Breakout",
-        "--algorithm",
-        "impala",
-        "--processes",
-        "2",
-        "--unroll",
-        "10",
-        "--batch-size",
-        "2",
-        "--queue-size",
-        "4",
-        "--sync-frames",
-        "800",
-        "--device",
-        "cpu",
-        "--logdir",
-        logdir,
-        "--log-interval",
-        "1",
-        "--seed",
-        "3",
-    ];
-    let mut args = common.to_vec();
-    args.extend(["--max-frames", "6000"]);
-    let (pid, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(300));
-    assert_ok("impala learner", &out);
-    assert_clean(pid);
+    let common = Run::breakout(tmp.path())
+        .rule("impala")
+        .processes(2)
+        .flag("--unroll", 10)
+        .flag("--batch-size", 2)
+        .flag("--queue-size", 4)
+        .flag("--sync-frames", 800)
+        .logdir(&dir)
+        .flag("--log-interval", 1)
+        .seed(3);
+    let out = common
+        .clone()
+        .frames(6000)
+        .succeeds("impala learner", Duration::from_secs(300));
     assert!(
         text(&out.stdout).contains("--algorithm impala with segments of 10 steps"),
         "{}",
@@ -100,13 +84,10 @@ fn impala_on_breakout_trains_on_segments_resumes_and_plays() {
     assert!(async_rl::tensorboard::scalars(&events, "losses/td_loss").is_empty());
 
     // Resume: the weights and the optimizer state come back, the updates go on.
-    let ckpt_arg = last.to_string();
-    let target = (last + 3000).to_string();
-    let mut args = common.to_vec();
-    args.extend(["--checkpoint", &ckpt_arg, "--max-frames", &target]);
-    let (pid, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(300));
-    assert_ok("resumed impala learner", &out);
-    assert_clean(pid);
+    common
+        .checkpoint(last)
+        .frames(last + 3000)
+        .succeeds("resumed impala learner", Duration::from_secs(300));
     let newest = *async_rl::checkpoint::list(&dir).last().unwrap();
     let resumed =
         async_rl::checkpoint::load(&async_rl::checkpoint::path_for(&dir, newest)).unwrap();
@@ -148,37 +129,17 @@ fn impala_on_breakout_trains_on_segments_resumes_and_plays() {
 fn a3c_on_cartpole_evaluates_periodically_by_sampling_and_play_refuses_policy_for_q() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
-    let (pid, out) = run(
-        LEARNER,
-        &[
-            "--game",
-            "CartPole",
-            "--algorithm",
-            "a3c",
-            "--config",
-            "none",
-            "--processes",
-            "2",
-            "--envs-per-actor",
-            "4",
-            "--max-frames",
-            "30000",
-            "--eval-every",
-            "10000",
-            "--eval-episodes",
-            "3",
-            "--device",
-            "cpu",
-            "--log-interval",
-            "1",
-            "--logdir",
-            dir.to_str().unwrap(),
-        ],
-        tmp.path(),
-        Duration::from_secs(300),
-    );
-    assert_ok("a3c learner", &out);
-    assert_clean(pid);
+    let out = Run::cartpole(tmp.path())
+        .rule("a3c")
+        .flag("--config", "none")
+        .processes(2)
+        .flag("--envs-per-actor", 4)
+        .frames(30_000)
+        .flag("--eval-every", 10_000)
+        .flag("--eval-episodes", 3)
+        .flag("--log-interval", 1)
+        .logdir(&dir)
+        .succeeds("a3c learner", Duration::from_secs(300));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("evaluation at"), "{stdout}");
     assert!(async_rl::checkpoint::best_path(&dir).is_file());
@@ -208,9 +169,11 @@ fn a3c_on_cartpole_evaluates_periodically_by_sampling_and_play_refuses_policy_fo
 /// Runs the learner with `args` (CartPole, in `dir`) and returns its stderr, asserting that
 /// it refused to start (exit 2) without a panic.
 fn refused(dir: &Path, args: &[&str]) -> String {
-    let mut all = vec!["--game", "CartPole", "--logdir", "run"];
-    all.extend(args);
-    let (pid, out) = run(LEARNER, &all, dir, Duration::from_secs(60));
+    // (The device left to its default.)
+    let (pid, out) = Run::cartpole(dir)
+        .without("--device")
+        .flags(args)
+        .output(Duration::from_secs(60));
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
     assert!(!err.contains("panicked"), "{err}");

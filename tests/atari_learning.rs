@@ -58,26 +58,15 @@ const MIN_GAMES: usize = 20;
 /// Resumes the fixture with `seed` for [`BUDGET`] frames; returns the judged games' returns.
 fn resumed_returns(dir: &Path, seed: u64) -> Vec<f64> {
     let logdir = dir.join(format!("pong-{seed}"));
-    let (seed, max_frames) = (seed.to_string(), (START + BUDGET).to_string());
-    let args = [
-        "--checkpoint",
-        FIXTURE,
-        "--logdir",
-        logdir.to_str().unwrap(),
-        "--seed",
-        &seed,
-        "--max-frames",
-        &max_frames,
-        "--learning-starts",
-        "20000",
-        "--learner-threads",
-        "2",
-        "--device",
-        "cpu",
-    ];
-    let (pid, out) = run(LEARNER, &args, dir, Duration::from_secs(20 * 60));
-    assert_ok("learner resuming Pong", &out);
-    assert_clean(pid);
+    Run::learner(dir)
+        .checkpoint(FIXTURE)
+        .logdir(&logdir)
+        .seed(seed)
+        .frames(START + BUDGET)
+        .flag("--learning-starts", 20_000)
+        .flag("--learner-threads", 2)
+        .flag("--device", "cpu")
+        .succeeds("learner resuming Pong", Duration::from_secs(20 * 60));
     let events = std::fs::read_dir(&logdir)
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -8,23 +8,14 @@ use crate::util::*;
 /// Runs a phase for 12,000 frames; returns the last metrics row's (steps, updates).
 fn phase(name: &str) -> (u64, u64) {
     let tmp = tempfile::tempdir().unwrap();
-    let args = [
-        "--bench-phase",
-        name,
-        "--processes",
-        "2",
-        "--device",
-        "cpu",
-        "--max-frames",
-        "12000",
-        "--log-interval",
-        "1",
-        "--logdir",
-        "run",
-    ];
-    let (pid, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(120));
-    assert_ok(name, &out);
-    assert_clean(pid);
+    Run::learner(tmp.path())
+        .flag("--bench-phase", name)
+        .processes(2)
+        .flag("--device", "cpu")
+        .frames(12_000)
+        .flag("--log-interval", 1)
+        .logdir("run")
+        .succeeds(name, Duration::from_secs(120));
     let run = tmp.path().join("run");
     assert!(
         async_rl::checkpoint::list(&run).is_empty(),

@@ -154,9 +154,12 @@ fn device_cuda_without_cuda_fails_before_starting() {
 fn inference_flags_that_cannot_work_are_refused_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let refused = |args: &[&str], code: i32, needles: &[&str]| {
-        let mut all = vec!["--game", "CartPole", "--processes", "1", "--logdir", "run"];
-        all.extend_from_slice(args);
-        let (pid, out) = run(LEARNER, &all, tmp.path(), Duration::from_secs(60));
+        // (The device left to its default.)
+        let (pid, out) = Run::cartpole(tmp.path())
+            .without("--device")
+            .processes(1)
+            .flags(args)
+            .output(Duration::from_secs(60));
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
         for n in needles {
@@ -198,36 +201,20 @@ fn inference_flags_that_cannot_work_are_refused_by_name() {
 #[test]
 fn divergence_stops_the_run_and_the_last_good_checkpoint_stays_the_newest() {
     let tmp = tempfile::tempdir().unwrap();
-    let base = [
-        "--game",
-        "CartPole",
-        "--processes",
-        "1",
-        "--device",
-        "cpu",
-        "--logdir",
-        "run",
-    ];
+    let base = Run::cartpole(tmp.path()).processes(1);
     // A healthy run leaves a good checkpoint...
-    let mut args = base.to_vec();
-    args.extend(["--max-frames", "5000"]);
-    let (pid, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(60));
-    assert_ok("healthy run", &out);
-    assert_clean(pid);
+    base.clone()
+        .frames(5000)
+        .succeeds("healthy run", Duration::from_secs(60));
     let dir = tmp.path().join("run");
     let good = async_rl::checkpoint::list(&dir);
     assert_eq!(good.len(), 1, "{good:?}");
     // ...which a resumed run with an absurd learning rate diverges from.
-    let mut args = base.to_vec();
-    args.extend([
-        "--checkpoint",
-        "latest",
-        "--lr",
-        "1e30",
-        "--max-frames",
-        "500000",
-    ]);
-    let (pid, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(60));
+    let (pid, out) = base
+        .checkpoint("latest")
+        .flag("--lr", "1e30")
+        .frames(500_000)
+        .output(Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
@@ -260,16 +247,9 @@ fn a_new_run_uses_the_games_tuned_config_and_says_so_unless_told_otherwise() {
         "game = \"CartPole\"\nprocesses = 1\ngamma = 0.5\nmax-frames = 3000\n",
     )
     .unwrap();
-    let common = ["--game", "CartPole", "--device", "cpu"];
-    let with =
-        |extra: &[&'static str]| -> Vec<&str> { common.iter().chain(extra).copied().collect() };
-    let (pid, out) = run(
-        LEARNER,
-        &with(&["--logdir", "tuned"]),
-        tmp.path(),
-        Duration::from_secs(60),
-    );
-    assert_ok("tuned run", &out);
+    let out = Run::cartpole(tmp.path())
+        .logdir("tuned")
+        .succeeds("tuned run", Duration::from_secs(60));
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains(
@@ -282,25 +262,14 @@ fn a_new_run_uses_the_games_tuned_config_and_says_so_unless_told_otherwise() {
         saved.contains("gamma = 0.5") && saved.contains("max-frames = 3000"),
         "{saved}"
     );
-    assert_clean(pid);
 
     // --config none: the built-in defaults, with the flags given.
-    let (pid, out) = run(
-        LEARNER,
-        &with(&[
-            "--config",
-            "none",
-            "--processes",
-            "1",
-            "--max-frames",
-            "2000",
-            "--logdir",
-            "plain",
-        ]),
-        tmp.path(),
-        Duration::from_secs(60),
-    );
-    assert_ok("untuned run", &out);
+    let out = Run::cartpole(tmp.path())
+        .flag("--config", "none")
+        .processes(1)
+        .frames(2000)
+        .logdir("plain")
+        .succeeds("untuned run", Duration::from_secs(60));
     assert!(
         !text(&out.stdout).contains("using configs/"),
         "{}",
@@ -311,7 +280,6 @@ fn a_new_run_uses_the_games_tuned_config_and_says_so_unless_told_otherwise() {
         saved.contains("gamma = 0.99") && saved.contains("max-frames = 2000"),
         "{saved}"
     );
-    assert_clean(pid);
 }
 
 #[test]
@@ -338,9 +306,12 @@ fn list_games_names_the_bundled_games_and_cartpole() {
 fn rom_files_are_checked_before_ale_sees_them_and_must_agree_with_game() {
     let tmp = tempfile::tempdir().unwrap();
     let learner = |extra: &[&str]| {
-        let mut args = vec!["--processes", "1", "--device", "cpu", "--logdir", "run"];
-        args.extend(extra);
-        let (pid, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(60));
+        let (pid, out) = Run::learner(tmp.path())
+            .processes(1)
+            .flag("--device", "cpu")
+            .logdir("run")
+            .flags(extra)
+            .output(Duration::from_secs(60));
         assert_clean(pid);
         (out.status.code(), text(&out.stderr))
     };
@@ -382,24 +353,13 @@ fn nice_of(pid: u32) -> Option<i32> {
 
 #[test]
 fn actors_run_at_the_niceness_asked_for() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = Command::new(LEARNER)
-        .args([
-            "--game",
-            "CartPole",
-            "--processes",
-            "2",
-            "--device",
-            "cpu",
-            "--logdir",
-            "run",
-            "--max-frames",
-            "100000000",
-            "--actor-nice",
-            "7",
-        ])
-        .current_dir(tmp.path())
+    let mut child = Run::cartpole(tmp.path())
+        .processes(2)
+        .frames(100_000_000)
+        .flag("--actor-nice", 7)
+        .command()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

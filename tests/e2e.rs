@@ -38,32 +38,19 @@ fn metrics_frames(dir: &std::path::Path) -> Vec<u64> {
 fn train_resume_and_play_breakout() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
-    let logdir = dir.to_str().unwrap();
-    let common = [
-        "--game",
-        "Breakout",
-        "--processes",
-        "2",
-        "--device",
-        "cpu",
-        "--logdir",
-        logdir,
-        "--log-interval",
-        "1",
-        "--sync-frames",
-        "2000",
-        "--save-freq",
-        "10000",
-        "--seed",
-        "3",
-    ];
+    let common = Run::breakout(tmp.path())
+        .processes(2)
+        .logdir(&dir)
+        .flag("--log-interval", 1)
+        .flag("--sync-frames", 2000)
+        .flag("--save-freq", 10_000)
+        .seed(3);
 
     // 1. Train for about 20,000 frames.
-    let mut args = common.to_vec();
-    args.extend(["--max-frames", "20000"]);
-    let (pid, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(300));
-    assert_ok("learner", &out);
-    assert_clean(pid);
+    common
+        .clone()
+        .frames(20_000)
+        .succeeds("learner", Duration::from_secs(300));
     let saved = checkpoints(&dir);
     let last = *saved
         .last()
@@ -81,18 +68,15 @@ fn train_resume_and_play_breakout() {
     assert!(dir.join("config.toml").is_file());
 
     // 2. Resume: the frame count continues from the checkpoint.
-    let target = (last + 8000).to_string();
-    let ckpt = last.to_string();
-    let mut args = common.to_vec();
-    args.extend(["--checkpoint", &ckpt, "--max-frames", &target]);
-    let (pid, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(300));
-    assert_ok("resumed learner", &out);
+    let out = common
+        .checkpoint(last)
+        .frames(last + 8000)
+        .succeeds("resumed learner", Duration::from_secs(300));
     assert!(
         text(&out.stdout).contains(&format!("resumed at {last} frames")),
         "{}",
         text(&out.stdout)
     );
-    assert_clean(pid);
     let resumed = *checkpoints(&dir).last().unwrap();
     assert!(
         resumed >= last + 8000,

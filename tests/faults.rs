@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -12,85 +12,9 @@ use nix::unistd::Pid;
 
 use crate::util::*;
 
-/// A learner on CartPole (fast to start and step) whose stdout and stderr go to files in `dir`.
-struct Run {
-    child: Child,
-    out: PathBuf,
-    err: PathBuf,
-}
-
-impl Run {
-    fn start(dir: &Path, logdir: &str, extra: &[&str], env: &[(&str, &str)]) -> Run {
-        // (Not inside `logdir`, which may be a disk that a test fills up.)
-        let name = logdir.replace('/', "-");
-        let out = dir.join(format!("{name}.stdout"));
-        let err = dir.join(format!("{name}.stderr"));
-        let mut cmd = Command::new(LEARNER);
-        cmd.args([
-            "--game",
-            "CartPole",
-            "--device",
-            "cpu",
-            "--logdir",
-            logdir,
-            "--log-interval",
-            "0.5",
-        ])
-        .args(extra)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(File::create(&out).unwrap())
-        .stderr(File::create(&err).unwrap());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Run {
-            child: cmd.spawn().unwrap(),
-            out,
-            err,
-        }
-    }
-
-    fn stdout(&self) -> String {
-        std::fs::read_to_string(&self.out).unwrap_or_default()
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.err).unwrap_or_default()
-    }
-
-    /// Waits until stdout holds `n` lines containing `needle`; returns the time it took.
-    fn wait_for(&self, needle: &str, n: usize, limit: Duration) -> Duration {
-        let t0 = Instant::now();
-        while self.stdout().matches(needle).count() < n {
-            assert!(
-                t0.elapsed() < limit,
-                "no {n} x `{needle}` within {limit:?}\nstdout:\n{}\nstderr:\n{}",
-                self.stdout(),
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        t0.elapsed()
-    }
-
-    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let t0 = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if t0.elapsed() > limit {
-                let _ = self.child.kill();
-                panic!(
-                    "the learner did not exit within {limit:?}\nstdout:\n{}\nstderr:\n{}",
-                    self.stdout(),
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// A learner on CartPole (fast to start and step) logging every half second, in `dir`.
+fn cartpole(dir: &Path) -> Run {
+    Run::cartpole(dir).flag("--log-interval", "0.5")
 }
 
 /// Frame counts of the metrics rows written so far.
@@ -131,19 +55,22 @@ fn sigkilled_actor_does_not_wedge_the_inference_server() {
 /// (`run` inside the returned temporary directory).
 fn sigkill_each_actor(extra: &[&str]) -> RunDir {
     let tmp = tempfile::tempdir().unwrap();
-    let mut args = vec!["--processes", "2", "--max-frames", "100000000"];
-    args.extend_from_slice(extra);
-    let mut run = Run::start(tmp.path(), "run", &args, &[]);
-    let pid = run.child.id();
-    run.wait_for("frames ", 2, Duration::from_secs(60));
+    let mut learner = cartpole(tmp.path())
+        .processes(2)
+        .frames(100_000_000)
+        .flags(extra)
+        .start("learner");
+    let pid = learner.child.id();
+    learner.wait_for("frames ", 2, Duration::from_secs(60));
     let victims = actors_of(pid);
-    assert_eq!(victims.len(), 2, "{}", run.stdout());
+    assert_eq!(victims.len(), 2, "{}", learner.stdout());
     let mut detected = Vec::new();
     for (round, victim) in victims.iter().enumerate() {
         kill(Pid::from_raw(*victim as i32), Signal::SIGKILL).unwrap();
-        let took = run.wait_for("restarted it with seed", round + 1, Duration::from_secs(10));
-        detected.push(took);
-        let log = run.stdout();
+        let killed = Instant::now();
+        learner.wait_for("restarted it with seed", round + 1, Duration::from_secs(10));
+        detected.push(killed.elapsed());
+        let log = learner.stdout();
         assert!(
             log.contains("(signal: 9 (SIGKILL))"),
             "the log names how the actor died:\n{log}"
@@ -157,7 +84,7 @@ fn sigkill_each_actor(extra: &[&str]) -> RunDir {
         }
     }
     // Fresh seeds: neither replacement repeats an original actor's seed, nor each other's.
-    let log = run.stdout();
+    let log = learner.stdout();
     let seeds: Vec<u64> = log
         .lines()
         .filter_map(|l| {
@@ -179,8 +106,8 @@ fn sigkill_each_actor(extra: &[&str]) -> RunDir {
         std::thread::sleep(Duration::from_millis(50));
     }
     kill(Pid::from_raw(pid as i32), Signal::SIGINT).unwrap();
-    let status = run.wait(Duration::from_secs(30));
-    assert!(status.success(), "{status}\n{}", run.stderr());
+    let status = learner.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status}\n{}", learner.stderr());
     assert!(!async_rl::checkpoint::list(&tmp.path().join("run")).is_empty());
     assert_clean(pid);
     println!("SIGKILLed actor detected and replaced in {detected:?} ({extra:?})");
@@ -201,22 +128,15 @@ impl RunDir {
 fn restarts_are_bounded(kind: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let fault = format!("{kind}@300");
-    let mut run = Run::start(
-        tmp.path(),
-        "run",
-        &[
-            "--processes",
-            "1",
-            "--max-frames",
-            "100000000",
-            "--max-actor-restarts",
-            "2",
-        ],
-        &[(async_rl::actor::FAULT_ENV, &fault)],
-    );
-    let pid = run.child.id();
-    let status = run.wait(Duration::from_secs(60));
-    let (out, err) = (run.stdout(), run.stderr());
+    let mut learner = cartpole(tmp.path())
+        .processes(1)
+        .frames(100_000_000)
+        .flag("--max-actor-restarts", 2)
+        .env(async_rl::actor::FAULT_ENV, &fault)
+        .start("learner");
+    let pid = learner.child.id();
+    let status = learner.wait(Duration::from_secs(60));
+    let (out, err) = (learner.stdout(), learner.stderr());
     assert_eq!(status.code(), Some(1), "{kind}: {status}\n{out}\n{err}");
     assert_eq!(
         out.matches("restarted it with seed").count(),
@@ -260,26 +180,19 @@ fn actor_error_is_reported_and_restarted_up_to_the_bound() {
 #[test]
 fn malformed_fault_spec_is_an_error_not_ignored() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut run = Run::start(
-        tmp.path(),
-        "run",
-        &[
-            "--processes",
-            "1",
-            "--max-frames",
-            "100000000",
-            "--max-actor-restarts",
-            "0",
-        ],
-        &[(async_rl::actor::FAULT_ENV, "explode@3")],
-    );
-    let status = run.wait(Duration::from_secs(60));
+    let mut learner = cartpole(tmp.path())
+        .processes(1)
+        .frames(100_000_000)
+        .flag("--max-actor-restarts", 0)
+        .env(async_rl::actor::FAULT_ENV, "explode@3")
+        .start("learner");
+    let status = learner.wait(Duration::from_secs(60));
     assert_eq!(status.code(), Some(1));
-    let out = run.stdout();
+    let out = learner.stdout();
     assert!(
         out.contains("expected panic@N, exit@N or error@N"),
         "{out}\n{}",
-        run.stderr()
+        learner.stderr()
     );
 }
 
@@ -317,27 +230,21 @@ fn full_disk_while_saving_stops_with_the_older_checkpoints_intact() {
         }
     }
     let _unmount = Unmount(disk.clone());
-    let mut run = Run::start(
-        tmp.path(),
-        "disk/run",
-        &[
-            "--processes",
-            "1",
-            "--save-freq",
-            "5000",
-            "--max-frames",
-            "100000000",
-        ],
-        &[],
-    );
-    let pid = run.child.id();
-    let status = run.wait(Duration::from_secs(120));
-    let err = run.stderr();
+    // (Its outputs go to files in tmp, not on the disk it fills.)
+    let mut learner = cartpole(tmp.path())
+        .logdir("disk/run")
+        .processes(1)
+        .flag("--save-freq", 5000)
+        .frames(100_000_000)
+        .start("learner");
+    let pid = learner.child.id();
+    let status = learner.wait(Duration::from_secs(120));
+    let err = learner.stderr();
     assert_eq!(status.code(), Some(1), "{status}\n{err}");
     assert!(err.contains("No space left on device"), "{err}");
     let run_dir = disk.join("run");
     let saved = async_rl::checkpoint::list(&run_dir);
-    assert!(!saved.is_empty(), "{}", run.stdout());
+    assert!(!saved.is_empty(), "{}", learner.stdout());
     // The save that failed names its file, left no temporary file, and every checkpoint that
     // is there loads.
     assert!(err.contains("checkpoint disk/run/model-"), "{err}");
@@ -356,19 +263,9 @@ fn full_disk_while_saving_stops_with_the_older_checkpoints_intact() {
 fn uncreatable_logdir_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("afile"), b"").unwrap();
-    let (_, out) = run(
-        LEARNER,
-        &[
-            "--game",
-            "CartPole",
-            "--device",
-            "cpu",
-            "--logdir",
-            "afile/run",
-        ],
-        tmp.path(),
-        Duration::from_secs(30),
-    );
+    let (_, out) = Run::cartpole(tmp.path())
+        .logdir("afile/run")
+        .output(Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
@@ -380,33 +277,18 @@ fn uncreatable_logdir_is_named() {
 #[test]
 fn latest_skips_a_damaged_newest_checkpoint_and_a_missing_one_lists_those_there() {
     let tmp = tempfile::tempdir().unwrap();
-    let base = [
-        "--game",
-        "CartPole",
-        "--processes",
-        "1",
-        "--device",
-        "cpu",
-        "--logdir",
-        "run",
-    ];
-    let args = |extra: &[&str]| -> Vec<String> {
-        base.iter().chain(extra).map(|s| s.to_string()).collect()
-    };
-    let first = args(&["--max-frames", "12000", "--save-freq", "5000"]);
-    let (_, out) = run(LEARNER, &argv(&first), tmp.path(), Duration::from_secs(60));
+    let base = Run::cartpole(tmp.path()).processes(1);
+    let (_, out) = base
+        .clone()
+        .frames(12_000)
+        .flag("--save-freq", 5000)
+        .output(Duration::from_secs(60));
     assert_ok("first run", &out);
     let run_dir = tmp.path().join("run");
     let saved = async_rl::checkpoint::list(&run_dir);
     assert!(saved.len() >= 2, "{saved:?}");
 
-    let missing = args(&["--checkpoint", "777"]);
-    let (_, out) = run(
-        LEARNER,
-        &argv(&missing),
-        tmp.path(),
-        Duration::from_secs(60),
-    );
+    let (_, out) = base.clone().checkpoint(777).output(Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     let listed: Vec<String> = saved.iter().map(|f| f.to_string()).collect();
@@ -426,10 +308,10 @@ fn latest_skips_a_damaged_newest_checkpoint_and_a_missing_one_lists_those_there(
     bytes[mid] ^= 0xFF;
     std::fs::write(&newest, &bytes).unwrap();
     let previous = saved[saved.len() - 2];
-    let until = (previous + 3000).to_string();
-    let resume = args(&["--checkpoint", "latest", "--max-frames", &until]);
-    let (pid, out) = run(LEARNER, &argv(&resume), tmp.path(), Duration::from_secs(60));
-    assert_ok("resumed run", &out);
+    let out = base
+        .checkpoint("latest")
+        .frames(previous + 3000)
+        .succeeds("resumed run", Duration::from_secs(60));
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(
         stderr.contains(&format!(
@@ -442,33 +324,17 @@ fn latest_skips_a_damaged_newest_checkpoint_and_a_missing_one_lists_those_there(
         stdout.contains(&format!("resuming from run/model-{previous}.pt")),
         "{stdout}"
     );
-    assert_clean(pid);
-}
-
-fn argv(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 #[test]
 fn a_full_disk_behind_stdout_does_not_take_the_run_down() {
     let tmp = tempfile::tempdir().unwrap();
     let full = || File::options().write(true).open("/dev/full").unwrap();
-    let status = Command::new(LEARNER)
-        .args([
-            "--game",
-            "CartPole",
-            "--processes",
-            "1",
-            "--device",
-            "cpu",
-            "--logdir",
-            "run",
-            "--max-frames",
-            "3000",
-            "--log-interval",
-            "0.1",
-        ])
-        .current_dir(tmp.path())
+    let status = Run::cartpole(tmp.path())
+        .processes(1)
+        .frames(3000)
+        .flag("--log-interval", "0.1")
+        .command()
         .stdin(Stdio::null())
         .stdout(full())
         .stderr(full())
@@ -484,19 +350,10 @@ fn a_checkpoint_of_another_game_is_refused_before_anything_starts() {
     let run_dir = tmp.path().join("run");
     std::fs::create_dir_all(&run_dir).unwrap();
     untrained_checkpoint(&run_dir, "CartPole");
-    let args = [
-        "--game",
-        "Breakout",
-        "--processes",
-        "1",
-        "--device",
-        "cpu",
-        "--logdir",
-        "run",
-        "--checkpoint",
-        "latest",
-    ];
-    let (pid, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(60));
+    let (pid, out) = Run::breakout(tmp.path())
+        .processes(1)
+        .checkpoint("latest")
+        .output(Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
@@ -514,29 +371,16 @@ fn a_checkpoint_of_another_game_is_refused_before_anything_starts() {
 #[test]
 fn keep_checkpoints_keeps_only_the_newest() {
     let tmp = tempfile::tempdir().unwrap();
-    let args = [
-        "--game",
-        "CartPole",
-        "--processes",
-        "1",
-        "--device",
-        "cpu",
-        "--logdir",
-        "run",
-        "--max-frames",
-        "12000",
-        "--save-freq",
-        "2000",
-        "--keep-checkpoints",
-        "2",
-    ];
-    let (pid, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(60));
-    assert_ok("run", &out);
+    Run::cartpole(tmp.path())
+        .processes(1)
+        .frames(12_000)
+        .flag("--save-freq", 2000)
+        .flag("--keep-checkpoints", 2)
+        .succeeds("run", Duration::from_secs(60));
     let saved = async_rl::checkpoint::list(&tmp.path().join("run"));
     // Six or more saves (every 2,000 frames and a final one), of which the newest two stay.
     assert_eq!(saved.len(), 2, "{saved:?}");
     assert!(saved[1] >= 12_000 && saved[0] >= 10_000, "{saved:?}");
-    assert_clean(pid);
 }
 
 /// A learner whose pid a killed learner had before finds that one's segments under its own

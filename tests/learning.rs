@@ -75,41 +75,32 @@ fn train_with(dir: &Path, algorithm: &str, seed: u64, acting: Acting) -> Option<
     };
     let where_ = format!("{acting:?}").to_lowercase();
     let logdir = dir.join(format!("{algorithm}-{seed}-{where_}"));
-    let seed = seed.to_string();
-    let mut args = vec![
-        "--config",
-        config,
-        "--algorithm",
-        algorithm,
-        "--seed",
-        &seed,
-        "--max-frames",
-        budget,
-        "--device",
-        "cpu",
-        "--logdir",
-        logdir.to_str().unwrap(),
-        "--inference",
-        if acting == Acting::Served {
-            "learner"
-        } else {
-            "actor"
-        },
-    ];
+    let learner = Run::learner(dir)
+        .flag("--config", config)
+        .rule(algorithm)
+        .seed(seed)
+        .flag("--max-frames", budget)
+        .flag("--device", "cpu")
+        .logdir(&logdir)
+        .flag(
+            "--inference",
+            if acting == Acting::Served {
+                "learner"
+            } else {
+                "actor"
+            },
+        );
     let stdout = if remote {
-        args.extend(["--processes", "0"]);
         let what = format!("learner-{algorithm}-{seed}");
-        let (mut learner, addr) = listening_learner(dir, &what, &args);
+        let (mut learner, addr) = learner.processes(0).listen(&what);
         let mut hosts: Vec<Proc> = ["a", "b"]
             .iter()
             .map(|h| {
                 let what = format!("host-{h}-{algorithm}-{seed}");
-                Proc::start(
-                    LEARNER,
-                    &["--connect", &addr, "--processes", "1"],
-                    dir,
-                    &what,
-                )
+                Run::learner(dir)
+                    .flag("--connect", &addr)
+                    .processes(1)
+                    .start(&what)
             })
             .collect();
         let status = learner.wait(Duration::from_secs(300));
@@ -121,9 +112,7 @@ fn train_with(dir: &Path, algorithm: &str, seed: u64, acting: Acting) -> Option<
         assert_clean(learner.child.id());
         learner.stdout()
     } else {
-        let (pid, out) = run(LEARNER, &args, dir, Duration::from_secs(300));
-        assert_ok("learner on CartPole", &out);
-        assert_clean(pid);
+        let out = learner.succeeds("learner on CartPole", Duration::from_secs(300));
         text(&out.stdout)
     };
     let Some(line) = stdout

@@ -30,12 +30,11 @@ fn host_rows(run_dir: &Path) -> Vec<std::collections::HashMap<String, String>> {
 /// An actor host for the learner at `addr` (one actor process unless `extra` says
 /// `--processes`).
 fn host(dir: &Path, addr: &str, what: &str, extra: &[&str]) -> Proc {
-    let mut args = vec!["--connect", addr];
-    if !extra.contains(&"--processes") {
-        args.extend(["--processes", "1"]);
-    }
-    args.extend_from_slice(extra);
-    Proc::start(LEARNER, &args, dir, what)
+    Run::learner(dir)
+        .flag("--connect", addr)
+        .processes(1)
+        .flags(extra)
+        .start(what)
 }
 
 fn assert_exit_ok(p: &mut Proc) {
@@ -50,28 +49,16 @@ fn assert_exit_ok(p: &mut Proc) {
 
 /// Two hosts of one process each and one local actor train `game` to `frames`; both hosts
 /// are counted and exit when the run is finished.
-fn trains_with_two_hosts(game: &str, frames: &str) {
+fn trains_with_two_hosts(game: &str, frames: u64) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let logdir = dir.join("run");
-    let (mut learner, addr) = listening_learner(
-        dir,
-        "learner",
-        &[
-            "--game",
-            game,
-            "--processes",
-            "1",
-            "--device",
-            "cpu",
-            "--max-frames",
-            frames,
-            "--log-interval",
-            "0.5",
-            "--logdir",
-            logdir.to_str().unwrap(),
-        ],
-    );
+    let (mut learner, addr) = Run::game(dir, game)
+        .processes(1)
+        .frames(frames)
+        .flag("--log-interval", "0.5")
+        .logdir(&logdir)
+        .listen("learner");
     let mut a = host(dir, &addr, "host-a", &[]);
     let mut b = host(dir, &addr, "host-b", &[]);
     assert_exit_ok(&mut learner);
@@ -103,18 +90,18 @@ fn trains_with_two_hosts(game: &str, frames: &str) {
             .is_ok_and(|b| b > 0.0)),
         "{rows:?}"
     );
-    assert!(checkpoint_frames(&logdir) >= frames.parse().unwrap());
+    assert!(checkpoint_frames(&logdir) >= frames);
     assert_clean(learner.child.id());
 }
 
 #[test]
 fn cartpole_trains_with_two_remote_hosts_and_a_local_actor() {
-    trains_with_two_hosts("CartPole", "60000");
+    trains_with_two_hosts("CartPole", 60_000);
 }
 
 #[test]
 fn breakout_trains_with_two_remote_hosts_and_a_local_actor() {
-    trains_with_two_hosts("Breakout", "20000");
+    trains_with_two_hosts("Breakout", 20_000);
 }
 
 /// With every actor remote, the learner's frames (its newest checkpoint's in `run_dir`) are
@@ -146,22 +133,11 @@ fn all_remote_frames_are_counted_once() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let logdir = dir.join("run");
-    let (mut learner, addr) = listening_learner(
-        dir,
-        "learner",
-        &[
-            "--game",
-            "CartPole",
-            "--processes",
-            "0",
-            "--device",
-            "cpu",
-            "--max-frames",
-            "50000",
-            "--logdir",
-            logdir.to_str().unwrap(),
-        ],
-    );
+    let (mut learner, addr) = Run::cartpole(dir)
+        .processes(0)
+        .frames(50_000)
+        .logdir(&logdir)
+        .listen("learner");
     let mut a = host(dir, &addr, "host-a", &["--processes", "2"]);
     let mut b = host(dir, &addr, "host-b", &[]);
     assert_exit_ok(&mut learner);
@@ -175,24 +151,12 @@ fn a_killed_host_is_noticed_and_training_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let logdir = dir.join("run");
-    let (mut learner, addr) = listening_learner(
-        dir,
-        "learner",
-        &[
-            "--game",
-            "CartPole",
-            "--processes",
-            "0",
-            "--device",
-            "cpu",
-            "--max-frames",
-            "400000",
-            "--log-interval",
-            "0.5",
-            "--logdir",
-            logdir.to_str().unwrap(),
-        ],
-    );
+    let (mut learner, addr) = Run::cartpole(dir)
+        .processes(0)
+        .frames(400_000)
+        .flag("--log-interval", "0.5")
+        .logdir(&logdir)
+        .listen("learner");
     let mut a = host(dir, &addr, "host-a", &[]);
     let mut b = host(dir, &addr, "host-b", &[]);
     learner.wait_for("joined with", 2, LIMIT);
@@ -231,30 +195,12 @@ fn a_killed_and_resumed_learner_is_rejoined_by_its_hosts() {
     let dir = tmp.path();
     let logdir = dir.join("run");
     let listen = format!("127.0.0.1:{}", free_port());
-    let args = |frames: &'static str, resume: bool| {
-        let mut a = vec![
-            "--game".to_string(),
-            "CartPole".into(),
-            "--processes".into(),
-            "0".into(),
-            "--device".into(),
-            "cpu".into(),
-            "--listen".into(),
-            listen.clone(),
-            "--max-frames".into(),
-            frames.into(),
-            "--save-freq".into(),
-            "20000".into(),
-            "--logdir".into(),
-            logdir.to_str().unwrap().into(),
-        ];
-        if resume {
-            a.extend(["--checkpoint".to_string(), "latest".into()]);
-        }
-        a
-    };
-    let first = args("100000000", false);
-    let mut learner = Proc::start(LEARNER, &argv(&first), dir, "learner-1");
+    let run = Run::cartpole(dir)
+        .processes(0)
+        .flag("--listen", &listen)
+        .flag("--save-freq", 20_000)
+        .logdir(&logdir);
+    let mut learner = run.clone().frames(100_000_000).start("learner-1");
     learner.wait_for("listening for actor hosts", 1, LIMIT);
     let mut h = host(dir, &listen, "host", &[]);
     h.wait_for("joined the learner", 1, LIMIT);
@@ -262,8 +208,7 @@ fn a_killed_and_resumed_learner_is_rejoined_by_its_hosts() {
     learner.kill_group();
     let resumed_at = checkpoint_frames(&logdir);
     h.wait_for("reconnecting in", 1, Duration::from_secs(20));
-    let second = args("150000", true);
-    let mut learner2 = Proc::start(LEARNER, &argv(&second), dir, "learner-2");
+    let mut learner2 = run.frames(150_000).checkpoint("latest").start("learner-2");
     learner2.wait_for("joined with", 1, Duration::from_secs(60));
     h.wait_for("is a new run (restarted)", 1, Duration::from_secs(60));
     assert_exit_ok(&mut learner2);
@@ -278,34 +223,17 @@ fn a_killed_and_resumed_learner_is_rejoined_by_its_hosts() {
     assert!(checkpoint_frames(&logdir) >= 150_000);
 }
 
-fn argv(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
 #[test]
 fn a_wrong_or_missing_token_is_refused_on_both_sides() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::write(dir.join("token"), "the-right-secret\n").unwrap();
     std::fs::write(dir.join("wrong"), "a-wrong-secret").unwrap();
-    let (mut learner, addr) = listening_learner(
-        dir,
-        "learner",
-        &[
-            "--game",
-            "CartPole",
-            "--processes",
-            "1",
-            "--device",
-            "cpu",
-            "--max-frames",
-            "100000000",
-            "--auth-token-file",
-            "token",
-            "--logdir",
-            "run",
-        ],
-    );
+    let (mut learner, addr) = Run::cartpole(dir)
+        .processes(1)
+        .frames(100_000_000)
+        .flag("--auth-token-file", "token")
+        .listen("learner");
     let mut wrong = host(dir, &addr, "wrong", &["--auth-token-file", "wrong"]);
     let status = wrong.wait(LIMIT);
     assert_eq!(status.code(), Some(1), "{}", wrong.logs());
@@ -354,26 +282,12 @@ fn tls_and_mutual_tls_admit_the_right_certificates_and_refuse_others() {
     certificates(dir, "client");
     certificates(dir, "other");
     // TLS: a host trusting the learner's CA trains; one trusting another CA is refused.
-    let (mut learner, addr) = listening_learner(
-        dir,
-        "learner",
-        &[
-            "--game",
-            "CartPole",
-            "--processes",
-            "0",
-            "--device",
-            "cpu",
-            "--max-frames",
-            "30000",
-            "--tls-cert",
-            "server-cert.pem",
-            "--tls-key",
-            "server-key.pem",
-            "--logdir",
-            "run",
-        ],
-    );
+    let tls = Run::cartpole(dir)
+        .processes(0)
+        .frames(30_000)
+        .flag("--tls-cert", "server-cert.pem")
+        .flag("--tls-key", "server-key.pem");
+    let (mut learner, addr) = tls.listen("learner");
     let mut other = host(dir, &addr, "other-ca", &["--tls-ca", "other-ca.pem"]);
     assert_eq!(other.wait(LIMIT).code(), Some(1), "{}", other.logs());
     assert!(other.stderr().contains("TLS"), "{}", other.logs());
@@ -382,28 +296,10 @@ fn tls_and_mutual_tls_admit_the_right_certificates_and_refuse_others() {
     assert_exit_ok(&mut good);
     // Mutual TLS: a host without a client certificate, or with one of another CA, is refused;
     // one signed by the learner's --tls-ca trains.
-    let (mut learner, addr) = listening_learner(
-        dir,
-        "learner-mtls",
-        &[
-            "--game",
-            "CartPole",
-            "--processes",
-            "0",
-            "--device",
-            "cpu",
-            "--max-frames",
-            "30000",
-            "--tls-cert",
-            "server-cert.pem",
-            "--tls-key",
-            "server-key.pem",
-            "--tls-ca",
-            "client-ca.pem",
-            "--logdir",
-            "run-mtls",
-        ],
-    );
+    let (mut learner, addr) = tls
+        .flag("--tls-ca", "client-ca.pem")
+        .logdir("run-mtls")
+        .listen("learner-mtls");
     for (what, extra) in [
         ("no-client-cert", vec!["--tls-ca", "server-ca.pem"]),
         (
@@ -446,22 +342,11 @@ fn garbage_half_open_connections_and_bad_messages_leave_the_learner_training() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let logdir = dir.join("run");
-    let (mut learner, addr) = listening_learner(
-        dir,
-        "learner",
-        &[
-            "--game",
-            "CartPole",
-            "--processes",
-            "0",
-            "--device",
-            "cpu",
-            "--max-frames",
-            "60000",
-            "--logdir",
-            logdir.to_str().unwrap(),
-        ],
-    );
+    let (mut learner, addr) = Run::cartpole(dir)
+        .processes(0)
+        .frames(60_000)
+        .logdir(&logdir)
+        .listen("learner");
     // Random bytes, an HTTP/2 preface followed by junk, and connections that say nothing.
     let mut idle = Vec::new();
     for k in 0..20u8 {
@@ -633,24 +518,12 @@ fn through_a_faulty_network_training_goes_on_and_nothing_is_counted_twice() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let logdir = dir.join("run");
-    let (mut learner, addr) = listening_learner(
-        dir,
-        "learner",
-        &[
-            "--game",
-            "CartPole",
-            "--processes",
-            "0",
-            "--device",
-            "cpu",
-            "--max-frames",
-            "100000000",
-            "--log-interval",
-            "0.5",
-            "--logdir",
-            logdir.to_str().unwrap(),
-        ],
-    );
+    let (mut learner, addr) = Run::cartpole(dir)
+        .processes(0)
+        .frames(100_000_000)
+        .flag("--log-interval", "0.5")
+        .logdir(&logdir)
+        .listen("learner");
     let proxy = Proxy::start(addr.clone(), Duration::from_millis(20));
     let mut a = host(dir, &proxy.addr, "host-proxied", &[]);
     let mut b = host(dir, &addr, "host-direct", &[]);

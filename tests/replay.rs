@@ -10,43 +10,25 @@ use crate::util::*;
 fn dqn_on_breakout_trains_saves_its_replay_memory_and_resumes_with_it() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
-    let logdir = dir.to_str().unwrap();
-    let common = [
-        "--game",
-        "Breakout",
-        "--algorithm",
-        "dqn",
-        "--dueling",
-        "--prioritized",
-        "--processes",
-        "2",
-        "--device",
-        "cpu",
-        "--logdir",
-        logdir,
-        "--log-interval",
-        "1",
-        "--replay-size",
-        "2000",
-        "--learning-starts",
-        "4000",
-        "--replay-ratio",
-        "1",
-        "--target-update",
-        "20",
-        "--save-replay",
-        "--save-freq",
-        "8000",
-        "--keep-checkpoints",
-        "1",
-        "--seed",
-        "5",
-    ];
-    let mut args = common.to_vec();
-    args.extend(["--max-frames", "16000"]);
-    let (pid, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(300));
-    assert_ok("dqn learner", &out);
-    assert_clean(pid);
+    let common = Run::breakout(tmp.path())
+        .rule("dqn")
+        .switch("--dueling")
+        .switch("--prioritized")
+        .processes(2)
+        .logdir(&dir)
+        .flag("--log-interval", 1)
+        .flag("--replay-size", 2000)
+        .flag("--learning-starts", 4000)
+        .flag("--replay-ratio", 1)
+        .flag("--target-update", 20)
+        .switch("--save-replay")
+        .flag("--save-freq", 8000)
+        .flag("--keep-checkpoints", 1)
+        .seed(5);
+    common
+        .clone()
+        .frames(16_000)
+        .succeeds("dqn learner", Duration::from_secs(300));
     let saved = async_rl::checkpoint::list(&dir);
     assert_eq!(saved.len(), 1, "--keep-checkpoints 1: {saved:?}");
     let last = saved[0];
@@ -118,13 +100,11 @@ fn dqn_on_breakout_trains_saves_its_replay_memory_and_resumes_with_it() {
     }
 
     // Resume: the memory comes back, so training goes on without a new --learning-starts.
-    let ckpt_arg = last.to_string();
-    let target = (last + 6000).to_string();
-    let mut args = common.to_vec();
-    args.extend(["--checkpoint", &ckpt_arg, "--max-frames", &target]);
-    let (pid, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(300));
-    assert_ok("resumed dqn learner", &out);
-    assert_clean(pid);
+    let out = common
+        .clone()
+        .checkpoint(last)
+        .frames(last + 6000)
+        .succeeds("resumed dqn learner", Duration::from_secs(300));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("loading the replay memory"), "{stdout}");
     let after = metrics_rows(&dir);
@@ -139,11 +119,10 @@ fn dqn_on_breakout_trains_saves_its_replay_memory_and_resumes_with_it() {
     // Without the file, the memory starts empty and says so.
     let newest = *async_rl::checkpoint::list(&dir).last().unwrap();
     std::fs::remove_file(async_rl::checkpoint::replay_path_for(&dir, newest)).unwrap();
-    let ckpt_arg = newest.to_string();
-    let target = (newest + 2000).to_string();
-    let mut args = common.to_vec();
-    args.extend(["--checkpoint", &ckpt_arg, "--max-frames", &target]);
-    let (_, out) = run(LEARNER, &args, tmp.path(), Duration::from_secs(300));
+    let (_, out) = common
+        .checkpoint(newest)
+        .frames(newest + 2000)
+        .output(Duration::from_secs(300));
     assert_ok("resumed dqn learner without a memory", &out);
     assert!(
         text(&out.stdout).contains("the replay memory starts empty"),
@@ -167,9 +146,11 @@ fn dqn_on_breakout_trains_saves_its_replay_memory_and_resumes_with_it() {
 /// Runs the learner with `args` (CartPole, in `dir`) and returns its stderr, asserting that
 /// it refused to start (exit 2) without a panic.
 fn refused(dir: &Path, args: &[&str]) -> String {
-    let mut all = vec!["--game", "CartPole", "--logdir", "run"];
-    all.extend(args);
-    let (pid, out) = run(LEARNER, &all, dir, Duration::from_secs(60));
+    // (The device left to its default.)
+    let (pid, out) = Run::cartpole(dir)
+        .without("--device")
+        .flags(args)
+        .output(Duration::from_secs(60));
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
     assert!(!err.contains("panicked"), "{err}");

@@ -2,7 +2,7 @@
 //! SIGINT stops at once; a SIGKILLed learner takes its actors with it, and the next learner
 //! removes the segments it left.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -13,22 +13,14 @@ use crate::util::*;
 /// Starts a long learner run in `dir` and waits until its actors produce (a metrics row with
 /// frames; rows are written from the start, before the actors are ready).
 fn start_learner(dir: &std::path::Path) -> std::process::Child {
-    let child = Command::new(LEARNER)
-        .args([
-            "--processes",
-            "2",
-            "--device",
-            "cpu",
-            "--logdir",
-            "run",
-            "--log-interval",
-            "0.5",
-            "--max-frames",
-            "100000000",
-            "--save-freq",
-            "5000",
-        ])
-        .current_dir(dir)
+    let child = Run::learner(dir)
+        .processes(2)
+        .flag("--device", "cpu")
+        .logdir("run")
+        .flag("--log-interval", "0.5")
+        .frames(100_000_000)
+        .flag("--save-freq", 5000)
+        .command()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -157,24 +149,13 @@ fn killed_learner_takes_its_actors_and_the_next_resumes_from_the_latest_checkpoi
     );
     // The newest checkpoint may be one the kill interrupted; `latest` takes the newest good one.
     let newest = *async_rl::checkpoint::list(&run_dir).last().unwrap();
-    let until = (newest + 3000).to_string();
-    let (next, out) = run(
-        LEARNER,
-        &[
-            "--processes",
-            "1",
-            "--device",
-            "cpu",
-            "--logdir",
-            "run",
-            "--checkpoint",
-            "latest",
-            "--max-frames",
-            &until,
-        ],
-        tmp.path(),
-        Duration::from_secs(120),
-    );
+    let (next, out) = Run::learner(tmp.path())
+        .processes(1)
+        .flag("--device", "cpu")
+        .logdir("run")
+        .checkpoint("latest")
+        .frames(newest + 3000)
+        .output(Duration::from_secs(120));
     assert_ok("next learner", &out);
     let stdout = text(&out.stdout);
     assert!(

@@ -10,27 +10,11 @@ use crate::util::*;
 #[test]
 fn a_run_writes_every_tag_with_frames_as_steps() {
     let tmp = tempfile::tempdir().unwrap();
-    let (pid, out) = run(
-        LEARNER,
-        &[
-            "--game",
-            "CartPole",
-            "--processes",
-            "1",
-            "--device",
-            "cpu",
-            "--logdir",
-            "run",
-            "--max-frames",
-            "20000",
-            "--log-interval",
-            "0.2",
-        ],
-        tmp.path(),
-        Duration::from_secs(60),
-    );
-    assert_ok("run", &out);
-    assert_clean(pid);
+    Run::cartpole(tmp.path())
+        .processes(1)
+        .frames(20_000)
+        .flag("--log-interval", "0.2")
+        .succeeds("run", Duration::from_secs(60));
     let run_dir = tmp.path().join("run");
     let files: Vec<_> = std::fs::read_dir(&run_dir)
         .unwrap()
@@ -131,29 +115,12 @@ fn a_run_writes_every_tag_with_frames_as_steps() {
 #[test]
 fn periodic_evaluation_runs_beside_training_and_logs_eval_mean_return() {
     let tmp = tempfile::tempdir().unwrap();
-    let (pid, out) = run(
-        LEARNER,
-        &[
-            "--game",
-            "CartPole",
-            "--processes",
-            "1",
-            "--device",
-            "cpu",
-            "--logdir",
-            "run",
-            "--max-frames",
-            "60000",
-            "--eval-every",
-            "10000",
-            "--eval-episodes",
-            "3",
-        ],
-        tmp.path(),
-        Duration::from_secs(60),
-    );
-    assert_ok("run", &out);
-    assert_clean(pid);
+    let evaluated = Run::cartpole(tmp.path())
+        .processes(1)
+        .frames(60_000)
+        .flag("--eval-every", 10_000)
+        .flag("--eval-episodes", 3);
+    let out = evaluated.succeeds("run", Duration::from_secs(60));
     let stdout = text(&out.stdout);
     let lines: Vec<&str> = stdout
         .lines()
@@ -213,31 +180,10 @@ fn periodic_evaluation_runs_beside_training_and_logs_eval_mean_return() {
         "min": 1e9, "max": 1e9, "episodes": 3});
     std::fs::write(dir.join("model-best.eval.json"), record.to_string()).unwrap();
     let before = std::fs::read(dir.join("model-best.pt")).unwrap();
-    let (pid, out) = run(
-        LEARNER,
-        &[
-            "--game",
-            "CartPole",
-            "--processes",
-            "1",
-            "--device",
-            "cpu",
-            "--logdir",
-            "run",
-            "--checkpoint",
-            "latest",
-            "--max-frames",
-            "90000",
-            "--eval-every",
-            "10000",
-            "--eval-episodes",
-            "3",
-        ],
-        tmp.path(),
-        Duration::from_secs(60),
-    );
-    assert_ok("resumed run", &out);
-    assert_clean(pid);
+    let out = evaluated
+        .checkpoint("latest")
+        .frames(90_000)
+        .succeeds("resumed run", Duration::from_secs(60));
     assert!(
         text(&out.stdout).contains("evaluation at "),
         "{}",

@@ -1,7 +1,8 @@
-//! Helpers shared by the integration tests: running the binaries with a time limit, and
-//! checking that a run left no actor process and no shared-memory segment behind.
+//! Helpers shared by the integration tests: running the binaries with a time limit, building
+//! a learner's command line ([`Run`]), and checking that a run left no actor process and no
+//! shared-memory segment behind.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,14 +12,20 @@ pub const PLAY: &str = env!("CARGO_BIN_EXE_play");
 /// Runs `bin args` to completion within `limit` (killed and failed past it); returns its pid
 /// and output.
 pub fn run(bin: &str, args: &[&str], cwd: &Path, limit: Duration) -> (u32, Output) {
-    let child = Command::new(bin)
-        .args(args)
-        .current_dir(cwd)
+    let mut cmd = Command::new(bin);
+    cmd.args(args).current_dir(cwd);
+    run_command(cmd, &format!("{bin} {args:?}"), limit)
+}
+
+/// Runs `cmd` (stdin closed, stdout and stderr captured) to completion within `limit`
+/// (killed and failed past it, naming it `what`); returns its pid and output.
+fn run_command(mut cmd: Command, what: &str, limit: Duration) -> (u32, Output) {
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
     let pid = child.id();
     let deadline = Instant::now() + limit;
     let waiter = std::thread::spawn(move || child.wait_with_output());
@@ -30,7 +37,7 @@ pub fn run(bin: &str, args: &[&str], cwd: &Path, limit: Duration) -> (u32, Outpu
             );
             let out = waiter.join().unwrap().unwrap();
             panic!(
-                "{bin} {args:?} ran past {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                "{what} ran past {limit:?}\nstdout:\n{}\nstderr:\n{}",
                 text(&out.stdout),
                 text(&out.stderr)
             );
@@ -168,8 +175,9 @@ pub fn csv_rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
         .collect()
 }
 
-/// A binary running in the background in its own process group, its stdout and stderr going
-/// to files (so that a test reads them while it runs, and a killed process loses nothing).
+/// A learner running in the background ([`Run::start`]) in its own process group, its stdout
+/// and stderr going to files (so that a test reads them while it runs, and a killed process
+/// loses nothing).
 pub struct Proc {
     pub child: std::process::Child,
     out: std::path::PathBuf,
@@ -178,21 +186,19 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `bin args` in `dir`; `what` names it in failures and its log files.
-    pub fn start(bin: &str, args: &[&str], dir: &Path, what: &str) -> Proc {
+    /// Starts `cmd` in its own process group, its outputs going to `what.stdout` and
+    /// `what.stderr` in `dir`; `what` names it in failures too.
+    fn spawn(mut cmd: Command, dir: &Path, what: &str) -> Proc {
         let out = dir.join(format!("{what}.stdout"));
         let err = dir.join(format!("{what}.stderr"));
-        let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(std::fs::File::create(&err).unwrap());
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         Proc {
             child: cmd
                 .spawn()
-                .unwrap_or_else(|e| panic!("starting {bin}: {e}")),
+                .unwrap_or_else(|e| panic!("starting {what}: {e}")),
             out,
             err,
             what: what.to_string(),
@@ -280,22 +286,178 @@ impl Drop for Proc {
     }
 }
 
-/// Starts a learner that listens for actor hosts on a free loopback port; returns it and the
-/// address it printed.
-pub fn listening_learner(dir: &Path, what: &str, args: &[&str]) -> (Proc, String) {
-    let mut all = vec!["--listen", "127.0.0.1:0"];
-    all.extend_from_slice(args);
-    let mut learner = Proc::start(LEARNER, &all, dir, what);
-    let line = learner.wait_for("listening for actor hosts on ", 1, Duration::from_secs(60));
-    let addr = line
-        .split("listening for actor hosts on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    (learner, addr)
+/// A learner's command line, built flag by flag, and the ways to run it (in its directory,
+/// where a relative `--logdir` lands). A flag set again replaces its value where it stands,
+/// so that variants of one run read as the flags that differ and the learner never sees a
+/// flag twice. `args()` is the argv, in the order the flags were first set.
+///
+/// ```ignore
+/// Run::cartpole(dir).rule("dqn").processes(2).frames(50_000).seed(3).succeeds("dqn", limit);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Run {
+    dir: PathBuf,
+    /// `(--flag, value)`, a switch without a value.
+    flags: Vec<(String, Option<String>)>,
+    env: Vec<(String, String)>,
+}
+
+impl Run {
+    /// The learner in `dir` with no flags: its own defaults.
+    pub fn learner(dir: &Path) -> Run {
+        Run {
+            dir: dir.to_path_buf(),
+            flags: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// A CartPole run on the CPU into `dir/run`: `--game CartPole --device cpu --logdir run`.
+    pub fn cartpole(dir: &Path) -> Run {
+        Run::game(dir, "CartPole")
+    }
+
+    /// A Breakout run on the CPU into `dir/run`: `--game Breakout --device cpu --logdir run`.
+    pub fn breakout(dir: &Path) -> Run {
+        Run::game(dir, "Breakout")
+    }
+
+    /// `--game game --device cpu --logdir run` in `dir`.
+    pub fn game(dir: &Path, game: &str) -> Run {
+        Run::learner(dir)
+            .flag("--game", game)
+            .flag("--device", "cpu")
+            .logdir("run")
+    }
+
+    /// `--processes n`: local actor processes.
+    pub fn processes(self, n: u32) -> Run {
+        self.flag("--processes", n)
+    }
+
+    /// `--max-frames n`: emulator frames to train for.
+    pub fn frames(self, n: u64) -> Run {
+        self.flag("--max-frames", n)
+    }
+
+    /// `--algorithm name`: the learning rule.
+    pub fn rule(self, name: &str) -> Run {
+        self.flag("--algorithm", name)
+    }
+
+    /// `--seed n`.
+    pub fn seed(self, n: u64) -> Run {
+        self.flag("--seed", n)
+    }
+
+    /// `--logdir path` (relative to the run's directory, or absolute).
+    pub fn logdir(self, path: impl AsRef<Path>) -> Run {
+        let path = path.as_ref().to_str().expect("a UTF-8 path").to_string();
+        self.flag("--logdir", path)
+    }
+
+    /// `--checkpoint which`: `latest`, a frame count or a file.
+    pub fn checkpoint(self, which: impl std::fmt::Display) -> Run {
+        self.flag("--checkpoint", which)
+    }
+
+    /// `name value`, replacing the value of `name` if it is set.
+    pub fn flag(mut self, name: &str, value: impl std::fmt::Display) -> Run {
+        self.set(name, Some(value.to_string()));
+        self
+    }
+
+    /// `name` alone, a boolean flag such as `--dueling`.
+    pub fn switch(mut self, name: &str) -> Run {
+        self.set(name, None);
+        self
+    }
+
+    /// Flags as a test writes them on a command line (`["--lr", "1e30", "--dueling"]`): each
+    /// `--name` takes the next word as its value unless that is a flag too.
+    pub fn flags(mut self, args: &[&str]) -> Run {
+        let mut words = args.iter().peekable();
+        while let Some(name) = words.next() {
+            assert!(name.starts_with("--"), "`{name}` in {args:?} is no flag");
+            let value = words.next_if(|w| !w.starts_with("--"));
+            self.set(name, value.map(|v| v.to_string()));
+        }
+        self
+    }
+
+    /// The learner without flag `name` (one that a constructor set).
+    pub fn without(mut self, name: &str) -> Run {
+        self.flags.retain(|(n, _)| n != name);
+        self
+    }
+
+    /// Environment variable `key=value` for the learner (and so its actors).
+    pub fn env(mut self, key: &str, value: &str) -> Run {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    fn set(&mut self, name: &str, value: Option<String>) {
+        match self.flags.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.flags.push((name.to_string(), value)),
+        }
+    }
+
+    /// The learner's arguments (without the program name).
+    pub fn args(&self) -> Vec<String> {
+        self.flags
+            .iter()
+            .flat_map(|(n, v)| std::iter::once(n.clone()).chain(v.clone()))
+            .collect()
+    }
+
+    /// The learner's command in the run's directory, with its arguments and environment;
+    /// its standard streams are left to the caller.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(LEARNER);
+        cmd.args(self.args())
+            .current_dir(&self.dir)
+            .envs(self.env.clone());
+        cmd
+    }
+
+    /// Runs the learner to completion within `limit` (killed and failed past it); returns
+    /// its pid and output.
+    pub fn output(&self, limit: Duration) -> (u32, Output) {
+        let what = format!("{LEARNER} {:?}", self.args());
+        run_command(self.command(), &what, limit)
+    }
+
+    /// Runs the learner to completion within `limit` and asserts that it succeeded and left
+    /// nothing behind ([`assert_ok`] naming it `what`, [`assert_clean`]); returns its output.
+    pub fn succeeds(&self, what: &str, limit: Duration) -> Output {
+        let (pid, out) = self.output(limit);
+        assert_ok(what, &out);
+        assert_clean(pid);
+        out
+    }
+
+    /// Starts the learner in the background as a [`Proc`] named `what`.
+    pub fn start(&self, what: &str) -> Proc {
+        Proc::spawn(self.command(), &self.dir, what)
+    }
+
+    /// Starts the learner listening for actor hosts on a free loopback port (`--listen
+    /// 127.0.0.1:0`); returns it and the address it printed.
+    pub fn listen(&self, what: &str) -> (Proc, String) {
+        let mut learner = self.clone().flag("--listen", "127.0.0.1:0").start(what);
+        let line = learner.wait_for("listening for actor hosts on ", 1, Duration::from_secs(60));
+        let addr = line
+            .split("listening for actor hosts on ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
+        (learner, addr)
+    }
 }
 
 /// The numbers an actor host prints when it exits: frames played here, games played here,

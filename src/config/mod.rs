@@ -484,4 +484,5 @@ pub mod as_toml {
 mod validate;
 
 #[cfg(test)]
+#[path = "config_tests.rs"]
 mod tests;

@@ -276,5 +276,5 @@ pub fn decode_experience(
 }
 
 #[cfg(test)]
-#[path = "tests.rs"]
+#[path = "remote_tests.rs"]
 mod tests;

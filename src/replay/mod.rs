@@ -352,5 +352,5 @@ pub fn is_weight(prob: f64, n: f64, beta: f64) -> f64 {
 }
 
 #[cfg(test)]
-#[path = "tests.rs"]
+#[path = "replay_tests.rs"]
 mod tests;

@@ -1,3 +1,6 @@
+//! Unit tests for `replay`: the ring, frame storage across episode boundaries, importance
+//! sampling weights worked by hand, prioritized sampling, and saving and loading the memory.
+
 use super::*;
 use rand::{rngs::StdRng, SeedableRng};
 
