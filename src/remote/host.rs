@@ -2,19 +2,21 @@
 //! machine for a remote learner, trained nothing here.
 //!
 //! The actors are the ordinary ones ([`crate::actor`]), on a local shared-memory queue and
-//! snapshot. A pump thread is their queue's consumer: it forwards the slots as they are (with
-//! each slot's snapshot version mapped to the learner's), the frames played and the games
-//! ended, numbered, and keeps what the learner has not acked to resend after a reconnection.
-//! The session (on a tokio runtime) publishes the snapshots that come down, takes the acks,
-//! and reconnects with capped exponential backoff and jitter when the learner goes away.
+//! snapshot. A pump thread ([`pump`]) is their queue's consumer: it forwards the slots as they
+//! are (with each slot's snapshot version mapped to the learner's), the frames played and the
+//! games ended, numbered, and the [`link`] keeps what the learner has not acked to resend after
+//! a reconnection. The session (on a tokio runtime, here) publishes the snapshots that come
+//! down, takes the acks, and reconnects with capped exponential backoff and jitter when the
+//! learner goes away.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+mod link;
+mod pump;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use ipc_channel::ipc::IpcReceiver;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,15 +25,10 @@ use tonic::transport::Endpoint;
 use super::pb::actor_link_client::ActorLinkClient;
 use super::wire::{self, down, up, Down, Up};
 use crate::config::Config;
-use crate::ipc::ActorMsg;
 use crate::local_actors::{ActorSetup, LocalActors};
 use crate::shm::{self, ExperienceQueue, SlotLayout, WeightSnapshot};
-use crate::supervisor::ActorPool;
-
-/// Experience messages the host sends ahead of the learner's acks: enough to keep loopback
-/// and a LAN busy, few enough that experience does not wait long in flight (it ages there,
-/// which on-policy rules feel: see `LANE_SLOTS`).
-const WINDOW: usize = 2;
+use link::Link;
+use pump::pump;
 
 /// Slots per actor process in the host's own queue. Small for the same reason: when the
 /// learner is the bottleneck, experience waits in the buffers between the actors and it.
@@ -44,9 +41,6 @@ const LANE_SLOTS: usize = 32;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// The pump sends what it has at least this often, even a few slots.
-const SEND_EVERY: Duration = Duration::from_millis(100);
-
 /// Why a session ended.
 enum End {
     /// The learner finished the run: exit.
@@ -55,91 +49,6 @@ enum End {
     Retry(String),
     /// This process was asked to stop.
     Interrupted,
-}
-
-/// A message not yet acked, and the local frame count it reported up to.
-struct Pending {
-    msg: wire::Experience,
-    produced: u64,
-}
-
-/// The state the pump and the sessions share.
-struct Link {
-    /// The current session: its number and where its Experience goes.
-    session: Mutex<Option<(u64, mpsc::Sender<Up>)>>,
-    /// Sent, not acked yet, in order.
-    unacked: Mutex<VecDeque<Pending>>,
-    /// The local frame counter's bookkeeping (see [`FrameSync`]).
-    frames: Mutex<FrameSync>,
-    /// Local snapshot version -> the learner's, newest last.
-    versions: Mutex<VecDeque<(u32, u32)>>,
-    /// The learner's snapshot version that the actors hold.
-    remote_version: AtomicU64,
-    seq: AtomicU64,
-    /// Games played here, and frames of the messages the learner acked.
-    games: AtomicU64,
-    acked_frames: AtomicU64,
-    /// Set by the pump when it gives up (its error says why).
-    failed: Mutex<Option<String>>,
-    done: AtomicBool,
-}
-
-/// The host's actors count their frames in the local queue's counter and read it for their
-/// epsilon schedule; it must show the run's frames. `counter = produced + offset`, where
-/// `produced` counts the frames played here; each ack of the learner (the run's frames right
-/// after counting a message) moves `offset` so that the counter is the run's count plus what
-/// was played here since that message.
-struct FrameSync {
-    offset: u64,
-    /// `produced` as reported by the newest message.
-    reported: u64,
-}
-
-impl Link {
-    fn new() -> Link {
-        Link {
-            session: Mutex::new(None),
-            unacked: Mutex::new(VecDeque::new()),
-            frames: Mutex::new(FrameSync {
-                offset: 0,
-                reported: 0,
-            }),
-            versions: Mutex::new(VecDeque::new()),
-            remote_version: AtomicU64::new(0),
-            seq: AtomicU64::new(0),
-            games: AtomicU64::new(0),
-            acked_frames: AtomicU64::new(0),
-            failed: Mutex::new(None),
-            done: AtomicBool::new(false),
-        }
-    }
-
-    /// Frames played here since the last message; marks them reported.
-    fn take_frames(&self, counter: &AtomicU64) -> (u64, u64) {
-        let mut f = self.frames.lock().unwrap();
-        let produced = counter.load(Ordering::SeqCst).wrapping_sub(f.offset);
-        let delta = produced.wrapping_sub(f.reported);
-        f.reported = produced;
-        (delta, produced)
-    }
-
-    /// The learner had `frames` frames right after counting a message that reported local
-    /// production up to `produced`.
-    fn sync_frames(&self, counter: &AtomicU64, frames: u64, produced: u64) {
-        let mut f = self.frames.lock().unwrap();
-        let offset = frames.wrapping_sub(produced);
-        counter.fetch_add(offset.wrapping_sub(f.offset), Ordering::SeqCst);
-        f.offset = offset;
-    }
-
-    /// The learner's version for local version `local` (0 when unknown).
-    fn remote_of(&self, local: u32) -> u32 {
-        let v = self.versions.lock().unwrap();
-        v.iter()
-            .rev()
-            .find(|(l, _)| *l == local)
-            .map_or(0, |(_, r)| *r)
-    }
 }
 
 /// What runs on this host once the learner said what to run.
@@ -258,7 +167,7 @@ impl Host {
                 Ok(End::Retry(why)) | Err(Fail::Transient(why)) => why,
                 Err(Fail::Permanent(e)) => return Err(e),
             };
-            if let Some(e) = self.link.failed.lock().unwrap().clone() {
+            if let Some(e) = self.link.failure() {
                 bail!("{e}");
             }
             if last_ok.elapsed() > patience {
@@ -331,33 +240,21 @@ impl Host {
         self.admit(&welcome).map_err(Fail::Permanent)?;
         *last_ok = Instant::now();
         *backoff = BACKOFF_MIN;
-        let local = self.local.as_mut().expect("admitted");
-        let counter = local.queue.frames();
-        if welcome.run_id != self.hello.run_id {
-            // A new learner (the first, or one restarted from a checkpoint): what the old one
-            // did not ack belongs to the old run.
-            let dropped = {
-                let mut u = self.link.unacked.lock().unwrap();
-                let n = u.len();
-                u.clear();
-                n
-            };
-            if self.hello.run_id != 0 {
-                crate::say!(
-                    "the learner at {} is a new run (restarted): {dropped} unacknowledged message(s) of the old one dropped",
-                    self.target
-                );
-            }
-            let reported = self.link.frames.lock().unwrap().reported;
-            self.link.sync_frames(counter, welcome.frames, reported);
-            self.hello.run_id = welcome.run_id;
-        } else {
-            self.link
-                .unacked
-                .lock()
-                .unwrap()
-                .retain(|p| p.msg.seq > welcome.last_seq);
+        let local = self.local.as_ref().expect("admitted");
+        // The pump resends what is unacked, then goes on, on this session's channel.
+        let joined = self.link.new_session(
+            up_tx.clone(),
+            &welcome,
+            self.hello.run_id,
+            local.queue.frames(),
+        );
+        if let Some(dropped) = joined.dropped {
+            crate::say!(
+                "the learner at {} is a new run (restarted): {dropped} unacknowledged message(s) of the old one dropped",
+                self.target
+            );
         }
+        self.hello.run_id = welcome.run_id;
         crate::say!(
             "joined the learner at {} as host {} ({} actor processes, {} at {} frames)",
             self.target,
@@ -366,18 +263,8 @@ impl Host {
             welcome.game,
             welcome.frames
         );
-        // The pump resends what is unacked, then goes on, on this session's channel.
-        let number = {
-            let mut s = self.link.session.lock().unwrap();
-            let number = s.as_ref().map_or(1, |(n, _)| n + 1);
-            *s = Some((number, up_tx.clone()));
-            number
-        };
         let end = self.receive(&mut down, &up_tx).await;
-        let mut s = self.link.session.lock().unwrap();
-        if s.as_ref().is_some_and(|(n, _)| *n == number) {
-            *s = None;
-        }
+        self.link.end_session(joined.number);
         end
     }
 
@@ -456,10 +343,7 @@ impl Host {
             },
         )
         .context("setting up this host's actors")?;
-        *self.link.frames.lock().unwrap() = FrameSync {
-            offset: w.frames,
-            reported: 0,
-        };
+        self.link.started(w.frames);
         let pump = {
             let (link, queue, stop) = (self.link.clone(), queue.clone(), self.stop.clone());
             let max_slots = (w.max_slots as usize).max(1);
@@ -467,7 +351,7 @@ impl Host {
                 .name("host-pump".into())
                 .spawn(move || {
                     if let Err(e) = pump(&link, &queue, pool, &reports, max_slots, &stop) {
-                        *link.failed.lock().unwrap() = Some(format!("{e:#}"));
+                        link.failed(format!("{e:#}"));
                     }
                 })
                 .context("starting the pump thread")?
@@ -520,11 +404,11 @@ impl Host {
                     if self.stop.load(Ordering::SeqCst) {
                         return Ok(End::Interrupted);
                     }
-                    if let Some(e) = self.link.failed.lock().unwrap().clone() {
+                    if let Some(e) = self.link.failure() {
                         return Err(Fail::Permanent(anyhow!("{e}")));
                     }
                     let hb = Up { kind: Some(up::Kind::Heartbeat(wire::Heartbeat {
-                        snapshot_version: self.link.remote_version.load(Ordering::SeqCst),
+                        snapshot_version: self.link.remote_version(),
                     })) };
                     // A full channel already tells the learner this host is alive.
                     let _ = up_tx.try_send(hb);
@@ -535,22 +419,8 @@ impl Host {
 
     /// The learner counted everything up to `a.seq`.
     fn acked(&self, a: &wire::Ack) {
-        let produced = {
-            let mut u = self.link.unacked.lock().unwrap();
-            let mut produced = None;
-            while u.front().is_some_and(|p| p.msg.seq <= a.seq) {
-                let p = u.pop_front().expect("checked");
-                self.link
-                    .acked_frames
-                    .fetch_add(p.msg.frames, Ordering::SeqCst);
-                produced = Some(p.produced);
-            }
-            produced
-        };
-        if let (Some(produced), Some(local)) = (produced, &self.local) {
-            self.link
-                .sync_frames(local.queue.frames(), a.frames, produced);
-        }
+        let counter = self.local.as_ref().map(|l| l.queue.frames());
+        self.link.acked(a, counter);
     }
 
     /// Publishes snapshot `s` to this host's actors.
@@ -559,188 +429,28 @@ impl Host {
         super::decompress_weights(&s.weights, &mut local.flat)
             .map_err(|e| anyhow!("from the learner at {}: {e}", self.target))?;
         let v = local.snapshot.publish(&local.flat)?;
-        let mut versions = self.link.versions.lock().unwrap();
-        versions.push_back((v as u32, s.version as u32));
-        if versions.len() > 1024 {
-            versions.pop_front();
-        }
-        self.link.remote_version.store(s.version, Ordering::SeqCst);
+        self.link.published(v as u32, s.version);
         Ok(())
     }
 
     /// Stops the pump and the actors; prints what this host did (`host summary: ...`).
     fn shut_down(&mut self) {
-        self.link.done.store(true, Ordering::SeqCst);
+        self.link.finish();
         if let Some(mut local) = self.local.take() {
             local.queue.close();
             if let Some(p) = local.pump.take() {
                 let _ = p.join();
             }
-            let played = {
-                let f = self.link.frames.lock().unwrap();
-                local
-                    .queue
-                    .frames()
-                    .load(Ordering::SeqCst)
-                    .wrapping_sub(f.offset)
-            };
+            let sum = self.link.summary(local.queue.frames());
             crate::say!(
-                "host summary: played frames {played}, games {}, acked frames {}, messages {}",
-                self.link.games.load(Ordering::SeqCst),
-                self.link.acked_frames.load(Ordering::SeqCst),
-                self.link.seq.load(Ordering::SeqCst)
+                "host summary: played frames {}, games {}, acked frames {}, messages {}",
+                sum.played,
+                sum.games,
+                sum.acked_frames,
+                sum.messages
             );
         }
     }
-}
-
-/// The pump: starts the actors, keeps them going, and forwards their queue to the session.
-fn pump(
-    link: &Link,
-    queue: &ExperienceQueue,
-    mut pool: ActorPool,
-    reports: &IpcReceiver<ActorMsg>,
-    max_slots: usize,
-    stop: &AtomicBool,
-) -> Result<()> {
-    let stopping = || stop.load(Ordering::SeqCst) || link.done.load(Ordering::SeqCst);
-    let started = pool.start_all(stop);
-    let result =
-        started.and_then(|()| forward(link, queue, &mut pool, reports, max_slots, &stopping));
-    queue.close();
-    pool.stop_all(Duration::from_secs(5));
-    result
-}
-
-fn forward(
-    link: &Link,
-    queue: &ExperienceQueue,
-    pool: &mut ActorPool,
-    reports: &IpcReceiver<ActorMsg>,
-    max_slots: usize,
-    stopping: &dyn Fn() -> bool,
-) -> Result<()> {
-    let slot_bytes = queue.slot_bytes();
-    let mut buf: Vec<u8> = Vec::with_capacity(max_slots * slot_bytes);
-    let mut episodes = Vec::new();
-    let mut failures = Vec::new();
-    let mut next_reap = Instant::now();
-    let mut last_send = Instant::now();
-    let mut session: Option<(u64, mpsc::Sender<Up>)> = None;
-    while !stopping() {
-        if Instant::now() >= next_reap {
-            next_reap = Instant::now() + Duration::from_millis(100);
-            for r in pool.replace_exited()? {
-                failures.push(format!(
-                    "actor {} exited ({}); restarted it with seed {} (restart {})",
-                    r.actor, r.status, r.seed, r.restarts
-                ));
-            }
-        }
-        while let Ok(msg) = reports.try_recv() {
-            match msg {
-                ActorMsg::Episode { score, frames, .. } => {
-                    link.games.fetch_add(1, Ordering::SeqCst);
-                    episodes.push(wire::Episode { score, frames });
-                }
-                ActorMsg::Failed { actor, message } => {
-                    failures.push(format!("actor {actor} failed: {message}"))
-                }
-                ActorMsg::Ready { .. } | ActorMsg::Eval { .. } => {}
-            }
-        }
-        // A new session: resend what the learner has not acked, in order, before anything new.
-        let current = link.session.lock().unwrap().clone();
-        match (&current, &session) {
-            // The session the pump already serves.
-            (Some((n, _)), Some((m, _))) if n == m => {}
-            (Some((_, tx)), _) => {
-                let resend: Vec<wire::Experience> = link
-                    .unacked
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .map(|p| p.msg.clone())
-                    .collect();
-                let mut ok = true;
-                for msg in resend {
-                    if tx
-                        .blocking_send(Up {
-                            kind: Some(up::Kind::Experience(msg)),
-                        })
-                        .is_err()
-                    {
-                        ok = false;
-                        break;
-                    }
-                }
-                session = ok.then(|| current.clone()).flatten();
-                continue;
-            }
-            (None, _) => {
-                session = None;
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            }
-        }
-        let Some((_, tx)) = &session else { continue };
-        if link.unacked.lock().unwrap().len() >= WINDOW {
-            std::thread::sleep(Duration::from_millis(2));
-            continue;
-        }
-        let room = max_slots - buf.len() / slot_bytes;
-        queue.pop_raw(&mut buf, room, Duration::from_millis(20))?;
-        let slots = buf.len() / slot_bytes;
-        let due = slots >= max_slots || last_send.elapsed() >= SEND_EVERY;
-        if !due || (slots == 0 && episodes.is_empty() && failures.is_empty()) {
-            continue;
-        }
-        // Slots of one message carry one or two versions: look each up once, not per slot.
-        let mut mapped: Option<(u32, u32)> = None;
-        for slot in buf.chunks_exact_mut(slot_bytes) {
-            let local = SlotLayout::raw_version(slot);
-            let remote = match mapped {
-                Some((l, r)) if l == local => r,
-                _ => {
-                    let r = link.remote_of(local);
-                    mapped = Some((local, r));
-                    r
-                }
-            };
-            SlotLayout::set_raw_version(slot, remote);
-        }
-        let (frames, produced) = link.take_frames(queue.frames());
-        let msg = wire::Experience {
-            seq: link.seq.fetch_add(1, Ordering::SeqCst) + 1,
-            frames,
-            slots: slots as u32,
-            payload: if slots > 0 {
-                lz4_flex::block::compress(&buf)
-            } else {
-                Vec::new()
-            },
-            episodes: std::mem::take(&mut episodes),
-            failures: std::mem::take(&mut failures),
-            snapshot_version: link.remote_version.load(Ordering::SeqCst),
-            restarts: pool.restarts(),
-        };
-        buf.clear();
-        link.unacked.lock().unwrap().push_back(Pending {
-            msg: msg.clone(),
-            produced,
-        });
-        last_send = Instant::now();
-        if tx
-            .blocking_send(Up {
-                kind: Some(up::Kind::Experience(msg)),
-            })
-            .is_err()
-        {
-            // The session ended; the message is resent on the next one.
-            session = None;
-        }
-    }
-    Ok(())
 }
 
 /// A connection that failed: a certificate problem is permanent, the rest is retried.
@@ -783,44 +493,5 @@ fn classify_status(target: &str, s: &tonic::Status) -> Fail {
             "the learner at {target} refused this host's TLS: {msg} (check --tls-ca, --tls-cert, --tls-key)"
         )),
         _ => Fail::Transient(format!("{} ({:?})", msg, s.code())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_host_counter_is_the_runs_frames_plus_what_was_played_here_since() {
-        let link = Link::new();
-        // Welcomed at 1,000 frames.
-        let counter = AtomicU64::new(1000);
-        *link.frames.lock().unwrap() = FrameSync {
-            offset: 1000,
-            reported: 0,
-        };
-        counter.fetch_add(40, Ordering::SeqCst);
-        assert_eq!(link.take_frames(&counter), (40, 40));
-        // 8 more played here before the ack; the learner counted the message at 5,000
-        // (other hosts played too).
-        counter.fetch_add(8, Ordering::SeqCst);
-        link.sync_frames(&counter, 5000, 40);
-        assert_eq!(counter.load(Ordering::SeqCst), 5008);
-        assert_eq!(link.take_frames(&counter), (8, 48));
-        // A learner restarted from a checkpoint at 3,000 frames: the counter follows it down,
-        // keeping the 2 frames played here since the last message.
-        counter.fetch_add(2, Ordering::SeqCst);
-        link.sync_frames(&counter, 3000, 48);
-        assert_eq!(counter.load(Ordering::SeqCst), 3002);
-        assert_eq!(link.take_frames(&counter), (2, 50));
-    }
-
-    #[test]
-    fn local_snapshot_versions_map_to_the_learners() {
-        let link = Link::new();
-        link.versions.lock().unwrap().extend([(1, 17), (2, 19)]);
-        assert_eq!(link.remote_of(2), 19);
-        assert_eq!(link.remote_of(1), 17);
-        assert_eq!(link.remote_of(3), 0);
     }
 }

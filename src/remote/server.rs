@@ -71,12 +71,90 @@ pub struct HostStats {
 }
 
 /// One host across its sessions.
+///
+/// Two locks, not one: `last_seq` is held while a message is counted, which includes waiting
+/// for room in the queue, and the learner's metrics and the session's reader must still read
+/// and update `stats` meanwhile. Lock order: `last_seq`, then the reports, then `stats`.
 struct HostRecord {
     /// The last message number counted; held while a message is counted, so that two
     /// sessions of one host (a stale one not yet noticed and its reconnection) count each
     /// number once.
     last_seq: Mutex<u64>,
     stats: Mutex<HostStats>,
+}
+
+impl HostRecord {
+    /// Host number `host`, named `name`, never connected yet.
+    fn new(host: u32, name: String) -> HostRecord {
+        HostRecord {
+            last_seq: Mutex::new(0),
+            stats: Mutex::new(HostStats {
+                host,
+                name,
+                ..HostStats::default()
+            }),
+        }
+    }
+
+    /// A session of this host opened with `processes` processes; returns the host's number.
+    fn joined(&self, processes: u32) -> u32 {
+        let mut st = self.stats.lock().unwrap();
+        if st.connected || st.frames > 0 || st.slots > 0 {
+            st.reconnects += 1;
+        }
+        st.connected = true;
+        st.processes = processes;
+        st.host
+    }
+
+    /// Its session ended: nothing of it is in flight any more.
+    fn left(&self) {
+        let mut st = self.stats.lock().unwrap();
+        st.connected = false;
+        st.in_flight = 0;
+    }
+
+    /// A message of `slots` slots arrived: they wait for room in the queue.
+    fn arrived(&self, slots: u32) {
+        self.stats.lock().unwrap().in_flight += u64::from(slots);
+    }
+
+    /// A message of `slots` slots was dealt with (counted, or already counted).
+    fn dealt_with(&self, slots: u32) {
+        let mut st = self.stats.lock().unwrap();
+        st.in_flight = st.in_flight.saturating_sub(u64::from(slots));
+    }
+
+    /// Its actors hold the learner's snapshot `version`.
+    fn holds(&self, version: u64) {
+        self.stats.lock().unwrap().snapshot_version = version;
+    }
+
+    /// Message `e` (`wire_bytes` on the wire, slots of `steps_per_slot` steps) was counted;
+    /// logs the failures it reports.
+    fn counted(
+        &self,
+        e: &wire::Experience,
+        wire_bytes: u64,
+        steps_per_slot: u64,
+        log: &dyn Fn(&str),
+    ) {
+        let mut st = self.stats.lock().unwrap();
+        st.frames += e.frames;
+        st.slots += u64::from(e.slots);
+        st.transitions += u64::from(e.slots) * steps_per_slot;
+        st.wire_bytes += wire_bytes;
+        st.snapshot_version = e.snapshot_version;
+        st.restarts = e.restarts;
+        for f in &e.failures {
+            log(&format!("{}: {f}", st.name));
+        }
+    }
+
+    /// The host's number.
+    fn host(&self) -> u32 {
+        self.stats.lock().unwrap().host
+    }
 }
 
 struct Shared {
@@ -366,26 +444,14 @@ impl ActorLink for Service {
             hosts
                 .entry(hello.host_id)
                 .or_insert_with(|| {
-                    Arc::new(HostRecord {
-                        last_seq: Mutex::new(0),
-                        stats: Mutex::new(HostStats {
-                            host: shared.next_host.fetch_add(1, Ordering::SeqCst),
-                            name: hello.name.clone(),
-                            ..HostStats::default()
-                        }),
-                    })
+                    Arc::new(HostRecord::new(
+                        shared.next_host.fetch_add(1, Ordering::SeqCst),
+                        hello.name.clone(),
+                    ))
                 })
                 .clone()
         };
-        let host = {
-            let mut st = record.stats.lock().unwrap();
-            if st.connected || st.frames > 0 || st.slots > 0 {
-                st.reconnects += 1;
-            }
-            st.connected = true;
-            st.processes = hello.processes;
-            st.host
-        };
+        let host = record.joined(hello.processes);
         let welcome = welcome(shared, &lanes, *record.last_seq.lock().unwrap(), host);
         (shared.log)(&format!(
             "host {host} ({}, {peer}) joined with {} actor processes",
@@ -536,13 +602,13 @@ impl Session {
                     Ok(Err(status)) => break format!("the stream broke: {}", status.message()),
                     Ok(Ok(None)) => break "the host closed the session".into(),
                     Ok(Ok(Some(Up { kind: Some(up::Kind::Experience(e)) }))) => {
-                        self.record.stats.lock().unwrap().in_flight += u64::from(e.slots);
+                        self.record.arrived(e.slots);
                         if work_tx.send(e).await.is_err() {
                             break "its data was refused".into();
                         }
                     }
                     Ok(Ok(Some(Up { kind: Some(up::Kind::Heartbeat(h)) }))) => {
-                        self.record.stats.lock().unwrap().snapshot_version = h.snapshot_version;
+                        self.record.holds(h.snapshot_version);
                     }
                     Ok(Ok(Some(_))) => break "a message out of order".into(),
                 }},
@@ -572,11 +638,7 @@ impl Session {
             .lock()
             .unwrap()
             .extend(self.lanes.iter().copied());
-        {
-            let mut st = self.record.stats.lock().unwrap();
-            st.connected = false;
-            st.in_flight = 0;
-        }
+        self.record.left();
         (self.shared.log)(&format!("{} left: {reason}", self.name));
     }
 }
@@ -611,7 +673,7 @@ fn push_loop(
                 }
                 shared.queue.frames().fetch_add(e.frames, Ordering::SeqCst);
                 let reports = shared.reports.lock().unwrap();
-                let host = record.stats.lock().unwrap().host as usize;
+                let host = record.host() as usize;
                 for g in &e.episodes {
                     let _ = reports.send(ActorMsg::Episode {
                         actor: 1 << 20 | host,
@@ -620,26 +682,12 @@ fn push_loop(
                     });
                 }
                 drop(reports);
-                {
-                    let mut st = record.stats.lock().unwrap();
-                    st.frames += e.frames;
-                    st.slots += u64::from(e.slots);
-                    st.transitions += u64::from(e.slots) * shared.steps_per_slot;
-                    st.wire_bytes += wire_bytes;
-                    st.snapshot_version = e.snapshot_version;
-                    st.restarts = e.restarts;
-                    for f in &e.failures {
-                        (shared.log)(&format!("{}: {f}", st.name));
-                    }
-                }
+                record.counted(&e, wire_bytes, shared.steps_per_slot, &shared.log);
                 *last = e.seq;
             }
             shared.queue.frames().load(Ordering::SeqCst)
         };
-        {
-            let mut st = record.stats.lock().unwrap();
-            st.in_flight = st.in_flight.saturating_sub(u64::from(e.slots));
-        }
+        record.dealt_with(e.slots);
         let ack = down_msg(down::Kind::Ack(wire::Ack { seq: e.seq, frames }));
         // A host that stops reading its acks holds its lanes: it is dropped after a while.
         let sent = handle.block_on(tx.send_timeout(Ok(ack), super::HEARTBEAT_TIMEOUT * 2));
