@@ -37,7 +37,7 @@ fn env_seed(seed: u64, j: usize) -> u64 {
 /// the caller has set up the process (see [`crate::cli`]).
 pub fn run(init: &ActorInit, final_epsilon: f64, reports: &IpcSender<ActorMsg>) -> Result<()> {
     let cfg = &init.config;
-    let id = cfg.env_id().map_err(anyhow::Error::msg)?;
+    let id = cfg.env_id()?;
     let k = cfg.actors.envs_per_actor;
     let mut envs = (0..k)
         .map(|j| env::make(&id, &cfg.env_settings(env_seed(init.seed, j))))
@@ -49,7 +49,7 @@ pub fn run(init: &ActorInit, final_epsilon: f64, reports: &IpcSender<ActorMsg>) 
     }
     let obs_spec = envs[0].obs_spec();
     let num_actions = envs[0].num_actions();
-    let network = crate::rules::net_spec(cfg, obs_spec).map_err(anyhow::Error::msg)?;
+    let network = crate::rules::net_spec(cfg, obs_spec)?;
     let width = network.act_width(num_actions);
     let Some(mut policy) = policy_source(init, &queue, network, obs_spec, num_actions, k)? else {
         return Ok(());

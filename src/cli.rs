@@ -125,7 +125,7 @@ fn check_game_matches_rom(cfg: &Config, game_given: bool) -> anyhow::Result<()> 
     let (Some(rom), true) = (&cfg.run.rom, game_given) else {
         return Ok(());
     };
-    let id = cfg.env_id().map_err(anyhow::Error::msg)?;
+    let id = cfg.env_id()?;
     match game::resolve_game(&cfg.run.game) {
         Ok(spec) if spec.name == id.name() => Ok(()),
         _ => anyhow::bail!(
@@ -142,7 +142,7 @@ fn check_game_matches_rom(cfg: &Config, game_given: bool) -> anyhow::Result<()> 
 /// error names the file, what it was trained on and what this run asks for.
 fn check_resumable(cfg: &Config, found: &checkpoint::Found) -> anyhow::Result<()> {
     let st = &found.checkpoint.state;
-    let id = cfg.env_id().map_err(anyhow::Error::msg)?;
+    let id = cfg.env_id()?;
     let trained = format!("{:?}", st.network).to_lowercase();
     if st.game != id.name() {
         anyhow::bail!(
@@ -155,8 +155,7 @@ fn check_resumable(cfg: &Config, found: &checkpoint::Found) -> anyhow::Result<()
         );
     }
     // The same game has the same observations, so `auto` resolves as it did for the checkpoint.
-    let network =
-        crate::model::resolve_network(cfg.net.network, st.obs).map_err(anyhow::Error::msg)?;
+    let network = crate::model::resolve_network(cfg.net.network, st.obs)?;
     if st.network != network {
         anyhow::bail!(
             "--checkpoint {}: trained with the {trained} network; this run asks for {} \

@@ -18,15 +18,21 @@ use serde::{Deserialize, Serialize};
 pub enum DeviceChoice {
     /// CUDA device 0 when libtorch_cuda loads and a GPU is usable, else the CPU.
     Auto,
+    /// The CPU.
     Cpu,
     /// CUDA device N (`cuda` is device 0) or an error: never falls back silently.
     Cuda(usize),
 }
 
-impl std::str::FromStr for DeviceChoice {
-    type Err = String;
+/// A `--device` value that is not `auto`, `cpu`, `cuda` or `cuda:N`; holds the text given.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}`: expected auto, cpu, cuda or cuda:N (N = 0, 1, ...: a GPU's index)")]
+pub struct BadDeviceChoice(pub String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl std::str::FromStr for DeviceChoice {
+    type Err = BadDeviceChoice;
+
+    fn from_str(s: &str) -> Result<Self, BadDeviceChoice> {
         match s {
             "auto" => Ok(DeviceChoice::Auto),
             "cpu" => Ok(DeviceChoice::Cpu),
@@ -36,11 +42,7 @@ impl std::str::FromStr for DeviceChoice {
                 .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|n| n.parse().ok())
                 .map(DeviceChoice::Cuda)
-                .ok_or_else(|| {
-                    format!(
-                        "`{s}`: expected auto, cpu, cuda or cuda:N (N = 0, 1, ...: a GPU's index)"
-                    )
-                }),
+                .ok_or_else(|| BadDeviceChoice(s.to_string())),
         }
     }
 }
@@ -57,9 +59,9 @@ impl std::fmt::Display for DeviceChoice {
 }
 
 impl TryFrom<String> for DeviceChoice {
-    type Error = String;
+    type Error = BadDeviceChoice;
 
-    fn try_from(s: String) -> Result<Self, String> {
+    fn try_from(s: String) -> Result<Self, BadDeviceChoice> {
         s.parse()
     }
 }
@@ -74,24 +76,79 @@ impl From<DeviceChoice> for String {
 #[derive(Debug, thiserror::Error)]
 #[error("--device {choice}: CUDA is not usable: {reason}")]
 pub struct CudaUnavailable {
+    /// The `--device` asked for.
     pub choice: DeviceChoice,
-    pub reason: String,
+    /// Why it is not usable.
+    pub reason: CudaReason,
+}
+
+/// Why CUDA, or the GPU asked for, is not usable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CudaReason {
+    /// `libtorch_cuda.so` did not load.
+    #[error("cannot load libtorch_cuda: {0}")]
+    NoLibrary(CudaLoadError),
+    /// libtorch_cuda loaded, but the NVIDIA driver's `libcuda.so.1` is not there.
+    #[error("libtorch_cuda loaded, but there is no NVIDIA driver (libcuda.so.1 not found)")]
+    NoDriver,
+    /// libtorch_cuda and the driver loaded, but libtorch sees no GPU.
+    #[error("libtorch_cuda loaded, but no CUDA device is visible")]
+    NoDevice,
+    /// The GPU index asked for is not among those visible.
+    #[error(transparent)]
+    NoSuchGpu(#[from] NoSuchGpu),
+}
+
+/// Why `libtorch_cuda.so` could not be loaded: each path tried, with `dlerror`'s message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .attempts.iter().map(|(path, msg)| format!("{path}: {msg}")).collect::<Vec<_>>().join("; "))]
+pub struct CudaLoadError {
+    /// (library path tried, why it did not load), in the order tried.
+    pub attempts: Vec<(String, String)>,
+}
+
+/// A GPU index that is not among the `count` visible GPUs (see [`check_index`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoSuchGpu {
+    /// No GPU is visible at all.
+    #[error("no CUDA device is visible")]
+    NoneVisible,
+    /// GPU `index` was asked for; `count` (at least one) are visible.
+    #[error("there is no GPU {index}: this machine has {}", visible(*.count))]
+    OutOfRange {
+        /// The index asked for.
+        index: usize,
+        /// How many GPUs are visible.
+        count: usize,
+    },
+}
+
+/// "one, cuda:0 (or cuda)" or "N, cuda:0 to cuda:N-1".
+fn visible(count: usize) -> String {
+    match count {
+        1 => "one, cuda:0 (or cuda)".to_string(),
+        n => format!("{n}, cuda:0 to cuda:{}", n - 1),
+    }
 }
 
 /// Loads `libtorch_cuda.so` once per process with `RTLD_NOW | RTLD_GLOBAL`: first by name (the
 /// binaries' rpath and LD_LIBRARY_PATH), then from the libtorch the binary was built against.
 /// Memoised: later calls return the first call's result.
-pub fn load_cuda() -> Result<(), String> {
-    static LOADED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+///
+/// # Errors
+///
+/// [`CudaLoadError`], naming each path tried and why it did not load.
+pub fn load_cuda() -> Result<(), CudaLoadError> {
+    static LOADED: std::sync::OnceLock<Result<(), CudaLoadError>> = std::sync::OnceLock::new();
     LOADED.get_or_init(dlopen_cuda).clone()
 }
 
-fn dlopen_cuda() -> Result<(), String> {
+fn dlopen_cuda() -> Result<(), CudaLoadError> {
     let mut candidates = vec!["libtorch_cuda.so".to_string()];
     if let Some(dir) = option_env!("ASYNC_RL_LIBTORCH_LIB") {
         candidates.push(format!("{dir}/libtorch_cuda.so"));
     }
-    let mut errors = Vec::new();
+    let mut attempts = Vec::new();
     for name in candidates {
         let c = CString::new(name.clone()).expect("no NUL in library path");
         // SAFETY: dlopen with a valid NUL-terminated path; the handle is deliberately never
@@ -110,9 +167,9 @@ fn dlopen_cuda() -> Result<(), String> {
                 .to_string_lossy()
                 .into_owned()
         };
-        errors.push(format!("{name}: {msg}"));
+        attempts.push((name, msg));
     }
-    Err(errors.join("; "))
+    Err(CudaLoadError { attempts })
 }
 
 /// Whether the NVIDIA driver's user-space library, `libcuda.so.1`, can be loaded.
@@ -126,7 +183,11 @@ fn driver_present() -> bool {
 /// Resolves `--device`: `cpu` is the CPU; `cuda:N` (`cuda`: 0) is CUDA device N or an error
 /// (no CUDA, or no GPU of that index); `auto` is CUDA device 0 when usable, else the CPU with
 /// the reason returned for logging. Call before any tensor work.
-pub fn select(choice: DeviceChoice) -> Result<(Device, Option<String>), CudaUnavailable> {
+///
+/// # Errors
+///
+/// [`CudaUnavailable`] when `cuda` or `cuda:N` was asked for and is not usable.
+pub fn select(choice: DeviceChoice) -> Result<(Device, Option<CudaReason>), CudaUnavailable> {
     if choice == DeviceChoice::Cpu {
         return Ok((Device::Cpu, None));
     }
@@ -139,14 +200,14 @@ pub fn select(choice: DeviceChoice) -> Result<(Device, Option<String>), CudaUnav
             let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
             return check_index(index, count)
                 .map(|()| (Device::Cuda(index), None))
-                .map_err(|reason| CudaUnavailable { choice, reason });
+                .map_err(|e| CudaUnavailable {
+                    choice,
+                    reason: e.into(),
+                });
         }
-        Ok(()) if !driver_present() => {
-            "libtorch_cuda loaded, but there is no NVIDIA driver (libcuda.so.1 not found)"
-                .to_string()
-        }
-        Ok(()) => "libtorch_cuda loaded, but no CUDA device is visible".to_string(),
-        Err(e) => format!("cannot load libtorch_cuda: {e}"),
+        Ok(()) if !driver_present() => CudaReason::NoDriver,
+        Ok(()) => CudaReason::NoDevice,
+        Err(e) => CudaReason::NoLibrary(e),
     };
     match choice {
         DeviceChoice::Cuda(_) => Err(CudaUnavailable { choice, reason }),
@@ -154,19 +215,17 @@ pub fn select(choice: DeviceChoice) -> Result<(Device, Option<String>), CudaUnav
     }
 }
 
-/// Whether GPU `index` exists among `count` visible ones; the error says which do.
-pub fn check_index(index: usize, count: usize) -> Result<(), String> {
-    if index < count {
-        return Ok(());
+/// Whether GPU `index` exists among `count` visible ones.
+///
+/// # Errors
+///
+/// [`NoSuchGpu`], whose message says which GPUs do exist.
+pub fn check_index(index: usize, count: usize) -> Result<(), NoSuchGpu> {
+    match count {
+        _ if index < count => Ok(()),
+        0 => Err(NoSuchGpu::NoneVisible),
+        _ => Err(NoSuchGpu::OutOfRange { index, count }),
     }
-    Err(match count {
-        0 => "no CUDA device is visible".to_string(),
-        1 => format!("there is no GPU {index}: this machine has one, cuda:0 (or cuda)"),
-        n => format!(
-            "there is no GPU {index}: this machine has {n}, cuda:0 to cuda:{}",
-            n - 1
-        ),
-    })
 }
 
 /// A short human name: "cpu" or "cuda:0 (NVIDIA H100 ...)".
@@ -195,7 +254,7 @@ mod tests {
             assert_eq!(want.to_string().parse::<DeviceChoice>(), Ok(want));
         }
         for bad in ["tpu", "cuda:", "cuda:x", "cuda:-1", "CUDA", "cuda:1:2"] {
-            let err = bad.parse::<DeviceChoice>().unwrap_err();
+            let err = bad.parse::<DeviceChoice>().unwrap_err().to_string();
             assert!(
                 err.contains("expected auto, cpu, cuda or cuda:N"),
                 "{bad}: {err}"
@@ -207,13 +266,21 @@ mod tests {
     fn a_gpu_index_that_does_not_exist_is_refused_naming_those_that_do() {
         assert_eq!(check_index(0, 1), Ok(()));
         assert_eq!(check_index(1, 2), Ok(()));
-        let one = check_index(1, 1).unwrap_err();
+        let one = check_index(1, 1).unwrap_err().to_string();
         assert!(
             one.contains("there is no GPU 1: this machine has one, cuda:0"),
             "{one}"
         );
-        let two = check_index(5, 2).unwrap_err();
+        let two = check_index(5, 2).unwrap_err().to_string();
         assert!(two.contains("cuda:0 to cuda:1"), "{two}");
-        assert_eq!(check_index(0, 0).unwrap_err(), "no CUDA device is visible");
+        assert_eq!(
+            check_index(1, 1),
+            Err(NoSuchGpu::OutOfRange { index: 1, count: 1 })
+        );
+        assert_eq!(check_index(0, 0), Err(NoSuchGpu::NoneVisible));
+        assert_eq!(
+            check_index(0, 0).unwrap_err().to_string(),
+            "no CUDA device is visible"
+        );
     }
 }

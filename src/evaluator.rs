@@ -26,12 +26,12 @@ use crate::shm::ExperienceQueue;
 /// caller has set up the process (see [`crate::cli`]).
 pub fn run(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
     let cfg = &init.config;
-    let id = cfg.env_id().map_err(anyhow::Error::msg)?;
+    let id = cfg.env_id()?;
     let protocol = eval::Protocol::standard();
     let mut env = env::make(&id, &protocol.env_settings(&cfg.env_settings(init.seed)))
         .context("starting the evaluation environment")?;
     let queue = ExperienceQueue::open(&init.queue).context("opening the experience queue")?;
-    let network = crate::rules::net_spec(cfg, env.obs_spec()).map_err(anyhow::Error::msg)?;
+    let network = crate::rules::net_spec(cfg, env.obs_spec())?;
     let (snapshot, mut model, mut flat) = snapshot_copy(
         &init.snapshot,
         network,

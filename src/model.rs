@@ -29,22 +29,54 @@ pub enum Network {
 
 /// Resolves `--network` for observations `obs`: `auto` is `nips` for frames and `mlp` for
 /// vectors; the convolutional networks need frames, the MLP vectors.
-pub fn resolve_network(choice: Network, obs: ObsSpec) -> Result<Network, String> {
+///
+/// # Errors
+///
+/// [`NetworkMismatch`] when `choice` does not fit `obs`.
+pub fn resolve_network(choice: Network, obs: ObsSpec) -> Result<Network, NetworkMismatch> {
     match (choice, obs) {
         (Network::Auto, ObsSpec::Frames(_)) => Ok(Network::Nips),
         (Network::Auto, ObsSpec::Vector(_)) => Ok(Network::Mlp),
         (Network::Nips | Network::Nature, ObsSpec::Frames(_))
         | (Network::Mlp, ObsSpec::Vector(_)) => Ok(choice),
-        (n, obs) => Err(format!(
-            "--network {}: does not fit observations {obs:?}; use {} (or auto)",
-            format!("{n:?}").to_lowercase(),
-            if matches!(obs, ObsSpec::Frames(_)) {
-                "nips or nature"
-            } else {
-                "mlp"
-            }
-        )),
+        (network, obs) => Err(NetworkMismatch { network, obs }),
     }
+}
+
+/// A `--network` that does not fit the game's observations (a convolutional network for
+/// vectors, or the MLP for frames).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "--network {}: does not fit observations {obs:?}; use {} (or auto)",
+    format!("{network:?}").to_lowercase(),
+    if matches!(obs, ObsSpec::Frames(_)) { "nips or nature" } else { "mlp" }
+)]
+pub struct NetworkMismatch {
+    /// The network asked for.
+    pub network: Network,
+    /// The observations it would read.
+    pub obs: ObsSpec,
+}
+
+/// Why parameters read from a checkpoint do not fit a network (see [`QNetwork::load_named`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    /// The network has a parameter the checkpoint lacks.
+    #[error("parameter `{name}` is missing")]
+    Missing {
+        /// The parameter's name.
+        name: String,
+    },
+    /// The checkpoint's tensor for a parameter has another shape.
+    #[error("parameter `{name}` has shape {found:?}, the network needs {expected:?}")]
+    Shape {
+        /// The parameter's name.
+        name: String,
+        /// The checkpoint's shape.
+        found: Vec<i64>,
+        /// The network's shape.
+        expected: Vec<i64>,
+    },
 }
 
 /// A batch of `batch` observations from their bytes (`batch * obs.bytes()` long): u8
@@ -370,23 +402,26 @@ impl QNetwork {
         }
     }
 
-    /// Copies parameters by name from `named` (as read from a checkpoint); errors name the
-    /// first missing or mis-shaped parameter.
+    /// Copies parameters by name from `named` (as read from a checkpoint).
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError`] naming the first missing or mis-shaped parameter.
     pub fn load_named(
         &mut self,
         named: &std::collections::HashMap<String, Tensor>,
-    ) -> Result<(), String> {
+    ) -> Result<(), LoadError> {
         let _guard = tch::no_grad_guard();
         for (name, p) in self.params.iter_mut() {
             let src = named
                 .get(name)
-                .ok_or_else(|| format!("parameter `{name}` is missing"))?;
+                .ok_or_else(|| LoadError::Missing { name: name.clone() })?;
             if src.size() != p.size() {
-                return Err(format!(
-                    "parameter `{name}` has shape {:?}, the network needs {:?}",
-                    src.size(),
-                    p.size()
-                ));
+                return Err(LoadError::Shape {
+                    name: name.clone(),
+                    found: src.size(),
+                    expected: p.size(),
+                });
             }
             p.copy_(&src.to_device(p.device()));
         }
@@ -521,11 +556,20 @@ mod tests {
             resolve_network(Network::Nature, frames),
             Ok(Network::Nature)
         );
+        assert_eq!(
+            resolve_network(Network::Mlp, frames),
+            Err(NetworkMismatch {
+                network: Network::Mlp,
+                obs: frames
+            })
+        );
         assert!(resolve_network(Network::Mlp, frames)
             .unwrap_err()
+            .to_string()
             .contains("--network mlp"));
         assert!(resolve_network(Network::Nips, ObsSpec::Vector(4))
             .unwrap_err()
+            .to_string()
             .contains("use mlp"));
     }
 

@@ -32,6 +32,27 @@ pub enum RmspropForm {
     EpsInside,
 }
 
+/// Why a saved optimizer state does not fit the parameters (see [`RmsProp::load_state`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// Not one tensor per parameter.
+    #[error("optimizer state has {found} tensors, expected {expected}")]
+    Count {
+        /// Tensors in the saved state.
+        found: usize,
+        /// Parameters.
+        expected: usize,
+    },
+    /// A tensor whose shape is not its parameter's.
+    #[error("optimizer state shape {found:?}, expected {expected:?}")]
+    Shape {
+        /// The saved tensor's shape.
+        found: Vec<i64>,
+        /// The parameter's shape.
+        expected: Vec<i64>,
+    },
+}
+
 /// RMSProp state for a fixed list of parameters.
 pub struct RmsProp {
     decay: f64,
@@ -61,23 +82,25 @@ impl RmsProp {
         &self.square_avg
     }
 
-    /// Restores the state saved by [`RmsProp::state`]; errors on a count or shape mismatch.
-    pub fn load_state(&mut self, state: &[Tensor]) -> Result<(), String> {
+    /// Restores the state saved by [`RmsProp::state`].
+    ///
+    /// # Errors
+    ///
+    /// [`StateError`] on a count or shape mismatch.
+    pub fn load_state(&mut self, state: &[Tensor]) -> Result<(), StateError> {
         if state.len() != self.square_avg.len() {
-            return Err(format!(
-                "optimizer state has {} tensors, expected {}",
-                state.len(),
-                self.square_avg.len()
-            ));
+            return Err(StateError::Count {
+                found: state.len(),
+                expected: self.square_avg.len(),
+            });
         }
         let _guard = tch::no_grad_guard();
         for (dst, src) in self.square_avg.iter_mut().zip(state) {
             if dst.size() != src.size() {
-                return Err(format!(
-                    "optimizer state shape {:?}, expected {:?}",
-                    src.size(),
-                    dst.size()
-                ));
+                return Err(StateError::Shape {
+                    found: src.size(),
+                    expected: dst.size(),
+                });
             }
             dst.copy_(&src.to_device(dst.device()));
         }

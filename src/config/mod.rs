@@ -18,7 +18,7 @@ pub use self::settings::{
     NetworkSettings, OptimizerSettings, ProcessSettings, RemoteSettings, RunSettings,
 };
 pub use crate::device::DeviceChoice;
-use crate::env::{self, EnvId, EnvSettings};
+use crate::env::{self, EnvId, EnvSettings, ResolveError};
 pub use crate::inference::InferenceChoice;
 pub use crate::model::Network;
 pub use crate::optim::RmspropForm;
@@ -82,6 +82,23 @@ pub struct Config {
     #[command(flatten)]
     #[serde(skip)]
     pub invocation: Invocation,
+}
+
+/// Why a stored config (see [`Config::from_toml`]) cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredConfigError {
+    /// The text is not TOML.
+    #[error("{0}")]
+    Syntax(toml::de::Error),
+    /// A key that names no setting of this version.
+    #[error("unknown setting `{0}`")]
+    UnknownKey(String),
+    /// A setting's value does not fit it (the message names the key).
+    #[error("{0}")]
+    BadValue(String),
+    /// The built-in defaults do not fit a TOML table (a bug).
+    #[error(transparent)]
+    Defaults(#[from] ConfigError),
 }
 
 /// Everything wrong with a configuration, one line each.
@@ -404,7 +421,11 @@ impl Config {
     }
 
     /// The environment this config plays, resolved from `--game` (and `--rom`).
-    pub fn env_id(&self) -> Result<EnvId, String> {
+    ///
+    /// # Errors
+    ///
+    /// [`ResolveError`]: see [`env::resolve`].
+    pub fn env_id(&self) -> Result<EnvId, ResolveError> {
         env::resolve(&self.run.game, self.run.rom.as_deref())
     }
 
@@ -450,18 +471,22 @@ impl Config {
 
     /// Reads a config written by [`Config::to_toml`] (e.g. by an older version, in a
     /// checkpoint): keys it lacks take today's defaults, so adding a flag keeps old checkpoints
-    /// usable. Errors name the first bad key.
-    pub fn from_toml(text: &str) -> Result<Config, String> {
-        let stored: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
-        let mut table = to_table(&Config::default()).map_err(|e| e.to_string())?;
+    /// usable.
+    ///
+    /// # Errors
+    ///
+    /// [`StoredConfigError`], naming the first bad key.
+    pub fn from_toml(text: &str) -> Result<Config, StoredConfigError> {
+        let stored: toml::Table = text.parse().map_err(StoredConfigError::Syntax)?;
+        let mut table = to_table(&Config::default())?;
         let keys = table_keys();
         for (key, value) in stored {
             if !keys.contains(key.as_str()) {
-                return Err(format!("unknown setting `{key}`"));
+                return Err(StoredConfigError::UnknownKey(key));
             }
             table.insert(key, value);
         }
-        from_table(table).map_err(|e: toml::de::Error| e.message().to_string())
+        from_table(table).map_err(|e| StoredConfigError::BadValue(e.message().to_string()))
     }
 }
 

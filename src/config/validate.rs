@@ -24,7 +24,7 @@ impl Config {
             super::find_too_large(&v, &mut e);
         }
         if let Err(msg) = self.env_id() {
-            e.push(msg);
+            e.push(msg.to_string());
         }
         if e.is_empty() {
             Ok(())

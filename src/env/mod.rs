@@ -15,7 +15,7 @@ use std::path::PathBuf;
 pub use self::ale::{Ale, AleError, AleSettings};
 pub use self::atari::{AtariConfig, AtariEnv};
 pub use self::cartpole::CartPole;
-pub use self::registry::{make, register, resolve, EnvFactory, EnvId, EnvSettings};
+pub use self::registry::{make, register, resolve, EnvFactory, EnvId, EnvSettings, ResolveError};
 
 use crate::game::GameError;
 use crate::preprocess::ShapeError;

@@ -30,7 +30,7 @@ use std::sync::{Mutex, OnceLock};
 use super::atari::{AtariConfig, AtariEnv};
 use super::cartpole::{self, CartPole};
 use super::{EnvError, Environment};
-use crate::game::{self, GameSpec};
+use crate::game::{self, GameError, GameSpec};
 
 /// Settings every environment is built with (from the run's config). Environments use what
 /// applies to them: CartPole only `seed`.
@@ -117,10 +117,37 @@ pub fn registered_names() -> Vec<String> {
         .collect()
 }
 
-/// Resolves `--game` (and `--rom`). Errors name the flag and what would be valid.
-pub fn resolve(game_name: &str, rom: Option<&Path>) -> Result<EnvId, String> {
+/// Why `--game` (or `--rom`) names no environment this build can play. Messages name the flag
+/// and what would be valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// `--rom` is not a usable ROM file.
+    #[error("--rom: {0}")]
+    Rom(GameError),
+    /// `--game` is neither a registered environment nor an Atari game (or a bad Gym id).
+    #[error("--game: {0}")]
+    Game(GameError),
+    /// ALE supports the game, but its ROM is not bundled and no `--rom` was given.
+    #[error("--game {input}: ALE supports {name} but its ROM is not bundled; pass --rom path/to/{rom}.bin")]
+    RomNotBundled {
+        /// What `--game` said.
+        input: String,
+        /// The game's CamelCase name, e.g. `Tetris`.
+        name: String,
+        /// The game's ROM stem, e.g. `tetris`.
+        rom: String,
+    },
+}
+
+/// Resolves `--game` (and `--rom`).
+///
+/// # Errors
+///
+/// [`ResolveError`]: an unusable ROM file, an unknown game, or a game whose ROM is not
+/// bundled.
+pub fn resolve(game_name: &str, rom: Option<&Path>) -> Result<EnvId, ResolveError> {
     if let Some(rom) = rom {
-        let stem = game::validate_rom_file(rom).map_err(|e| format!("--rom: {e}"))?;
+        let stem = game::validate_rom_file(rom).map_err(ResolveError::Rom)?;
         return Ok(EnvId::Atari(GameSpec {
             name: game::display_name(&stem),
             rom: stem,
@@ -137,12 +164,13 @@ pub fn resolve(game_name: &str, rom: Option<&Path>) -> Result<EnvId, String> {
             return Ok(EnvId::Registered(e.name.clone()));
         }
     }
-    let spec = game::resolve_game(game_name).map_err(|e| format!("--game: {e}"))?;
+    let spec = game::resolve_game(game_name).map_err(ResolveError::Game)?;
     if game::bundled_rom(&spec.rom).is_none() {
-        return Err(format!(
-            "--game {game_name}: ALE supports {} but its ROM is not bundled; pass --rom path/to/{}.bin",
-            spec.name, spec.rom
-        ));
+        return Err(ResolveError::RomNotBundled {
+            input: game_name.to_string(),
+            name: spec.name,
+            rom: spec.rom,
+        });
     }
     Ok(EnvId::Atari(spec))
 }
@@ -211,8 +239,18 @@ mod tests {
             (atari.obs_spec(), atari.num_actions()),
             (ObsSpec::Frames([4, 84, 84]), 4)
         );
-        assert!(resolve("Tetris", None).unwrap_err().contains("--rom"));
-        assert!(resolve("CartPol", None).unwrap_err().contains("--game"));
+        let tetris = resolve("Tetris", None).unwrap_err();
+        assert!(
+            matches!(&tetris, ResolveError::RomNotBundled { name, .. } if name == "Tetris"),
+            "{tetris:?}"
+        );
+        assert!(tetris.to_string().contains("--rom"));
+        let typo = resolve("CartPol", None).unwrap_err();
+        assert!(
+            matches!(typo, ResolveError::Game(GameError::Unknown { .. })),
+            "{typo:?}"
+        );
+        assert!(typo.to_string().contains("--game"));
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub fn run(
     resume: Option<checkpoint::Checkpoint>,
     stop: Arc<AtomicBool>,
 ) -> Result<()> {
-    let id = cfg.env_id().map_err(anyhow::Error::msg)?;
+    let id = cfg.env_id()?;
     // The device first: `--device cuda` without CUDA fails before anything is created.
     tch::set_num_threads(cfg.learner.learner_threads as i32);
     let (device, fallback) = device::select(cfg.learner.device)?;
@@ -120,7 +120,7 @@ pub fn run(
         env::make(&id, &cfg.env_settings(cfg.run.seed)).context("starting the environment")?;
     let (num_actions, obs) = (probe.num_actions(), probe.obs_spec());
     drop(probe);
-    let net = rules::net_spec(&cfg, obs).map_err(anyhow::Error::msg)?;
+    let net = rules::net_spec(&cfg, obs)?;
 
     let mut trainer = Trainer {
         rule: rules::learner(&cfg, net, obs, num_actions, device),

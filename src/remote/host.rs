@@ -300,7 +300,7 @@ impl Host {
         cfg.run.eval_every = 0;
         cfg.procs.max_actor_restarts = self.cfg.procs.max_actor_restarts;
         cfg.procs.actor_nice = self.cfg.procs.actor_nice;
-        let id = cfg.env_id().map_err(anyhow::Error::msg)?;
+        let id = cfg.env_id()?;
         let probe = crate::env::make(&id, &cfg.env_settings(cfg.run.seed))
             .with_context(|| format!("starting {} on this host", id.name()))?;
         let (num_actions, obs) = (probe.num_actions(), probe.obs_spec());

@@ -193,18 +193,35 @@ pub fn compress_weights(weights: &[f32]) -> Vec<u8> {
     lz4_flex::block::compress(&raw)
 }
 
-/// Undoes [`compress_weights`] into `out` (`numel` values). Errors: the data does not
-/// decompress to exactly `out.len() * 4` bytes.
-pub fn decompress_weights(data: &[u8], out: &mut [f32]) -> Result<(), String> {
-    let raw = lz4_flex::block::decompress(data, out.len() * 4)
-        .map_err(|e| format!("snapshot does not decompress: {e}"))?;
+/// Why a weight snapshot from the learner does not fit this host's network (see
+/// [`decompress_weights`]).
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    /// The data is not LZ4, or decompresses to more than the network's size.
+    #[error("snapshot does not decompress: {0}")]
+    Decompress(lz4_flex::block::DecompressError),
+    /// The data decompresses to another size than the network's.
+    #[error("snapshot of {bytes} bytes; the network has {params} parameters ({} bytes)", .params * 4)]
+    Size {
+        /// Bytes the data decompressed to.
+        bytes: usize,
+        /// The network's parameters.
+        params: usize,
+    },
+}
+
+/// Undoes [`compress_weights`] into `out` (`numel` values).
+///
+/// # Errors
+///
+/// [`WeightsError`]: the data does not decompress to exactly `out.len() * 4` bytes.
+pub fn decompress_weights(data: &[u8], out: &mut [f32]) -> Result<(), WeightsError> {
+    let raw = lz4_flex::block::decompress(data, out.len() * 4).map_err(WeightsError::Decompress)?;
     if raw.len() != out.len() * 4 {
-        return Err(format!(
-            "snapshot of {} bytes; the network has {} parameters ({} bytes)",
-            raw.len(),
-            out.len(),
-            out.len() * 4
-        ));
+        return Err(WeightsError::Size {
+            bytes: raw.len(),
+            params: out.len(),
+        });
     }
     for (w, b) in out.iter_mut().zip(raw.chunks_exact(4)) {
         *w = f32::from_le_bytes(b.try_into().unwrap());
@@ -212,65 +229,137 @@ pub fn decompress_weights(data: &[u8], out: &mut [f32]) -> Result<(), String> {
     Ok(())
 }
 
+/// Why an experience message from a host is refused (see [`decode_experience`]); the session
+/// is refused with this reason.
+#[derive(Debug, thiserror::Error)]
+pub enum BadExperience {
+    /// The queue layout's slot size overflows `usize`.
+    #[error("slot size overflows")]
+    SlotSizeOverflows,
+    /// More slots than one message may carry.
+    #[error("{slots} slots in one message; at most {max}")]
+    TooManySlots {
+        /// Slots the message states.
+        slots: usize,
+        /// The most one message may carry.
+        max: usize,
+    },
+    /// More games and failures than one message may report.
+    #[error("{games} games and {failures} failures in one message; at most {MAX_MESSAGE_EVENTS}")]
+    TooManyEvents {
+        /// Games reported.
+        games: usize,
+        /// Failures reported.
+        failures: usize,
+    },
+    /// A game whose score is not finite or whose frame count is implausible.
+    #[error("a game of score {score} and {frames} frames")]
+    BadGame {
+        /// The game's score.
+        score: f32,
+        /// The game's frames.
+        frames: u64,
+    },
+    /// An implausible frame count (more than 2^40).
+    #[error("{0} frames in one message")]
+    TooManyFrames(u64),
+    /// Message number 0.
+    #[error("message number 0 (numbers start at 1)")]
+    SeqZero,
+    /// Payload bytes in a message of no slots.
+    #[error("a payload without slots")]
+    PayloadWithoutSlots,
+    /// The payload is not LZ4, or decompresses to more than its slots.
+    #[error("the slots do not decompress: {0}")]
+    Decompress(lz4_flex::block::DecompressError),
+    /// The payload decompresses to another size than its slots'.
+    #[error("{bytes} bytes of slots for {slots} slots of {slot_bytes}")]
+    SlotBytes {
+        /// Bytes the payload decompressed to.
+        bytes: usize,
+        /// Slots the message states.
+        slots: usize,
+        /// Bytes of one slot.
+        slot_bytes: usize,
+    },
+    /// A slot that cannot be trained on.
+    #[error("slot {index}: {reason}")]
+    BadSlot {
+        /// The slot's index in the message, from 0.
+        index: usize,
+        /// What is wrong with it.
+        reason: crate::shm::BadSlot,
+    },
+}
+
 /// The slots of experience message `e` for a queue of `layout`, checked: at most `max_slots`,
 /// decompressing to exactly `slots * slot_bytes` bytes (never more: LZ4 is told the size), and
 /// every slot valid for a game of `num_actions` actions ([`crate::shm::SlotLayout::check_raw`]).
 /// Also bounds the games and failures it reports and their values.
+///
+/// # Errors
+///
+/// [`BadExperience`], naming the first thing wrong.
 pub fn decode_experience(
     e: &wire::Experience,
     layout: &crate::shm::SlotLayout,
     num_actions: usize,
     max_slots: usize,
-) -> Result<Vec<u8>, String> {
-    let slot_bytes = layout.slot_bytes().ok_or("slot size overflows")?;
+) -> Result<Vec<u8>, BadExperience> {
+    let slot_bytes = layout
+        .slot_bytes()
+        .ok_or(BadExperience::SlotSizeOverflows)?;
     let n = e.slots as usize;
     if n > max_slots {
-        return Err(format!("{n} slots in one message; at most {max_slots}"));
+        return Err(BadExperience::TooManySlots {
+            slots: n,
+            max: max_slots,
+        });
     }
     if e.episodes.len() + e.failures.len() > MAX_MESSAGE_EVENTS {
-        return Err(format!(
-            "{} games and {} failures in one message; at most {MAX_MESSAGE_EVENTS}",
-            e.episodes.len(),
-            e.failures.len()
-        ));
+        return Err(BadExperience::TooManyEvents {
+            games: e.episodes.len(),
+            failures: e.failures.len(),
+        });
     }
     if let Some(bad) = e
         .episodes
         .iter()
         .find(|g| !g.score.is_finite() || g.frames > 1 << 40)
     {
-        return Err(format!(
-            "a game of score {} and {} frames",
-            bad.score, bad.frames
-        ));
+        return Err(BadExperience::BadGame {
+            score: bad.score,
+            frames: bad.frames,
+        });
     }
     // A host cannot have played more than 2^40 frames (100 years of an emulator) between two
     // messages: a bigger count is garbage that would end the run's schedules.
     if e.frames > 1 << 40 {
-        return Err(format!("{} frames in one message", e.frames));
+        return Err(BadExperience::TooManyFrames(e.frames));
     }
     if e.seq == 0 {
-        return Err("message number 0 (numbers start at 1)".into());
+        return Err(BadExperience::SeqZero);
     }
     let raw = if n == 0 {
         if !e.payload.is_empty() {
-            return Err("a payload without slots".into());
+            return Err(BadExperience::PayloadWithoutSlots);
         }
         Vec::new()
     } else {
         lz4_flex::block::decompress(&e.payload, n * slot_bytes)
-            .map_err(|err| format!("the slots do not decompress: {err}"))?
+            .map_err(BadExperience::Decompress)?
     };
     if raw.len() != n * slot_bytes {
-        return Err(format!(
-            "{} bytes of slots for {n} slots of {slot_bytes}",
-            raw.len()
-        ));
+        return Err(BadExperience::SlotBytes {
+            bytes: raw.len(),
+            slots: n,
+            slot_bytes,
+        });
     }
-    for (k, slot) in raw.chunks_exact(slot_bytes.max(1)).enumerate() {
+    for (index, slot) in raw.chunks_exact(slot_bytes.max(1)).enumerate() {
         layout
             .check_raw(slot, num_actions)
-            .map_err(|err| format!("slot {k}: {err}"))?;
+            .map_err(|reason| BadExperience::BadSlot { index, reason })?;
     }
     Ok(raw)
 }

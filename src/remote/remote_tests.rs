@@ -150,7 +150,9 @@ fn experience_decodes_to_its_slots_and_refuses_what_is_wrong() {
     let refused = |f: &dyn Fn(&mut wire::Experience)| {
         let mut m = e.clone();
         f(&mut m);
-        decode_experience(&m, &LAYOUT, 3, 64).unwrap_err()
+        decode_experience(&m, &LAYOUT, 3, 64)
+            .unwrap_err()
+            .to_string()
     };
     assert!(refused(&|m| m.slots = 65).contains("at most 64"));
     assert!(refused(&|m| m.slots = 4).contains("decompress"));
@@ -165,9 +167,18 @@ fn experience_decodes_to_its_slots_and_refuses_what_is_wrong() {
     })
     .contains("payload without slots"));
     // A game with only 2 actions: slot 2 holds action 2.
-    assert!(decode_experience(&e, &LAYOUT, 2, 64)
-        .unwrap_err()
-        .contains("slot 2: action 2"));
+    let wrong_game = decode_experience(&e, &LAYOUT, 2, 64).unwrap_err();
+    assert!(
+        matches!(
+            wrong_game,
+            BadExperience::BadSlot {
+                index: 2,
+                reason: crate::shm::BadSlot::Action { action: 2, .. }
+            }
+        ),
+        "{wrong_game:?}"
+    );
+    assert!(wrong_game.to_string().contains("slot 2: action 2"));
     // Frames and games only, no slots.
     let mut empty = e.clone();
     empty.slots = 0;

@@ -658,7 +658,8 @@ fn push_loop(
     while let Some(e) = work.blocking_recv() {
         let wire_bytes = prost::Message::encoded_len(&e) as u64;
         let raw =
-            super::decode_experience(&e, &shared.layout, shared.num_actions, shared.max_slots)?;
+            super::decode_experience(&e, &shared.layout, shared.num_actions, shared.max_slots)
+                .map_err(|e| e.to_string())?;
         let frames = {
             let mut last = record.last_seq.lock().unwrap();
             if e.seq > *last {

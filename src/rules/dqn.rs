@@ -375,12 +375,12 @@ impl LearnerRule for Learner {
             .collect()
     }
 
-    fn restore(&mut self, ckpt: &crate::checkpoint::Checkpoint) -> Result<(), String> {
+    fn restore(&mut self, ckpt: &crate::checkpoint::Checkpoint) -> Result<(), super::RestoreError> {
         self.core.restore(ckpt)?;
         let target = super::strip_prefix(&ckpt.extra, "target");
         self.target
             .load_named(&target)
-            .map_err(|e| format!("target network: {e}"))?;
+            .map_err(super::RestoreError::Target)?;
         self.updates = ckpt.state.updates;
         Ok(())
     }

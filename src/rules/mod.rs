@@ -30,7 +30,7 @@ pub use settings::{
     ActorCriticSettings, ExplorationSettings, Loss, NStepSettings, QValueSettings, ReplaySettings,
     RuleSettings, VTraceSettings,
 };
-pub use spec::{Algorithm, Family, Head, RuleSpec, RULES};
+pub use spec::{Algorithm, Family, Head, RuleSpec, UnknownRule, RULES};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -39,8 +39,26 @@ use tch::{Device, Tensor};
 
 use crate::config::Config;
 use crate::env::ObsSpec;
-use crate::model::{HeadKind, NetSpec, QNetwork};
+use crate::model::{HeadKind, LoadError, NetSpec, NetworkMismatch, QNetwork};
+use crate::optim::StateError;
 use crate::shm::{Batch, PushError, Segment, SlotLayout, Transition};
+
+/// Why a checkpoint's tensors do not fit a rule's learner half (see [`LearnerRule::restore`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The online network's parameters: one missing or mis-shaped.
+    #[error(transparent)]
+    Params(#[from] LoadError),
+    /// The checkpoint lacks the optimizer state of some parameter.
+    #[error("optimizer state is incomplete")]
+    IncompleteOptimizer,
+    /// The optimizer state does not fit the parameters.
+    #[error(transparent)]
+    Optimizer(#[from] StateError),
+    /// The target network's parameters (`target/...`): one missing or mis-shaped.
+    #[error("target network: {0}")]
+    Target(LoadError),
+}
 
 /// Where an actor's experience goes: the transport seam. The shared-memory queue's lane is the
 /// local implementation ([`LaneSink`]).
@@ -150,7 +168,11 @@ pub fn slot_layout(cfg: &Config, obs: ObsSpec) -> SlotLayout {
 /// The network `cfg`'s rule trains for observations `obs`: `--network` resolved (see
 /// [`crate::model::resolve_network`]) with the rule's head, Q-values (dueling with
 /// `--dueling`) or a policy and a value.
-pub fn net_spec(cfg: &Config, obs: ObsSpec) -> Result<NetSpec, String> {
+///
+/// # Errors
+///
+/// [`NetworkMismatch`] when `--network` does not fit `obs`.
+pub fn net_spec(cfg: &Config, obs: ObsSpec) -> Result<NetSpec, NetworkMismatch> {
     Ok(NetSpec {
         arch: crate::model::resolve_network(cfg.net.network, obs)?,
         head: match cfg.learner.algorithm.head {
@@ -287,9 +309,12 @@ pub trait LearnerRule {
         Vec::new()
     }
 
-    /// Restores the weights, optimizer state and extras of a checkpoint; errors name what is
-    /// missing or mis-shaped.
-    fn restore(&mut self, ckpt: &crate::checkpoint::Checkpoint) -> Result<(), String> {
+    /// Restores the weights, optimizer state and extras of a checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// [`RestoreError`], naming what is missing or mis-shaped.
+    fn restore(&mut self, ckpt: &crate::checkpoint::Checkpoint) -> Result<(), RestoreError> {
         self.core_mut().restore(ckpt)
     }
 
@@ -429,7 +454,12 @@ impl QCore {
     }
 
     /// Restores the online weights and RMSProp state of `ckpt`.
-    pub fn restore(&mut self, ckpt: &crate::checkpoint::Checkpoint) -> Result<(), String> {
+    ///
+    /// # Errors
+    ///
+    /// [`RestoreError::Params`], [`RestoreError::IncompleteOptimizer`] or
+    /// [`RestoreError::Optimizer`].
+    pub fn restore(&mut self, ckpt: &crate::checkpoint::Checkpoint) -> Result<(), RestoreError> {
         self.model.load_named(&ckpt.params)?;
         let state: Vec<Tensor> = self
             .model
@@ -437,8 +467,8 @@ impl QCore {
             .iter()
             .map(|(n, _)| ckpt.rmsprop.get(n).map(|t| t.shallow_clone()))
             .collect::<Option<_>>()
-            .ok_or("optimizer state is incomplete")?;
-        self.optim.load_state(&state)
+            .ok_or(RestoreError::IncompleteOptimizer)?;
+        Ok(self.optim.load_state(&state)?)
     }
 }
 

@@ -90,24 +90,28 @@ pub static RULES: [Algorithm; 5] = [
     Algorithm(&super::impala::SPEC),
 ];
 
+/// An `--algorithm` that names no rule of [`RULES`]; holds the name given.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{}`: not a learning rule; valid rules: {}", .0, RULES.map(|r| r.0.name).join(", "))]
+pub struct UnknownRule(pub String);
+
 /// The learning rule a run trains (`--algorithm`): one of [`RULES`], compared by name, written
 /// as its name in TOML and in checkpoints.
 #[derive(Clone, Copy)]
 pub struct Algorithm(pub &'static RuleSpec);
 
 impl Algorithm {
-    /// The rule named `name` (as on the command line), or an error listing the valid names.
-    pub fn named(name: &str) -> Result<Algorithm, String> {
+    /// The rule named `name` (as on the command line).
+    ///
+    /// # Errors
+    ///
+    /// [`UnknownRule`], whose message lists the valid names.
+    pub fn named(name: &str) -> Result<Algorithm, UnknownRule> {
         RULES
             .iter()
             .find(|r| r.0.name.eq_ignore_ascii_case(name))
             .copied()
-            .ok_or_else(|| {
-                format!(
-                    "`{name}`: not a learning rule; valid rules: {}",
-                    RULES.map(|r| r.0.name).join(", ")
-                )
-            })
+            .ok_or_else(|| UnknownRule(name.to_string()))
     }
 
     /// The rules that read settings group `family`.

@@ -39,32 +39,100 @@ pub struct Segment<'a> {
     pub terminal: bool,
 }
 
+/// Why a [`Segment`] does not fit a queue's [`SlotLayout`] (see [`Segment::check`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SegmentMismatch {
+    /// The layout holds single transitions.
+    #[error("the queue carries single transitions, not segments")]
+    NotSegments,
+    /// A segment of 0 steps, or more than the layout's unroll.
+    #[error("a segment of {len} steps; the queue's hold 1 to {unroll}")]
+    Length {
+        /// The segment's steps.
+        len: usize,
+        /// The layout's unroll.
+        unroll: usize,
+    },
+    /// Rewards or log-probabilities not one per action.
+    #[error("{actions} actions but {rewards} rewards and {logps} log-probabilities")]
+    Arrays {
+        /// Actions in the segment.
+        actions: usize,
+        /// Rewards in the segment.
+        rewards: usize,
+        /// Log-probabilities in the segment.
+        logps: usize,
+    },
+    /// Frame bytes that are not the frame stack plus one frame per step.
+    #[error("{found} frame bytes for {len} steps; the layout needs {expected}")]
+    Frames {
+        /// The segment's frame bytes.
+        found: usize,
+        /// The segment's steps.
+        len: usize,
+        /// The bytes the layout needs for `len` steps.
+        expected: usize,
+    },
+}
+
+/// Why a row cannot be appended to a [`Batch`] (see [`Batch::push`], [`Batch::push_segment`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BatchPushError {
+    /// The batch has `capacity` rows already.
+    #[error("the batch is full ({capacity} rows)")]
+    Full {
+        /// The batch's rows.
+        capacity: usize,
+    },
+    /// A transition pushed into a batch of segments.
+    #[error("the layout holds segments (push_segment)")]
+    HoldsSegments,
+    /// An observation of another size than the layout's.
+    #[error("observations must be {0} bytes")]
+    ObsLen(usize),
+    /// A next observation missing (`needed`) or unexpected (`!needed`).
+    #[error("the layout {} next observations", if *.needed { "needs" } else { "has no" })]
+    NextObs {
+        /// Whether the layout carries next observations.
+        needed: bool,
+    },
+    /// A segment that does not fit the layout.
+    #[error(transparent)]
+    Segment(#[from] SegmentMismatch),
+}
+
 impl Segment<'_> {
     /// Why this segment does not fit `layout`, if it does not.
-    pub fn check(&self, layout: &SlotLayout) -> Result<(), String> {
+    ///
+    /// # Errors
+    ///
+    /// [`SegmentMismatch`]: the layout holds transitions, or the segment's length, arrays or
+    /// frames do not fit it.
+    pub fn check(&self, layout: &SlotLayout) -> Result<(), SegmentMismatch> {
         let Some(shape) = layout.segment else {
-            return Err("the queue carries single transitions, not segments".into());
+            return Err(SegmentMismatch::NotSegments);
         };
         let len = self.actions.len();
         if len == 0 || len > shape.unroll {
-            return Err(format!(
-                "a segment of {len} steps; the queue's hold 1 to {}",
-                shape.unroll
-            ));
+            return Err(SegmentMismatch::Length {
+                len,
+                unroll: shape.unroll,
+            });
         }
         if self.rewards.len() != len || self.behaviour_logp.len() != len {
-            return Err(format!(
-                "{len} actions but {} rewards and {} log-probabilities",
-                self.rewards.len(),
-                self.behaviour_logp.len()
-            ));
+            return Err(SegmentMismatch::Arrays {
+                actions: len,
+                rewards: self.rewards.len(),
+                logps: self.behaviour_logp.len(),
+            });
         }
         let frames = (layout.stack() + len) * shape.frame_bytes;
         if self.frames.len() != frames {
-            return Err(format!(
-                "{} frame bytes for {len} steps; the layout needs {frames}",
-                self.frames.len()
-            ));
+            return Err(SegmentMismatch::Frames {
+                found: self.frames.len(),
+                len,
+                expected: frames,
+            });
         }
         Ok(())
     }
@@ -228,26 +296,27 @@ impl Batch {
     /// benchmarks). Errors, leaving the batch as it was: the batch is full, or `t`'s
     /// observations do not fit the layout (a wrong size, or a next observation missing or
     /// unexpected).
-    pub fn push(&mut self, t: &Transition) -> Result<(), String> {
+    ///
+    /// # Errors
+    ///
+    /// [`BatchPushError`]: `Full`, `HoldsSegments`, `ObsLen` or `NextObs`.
+    pub fn push(&mut self, t: &Transition) -> Result<(), BatchPushError> {
         let n = self.layout.obs_bytes;
         if self.is_full() {
-            return Err(format!("the batch is full ({} rows)", self.capacity));
+            return Err(BatchPushError::Full {
+                capacity: self.capacity,
+            });
         }
         if self.layout.segment.is_some() {
-            return Err("the layout holds segments (push_segment)".into());
+            return Err(BatchPushError::HoldsSegments);
         }
         if t.obs.len() != n || t.next_obs.map(<[u8]>::len).unwrap_or(n) != n {
-            return Err(format!("observations must be {n} bytes"));
+            return Err(BatchPushError::ObsLen(n));
         }
         if t.next_obs.is_some() != self.layout.next_obs {
-            return Err(format!(
-                "the layout {} next observations",
-                if self.layout.next_obs {
-                    "needs"
-                } else {
-                    "has no"
-                }
-            ));
+            return Err(BatchPushError::NextObs {
+                needed: self.layout.next_obs,
+            });
         }
         let (obs, next, i) = self.next_row();
         obs.copy_from_slice(t.obs);
@@ -265,9 +334,15 @@ impl Batch {
     /// Appends segment `s` as the next row (for batches made outside the queue: tests,
     /// benchmarks). Errors, leaving the batch as it was: the batch is full, or `s` does not
     /// fit the layout ([`Segment::check`]).
-    pub fn push_segment(&mut self, s: &Segment) -> Result<(), String> {
+    ///
+    /// # Errors
+    ///
+    /// [`BatchPushError`]: `Full`, or `Segment` with why the segment does not fit.
+    pub fn push_segment(&mut self, s: &Segment) -> Result<(), BatchPushError> {
         if self.is_full() {
-            return Err(format!("the batch is full ({} rows)", self.capacity));
+            return Err(BatchPushError::Full {
+                capacity: self.capacity,
+            });
         }
         s.check(&self.layout)?;
         let t = self.layout.steps();

@@ -15,10 +15,10 @@ use super::mapping::{Mapping, SegmentError, SegmentHeader};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-pub use super::batch::{Batch, Segment, Transition};
+pub use super::batch::{Batch, BatchPushError, Segment, SegmentMismatch, Transition};
 pub use super::queue_layout::QUEUE_LAYOUT_VERSION;
 use super::queue_layout::{geometry, Geometry, Header, LaneCtrl};
-pub use super::slot::{SegmentShape, SlotLayout};
+pub use super::slot::{BadSlot, LayoutError, SegmentShape, SlotLayout};
 
 /// Upper bound on one futex sleep, so `close()` and lost wakeups (which should
 /// not happen) are noticed within this time.
@@ -317,7 +317,8 @@ impl ExperienceQueue {
     /// snapshot `version`; blocks like [`Self::push`]. Errors: as `push`, with `Shape` when
     /// the segment does not fit the layout (or the queue carries transitions).
     pub fn push_segment(&self, lane: usize, seg: &Segment, version: u32) -> Result<(), PushError> {
-        seg.check(&self.layout).map_err(PushError::Shape)?;
+        seg.check(&self.layout)
+            .map_err(|e| PushError::Shape(e.to_string()))?;
         // SAFETY (of the closure's write): as in `push_stamped`; `seg` fits (checked above).
         self.commit(lane, |slot| unsafe {
             self.layout.write_segment(slot, seg, version)

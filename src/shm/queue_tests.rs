@@ -395,11 +395,17 @@ fn batch_push_fills_rows_and_refuses_what_does_not_fit() {
         (&[1u8, 2][..], &[4u8, 5][..])
     );
     assert_eq!((b.actions[0], b.returns[0], b.discounts[0]), (3, 0.5, 0.9));
-    assert!(b.push(&t).unwrap_err().contains("full"));
+    assert_eq!(b.push(&t), Err(BatchPushError::Full { capacity: 1 }));
+    assert!(b.push(&t).unwrap_err().to_string().contains("full"));
     let mut plain = Batch::new(1, SlotLayout::new(2));
+    assert_eq!(
+        plain.push(&t),
+        Err(BatchPushError::NextObs { needed: false })
+    );
     assert!(plain
         .push(&t)
         .unwrap_err()
+        .to_string()
         .contains("has no next observations"));
 }
 
@@ -472,37 +478,82 @@ fn check_raw_refuses_what_would_poison_the_loss() {
     let mut slot = vec![0u8; layout.slot_bytes().unwrap()];
     assert_eq!(layout.check_raw(&slot, 4), Ok(()));
     slot[0] = 4; // action 4 of 4
-    assert!(layout.check_raw(&slot, 4).unwrap_err().contains("action 4"));
+    assert_eq!(
+        layout.check_raw(&slot, 4),
+        Err(BadSlot::Action {
+            action: 4,
+            num_actions: 4
+        })
+    );
+    assert!(layout
+        .check_raw(&slot, 4)
+        .unwrap_err()
+        .to_string()
+        .contains("action 4"));
     slot[0] = 1;
     slot[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
-    assert!(layout.check_raw(&slot, 4).unwrap_err().contains("return"));
+    assert!(layout
+        .check_raw(&slot, 4)
+        .unwrap_err()
+        .to_string()
+        .contains("return"));
     slot[4..8].copy_from_slice(&1.5f32.to_le_bytes());
     slot[8..12].copy_from_slice(&1.5f32.to_le_bytes());
-    assert!(layout.check_raw(&slot, 4).unwrap_err().contains("discount"));
+    assert!(layout
+        .check_raw(&slot, 4)
+        .unwrap_err()
+        .to_string()
+        .contains("discount"));
     assert!(layout
         .check_raw(&slot[1..], 4)
         .unwrap_err()
+        .to_string()
         .contains("bytes"));
     // Segments: the length, the terminal flag, each action, reward and log-probability.
     let seg = SlotLayout::segments(4, 3, 2);
     let mut s = vec![0u8; seg.slot_bytes().unwrap()];
     let put = |s: &mut [u8], at: usize, v: [u8; 4]| s[at..at + 4].copy_from_slice(&v);
-    assert!(seg.check_raw(&s, 4).unwrap_err().contains("0 steps"));
+    assert!(seg
+        .check_raw(&s, 4)
+        .unwrap_err()
+        .to_string()
+        .contains("0 steps"));
     put(&mut s, 0, 2u32.to_le_bytes());
     assert_eq!(seg.check_raw(&s, 4), Ok(()));
     put(&mut s, 0, 4u32.to_le_bytes());
-    assert!(seg.check_raw(&s, 4).unwrap_err().contains("4 steps"));
+    assert!(seg
+        .check_raw(&s, 4)
+        .unwrap_err()
+        .to_string()
+        .contains("4 steps"));
     put(&mut s, 0, 2u32.to_le_bytes());
     put(&mut s, 4, 2u32.to_le_bytes());
-    assert!(seg.check_raw(&s, 4).unwrap_err().contains("terminal"));
+    assert!(seg
+        .check_raw(&s, 4)
+        .unwrap_err()
+        .to_string()
+        .contains("terminal"));
     put(&mut s, 4, 1u32.to_le_bytes());
     put(&mut s, 16 + 4, 9u32.to_le_bytes()); // action of step 1
-    assert!(seg.check_raw(&s, 4).unwrap_err().contains("step 1"));
+    assert_eq!(
+        seg.check_raw(&s, 4),
+        Err(BadSlot::StepAction {
+            action: 9,
+            step: 1,
+            num_actions: 4
+        })
+    );
+    assert!(seg
+        .check_raw(&s, 4)
+        .unwrap_err()
+        .to_string()
+        .contains("step 1"));
     put(&mut s, 16 + 4, 3u32.to_le_bytes());
     put(&mut s, 16 + 8 * 3, 0.5f32.to_le_bytes()); // log-probability of step 0
     assert!(seg
         .check_raw(&s, 4)
         .unwrap_err()
+        .to_string()
         .contains("log-probability"));
     put(&mut s, 16 + 8 * 3, (-0.5f32).to_le_bytes());
     // Past the length, anything goes (padding).

@@ -3,6 +3,95 @@
 
 use super::batch::{Batch, Segment, Transition};
 
+/// Why a [`SlotLayout`] cannot be used (see [`SlotLayout::check`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    /// A segment shape with an unroll of 0.
+    #[error("a segment needs at least one step")]
+    NoSteps,
+    /// Segment frames whose size does not divide the observation's.
+    #[error(
+        "segment frames of {frame_bytes} bytes do not divide observations of {obs_bytes} bytes"
+    )]
+    FramesDoNotDivide {
+        /// Bytes of one frame.
+        frame_bytes: usize,
+        /// Bytes of one observation.
+        obs_bytes: usize,
+    },
+    /// A segment layout that also asks for a next observation.
+    #[error("segments carry no separate next observation")]
+    NextObsInSegments,
+}
+
+/// Why a raw slot (from a remote actor host) cannot be trained on (see
+/// [`SlotLayout::check_raw`]).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum BadSlot {
+    /// The layout's slot size overflows `usize`.
+    #[error("slot size overflows")]
+    SizeOverflows,
+    /// A slot of another size than the layout's.
+    #[error("a slot of {found} bytes; the layout's are {expected}")]
+    Length {
+        /// The slot's bytes.
+        found: usize,
+        /// The layout's slot bytes.
+        expected: usize,
+    },
+    /// A transition's action outside `0..num_actions`.
+    #[error("action {action}; the game has {num_actions}")]
+    Action {
+        /// The action.
+        action: u32,
+        /// The game's action count.
+        num_actions: usize,
+    },
+    /// A transition's return that is not finite.
+    #[error("return {0}")]
+    Return(f32),
+    /// A transition's discount outside [0, 1].
+    #[error("discount {0}; valid: 0 to 1")]
+    Discount(f32),
+    /// A segment length outside 1..=unroll.
+    #[error("a segment of {len} steps; valid: 1 to {unroll}")]
+    SegmentLength {
+        /// The length the slot states.
+        len: usize,
+        /// The layout's unroll.
+        unroll: usize,
+    },
+    /// A segment's terminal flag other than 0 or 1.
+    #[error("terminal flag {0}; valid: 0 or 1")]
+    Terminal(u32),
+    /// A segment step's action outside `0..num_actions`.
+    #[error("action {action} at step {step}; the game has {num_actions}")]
+    StepAction {
+        /// The action.
+        action: u32,
+        /// The step, from 0.
+        step: usize,
+        /// The game's action count.
+        num_actions: usize,
+    },
+    /// A segment step's reward that is not finite.
+    #[error("reward {reward} at step {step}")]
+    Reward {
+        /// The reward.
+        reward: f32,
+        /// The step, from 0.
+        step: usize,
+    },
+    /// A segment step's behaviour log-probability that is not finite, or positive.
+    #[error("behaviour log-probability {logp} at step {step}")]
+    LogProb {
+        /// The log-probability.
+        logp: f32,
+        /// The step, from 0.
+        step: usize,
+    },
+}
+
 /// A queue whose slots hold segments of consecutive agent steps (IMPALA's unrolls) instead of
 /// single transitions.
 ///
@@ -133,21 +222,25 @@ impl SlotLayout {
         }
     }
 
-    /// Why this layout cannot be used, if it cannot: a segment shape whose frames do not
-    /// divide the observation, or an unroll of 0.
-    pub fn check(&self) -> Result<(), String> {
+    /// Why this layout cannot be used, if it cannot.
+    ///
+    /// # Errors
+    ///
+    /// [`LayoutError`]: a segment shape whose frames do not divide the observation, an
+    /// unroll of 0, or segments with a next observation.
+    pub fn check(&self) -> Result<(), LayoutError> {
         if let Some(s) = self.segment {
             if s.unroll == 0 {
-                return Err("a segment needs at least one step".into());
+                return Err(LayoutError::NoSteps);
             }
             if s.frame_bytes == 0 || !self.obs_bytes.is_multiple_of(s.frame_bytes) {
-                return Err(format!(
-                    "segment frames of {} bytes do not divide observations of {} bytes",
-                    s.frame_bytes, self.obs_bytes
-                ));
+                return Err(LayoutError::FramesDoNotDivide {
+                    frame_bytes: s.frame_bytes,
+                    obs_bytes: self.obs_bytes,
+                });
             }
             if self.next_obs {
-                return Err("segments carry no separate next observation".into());
+                return Err(LayoutError::NextObsInSegments);
             }
         }
         Ok(())
@@ -163,60 +256,69 @@ impl SlotLayout {
     }
 
     /// Why the raw slot `slot` (from a remote actor host, see `crate::remote`) cannot be
-    /// trained on, if it cannot: a wrong length, an action outside `0..num_actions`, a
-    /// non-finite return, reward or log-probability, a discount outside [0, 1], a positive
-    /// log-probability, or a segment length outside 1..=unroll. Reading a slot never goes out
-    /// of bounds whatever it holds; this check keeps garbage from reaching the loss.
-    pub fn check_raw(&self, slot: &[u8], num_actions: usize) -> Result<(), String> {
-        let want = self.slot_bytes().ok_or("slot size overflows")?;
+    /// trained on, if it cannot. Reading a slot never goes out of bounds whatever it holds;
+    /// this check keeps garbage from reaching the loss.
+    ///
+    /// # Errors
+    ///
+    /// [`BadSlot`]: a wrong length, an action outside `0..num_actions`, a non-finite return,
+    /// reward or log-probability, a discount outside [0, 1], a positive log-probability, or a
+    /// segment length outside 1..=unroll.
+    pub fn check_raw(&self, slot: &[u8], num_actions: usize) -> Result<(), BadSlot> {
+        let want = self.slot_bytes().ok_or(BadSlot::SizeOverflows)?;
         if slot.len() != want {
-            return Err(format!(
-                "a slot of {} bytes; the layout's are {want}",
-                slot.len()
-            ));
+            return Err(BadSlot::Length {
+                found: slot.len(),
+                expected: want,
+            });
         }
         let u32_at = |at: usize| u32::from_le_bytes(slot[at..at + 4].try_into().unwrap());
         let f32_at = |at: usize| f32::from_le_bytes(slot[at..at + 4].try_into().unwrap());
         let action_ok = |a: u32| (a as usize) < num_actions;
         match self.segment {
             None => {
-                let a = u32_at(Self::ACTION_OFFSET);
-                if !action_ok(a) {
-                    return Err(format!("action {a}; the game has {num_actions}"));
+                let action = u32_at(Self::ACTION_OFFSET);
+                if !action_ok(action) {
+                    return Err(BadSlot::Action {
+                        action,
+                        num_actions,
+                    });
                 }
                 let ret = f32_at(Self::RET_OFFSET);
                 if !ret.is_finite() {
-                    return Err(format!("return {ret}"));
+                    return Err(BadSlot::Return(ret));
                 }
                 let d = f32_at(Self::DISCOUNT_OFFSET);
                 if !(0.0..=1.0).contains(&d) {
-                    return Err(format!("discount {d}; valid: 0 to 1"));
+                    return Err(BadSlot::Discount(d));
                 }
             }
             Some(shape) => {
-                let t = shape.unroll;
+                let unroll = shape.unroll;
                 let len = u32_at(0) as usize;
-                if len == 0 || len > t {
-                    return Err(format!("a segment of {len} steps; valid: 1 to {t}"));
+                if len == 0 || len > unroll {
+                    return Err(BadSlot::SegmentLength { len, unroll });
                 }
                 if u32_at(4) > 1 {
-                    return Err(format!("terminal flag {}; valid: 0 or 1", u32_at(4)));
+                    return Err(BadSlot::Terminal(u32_at(4)));
                 }
                 let arrays = Self::OBS_OFFSET;
-                for k in 0..len {
-                    let a = u32_at(arrays + 4 * k);
-                    if !action_ok(a) {
-                        return Err(format!(
-                            "action {a} at step {k}; the game has {num_actions}"
-                        ));
+                for step in 0..len {
+                    let action = u32_at(arrays + 4 * step);
+                    if !action_ok(action) {
+                        return Err(BadSlot::StepAction {
+                            action,
+                            step,
+                            num_actions,
+                        });
                     }
-                    let r = f32_at(arrays + 4 * t + 4 * k);
-                    if !r.is_finite() {
-                        return Err(format!("reward {r} at step {k}"));
+                    let reward = f32_at(arrays + 4 * unroll + 4 * step);
+                    if !reward.is_finite() {
+                        return Err(BadSlot::Reward { reward, step });
                     }
-                    let logp = f32_at(arrays + 8 * t + 4 * k);
+                    let logp = f32_at(arrays + 8 * unroll + 4 * step);
                     if !logp.is_finite() || logp > 0.0 {
-                        return Err(format!("behaviour log-probability {logp} at step {k}"));
+                        return Err(BadSlot::LogProb { logp, step });
                     }
                 }
             }
