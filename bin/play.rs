@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use async_rl::config::DeviceChoice;
 use async_rl::env::{EnvId, Environment};
 use async_rl::eval::{self, Event, Protocol, Report};
-use async_rl::model::QNetwork;
+use async_rl::model::AgentNetwork;
 use async_rl::policy::ActionPolicy;
 use async_rl::recording::GifRecorder;
 use async_rl::render::TerminalScreen;
@@ -351,7 +351,7 @@ fn play(args: &Args) -> Result<Outcome> {
         ..async_rl::rules::net_spec(cfg, st.obs)
             .map_err(|e| anyhow!("checkpoint {}: {e}", args.model.display()))?
     };
-    let mut model = QNetwork::new(spec, st.obs, st.num_actions, device);
+    let mut model = AgentNetwork::new(spec, st.obs, st.num_actions, device);
     model
         .load_named(&ckpt.params)
         .map_err(|e| anyhow!("checkpoint {}: {e}", args.model.display()))?;

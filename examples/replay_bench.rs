@@ -247,7 +247,7 @@ fn speed() {
     }
     // Where an update's time goes: the forward pass alone (no gradient) and forward with
     // backward, on 64 channels-last frames.
-    let net = async_rl::model::QNetwork::new(
+    let net = async_rl::model::AgentNetwork::new(
         Network::Nips,
         ObsSpec::Frames([4, 84, 84]),
         6,

@@ -130,7 +130,7 @@ fn main() {
                 .collect()
         }
         None => {
-            let net = async_rl::model::QNetwork::new(
+            let net = async_rl::model::AgentNetwork::new(
                 async_rl::config::Network::Nips,
                 async_rl::env::ObsSpec::Frames([4, 84, 84]),
                 4,

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::atomic_file::{self, WriteError};
 
 use crate::env::{EnvError, EnvSettings, Environment, Step};
-use crate::model::{obs_tensor, QNetwork};
+use crate::model::{obs_tensor, AgentNetwork};
 use crate::policy::ActionPolicy;
 
 /// Games per evaluation.
@@ -212,7 +212,7 @@ pub enum Event<'a> {
 /// Errors: the environment's (an observation the model does not take panics in libtorch, so
 /// check `obs_spec` and `num_actions` against the model first).
 pub fn evaluate(
-    model: &QNetwork,
+    model: &AgentNetwork,
     env: &mut dyn Environment,
     episodes: usize,
     policy: impl Into<ActionPolicy>,
@@ -227,7 +227,7 @@ pub fn evaluate(
 /// game (to show or record the screen); `ControlFlow::Break` stops after the current event,
 /// with the games finished so far and `stopped` set.
 pub fn evaluate_with(
-    model: &QNetwork,
+    model: &AgentNetwork,
     env: &mut dyn Environment,
     episodes: usize,
     policy: impl Into<ActionPolicy>,
@@ -445,7 +445,7 @@ mod tests {
 
     #[test]
     fn evaluate_plays_whole_cartpole_games_and_can_be_stopped() {
-        let model = QNetwork::new(Network::Mlp, ObsSpec::Vector(4), 2, tch::Device::Cpu);
+        let model = AgentNetwork::new(Network::Mlp, ObsSpec::Vector(4), 2, tch::Device::Cpu);
         let mut env = crate::env::CartPole::new(1, 50);
         let mut rng = StdRng::seed_from_u64(1);
         let r = evaluate(&model, &mut env, 3, 0.05, &mut rng).unwrap();

@@ -24,7 +24,7 @@ use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use crate::env::ObsSpec;
-use crate::model::{NetSpec, QNetwork};
+use crate::model::{AgentNetwork, NetSpec};
 use crate::shm::inference::{batch_due, InferenceSlots, Pending};
 use crate::shm::WeightSnapshot;
 
@@ -61,7 +61,7 @@ pub trait PolicySource {
     fn staging(&mut self) -> &mut [u8];
 
     /// The outputs `[rows, width]` of the first `rows` staged observations into `out` (at least
-    /// `rows * width` long): a row of [`QNetwork::act_outputs`] each.
+    /// `rows * width` long): a row of [`AgentNetwork::act_outputs`] each.
     fn compute(&mut self, rows: usize, out: &mut [f32]) -> Result<()>;
 
     /// The outputs of `rows` observations `obs` (back to back): [`PolicySource::staging`] and
@@ -82,7 +82,7 @@ pub trait PolicySource {
 
 /// `--inference actor`: a CPU copy of the newest weight snapshot.
 pub struct SnapshotPolicy {
-    model: QNetwork,
+    model: AgentNetwork,
     snapshot: WeightSnapshot,
     flat: Vec<f32>,
     version: u64,
@@ -97,7 +97,7 @@ impl SnapshotPolicy {
     /// Wraps `model` (already loaded with snapshot `version` from `flat`), for passes of up to
     /// `rows` observations.
     pub fn new(
-        model: QNetwork,
+        model: AgentNetwork,
         snapshot: WeightSnapshot,
         flat: Vec<f32>,
         version: u64,
@@ -126,9 +126,9 @@ pub fn snapshot_copy(
     obs: ObsSpec,
     num_actions: usize,
     whose: &str,
-) -> Result<(WeightSnapshot, QNetwork, Vec<f32>)> {
+) -> Result<(WeightSnapshot, AgentNetwork, Vec<f32>)> {
     let snapshot = WeightSnapshot::open(snapshot).context("opening the weight snapshot")?;
-    let model = QNetwork::new(network, obs, num_actions, Device::Cpu);
+    let model = AgentNetwork::new(network, obs, num_actions, Device::Cpu);
     let flat = vec![0f32; snapshot.numel()];
     anyhow::ensure!(
         flat.len() == model.numel(),
@@ -261,7 +261,7 @@ pub struct ServerStats {
 
 /// The inference model and the version of its weights.
 struct Served {
-    model: QNetwork,
+    model: AgentNetwork,
     version: u32,
 }
 
@@ -299,7 +299,7 @@ impl InferenceServer {
     /// `batching` says. The first refresh's version is 1.
     pub fn start(
         slots: InferenceSlots,
-        model: QNetwork,
+        model: AgentNetwork,
         obs: ObsSpec,
         batching: Batching,
     ) -> Result<Self> {
@@ -330,7 +330,7 @@ impl InferenceServer {
     /// Copies the weights of `model` (the learner's, same network) into the served copy unless
     /// a forward pass holds it right now, in which case the next call will. Returns the new
     /// version, or None when it skipped.
-    pub fn refresh(&self, model: &QNetwork) -> Option<u32> {
+    pub fn refresh(&self, model: &AgentNetwork) -> Option<u32> {
         let mut served = self.shared.served.try_lock().ok()?;
         served.model.copy_from(model);
         served.version = self.shared.next_version.fetch_add(1, Ordering::Relaxed);

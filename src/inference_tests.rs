@@ -4,10 +4,10 @@ use crate::shm::segment_name;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// A network with libtorch's random initialisation and a copy of it.
-fn twins(net: Network, obs: ObsSpec, actions: usize) -> (QNetwork, QNetwork) {
+fn twins(net: Network, obs: ObsSpec, actions: usize) -> (AgentNetwork, AgentNetwork) {
     tch::manual_seed(3);
-    let a = QNetwork::new(net, obs, actions, Device::Cpu);
-    let mut b = QNetwork::new(net, obs, actions, Device::Cpu);
+    let a = AgentNetwork::new(net, obs, actions, Device::Cpu);
+    let mut b = AgentNetwork::new(net, obs, actions, Device::Cpu);
     b.copy_from(&a);
     (a, b)
 }
@@ -24,7 +24,7 @@ fn random_obs(obs: ObsSpec, rows: usize, rng: &mut StdRng) -> Vec<u8> {
 
 fn server(
     tag: &str,
-    model: QNetwork,
+    model: AgentNetwork,
     obs: ObsSpec,
     slots: usize,
     rows: usize,
@@ -204,7 +204,7 @@ fn a_refresh_serves_the_new_weights_with_a_new_version() {
     };
     let (mut srv, name) = server("refresh", served, obs, 1, 1, batching);
     tch::manual_seed(11);
-    let newer = QNetwork::new(Network::Mlp, obs, 2, Device::Cpu);
+    let newer = AgentNetwork::new(Network::Mlp, obs, 2, Device::Cpu);
     assert_eq!(srv.refresh(&newer), Some(1));
     let answers = ask_once(&name, obs, 2, 1, 1);
     let (o, out, version, _) = &answers[0];
@@ -227,13 +227,13 @@ fn a_refresh_serves_the_new_weights_with_a_new_version() {
 }
 
 /// `--inference actor`'s policy source with the weights of `model`, through a weight snapshot.
-fn snapshot_policy(model: &QNetwork, obs: ObsSpec, tag: &str) -> SnapshotPolicy {
+fn snapshot_policy(model: &AgentNetwork, obs: ObsSpec, tag: &str) -> SnapshotPolicy {
     let mut flat = vec![0f32; model.numel()];
     model.flat_params_into(&mut flat);
     let mut snap =
         WeightSnapshot::create(&segment_name(&format!("test-snap-{tag}")), flat.len()).unwrap();
     let version = snap.publish(&flat).unwrap();
-    let mut copy = QNetwork::new(model.spec(), obs, model.num_actions(), Device::Cpu);
+    let mut copy = AgentNetwork::new(model.spec(), obs, model.num_actions(), Device::Cpu);
     copy.load_flat(&flat);
     // The policy keeps a reader; the creator's handle unlinks the name when dropped, which the
     // reader's mapping outlives.

@@ -1,7 +1,8 @@
-//! The Q-networks: `nips` (Mnih et al. 2013; the A3C paper's network) and `nature` (Mnih et al.
-//! 2015) for u8 frames `[batch, 4, 84, 84]`, scaled by 1/255 inside the model so an exported
-//! model is whole; `mlp` (two hidden layers of 64) for f32 vectors `[batch, n]` such as
-//! CartPole's. Outputs are Q-values `[batch, num_actions]` f32.
+//! The agent's network ([`AgentNetwork`]): a torso, `nips` (Mnih et al. 2013; the A3C paper's
+//! network) or `nature` (Mnih et al. 2015) for u8 frames `[batch, 4, 84, 84]`, scaled by 1/255
+//! inside the model so an exported model is whole, or `mlp` (two hidden layers of 64) for f32
+//! vectors `[batch, n]` such as CartPole's; and the head of its rule: Q-values
+//! `[batch, num_actions]` f32 (plain or dueling), or a policy's logits and V(s).
 //!
 //! Parameters are kept in a fixed order (sorted by name) so the learner can flatten them into
 //! a weight snapshot and actors can load the same flat vector back.
@@ -58,7 +59,7 @@ pub struct NetworkMismatch {
     pub obs: ObsSpec,
 }
 
-/// Why parameters read from a checkpoint do not fit a network (see [`QNetwork::load_named`]).
+/// Why parameters read from a checkpoint do not fit a network (see [`AgentNetwork::load_named`]).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LoadError {
     /// The network has a parameter the checkpoint lacks.
@@ -127,7 +128,7 @@ pub struct NetSpec {
 }
 
 impl NetSpec {
-    /// Width of a row of [`QNetwork::act_outputs`] for `num_actions` actions: `num_actions`
+    /// Width of a row of [`AgentNetwork::act_outputs`] for `num_actions` actions: `num_actions`
     /// for a Q head, `num_actions + 1` (the logits, then V(s)) for an actor-critic head.
     pub fn act_width(&self, num_actions: usize) -> usize {
         num_actions + usize::from(self.head == HeadKind::ActorCritic)
@@ -158,8 +159,10 @@ enum Heads {
     },
 }
 
-/// A Q-network and the variable store that owns its parameters.
-pub struct QNetwork {
+/// The network an agent acts and learns with: a torso (`--network`) and the head its rule
+/// trains (Q-values, dueling, or a policy and a value), with the variable store that owns its
+/// parameters.
+pub struct AgentNetwork {
     vs: nn::VarStore,
     torso: nn::Sequential,
     head: Heads,
@@ -169,7 +172,7 @@ pub struct QNetwork {
     params: Vec<(String, Tensor)>,
 }
 
-impl QNetwork {
+impl AgentNetwork {
     /// Builds `spec` (its architecture resolved: not `auto`; see [`resolve_network`]) for
     /// observations `obs` and `num_actions` outputs on `device`, with libtorch's default
     /// initialisation.
@@ -233,7 +236,7 @@ impl QNetwork {
                 (torso, 64, 64, "fc2")
             }
             Network::Auto => {
-                unreachable!("QNetwork::new takes a resolved network (see resolve_network)")
+                unreachable!("AgentNetwork::new takes a resolved network (see resolve_network)")
             }
         };
         let stream = |fc: &str, last: &str, outputs: i64| {
@@ -263,7 +266,7 @@ impl QNetwork {
         };
         let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
-        QNetwork {
+        AgentNetwork {
             vs,
             torso,
             head,
@@ -280,7 +283,7 @@ impl QNetwork {
 
     /// Copies every parameter of `other`, a network of the same spec and shape (the target
     /// network's refresh). Panics on a different network.
-    pub fn copy_from(&mut self, other: &QNetwork) {
+    pub fn copy_from(&mut self, other: &AgentNetwork) {
         assert_eq!(self.spec, other.spec, "copy_from: another network");
         let _guard = tch::no_grad_guard();
         for ((n, dst), (m, src)) in self.params.iter_mut().zip(&other.params) {
@@ -344,7 +347,7 @@ impl QNetwork {
         Some((policy.forward(&h), value.forward(&h).squeeze_dim(1)))
     }
 
-    /// Width of a row of [`QNetwork::act_outputs`]: `num_actions` for a Q head,
+    /// Width of a row of [`AgentNetwork::act_outputs`]: `num_actions` for a Q head,
     /// `num_actions + 1` for an actor-critic head.
     pub fn act_width(&self) -> usize {
         self.spec.act_width(self.num_actions)
@@ -436,14 +439,14 @@ mod tests {
     #[test]
     fn shapes_and_parameter_counts() {
         let frames = ObsSpec::Frames([4, 84, 84]);
-        let nips = QNetwork::new(Network::Nips, frames, 4, Device::Cpu);
+        let nips = AgentNetwork::new(Network::Nips, frames, 4, Device::Cpu);
         // conv1 4*16*64+16, conv2 16*32*16+32, fc 2592*256+256, q 256*4+4
         assert_eq!(nips.numel(), 4112 + 8224 + 663_808 + 1028);
         let x = Tensor::zeros([3, 4, 84, 84], (Kind::Uint8, Device::Cpu));
         assert_eq!(nips.forward(&x).size(), vec![3, 4]);
-        let nature = QNetwork::new(Network::Nature, frames, 6, Device::Cpu);
+        let nature = AgentNetwork::new(Network::Nature, frames, 6, Device::Cpu);
         assert_eq!(nature.forward(&x).size(), vec![3, 6]);
-        let mlp = QNetwork::new(Network::Mlp, ObsSpec::Vector(4), 2, Device::Cpu);
+        let mlp = AgentNetwork::new(Network::Mlp, ObsSpec::Vector(4), 2, Device::Cpu);
         assert_eq!(mlp.numel(), 4 * 64 + 64 + 64 * 64 + 64 + 64 * 2 + 2);
         let bytes: Vec<u8> = [0.1f32, -0.2, 0.3, 0.0, 1.0, 2.0, 3.0, 4.0]
             .iter()
@@ -464,12 +467,12 @@ mod tests {
         let frames = ObsSpec::Frames([4, 84, 84]);
         let x = Tensor::randint(256, [3, 4, 84, 84], (Kind::Uint8, Device::Cpu));
         for arch in [Network::Nips, Network::Nature] {
-            let net = QNetwork::new(dueling(arch), frames, 5, Device::Cpu);
+            let net = AgentNetwork::new(dueling(arch), frames, 5, Device::Cpu);
             assert_eq!(net.forward(&x).size(), vec![3, 5], "{arch:?}");
         }
         // The MLP by hand: Q = V + A - mean_a A, from the named parameters.
         tch::manual_seed(4);
-        let net = QNetwork::new(dueling(Network::Mlp), ObsSpec::Vector(4), 3, Device::Cpu);
+        let net = AgentNetwork::new(dueling(Network::Mlp), ObsSpec::Vector(4), 3, Device::Cpu);
         let names: Vec<&str> = net.params().iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
@@ -508,7 +511,7 @@ mod tests {
         let frames = ObsSpec::Frames([4, 84, 84]);
         let x = Tensor::randint(256, [3, 4, 84, 84], (Kind::Uint8, Device::Cpu));
         for arch in [Network::Nips, Network::Nature] {
-            let net = QNetwork::new(ac(arch), frames, 6, Device::Cpu);
+            let net = AgentNetwork::new(ac(arch), frames, 6, Device::Cpu);
             let (logits, values) = net.policy_value(&x).unwrap();
             assert_eq!(
                 (logits.size(), values.size()),
@@ -525,10 +528,10 @@ mod tests {
                 .allclose(&values, 1e-6, 1e-6, false));
         }
         // The A3C FF network: the nips torso and fc 256, then 6 logits and one value.
-        let nips = QNetwork::new(ac(Network::Nips), frames, 6, Device::Cpu);
+        let nips = AgentNetwork::new(ac(Network::Nips), frames, 6, Device::Cpu);
         assert_eq!(nips.numel(), 4112 + 8224 + 663_808 + 256 * 6 + 6 + 256 + 1);
         // The MLP by hand from its named parameters.
-        let net = QNetwork::new(ac(Network::Mlp), ObsSpec::Vector(4), 2, Device::Cpu);
+        let net = AgentNetwork::new(ac(Network::Mlp), ObsSpec::Vector(4), 2, Device::Cpu);
         let p = |n: &str| &net.params().iter().find(|(m, _)| m == n).unwrap().1;
         let lin = |x: &Tensor, l: &str| {
             x.matmul(&p(&format!("{l}.weight")).tr()) + p(&format!("{l}.bias"))
@@ -539,7 +542,7 @@ mod tests {
         assert!(logits.allclose(&lin(&h, "policy"), 1e-5, 1e-6, false));
         assert!(value.allclose(&lin(&h, "value").squeeze_dim(1), 1e-5, 1e-6, false));
         // A Q head has no policy.
-        let q = QNetwork::new(Network::Mlp, ObsSpec::Vector(4), 2, Device::Cpu);
+        let q = AgentNetwork::new(Network::Mlp, ObsSpec::Vector(4), 2, Device::Cpu);
         assert!(q.policy_value(&v).is_none());
         assert_eq!(q.act_width(), 2);
     }
@@ -576,7 +579,7 @@ mod tests {
     #[test]
     fn channels_last_changes_the_layout_not_the_values_nor_the_gradients() {
         tch::manual_seed(2);
-        let net = QNetwork::new(Network::Nips, ObsSpec::Frames([4, 84, 84]), 4, Device::Cpu);
+        let net = AgentNetwork::new(Network::Nips, ObsSpec::Frames([4, 84, 84]), 4, Device::Cpu);
         let x = Tensor::randint(256, [5, 4, 84, 84], (Kind::Uint8, Device::Cpu));
         let y = channels_last(&x);
         assert_eq!(y.size(), x.size());
@@ -605,8 +608,8 @@ mod tests {
     #[test]
     fn flat_round_trip_reproduces_outputs() {
         tch::manual_seed(1);
-        let a = QNetwork::new(Network::Nips, ObsSpec::Frames([4, 84, 84]), 4, Device::Cpu);
-        let mut b = QNetwork::new(Network::Nips, ObsSpec::Frames([4, 84, 84]), 4, Device::Cpu);
+        let a = AgentNetwork::new(Network::Nips, ObsSpec::Frames([4, 84, 84]), 4, Device::Cpu);
+        let mut b = AgentNetwork::new(Network::Nips, ObsSpec::Frames([4, 84, 84]), 4, Device::Cpu);
         let x = Tensor::randint(256, [2, 4, 84, 84], (Kind::Uint8, Device::Cpu));
         assert!(!a.forward(&x).allclose(&b.forward(&x), 1e-6, 1e-6, false));
         let mut flat = vec![0f32; a.numel()];

@@ -33,7 +33,7 @@ pub fn n_step_returns(rewards: &[f32], bootstrap: f32, gamma: f32, out: &mut [f3
 
 /// What a segment that did not end in a terminal state bootstraps with (pass 0 for a
 /// terminal one), from the snapshot's outputs for the state after the segment (see
-/// [`crate::model::QNetwork::act_outputs`]) and the action the actor takes there.
+/// [`crate::model::AgentNetwork::act_outputs`]) and the action the actor takes there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bootstrap {
     /// `max_a Q(s', a)`: Q-learning.

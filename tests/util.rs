@@ -119,13 +119,13 @@ pub fn untrained_checkpoint(dir: &Path, game: &str) -> std::path::PathBuf {
     use async_rl::checkpoint::{self, TrainingState, FORMAT_VERSION};
     use async_rl::config::{Config, Network};
     use async_rl::env::ObsSpec;
-    use async_rl::model::QNetwork;
+    use async_rl::model::AgentNetwork;
     let (network, obs, num_actions) = match game {
         "CartPole" => (Network::Mlp, ObsSpec::Vector(4), 2),
         "Breakout" => (Network::Nips, ObsSpec::Frames([4, 84, 84]), 4),
         other => panic!("no untrained checkpoint for {other}"),
     };
-    let model = QNetwork::new(network, obs, num_actions, tch::Device::Cpu);
+    let model = AgentNetwork::new(network, obs, num_actions, tch::Device::Cpu);
     let state = TrainingState {
         format_version: FORMAT_VERSION,
         game: game.to_string(),

@@ -311,7 +311,8 @@ fn start_inference(
     slots: &str,
 ) -> Result<services::Inference> {
     let model = trainer.rule.model();
-    let mut served = crate::model::QNetwork::new(model.spec(), trainer.obs, model.num_actions(), d);
+    let mut served =
+        crate::model::AgentNetwork::new(model.spec(), trainer.obs, model.num_actions(), d);
     served.copy_from(model);
     let slots = shm::InferenceSlots::create(
         slots,

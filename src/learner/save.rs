@@ -96,7 +96,7 @@ pub(super) fn save_best(
         weights.len(),
         model.numel()
     );
-    let mut best = crate::model::QNetwork::new(
+    let mut best = crate::model::AgentNetwork::new(
         model.spec(),
         trainer.obs,
         model.num_actions(),

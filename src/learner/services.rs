@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use crate::inference::{InferenceServer, ServerStats};
 use crate::metrics::{HostRow, InferenceTotals, RemoteTotals, Row};
-use crate::model::QNetwork;
+use crate::model::AgentNetwork;
 use crate::remote::server::{HostStats, RemoteServer};
 
 /// How a run ended, for the services that tell their peers.
@@ -26,7 +26,7 @@ pub(super) struct Ending {
 pub(super) trait Service {
     /// After each update, with the online network: the version of the weights that act from
     /// now on, when this service's weights are the ones that act.
-    fn updated(&mut self, _model: &QNetwork) -> Option<u64> {
+    fn updated(&mut self, _model: &AgentNetwork) -> Option<u64> {
         None
     }
 
@@ -71,7 +71,7 @@ impl Inference {
 }
 
 impl Service for Inference {
-    fn updated(&mut self, model: &QNetwork) -> Option<u64> {
+    fn updated(&mut self, model: &AgentNetwork) -> Option<u64> {
         self.server.refresh(model).map(u64::from)
     }
 

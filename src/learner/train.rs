@@ -325,7 +325,7 @@ impl<'a> Training<'a> {
         let r = &mut self.run;
         r.counters.wall_s = self.wall0 + self.start.elapsed().as_secs_f64();
         // The interval's loss and mean Q, in one read from the device. On a GPU a non-finite
-        // one is found here rather than before its update (see QCore::step).
+        // one is found here rather than before its update (see LearnerCore::step).
         self.interval.means = self.interval.stats.take_means();
         if let Some(s) = self.interval.means.as_deref() {
             if !s.iter().all(|x| x.is_finite()) {

@@ -14,7 +14,9 @@
 
 use super::actor_critic::{self, Sums};
 use super::nstep_q::{n_step_horizon, returns_layout, Segment};
-use super::{Family, Head, LearnerRule, NonFinite, QCore, RuleMetrics, RuleSpec, UpdateStats};
+use super::{
+    Family, Head, LearnerCore, LearnerRule, NonFinite, RuleMetrics, RuleSpec, UpdateStats,
+};
 use crate::config::Config;
 use crate::returns::Bootstrap;
 use crate::shm::Batch;
@@ -34,7 +36,7 @@ pub static SPEC: RuleSpec = RuleSpec {
 
 /// The learner half: one actor-critic step on every full batch of n-step returns.
 pub struct Learner {
-    core: QCore,
+    core: LearnerCore,
     held: Batch,
     ready: bool,
     value_coef: f64,
@@ -43,7 +45,7 @@ pub struct Learner {
 }
 
 impl Learner {
-    pub fn new(core: QCore, cfg: &Config) -> Self {
+    pub fn new(core: LearnerCore, cfg: &Config) -> Self {
         let layout = super::slot_layout(cfg, core.obs);
         Learner {
             core,
@@ -101,11 +103,11 @@ impl LearnerRule for Learner {
         result.map(Some)
     }
 
-    fn core(&self) -> &QCore {
+    fn core(&self) -> &LearnerCore {
         &self.core
     }
 
-    fn core_mut(&mut self) -> &mut QCore {
+    fn core_mut(&mut self) -> &mut LearnerCore {
         &mut self.core
     }
 

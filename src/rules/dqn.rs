@@ -31,12 +31,12 @@ use rand::{rngs::StdRng, SeedableRng};
 use tch::{Kind, Tensor};
 
 use super::{
-    Adder, ExperienceSink, Family, Head, LearnerRule, NonFinite, QCore, RuleMetrics, RuleSpec,
-    StepEnd, UpdateStats, ValuesOf,
+    Adder, ExperienceSink, Family, Head, LearnerCore, LearnerRule, NonFinite, RuleMetrics,
+    RuleSpec, StepEnd, UpdateStats, ValuesOf,
 };
 use crate::config::Config;
 use crate::env::ObsSpec;
-use crate::model::QNetwork;
+use crate::model::AgentNetwork;
 use crate::replay::{Priorities, ReplayCompression, ReplayMemory, Sample};
 use crate::schedule::LinearSchedule;
 use crate::shm::{Batch, PushError, SlotLayout, Transition};
@@ -186,8 +186,8 @@ struct Interval {
 
 /// The learner half; see the module documentation.
 pub struct Learner {
-    core: QCore,
-    target: QNetwork,
+    core: LearnerCore,
+    target: AgentNetwork,
     memory: ReplayMemory,
     sample: Sample,
     rng: StdRng,
@@ -209,8 +209,8 @@ pub struct Learner {
 }
 
 impl Learner {
-    pub fn new(core: QCore, cfg: &Config) -> Self {
-        let target = QNetwork::new(
+    pub fn new(core: LearnerCore, cfg: &Config) -> Self {
+        let target = AgentNetwork::new(
             core.model.spec(),
             core.obs,
             core.model.num_actions(),
@@ -359,11 +359,11 @@ impl LearnerRule for Learner {
         Ok(Some(stats))
     }
 
-    fn core(&self) -> &QCore {
+    fn core(&self) -> &LearnerCore {
         &self.core
     }
 
-    fn core_mut(&mut self) -> &mut QCore {
+    fn core_mut(&mut self) -> &mut LearnerCore {
         &mut self.core
     }
 

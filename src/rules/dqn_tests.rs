@@ -79,7 +79,7 @@ fn cartpole_cfg() -> Config {
 }
 
 fn learner(cfg: &Config) -> Learner {
-    let core = QCore::new(cfg, Network::Mlp.into(), ObsSpec::Vector(4), 2, Device::Cpu);
+    let core = LearnerCore::new(cfg, Network::Mlp.into(), ObsSpec::Vector(4), 2, Device::Cpu);
     Learner::new(core, cfg)
 }
 
@@ -143,7 +143,7 @@ fn the_target_network_follows_the_online_one_every_target_update_updates() {
     let mut cfg = cartpole_cfg();
     cfg.rule.replay.replay_ratio = 100.0;
     let mut l = learner(&cfg);
-    let flat = |n: &QNetwork| {
+    let flat = |n: &AgentNetwork| {
         let mut v = vec![0f32; n.numel()];
         n.flat_params_into(&mut v);
         v

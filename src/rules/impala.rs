@@ -20,8 +20,8 @@ use tch::{Device, Kind, Tensor};
 use super::actor_critic::{self, Sums};
 use super::vtrace::{vtrace, Clip};
 use super::{
-    Adder, ExperienceSink, Family, Head, LearnerRule, NonFinite, QCore, RuleMetrics, RuleSpec,
-    StepEnd, UpdateStats, ValuesOf,
+    Adder, ExperienceSink, Family, Head, LearnerCore, LearnerRule, NonFinite, RuleMetrics,
+    RuleSpec, StepEnd, UpdateStats, ValuesOf,
 };
 use crate::config::Config;
 use crate::env::ObsSpec;
@@ -150,7 +150,7 @@ impl Adder for Unroll {
 
 /// The learner half: V-trace and one actor-critic step on every full batch of segments.
 pub struct Learner {
-    core: QCore,
+    core: LearnerCore,
     held: Batch,
     ready: bool,
     gamma: f32,
@@ -161,7 +161,7 @@ pub struct Learner {
 }
 
 impl Learner {
-    pub fn new(core: QCore, cfg: &Config) -> Self {
+    pub fn new(core: LearnerCore, cfg: &Config) -> Self {
         let layout = super::slot_layout(cfg, core.obs);
         let (rho, c) = (
             cfg.rule.vtrace.vtrace_rho as f32,
@@ -315,11 +315,11 @@ impl LearnerRule for Learner {
         result.map(Some)
     }
 
-    fn core(&self) -> &QCore {
+    fn core(&self) -> &LearnerCore {
         &self.core
     }
 
-    fn core_mut(&mut self) -> &mut QCore {
+    fn core_mut(&mut self) -> &mut LearnerCore {
         &mut self.core
     }
 

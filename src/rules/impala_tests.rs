@@ -161,7 +161,7 @@ fn impala_config(unroll: usize, batch: usize, network: Network) -> Config {
 fn learner(cfg: &Config, obs: ObsSpec, actions: usize) -> Learner {
     let net = crate::rules::net_spec(cfg, obs).unwrap();
     assert_eq!(net.head, HeadKind::ActorCritic);
-    Learner::new(QCore::new(cfg, net, obs, actions, Device::Cpu), cfg)
+    Learner::new(LearnerCore::new(cfg, net, obs, actions, Device::Cpu), cfg)
 }
 
 #[test]

@@ -39,7 +39,7 @@ use tch::{Device, Tensor};
 
 use crate::config::Config;
 use crate::env::ObsSpec;
-use crate::model::{HeadKind, LoadError, NetSpec, NetworkMismatch, QNetwork};
+use crate::model::{AgentNetwork, HeadKind, LoadError, NetSpec, NetworkMismatch};
 use crate::optim::StateError;
 use crate::shm::{Batch, PushError, Segment, SlotLayout, Transition};
 
@@ -107,7 +107,7 @@ pub enum StepEnd {
 }
 
 /// The snapshot's outputs for an observation computed on demand (a row of
-/// [`QNetwork::act_outputs`]), and the action the actor's policy would take there (SARSA's
+/// [`AgentNetwork::act_outputs`]), and the action the actor's policy would take there (SARSA's
 /// bootstrap after a truncation).
 pub type ValuesOf<'a> = dyn FnMut(&[u8]) -> (Vec<f32>, usize) + 'a;
 
@@ -122,7 +122,7 @@ pub trait Adder {
     /// The agent is about to take `action` from `obs` (`obs_bytes` long); `q` holds the
     /// snapshot's outputs for `obs` when they were computed (always when
     /// [`Adder::needs_values`] said so, and always for an actor-critic network): a row of
-    /// [`QNetwork::act_outputs`], the Q-values `[num_actions]`, or the policy's logits
+    /// [`AgentNetwork::act_outputs`], the Q-values `[num_actions]`, or the policy's logits
     /// followed by V(s) `[num_actions + 1]`. May push transitions.
     fn begin(
         &mut self,
@@ -206,7 +206,7 @@ pub struct UpdateStats {
 }
 
 /// A loss or mean Q that was not finite, read back before the optimizer moved a weight (on the
-/// CPU, where reading costs nothing; see [`QCore::step`]).
+/// CPU, where reading costs nothing; see [`LearnerCore::step`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct NonFinite {
     pub loss: f64,
@@ -289,13 +289,13 @@ pub trait LearnerRule {
     fn update(&mut self, lr: f64) -> Result<Option<UpdateStats>, NonFinite>;
 
     /// The online network and its optimizer.
-    fn core(&self) -> &QCore;
+    fn core(&self) -> &LearnerCore;
 
     /// [`LearnerRule::core`], mutable.
-    fn core_mut(&mut self) -> &mut QCore;
+    fn core_mut(&mut self) -> &mut LearnerCore;
 
     /// The online network (snapshots, checkpoints).
-    fn model(&self) -> &QNetwork {
+    fn model(&self) -> &AgentNetwork {
         &self.core().model
     }
 
@@ -342,13 +342,13 @@ pub fn learner(
     num_actions: usize,
     device: Device,
 ) -> Box<dyn LearnerRule> {
-    let core = QCore::new(cfg, net, obs, num_actions, device);
+    let core = LearnerCore::new(cfg, net, obs, num_actions, device);
     (cfg.learner.algorithm.learner)(core, cfg)
 }
 
 /// What every rule's learner has: the online network, its RMSProp and the loss settings.
-pub struct QCore {
-    pub model: QNetwork,
+pub struct LearnerCore {
+    pub model: AgentNetwork,
     pub optim: crate::optim::RmsProp,
     pub device: Device,
     pub obs: ObsSpec,
@@ -356,7 +356,7 @@ pub struct QCore {
     pub max_grad_norm: f64,
 }
 
-impl QCore {
+impl LearnerCore {
     pub fn new(
         cfg: &Config,
         net: NetSpec,
@@ -364,14 +364,14 @@ impl QCore {
         num_actions: usize,
         device: Device,
     ) -> Self {
-        let model = QNetwork::new(net, obs, num_actions, device);
+        let model = AgentNetwork::new(net, obs, num_actions, device);
         let optim = crate::optim::RmsProp::new(
             model.params(),
             cfg.optim.rms_decay,
             cfg.optim.rms_eps,
             cfg.optim.rmsprop_form,
         );
-        QCore {
+        LearnerCore {
             model,
             optim,
             device,
@@ -409,7 +409,7 @@ impl QCore {
         }
     }
 
-    /// A slice of host values as a 1-D tensor on the device (see [`QCore::upload`]).
+    /// A slice of host values as a 1-D tensor on the device (see [`LearnerCore::upload`]).
     pub fn upload_slice<T: tch::kind::Element>(&self, v: &[T]) -> Tensor {
         self.upload(Tensor::from_slice(v))
     }

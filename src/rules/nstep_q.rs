@@ -12,8 +12,8 @@
 use tch::Kind;
 
 use super::{
-    Adder, ExperienceSink, Family, Head, LearnerRule, NonFinite, QCore, RuleMetrics, RuleSpec,
-    StepEnd, UpdateStats, ValuesOf,
+    Adder, ExperienceSink, Family, Head, LearnerCore, LearnerRule, NonFinite, RuleMetrics,
+    RuleSpec, StepEnd, UpdateStats, ValuesOf,
 };
 use crate::config::Config;
 use crate::env::ObsSpec;
@@ -149,14 +149,14 @@ impl Adder for Segment {
 
 /// The learner half: one regression step on every full batch, in arrival order.
 pub struct Learner {
-    core: QCore,
+    core: LearnerCore,
     /// The batch being trained on next, swapped in from the queue's when full.
     held: Batch,
     ready: bool,
 }
 
 impl Learner {
-    pub fn new(core: QCore, cfg: &Config) -> Self {
+    pub fn new(core: LearnerCore, cfg: &Config) -> Self {
         let layout = super::slot_layout(cfg, core.obs);
         Learner {
             core,
@@ -195,11 +195,11 @@ impl LearnerRule for Learner {
         result.map(Some)
     }
 
-    fn core(&self) -> &QCore {
+    fn core(&self) -> &LearnerCore {
         &self.core
     }
 
-    fn core_mut(&mut self) -> &mut QCore {
+    fn core_mut(&mut self) -> &mut LearnerCore {
         &mut self.core
     }
 

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{Adder, LearnerRule, QCore};
+use super::{Adder, LearnerCore, LearnerRule};
 use crate::config::Config;
 use crate::env::ObsSpec;
 use crate::shm::SlotLayout;
@@ -59,7 +59,7 @@ pub struct RuleSpec {
     /// The layout of the queue's slots it fills.
     pub slot_layout: fn(&Config, ObsSpec) -> SlotLayout,
     /// Its learner half around the online network and optimizer `core`.
-    pub learner: fn(QCore, &Config) -> Box<dyn LearnerRule>,
+    pub learner: fn(LearnerCore, &Config) -> Box<dyn LearnerRule>,
 }
 
 impl RuleSpec {
