@@ -15,7 +15,8 @@
 use super::actor_critic::{self, Sums};
 use super::nstep_q::{n_step_horizon, returns_layout, Segment};
 use super::{
-    Family, Head, LearnerCore, LearnerRule, NonFinite, RuleMetrics, RuleSpec, UpdateStats,
+    Family, Head, HeldBatch, LearnerCore, LearnerRule, NonFinite, RuleMetrics, RuleSpec,
+    UpdateStats,
 };
 use crate::config::Config;
 use crate::returns::Bootstrap;
@@ -37,8 +38,7 @@ pub static SPEC: RuleSpec = RuleSpec {
 /// The learner half: one actor-critic step on every full batch of n-step returns.
 pub struct Learner {
     core: LearnerCore,
-    held: Batch,
-    ready: bool,
+    held: HeldBatch,
     value_coef: f64,
     entropy_coef: f64,
     sums: Sums,
@@ -49,8 +49,7 @@ impl Learner {
         let layout = super::slot_layout(cfg, core.obs);
         Learner {
             core,
-            held: Batch::new(cfg.learner.batch_size, layout),
-            ready: false,
+            held: HeldBatch::new(cfg.learner.batch_size, layout),
             value_coef: cfg.rule.actor_critic.value_coef,
             entropy_coef: cfg.rule.actor_critic.entropy_coef,
             sums: Sums::default(),
@@ -60,14 +59,14 @@ impl Learner {
 
 impl LearnerRule for Learner {
     fn insert(&mut self, batch: &mut Batch, _frames: u64) -> usize {
-        if !super::hold_full_batch(batch, &mut self.held, &mut self.ready) {
+        if !self.held.take(batch) {
             return 0;
         }
         self.held.len()
     }
 
     fn ready(&mut self, _frames: u64) -> bool {
-        self.ready
+        self.held.is_ready()
     }
 
     fn update(&mut self, lr: f64) -> Result<Option<UpdateStats>, NonFinite> {
@@ -98,8 +97,7 @@ impl LearnerRule for Learner {
         if result.is_ok() {
             self.sums.add(&loss);
         }
-        self.ready = false;
-        self.held.clear();
+        self.held.release();
         result.map(Some)
     }
 

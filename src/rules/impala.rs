@@ -20,8 +20,8 @@ use tch::{Device, Kind, Tensor};
 use super::actor_critic::{self, Sums};
 use super::vtrace::{vtrace, Clip};
 use super::{
-    Adder, ExperienceSink, Family, Head, LearnerCore, LearnerRule, NonFinite, RuleMetrics,
-    RuleSpec, StepEnd, UpdateStats, ValuesOf,
+    Adder, ExperienceSink, Family, Head, HeldBatch, LearnerCore, LearnerRule, NonFinite,
+    RuleMetrics, RuleSpec, StepEnd, UpdateStats, ValuesOf,
 };
 use crate::config::Config;
 use crate::env::ObsSpec;
@@ -151,8 +151,7 @@ impl Adder for Unroll {
 /// The learner half: V-trace and one actor-critic step on every full batch of segments.
 pub struct Learner {
     core: LearnerCore,
-    held: Batch,
-    ready: bool,
+    held: HeldBatch,
     gamma: f32,
     clip: Clip,
     value_coef: f64,
@@ -169,8 +168,7 @@ impl Learner {
         );
         Learner {
             core,
-            held: Batch::new(cfg.learner.batch_size, layout),
-            ready: false,
+            held: HeldBatch::new(cfg.learner.batch_size, layout),
             gamma: cfg.learner.gamma,
             clip: Clip {
                 rho_bar: rho,
@@ -221,14 +219,14 @@ impl Learner {
 
 impl LearnerRule for Learner {
     fn insert(&mut self, batch: &mut Batch, _frames: u64) -> usize {
-        if !super::hold_full_batch(batch, &mut self.held, &mut self.ready) {
+        if !self.held.take(batch) {
             return 0;
         }
         self.held.steps()
     }
 
     fn ready(&mut self, _frames: u64) -> bool {
-        self.ready
+        self.held.is_ready()
     }
 
     fn update(&mut self, lr: f64) -> Result<Option<UpdateStats>, NonFinite> {
@@ -310,8 +308,7 @@ impl LearnerRule for Learner {
             self.sums.add(&loss);
             self.sums.add_rho(rho_sum / steps.max(1) as f64);
         }
-        self.ready = false;
-        self.held.clear();
+        self.held.release();
         result.map(Some)
     }
 

@@ -183,17 +183,54 @@ pub fn net_spec(cfg: &Config, obs: ObsSpec) -> Result<NetSpec, NetworkMismatch> 
     })
 }
 
-/// What the on-policy learners (n-step Q, a3c, impala) do with a popped batch: when `batch`
-/// is full and nothing is held yet, swap it into `held` (leaving `batch` empty for the next
-/// pop) and set `ready`. Returns whether it took the batch.
-pub fn hold_full_batch(batch: &mut Batch, held: &mut Batch, ready: &mut bool) -> bool {
-    if !batch.is_full() || *ready {
-        return false;
+/// The batch an on-policy learner (n-step Q, a3c, impala) trains on next: the queue's batch,
+/// taken whole once it is full, so that every transition is trained on once, in arrival
+/// order. Reads as the [`Batch`] it holds.
+pub struct HeldBatch {
+    batch: Batch,
+    /// A full batch is held: an update can run.
+    ready: bool,
+}
+
+impl HeldBatch {
+    /// Room for a batch of `size` slots of `layout`.
+    pub fn new(size: usize, layout: SlotLayout) -> Self {
+        HeldBatch {
+            batch: Batch::new(size, layout),
+            ready: false,
+        }
     }
-    std::mem::swap(batch, held);
-    batch.clear();
-    *ready = true;
-    true
+
+    /// Takes `batch` when it is full and none is held, swapping it in and leaving `batch`
+    /// empty for the next pop; returns whether it took it.
+    pub fn take(&mut self, batch: &mut Batch) -> bool {
+        if !batch.is_full() || self.ready {
+            return false;
+        }
+        std::mem::swap(batch, &mut self.batch);
+        batch.clear();
+        self.ready = true;
+        true
+    }
+
+    /// Whether a batch is held (an update can run).
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// The update is done: nothing is held.
+    pub fn release(&mut self) {
+        self.ready = false;
+        self.batch.clear();
+    }
+}
+
+impl std::ops::Deref for HeldBatch {
+    type Target = Batch;
+
+    fn deref(&self) -> &Batch {
+        &self.batch
+    }
 }
 
 /// Loss and mean max-Q (actor-critic: mean V(s)) of one update: 0-dim f32 tensors on the
@@ -482,4 +519,46 @@ pub fn strip_prefix(named: &HashMap<String, Tensor>, prefix: &str) -> HashMap<St
                 .map(|n| (n.to_string(), t.shallow_clone()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transition(obs: &[u8]) -> Transition<'_> {
+        Transition {
+            obs,
+            action: 1,
+            ret: 0.5,
+            discount: 0.0,
+            next_obs: None,
+        }
+    }
+
+    /// An on-policy learner takes the queue's batch only when it is full and nothing is held,
+    /// and holds it until the update releases it.
+    #[test]
+    fn a_held_batch_takes_only_full_batches_and_one_at_a_time() {
+        let layout = SlotLayout::transitions(2, false);
+        let mut held = HeldBatch::new(2, layout);
+        let mut popped = Batch::new(2, layout);
+        popped.push(&transition(&[1, 2])).unwrap();
+        assert!(!held.take(&mut popped), "half a batch is left to fill");
+        assert_eq!(popped.len(), 1);
+        popped.push(&transition(&[3, 4])).unwrap();
+        assert!(held.take(&mut popped));
+        assert!(held.is_ready());
+        assert_eq!((held.len(), popped.len()), (2, 0));
+        assert_eq!(&held.obs[..4], &[1, 2, 3, 4]);
+        popped.push(&transition(&[5, 6])).unwrap();
+        popped.push(&transition(&[7, 8])).unwrap();
+        assert!(
+            !held.take(&mut popped),
+            "one batch is held until its update"
+        );
+        held.release();
+        assert!(!held.is_ready() && held.is_empty());
+        assert!(held.take(&mut popped));
+        assert_eq!(&held.obs[..4], &[5, 6, 7, 8]);
+    }
 }

@@ -12,8 +12,8 @@
 use tch::Kind;
 
 use super::{
-    Adder, ExperienceSink, Family, Head, LearnerCore, LearnerRule, NonFinite, RuleMetrics,
-    RuleSpec, StepEnd, UpdateStats, ValuesOf,
+    Adder, ExperienceSink, Family, Head, HeldBatch, LearnerCore, LearnerRule, NonFinite,
+    RuleMetrics, RuleSpec, StepEnd, UpdateStats, ValuesOf,
 };
 use crate::config::Config;
 use crate::env::ObsSpec;
@@ -151,8 +151,7 @@ impl Adder for Segment {
 pub struct Learner {
     core: LearnerCore,
     /// The batch being trained on next, swapped in from the queue's when full.
-    held: Batch,
-    ready: bool,
+    held: HeldBatch,
 }
 
 impl Learner {
@@ -160,22 +159,21 @@ impl Learner {
         let layout = super::slot_layout(cfg, core.obs);
         Learner {
             core,
-            held: Batch::new(cfg.learner.batch_size, layout),
-            ready: false,
+            held: HeldBatch::new(cfg.learner.batch_size, layout),
         }
     }
 }
 
 impl LearnerRule for Learner {
     fn insert(&mut self, batch: &mut Batch, _frames: u64) -> usize {
-        if !super::hold_full_batch(batch, &mut self.held, &mut self.ready) {
+        if !self.held.take(batch) {
             return 0;
         }
         self.held.len()
     }
 
     fn ready(&mut self, _frames: u64) -> bool {
-        self.ready
+        self.held.is_ready()
     }
 
     fn update(&mut self, lr: f64) -> Result<Option<UpdateStats>, NonFinite> {
@@ -190,8 +188,7 @@ impl LearnerRule for Learner {
         let loss = c.elementwise_loss(&q_sa, &returns).mean(Kind::Float);
         let q_mean = q.detach().max_dim(1, false).0.mean(Kind::Float);
         let result = self.core.step(&loss, &q_mean, lr);
-        self.ready = false;
-        self.held.clear();
+        self.held.release();
         result.map(Some)
     }
 
