@@ -88,6 +88,8 @@ struct Training<'a> {
     next_reap: Instant,
     /// The frames at which the acting weights' versions were published.
     published: PublishLog,
+    /// A service's weights act (the inference server), not the published snapshot's.
+    served: bool,
     /// Actors that said they are ready.
     ready: BTreeSet<usize>,
     /// The best evaluation so far, kept across resumptions in model-best.eval.json.
@@ -118,9 +120,8 @@ impl<'a> Training<'a> {
         // weights of every update.
         let mut published = PublishLog::new();
         let model = run.trainer.rule.model();
-        let mut served = false;
+        let served = run.services.iter().any(|s| s.serves_actors());
         for s in run.services.iter_mut() {
-            served |= s.serves_actors();
             if let Some(v) = s.updated(model) {
                 published.record(v, c.frames);
             }
@@ -144,6 +145,7 @@ impl<'a> Training<'a> {
             next_save: (c.frames / cfg.run.save_freq + 1) * cfg.run.save_freq,
             next_reap: start,
             published,
+            served,
             ready: BTreeSet::new(),
             best: read_best_scores(&checkpoint::best_scores_path(dir)),
             run,
@@ -288,9 +290,7 @@ impl<'a> Training<'a> {
         r.counters.updates += 1;
         self.interval.stats.add(&[&stats.loss, &stats.q_mean]);
         let model = r.trainer.rule.model();
-        let mut served = false;
         for s in r.services.iter_mut() {
-            served |= s.serves_actors();
             if let Some(v) = s.updated(model) {
                 self.published.record(v, r.counters.frames);
             }
@@ -298,7 +298,7 @@ impl<'a> Training<'a> {
         if r.counters.frames >= self.next_sync {
             model.flat_params_into(&mut self.flat);
             let version = r.snapshot.publish(&self.flat)?;
-            if !served {
+            if !self.served {
                 self.published.record(version, r.counters.frames);
             }
             for s in r.services.iter_mut() {
