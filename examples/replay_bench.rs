@@ -38,13 +38,13 @@ fn stacks_of(game: &str, steps: usize) -> Vec<Vec<u8>> {
     let id = cfg.env_id().unwrap();
     let mut e = env::make(&id, &cfg.env_settings(1)).unwrap();
     let mut rng = StdRng::seed_from_u64(1);
-    e.reset();
+    e.reset().unwrap();
     let mut out = Vec::with_capacity(steps);
     for _ in 0..steps {
         out.push(e.obs().to_vec());
         let s = e.step(rng.gen_range(0..e.num_actions())).unwrap();
         if s.game_over || s.truncated {
-            e.reset();
+            e.reset().unwrap();
         }
     }
     out

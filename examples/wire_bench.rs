@@ -27,7 +27,7 @@ fn slots_of(game: &str, steps: usize, seed: u64) -> Vec<Vec<u8>> {
     let mut rng = StdRng::seed_from_u64(seed);
     let layout = SlotLayout::ATARI;
     let bytes = layout.slot_bytes().unwrap();
-    e.reset();
+    e.reset().unwrap();
     let mut out = Vec::with_capacity(steps);
     for _ in 0..steps {
         let a = rng.gen_range(0..e.num_actions());
@@ -38,7 +38,7 @@ fn slots_of(game: &str, steps: usize, seed: u64) -> Vec<Vec<u8>> {
         out.push(slot);
         let s = e.step(a).unwrap();
         if s.game_over || s.truncated {
-            e.reset();
+            e.reset().unwrap();
         }
     }
     out

@@ -90,7 +90,7 @@ pub fn run(init: &ActorInit, final_epsilon: f64, reports: &IpcSender<ActorMsg>) 
         )
     };
     for env in envs.iter_mut() {
-        reset_counted(env.as_mut(), frames);
+        reset_counted(env.as_mut(), frames)?;
     }
     let fault = injected_fault()?;
     let mut passes = 0u64;
@@ -239,7 +239,7 @@ fn emulate(
     let mut rng = StdRng::seed_from_u64(init.seed ^ 0x5EED);
     let frames = queue.frames();
     for env in envs.iter_mut() {
-        reset_counted(env.as_mut(), frames);
+        reset_counted(env.as_mut(), frames)?;
     }
     while !queue.is_closed() {
         for env in envs.iter_mut() {
@@ -302,9 +302,10 @@ fn injected_fault() -> Result<Option<(Fault, u64)>> {
 /// Starts a new episode of `env` and adds the frames its start took (Atari: the no-op and
 /// FIRE frames, which [`env::Environment::episode_frames`] counts from the reset) to the run's
 /// frame counter `frames`, so that every emulator frame counts towards the schedules.
-fn reset_counted(env: &mut dyn env::Environment, frames: &AtomicU64) {
-    env.reset();
+fn reset_counted(env: &mut dyn env::Environment, frames: &AtomicU64) -> Result<()> {
+    env.reset()?;
     frames.fetch_add(env.episode_frames(), Ordering::Relaxed);
+    Ok(())
 }
 
 /// Reports the game that just ended (score and frames) and starts the next one, counting its
@@ -323,7 +324,7 @@ fn end_episode(
             frames: env.episode_frames(),
         },
     )?;
-    reset_counted(env, frames);
+    reset_counted(env, frames)?;
     Ok(())
 }
 
@@ -349,7 +350,7 @@ mod tests {
         let mut total = 0;
         for seed in 0..5 {
             let mut env = env::make(&id, &cfg.env_settings(seed)).unwrap();
-            reset_counted(env.as_mut(), &frames);
+            reset_counted(env.as_mut(), &frames).unwrap();
             // Up to 30 no-op frames, then FIRE and action 2 for 4 frames each.
             let start = env.episode_frames();
             assert!((8..=38).contains(&start), "{start}");

@@ -245,7 +245,7 @@ pub fn evaluate_with(
         Ok(std::mem::take(result))
     };
     for episode in 1..=episodes {
-        env.reset();
+        env.reset()?;
         if observe(env, Event::Reset { episode }).is_break() {
             return stop(&mut result);
         }

@@ -69,7 +69,7 @@ fn record_writes_the_first_game_as_a_gif_in_its_own_colours() {
     let cfg = Config::from_flags(["--game", "Breakout"]).unwrap();
     let settings = eval::play_settings(&cfg.env_settings(4), false);
     let mut e = env::make(&cfg.env_id().unwrap(), &settings).unwrap();
-    e.reset();
+    e.reset().unwrap();
     let mut screen = vec![0u8; 160 * 210 * 3];
     e.screen_rgb(&mut screen).unwrap();
     assert!(

@@ -403,8 +403,9 @@ impl Environment for AtariEnv {
         AtariEnv::num_actions(self)
     }
 
-    fn reset(&mut self) {
+    fn reset(&mut self) -> Result<(), EnvError> {
         AtariEnv::reset(self);
+        Ok(())
     }
 
     fn obs(&self) -> &[u8] {

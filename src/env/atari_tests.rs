@@ -230,7 +230,7 @@ fn screens_through_the_trait_use_the_ntsc_palette_only() {
                     .map(|p| u32::from_be_bytes([0, p[0], p[1], p[2]])),
             );
             if step.game_over {
-                e.reset();
+                e.reset().unwrap();
             }
         }
         assert!(colours.len() > 2, "{game}: {} colours", colours.len());

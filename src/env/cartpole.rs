@@ -72,8 +72,18 @@ impl CartPole {
             episode_return: 0.0,
             over: false,
         };
-        env.reset();
+        env.restart();
         env
+    }
+
+    fn restart(&mut self) {
+        for v in self.state.iter_mut() {
+            *v = self.rng.gen_range(-0.05..0.05);
+        }
+        self.steps = 0;
+        self.episode_return = 0.0;
+        self.over = false;
+        self.write_obs();
     }
 
     /// The physical state `[x, x_dot, theta, theta_dot]`.
@@ -97,14 +107,9 @@ impl Environment for CartPole {
         2
     }
 
-    fn reset(&mut self) {
-        for v in self.state.iter_mut() {
-            *v = self.rng.gen_range(-0.05..0.05);
-        }
-        self.steps = 0;
-        self.episode_return = 0.0;
-        self.over = false;
-        self.write_obs();
+    fn reset(&mut self) -> Result<(), EnvError> {
+        self.restart();
+        Ok(())
     }
 
     fn obs(&self) -> &[u8] {

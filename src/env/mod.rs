@@ -78,6 +78,14 @@ pub enum EnvError {
     /// An error of a user-registered environment.
     #[error("{0}")]
     Custom(String),
+    /// A continuous (Box) action given to an environment with discrete actions, or the reverse.
+    #[error("this environment's actions are {expected}, but it was given {given}")]
+    ActionKind {
+        /// The environment's action space, e.g. `"discrete (0..2)"`.
+        expected: String,
+        /// What it was given, e.g. `"a continuous action of 1 dimension"`.
+        given: String,
+    },
 }
 
 /// Outcome of one agent step.
@@ -121,20 +129,80 @@ impl ObsSpec {
     }
 }
 
-/// An environment: a Markov decision process with discrete actions, stepped one agent step at
-/// a time. Not required to be `Send`: each actor builds its own.
+/// What an environment's actions are (Gymnasium's `Discrete` and `Box` spaces).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum ActionSpec {
+    /// `n` discrete actions `0..n`, stepped with [`Environment::step`].
+    Discrete(usize),
+    /// A real vector of `low.len()` dimensions, component `i` within `[low[i], high[i]]`
+    /// (either may be infinite), stepped with [`Environment::step_continuous`].
+    Box {
+        /// Lower bounds, one per dimension.
+        low: Vec<f32>,
+        /// Upper bounds, one per dimension (`high[i] >= low[i]`).
+        high: Vec<f32>,
+    },
+}
+
+impl ActionSpec {
+    /// The network's action width: the number of discrete actions, or the Box's dimensions.
+    pub fn width(&self) -> usize {
+        match self {
+            ActionSpec::Discrete(n) => *n,
+            ActionSpec::Box { low, .. } => low.len(),
+        }
+    }
+
+    /// Whether the actions are a continuous Box.
+    pub fn is_continuous(&self) -> bool {
+        matches!(self, ActionSpec::Box { .. })
+    }
+}
+
+impl std::fmt::Display for ActionSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ActionSpec::Discrete(n) => write!(f, "discrete (0..{n})"),
+            ActionSpec::Box { low, .. } => write!(f, "continuous (a Box of {} dimensions)", low.len()),
+        }
+    }
+}
+
+/// An environment: a Markov decision process with discrete or continuous actions
+/// ([`ActionSpec`]), stepped one agent step at a time. Not required to be `Send`: each actor
+/// builds its own.
 pub trait Environment {
     /// Shape and type of the observations.
     fn obs_spec(&self) -> ObsSpec;
-    /// Number of discrete actions; actions are `0..num_actions()`.
+    /// Number of discrete actions (actions are `0..num_actions()`); for a continuous action
+    /// space, its number of dimensions ([`ActionSpec::width`]).
     fn num_actions(&self) -> usize;
+    /// The action space: discrete by default (`Discrete(num_actions())`); environments with
+    /// continuous actions return a `Box` and implement [`Environment::step_continuous`].
+    fn action_spec(&self) -> ActionSpec {
+        ActionSpec::Discrete(self.num_actions())
+    }
     /// Starts a new episode; `obs()` is then its first observation.
-    fn reset(&mut self);
+    ///
+    /// Errors: the simulator's own (a Python environment's `reset` raising, say).
+    fn reset(&mut self) -> Result<(), EnvError>;
     /// The current observation, `obs_spec().bytes()` long.
     fn obs(&self) -> &[u8];
     /// One agent step. After a step with `game_over` or `truncated`, call `reset` first.
     /// Errors: an action out of range, a step after the episode ended, the simulator's own.
     fn step(&mut self, action: usize) -> Result<Step, EnvError>;
+    /// One agent step with a continuous action (`action_spec().width()` values; the
+    /// environment clips them to its bounds). After a step with `game_over` or `truncated`,
+    /// call `reset` first.
+    ///
+    /// Errors: [`EnvError::ActionKind`] for environments with discrete actions (the default),
+    /// a wrong length, a step after the episode ended, the simulator's own.
+    fn step_continuous(&mut self, action: &[f32]) -> Result<Step, EnvError> {
+        Err(EnvError::ActionKind {
+            expected: self.action_spec().to_string(),
+            given: format!("a continuous action of {} dimensions", action.len()),
+        })
+    }
     /// Unclipped score of the current episode so far.
     fn episode_return(&self) -> f32;
     /// Frames of the current episode so far (for Atari, emulator frames; else steps).

@@ -12,7 +12,7 @@
 //! # impl Environment for MyEnv {
 //! #     fn obs_spec(&self) -> env::ObsSpec { env::ObsSpec::Vector(1) }
 //! #     fn num_actions(&self) -> usize { 2 }
-//! #     fn reset(&mut self) {}
+//! #     fn reset(&mut self) -> Result<(), EnvError> { Ok(()) }
 //! #     fn obs(&self) -> &[u8] { &[0; 4] }
 //! #     fn step(&mut self, _: usize) -> Result<env::Step, EnvError> { Err(EnvError::EpisodeOver) }
 //! #     fn episode_return(&self) -> f32 { 0.0 }
@@ -258,7 +258,7 @@ mod tests {
         register("TestPong", |s| Ok(Box::new(CartPole::new(s.seed, 3))));
         assert!(registered_names().contains(&"TestPong".to_string()));
         let mut env = make(&resolve("testpong", None).unwrap(), &settings()).unwrap();
-        env.reset();
+        env.reset().unwrap();
         let truncated = (0..3)
             .map(|_| env.step(1).unwrap())
             .any(|s| s.truncated || s.terminal);
