@@ -348,7 +348,7 @@ fn play(args: &Args) -> Result<Outcome> {
     };
     let spec = async_rl::model::NetSpec {
         arch: st.network,
-        ..async_rl::rules::net_spec(cfg, st.obs)
+        ..async_rl::rules::net_spec(cfg, st.obs, &env.action_spec())
             .map_err(|e| anyhow!("checkpoint {}: {e}", args.model.display()))?
     };
     let mut model = AgentNetwork::new(spec, st.obs, st.num_actions, device);

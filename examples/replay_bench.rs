@@ -191,13 +191,14 @@ fn speed() {
         cfg.rule.replay.replay_compression = compression;
         let obs = ObsSpec::Frames([4, 84, 84]);
         let mut rule = rules::learner(&cfg, Network::Nips.into(), obs, 6, tch::Device::Cpu);
-        let layout = rules::slot_layout(&cfg, obs);
+        let layout = rules::slot_layout(&cfg, obs, 0);
         let mut batch = Batch::new(64, layout);
         for t in 0..20_000 {
             batch
                 .push(&Transition {
                     obs: &stacks[t],
                     action: (t % 6) as u32,
+                    action_values: &[],
                     ret: 0.0,
                     discount: 0.97,
                     next_obs: Some(&stacks[t + 3]),

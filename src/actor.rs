@@ -20,8 +20,8 @@ use crate::config::BenchPhase;
 use crate::env::{self, ObsSpec};
 use crate::inference::{snapshot_copy, PolicySource, ServedPolicy, SnapshotPolicy};
 use crate::ipc::{report, ActorInit, ActorMsg};
-use crate::model::{HeadKind, NetSpec};
-use crate::policy::{argmax, epsilon_greedy, explores, sample_softmax};
+use crate::model::NetSpec;
+use crate::policy::{argmax, epsilon_greedy, explores, sample_gaussian, sample_softmax, Action};
 use crate::rules::{self, Adder, LaneSink, StepEnd};
 use crate::schedule;
 use crate::shm::{ExperienceQueue, PushError};
@@ -49,8 +49,12 @@ pub fn run(init: &ActorInit, final_epsilon: f64, reports: &IpcSender<ActorMsg>) 
     }
     let obs_spec = envs[0].obs_spec();
     let num_actions = envs[0].num_actions();
-    let network = crate::rules::net_spec(cfg, obs_spec)?;
+    let action_spec = envs[0].action_spec();
+    let network = crate::rules::net_spec(cfg, obs_spec, &action_spec)?;
     let width = network.act_width(num_actions);
+    // The policy's part of a row: logits, or a Gaussian's means and log stds.
+    let policy_width = network.policy_width(num_actions);
+    let continuous = action_spec.is_continuous();
     let Some(mut policy) = policy_source(init, &queue, network, obs_spec, num_actions, k)? else {
         return Ok(());
     };
@@ -73,7 +77,9 @@ pub fn run(init: &ActorInit, final_epsilon: f64, reports: &IpcSender<ActorMsg>) 
     };
     // A policy network samples its actions and needs every environment's outputs; a
     // Q-network acts epsilon-greedily.
-    let sampled = network.head == HeadKind::ActorCritic;
+    let sampled = network.head.is_actor_critic();
+    // The continuous action being taken (a Gaussian policy's sample).
+    let mut action_values = vec![0f32; if continuous { num_actions } else { 0 }];
     // The outputs of the environments whose outputs this step uses, from one batched forward
     // pass over their observations (staged in the policy source); `row[j]` is environment
     // j's row, if it has one.
@@ -133,15 +139,28 @@ pub fn run(init: &ActorInit, final_epsilon: f64, reports: &IpcSender<ActorMsg>) 
         for (j, (env, adder)) in envs.iter_mut().zip(adders.iter_mut()).enumerate() {
             let qj = row[j].map(|r| &q[r * width..(r + 1) * width]);
             // (A greedy or sampling environment always has a row.)
-            let action = match qj {
+            let index = match qj {
+                Some(qj) if continuous => {
+                    sample_gaussian(&qj[..policy_width], &mut action_values, &mut rng);
+                    0
+                }
                 Some(qj) if sampled => sample_softmax(&qj[..num_actions], &mut rng),
                 Some(qj) if !explore[j] => argmax(qj),
                 _ => rng.gen_range(0..num_actions),
             };
-            if !pushed(adder.begin(env.obs(), action as u32, qj, &mut sink))? {
+            let action = if continuous {
+                Action::Continuous(&action_values)
+            } else {
+                Action::Discrete(index as u32)
+            };
+            if !pushed(adder.begin(env.obs(), action, qj, &mut sink))? {
                 return Ok(());
             }
-            let step = env.step(action)?;
+            let step = if continuous {
+                env.step_continuous(&action_values)?
+            } else {
+                env.step(index)?
+            };
             frames.fetch_add(step.frames as u64, Ordering::Relaxed);
             let end = if step.terminal {
                 StepEnd::Terminal
@@ -158,14 +177,18 @@ pub fn run(init: &ActorInit, final_epsilon: f64, reports: &IpcSender<ActorMsg>) 
                     last_q.fill(0.0);
                     failed = Some(e);
                 }
-                let next = if sampled {
+                // (The next action matters to SARSA's bootstrap only: none for a Gaussian.)
+                let next = if continuous {
+                    0
+                } else if sampled {
                     sample_softmax(&last_q[..num_actions], &mut rng)
                 } else {
                     epsilon_greedy(&last_q, epsilon(), &mut rng)
                 };
                 (last_q.clone(), next)
             };
-            let result = adder.end(step.clipped_reward, end, env.obs(), &mut values, &mut sink);
+            let reward = step.clipped_reward * cfg.env.reward_scale;
+            let result = adder.end(reward, end, env.obs(), &mut values, &mut sink);
             match failed {
                 Some(e) if stopping(&e, &queue) => return Ok(()),
                 Some(e) => return Err(e),
@@ -241,9 +264,16 @@ fn emulate(
     for env in envs.iter_mut() {
         reset_counted(env.as_mut(), frames)?;
     }
+    let mut values = Vec::new();
     while !queue.is_closed() {
         for env in envs.iter_mut() {
-            let step = env.step(rng.gen_range(0..env.num_actions()))?;
+            let step = match env.action_spec() {
+                env::ActionSpec::Discrete(n) => env.step(rng.gen_range(0..n))?,
+                spec @ env::ActionSpec::Box { .. } => {
+                    crate::policy::sample_uniform(&spec, &mut values, &mut rng);
+                    env.step_continuous(&values)?
+                }
+            };
             frames.fetch_add(step.frames as u64, Ordering::Relaxed);
             if step.game_over || step.truncated {
                 end_episode(init, reports, env.as_mut(), frames)?;

@@ -239,6 +239,10 @@ pub fn evaluate_with(
     let obs_spec = env.obs_spec();
     let num_actions = env.num_actions();
     let mut q = vec![0f32; num_actions];
+    // A Gaussian policy (continuous actions) acts with its mean when greedy, else a sample.
+    let gaussian = model.spec().head == crate::model::HeadKind::Gaussian;
+    let mut policy_row = vec![0f32; model.act_width()];
+    let mut action = vec![0f32; if gaussian { num_actions } else { 0 }];
     let mut result = EvalResult::default();
     let stop = |result: &mut EvalResult| {
         result.stopped = true;
@@ -251,11 +255,30 @@ pub fn evaluate_with(
         }
         let truncated = loop {
             let x = obs_tensor(obs_spec, env.obs(), 1).to_device(model.device());
-            model
-                .forward(&x)
-                .to_device(tch::Device::Cpu)
-                .copy_data(&mut q, num_actions);
-            let step = env.step(policy.act(&q, rng))?;
+            let step = if gaussian {
+                let width = policy_row.len();
+                model
+                    .act_outputs(&x)
+                    .to_device(tch::Device::Cpu)
+                    .copy_data(&mut policy_row, width);
+                match policy {
+                    ActionPolicy::Sample => crate::policy::sample_gaussian(
+                        &policy_row[..2 * num_actions],
+                        &mut action,
+                        rng,
+                    ),
+                    ActionPolicy::EpsilonGreedy(_) => {
+                        action.copy_from_slice(&policy_row[..num_actions])
+                    }
+                }
+                env.step_continuous(&action)?
+            } else {
+                model
+                    .forward(&x)
+                    .to_device(tch::Device::Cpu)
+                    .copy_data(&mut q, num_actions);
+                env.step(policy.act(&q, rng))?
+            };
             if observe(
                 env,
                 Event::Step {

@@ -18,7 +18,6 @@ use crate::env;
 use crate::eval;
 use crate::inference::snapshot_copy;
 use crate::ipc::{report, ActorInit, ActorMsg, EvalScores};
-use crate::model::HeadKind;
 use crate::policy::ActionPolicy;
 use crate::shm::ExperienceQueue;
 
@@ -31,7 +30,7 @@ pub fn run(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
     let mut env = env::make(&id, &protocol.env_settings(&cfg.env_settings(init.seed)))
         .context("starting the evaluation environment")?;
     let queue = ExperienceQueue::open(&init.queue).context("opening the experience queue")?;
-    let network = crate::rules::net_spec(cfg, env.obs_spec())?;
+    let network = crate::rules::net_spec(cfg, env.obs_spec(), &env.action_spec())?;
     let (snapshot, mut model, mut flat) = snapshot_copy(
         &init.snapshot,
         network,
@@ -41,7 +40,7 @@ pub fn run(init: &ActorInit, reports: &IpcSender<ActorMsg>) -> Result<()> {
     )?;
     let mut rng = StdRng::seed_from_u64(init.seed ^ 0xE7A1);
     // A policy network is evaluated as the A3C paper does: sampling from its policy.
-    let policy = if network.head == HeadKind::ActorCritic {
+    let policy = if network.head.is_actor_critic() {
         ActionPolicy::Sample
     } else {
         ActionPolicy::EpsilonGreedy(protocol.epsilon)

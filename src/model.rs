@@ -118,6 +118,20 @@ pub enum HeadKind {
     /// A policy (logits, one per action) and a state value V(s) on one hidden layer: the
     /// actor-critic rules (Mnih et al. 2016, A3C FF; Espeholt et al. 2018).
     ActorCritic,
+    /// The actor-critic head for continuous actions of d dimensions: a diagonal Gaussian
+    /// policy, its means from the hidden layer (`policy`, d outputs) and a state-independent
+    /// log standard deviation (`log_std`, d parameters, initially 0, i.e. std 1), and V(s).
+    /// The policy's outputs are `[mean (d), log_std (d)]`. As CleanRL's
+    /// `ppo_continuous_action.py` (its `actor_logstd`) and the PPO paper's continuous-control
+    /// setup (Schulman et al. 2017, section 6.1) have it.
+    Gaussian,
+}
+
+impl HeadKind {
+    /// Whether this head has a policy and a value (the actor-critic rules' heads).
+    pub fn is_actor_critic(self) -> bool {
+        matches!(self, HeadKind::ActorCritic | HeadKind::Gaussian)
+    }
 }
 
 /// What to build: the architecture (resolved, never `auto`) and its head.
@@ -128,10 +142,32 @@ pub struct NetSpec {
 }
 
 impl NetSpec {
-    /// Width of a row of [`AgentNetwork::act_outputs`] for `num_actions` actions: `num_actions`
-    /// for a Q head, `num_actions + 1` (the logits, then V(s)) for an actor-critic head.
+    /// Width of a row of [`AgentNetwork::act_outputs`] for `num_actions` actions (a
+    /// continuous action's dimensions): `num_actions` for a Q head, `num_actions + 1` (the
+    /// logits, then V(s)) for an actor-critic head, `2 * num_actions + 1` (the means, the log
+    /// standard deviations, then V(s)) for a Gaussian head.
     pub fn act_width(&self, num_actions: usize) -> usize {
-        num_actions + usize::from(self.head == HeadKind::ActorCritic)
+        self.policy_width(num_actions) + usize::from(self.head.is_actor_critic())
+    }
+
+    /// Dimensions of a continuous action for `num_actions` outputs: `num_actions` for a
+    /// Gaussian head, 0 (discrete actions) otherwise; the slot layout's `action_dims`.
+    pub fn action_dims(&self, num_actions: usize) -> usize {
+        if self.head == HeadKind::Gaussian {
+            num_actions
+        } else {
+            0
+        }
+    }
+
+    /// Width of the policy's (or the Q-values') part of a row: `2 * num_actions` for a
+    /// Gaussian head, else `num_actions`.
+    pub fn policy_width(&self, num_actions: usize) -> usize {
+        if self.head == HeadKind::Gaussian {
+            2 * num_actions
+        } else {
+            num_actions
+        }
     }
 }
 
@@ -156,6 +192,8 @@ enum Heads {
         hidden: nn::Sequential,
         policy: nn::Linear,
         value: nn::Linear,
+        /// The Gaussian head's log standard deviations `[d]` (`None`: logits).
+        log_std: Option<Tensor>,
     },
 }
 
@@ -256,12 +294,13 @@ impl AgentNetwork {
                 value: stream("value_fc", "value", 1),
                 advantage: stream("advantage_fc", "advantage", a),
             },
-            HeadKind::ActorCritic => Heads::ActorCritic {
+            HeadKind::ActorCritic | HeadKind::Gaussian => Heads::ActorCritic {
                 hidden: nn::seq()
                     .add(nn::linear(&root / fc, features, hidden, Default::default()))
                     .add_fn(|x| x.relu()),
                 policy: nn::linear(&root / "policy", hidden, a, Default::default()),
                 value: nn::linear(&root / "value", hidden, 1, Default::default()),
+                log_std: (spec.head == HeadKind::Gaussian).then(|| root.zeros("log_std", &[a])),
             },
         };
         let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
@@ -319,7 +358,8 @@ impl AgentNetwork {
 
     /// The action values `[batch, num_actions]` f32 for observations from [`obs_tensor`]:
     /// Q-values for a Q head, the policy's logits for an actor-critic head (so that the
-    /// argmax is the greedy action either way).
+    /// argmax is the greedy action either way), the means for a Gaussian head (its greedy
+    /// action, `[batch, d]`).
     pub fn forward(&self, obs: &Tensor) -> Tensor {
         let features = self.features(obs);
         match &self.head {
@@ -332,30 +372,49 @@ impl AgentNetwork {
         }
     }
 
-    /// An actor-critic head's policy logits `[batch, num_actions]` and state values `[batch]`
-    /// (f32), from one pass through the torso; `None` for a Q head.
+    /// A Gaussian head's log standard deviations `[num_actions]`; `None` for other heads.
+    pub fn log_std(&self) -> Option<&Tensor> {
+        match &self.head {
+            Heads::ActorCritic { log_std, .. } => log_std.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// An actor-critic head's policy outputs and state values `[batch]` (f32), from one pass
+    /// through the torso; `None` for a Q head. The policy outputs are the logits
+    /// `[batch, num_actions]`, or for a Gaussian head the means and log standard deviations
+    /// `[batch, 2 * num_actions]` (the log std broadcast over the batch).
     pub fn policy_value(&self, obs: &Tensor) -> Option<(Tensor, Tensor)> {
         let Heads::ActorCritic {
             hidden,
             policy,
             value,
+            log_std,
         } = &self.head
         else {
             return None;
         };
         let h = hidden.forward(&self.features(obs));
-        Some((policy.forward(&h), value.forward(&h).squeeze_dim(1)))
+        let out = policy.forward(&h);
+        let out = match log_std {
+            Some(l) => {
+                let l = l.unsqueeze(0).expand_as(&out);
+                Tensor::cat(&[out, l], 1)
+            }
+            None => out,
+        };
+        Some((out, value.forward(&h).squeeze_dim(1)))
     }
 
     /// Width of a row of [`AgentNetwork::act_outputs`]: `num_actions` for a Q head,
-    /// `num_actions + 1` for an actor-critic head.
+    /// `num_actions + 1` for an actor-critic head, `2 * num_actions + 1` for a Gaussian head.
     pub fn act_width(&self) -> usize {
         self.spec.act_width(self.num_actions)
     }
 
     /// What an actor needs of observations from [`obs_tensor`], `[batch, act_width()]` f32:
-    /// the Q-values for a Q head; the policy's logits followed by V(s) for an actor-critic
-    /// head.
+    /// the Q-values for a Q head; the policy's outputs (logits, or means and log standard
+    /// deviations) followed by V(s) for an actor-critic head.
     pub fn act_outputs(&self, obs: &Tensor) -> Tensor {
         match self.policy_value(obs) {
             Some((logits, value)) => Tensor::cat(&[logits, value.unsqueeze(1)], 1),

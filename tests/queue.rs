@@ -66,6 +66,7 @@ fn producer_child() {
         let t = Transition {
             obs: &obs,
             action: action_of(lane, seq),
+            action_values: &[],
             ret: ret_of(seq),
             ..Default::default()
         };
@@ -345,6 +346,7 @@ fn throughput_two_threads_atari_obs() {
                 &Transition {
                     obs: &obs,
                     action: seq as u32,
+                    action_values: &[],
                     ret: 0.0,
                     ..Default::default()
                 },

@@ -151,6 +151,7 @@ fn every_flag_has_a_bad_value_that_is_refused_by_name() {
         ("max-episode-frames", "0"),
         ("terminal-on-life-loss", "maybe"),
         ("fire-on-life-loss", "maybe"),
+        ("reward-scale", "0"),
         ("logdir", ""),
         ("log-interval", "0"),
         ("keep-checkpoints", "-1"),

@@ -109,6 +109,11 @@ pub struct EnvironmentSettings {
     /// itself
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub fire_on_life_loss: bool,
+    /// Multiply the rewards the agent trains on by this (after Atari's sign clipping; the
+    /// reported returns stay unscaled): for environments whose rewards are large, e.g. 0.1 for
+    /// Pendulum-v1's [-16.3, 0] per step, so that the values stay near 1
+    #[arg(long, default_value_t = 1.0)]
+    pub reward_scale: f32,
 }
 
 impl EnvironmentSettings {
@@ -129,6 +134,12 @@ impl EnvironmentSettings {
                     "--repeat-action-probability {p}: must be in [0, 1)"
                 ));
             }
+        }
+        if !(self.reward_scale.is_finite() && self.reward_scale > 0.0) {
+            e.push(format!(
+                "--reward-scale {}: must be a positive number",
+                self.reward_scale
+            ));
         }
         if self.max_episode_frames < self.frame_skip as u64 {
             e.push(format!(

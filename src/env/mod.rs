@@ -1,13 +1,14 @@
 //! The environments actors act in, behind one interface: [`Environment`].
 //!
-//! Two implementations ship: Atari games ([`atari`], DeepMind's preprocessing over [`ale`], a
-//! thin safe wrapper of ALE 0.6's C API that holds all the `unsafe` code) and CartPole-v1
-//! ([`cartpole`], pure Rust). Users add their own by implementing [`Environment`] and
+//! Three implementations ship: Atari games ([`atari`], DeepMind's preprocessing over [`ale`], a
+//! thin safe wrapper of ALE 0.6's C API that holds all the `unsafe` code), CartPole-v1
+//! ([`cartpole`], pure Rust) and Pendulum-v1 ([`pendulum`], pure Rust, continuous actions). Users add their own by implementing [`Environment`] and
 //! registering a factory under a name with [`register`] (see [`registry`]).
 
 pub mod ale;
 pub mod atari;
 pub mod cartpole;
+pub mod pendulum;
 pub mod registry;
 
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 pub use self::ale::{Ale, AleError, AleSettings};
 pub use self::atari::{AtariConfig, AtariEnv};
 pub use self::cartpole::CartPole;
+pub use self::pendulum::Pendulum;
 pub use self::registry::{make, register, resolve, EnvFactory, EnvId, EnvSettings, ResolveError};
 
 use crate::game::GameError;
@@ -163,7 +165,9 @@ impl std::fmt::Display for ActionSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ActionSpec::Discrete(n) => write!(f, "discrete (0..{n})"),
-            ActionSpec::Box { low, .. } => write!(f, "continuous (a Box of {} dimensions)", low.len()),
+            ActionSpec::Box { low, .. } => {
+                write!(f, "continuous (a Box of {} dimensions)", low.len())
+            }
         }
     }
 }

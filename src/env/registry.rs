@@ -29,6 +29,7 @@ use std::sync::{Mutex, OnceLock};
 
 use super::atari::{AtariConfig, AtariEnv};
 use super::cartpole::{self, CartPole};
+use super::pendulum::{self, Pendulum};
 use super::{EnvError, Environment};
 use crate::game::{self, GameError, GameSpec};
 
@@ -87,11 +88,18 @@ struct Entry {
 fn registry() -> &'static Mutex<Vec<Entry>> {
     static REGISTRY: OnceLock<Mutex<Vec<Entry>>> = OnceLock::new();
     REGISTRY.get_or_init(|| {
-        Mutex::new(vec![Entry {
-            name: "CartPole".into(),
-            aliases: vec!["CartPole-v1".into()],
-            factory: |s| Ok(Box::new(CartPole::new(s.seed, cartpole::MAX_STEPS))),
-        }])
+        Mutex::new(vec![
+            Entry {
+                name: "CartPole".into(),
+                aliases: vec!["CartPole-v1".into()],
+                factory: |s| Ok(Box::new(CartPole::new(s.seed, cartpole::MAX_STEPS))),
+            },
+            Entry {
+                name: "Pendulum".into(),
+                aliases: vec!["Pendulum-v1".into()],
+                factory: |s| Ok(Box::new(Pendulum::new(s.seed, pendulum::MAX_STEPS))),
+            },
+        ])
     })
 }
 

@@ -118,9 +118,10 @@ pub fn run(
     // The action count and observation shape come from the environment itself.
     let probe =
         env::make(&id, &cfg.env_settings(cfg.run.seed)).context("starting the environment")?;
-    let (num_actions, obs) = (probe.num_actions(), probe.obs_spec());
+    let (num_actions, obs, actions) = (probe.num_actions(), probe.obs_spec(), probe.action_spec());
     drop(probe);
-    let net = rules::net_spec(&cfg, obs)?;
+    let net =
+        rules::net_spec(&cfg, obs, &actions).with_context(|| format!("--game {}", id.name()))?;
 
     let mut trainer = Trainer {
         rule: rules::learner(&cfg, net, obs, num_actions, device),
@@ -148,7 +149,7 @@ pub fn run(
             prefix: "",
             lanes: cfg.procs.processes + remote_lanes,
             slots: cfg.actors.queue_size,
-            layout: rules::slot_layout(&cfg, obs),
+            layout: rules::slot_layout(&cfg, obs, net.action_dims(num_actions)),
             numel: trainer.rule.model().numel(),
             frames: counters.frames,
             final_epsilons: final_epsilons(&cfg),

@@ -303,9 +303,11 @@ impl Host {
         let id = cfg.env_id()?;
         let probe = crate::env::make(&id, &cfg.env_settings(cfg.run.seed))
             .with_context(|| format!("starting {} on this host", id.name()))?;
-        let (num_actions, obs) = (probe.num_actions(), probe.obs_spec());
+        let (num_actions, obs, actions) =
+            (probe.num_actions(), probe.obs_spec(), probe.action_spec());
         drop(probe);
-        let layout: SlotLayout = crate::rules::slot_layout(&cfg, obs);
+        let net = crate::rules::net_spec(&cfg, obs, &actions)?;
+        let layout: SlotLayout = crate::rules::slot_layout(&cfg, obs, net.action_dims(num_actions));
         let slot_bytes = layout.slot_bytes().context("slot size")?;
         if num_actions != w.num_actions as usize || slot_bytes != w.slot_bytes as usize {
             bail!(

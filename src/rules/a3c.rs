@@ -46,7 +46,7 @@ pub struct Learner {
 
 impl Learner {
     pub fn new(core: LearnerCore, cfg: &Config) -> Self {
-        let layout = super::slot_layout(cfg, core.obs);
+        let layout = super::slot_layout(cfg, core.obs, core.action_dims);
         Learner {
             core,
             held: HeldBatch::new(cfg.learner.batch_size, layout),
@@ -74,7 +74,7 @@ impl LearnerRule for Learner {
         let n = b.len();
         let c = &self.core;
         let obs = c.obs_tensor(&b.obs, n);
-        let actions = c.upload_slice(&b.actions[..n]);
+        let actions = actor_critic::Actions::of(c, b, n);
         let returns = c.upload_slice(&b.returns[..n]);
         let (logits, values) = c
             .model
@@ -144,13 +144,24 @@ mod tests {
         // Outputs of 2 actions: logits, then V(s). The logits must not matter.
         let row = |v: f32| [9.0f32, -9.0, v];
         for (t, r) in [(0u8, 1.0f32), (1, 0.0), (2, 2.0)] {
-            seg.begin(&[t], u32::from(t % 2), Some(&row(100.0)), &mut out)
-                .unwrap();
+            seg.begin(
+                &[t],
+                crate::policy::Action::Discrete(u32::from(t % 2)),
+                Some(&row(100.0)),
+                &mut out,
+            )
+            .unwrap();
             seg.end(r, StepEnd::Continue, &[t + 1], &mut never, &mut out)
                 .unwrap();
         }
         // V(s_3) = 8: R2 = 2 + 0.5*8 = 6, R1 = 0 + 0.5*6 = 3, R0 = 1 + 0.5*3 = 2.5.
-        seg.begin(&[3], 1, Some(&row(8.0)), &mut out).unwrap();
+        seg.begin(
+            &[3],
+            crate::policy::Action::Discrete(1),
+            Some(&row(8.0)),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out.0, vec![(0, 0, 2.5), (1, 1, 3.0), (2, 0, 6.0)]);
         // A terminal: no bootstrap. R3 = -1.
         seg.end(-1.0, StepEnd::Terminal, &[4], &mut never, &mut out)
@@ -161,7 +172,13 @@ mod tests {
             assert_eq!(o, &[6]);
             (vec![0.0, 0.0, 4.0], 0)
         };
-        seg.begin(&[5], 0, Some(&row(0.0)), &mut out).unwrap();
+        seg.begin(
+            &[5],
+            crate::policy::Action::Discrete(0),
+            Some(&row(0.0)),
+            &mut out,
+        )
+        .unwrap();
         seg.end(1.0, StepEnd::Truncated, &[6], &mut values, &mut out)
             .unwrap();
         assert_eq!(out.0[4], (5, 0, 3.0));

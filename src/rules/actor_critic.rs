@@ -14,10 +14,65 @@
 //! A3C takes R_i = the actor's n-step return and A_i = R_i - V(s_i); IMPALA takes R_i = the
 //! V-trace target v_i and A_i = its policy-gradient advantage. The means run over the steps
 //! that `mask` marks (IMPALA's segments are padded to `--unroll`).
+//!
+//! pi is a softmax over logits for discrete actions, or a diagonal Gaussian for continuous
+//! ones (policy outputs `[mean (d), log_std (d)]`, see [`crate::model::HeadKind::Gaussian`]):
+//! log pi(a|s) = sum_i [ -(a_i - mean_i)^2 / (2 std_i^2) - log std_i - ln(2 pi) / 2 ] and
+//! H = sum_i [ log std_i + (1 + ln(2 pi)) / 2 ] (in nats).
 
 use tch::{Kind, Tensor};
 
 use super::RuleMetrics;
+use crate::shm::Batch;
+
+/// The actions a batch's steps took, on the learner's device.
+pub enum Actions {
+    /// Indices `[n]` i64.
+    Discrete(Tensor),
+    /// Continuous actions `[n, d]` f32 (as sampled, before the environment's clipping).
+    Continuous(Tensor),
+}
+
+impl Actions {
+    /// The first `n` steps' actions of `batch` (`n` rows of transitions, or `n` segment steps
+    /// counting the padding), on `core`'s device.
+    pub fn of(core: &super::LearnerCore, batch: &Batch, n: usize) -> Actions {
+        let d = batch.layout().action_dims;
+        if d > 0 {
+            let values = core.upload_slice(&batch.action_values[..n * d]);
+            Actions::Continuous(values.view([n as i64, d as i64]))
+        } else {
+            Actions::Discrete(core.upload_slice(&batch.actions[..n]))
+        }
+    }
+}
+
+/// log pi(a_i | s_i) `[n]` of `actions` under the policy whose outputs are `policy` (logits
+/// `[n, A]`, or `[n, 2d]` means and log standard deviations), and each step's entropy `[n]`
+/// in nats.
+pub fn log_prob_entropy(policy: &Tensor, actions: &Actions) -> (Tensor, Tensor) {
+    match actions {
+        Actions::Discrete(a) => {
+            let log_pi = log_policy(policy);
+            let log_pi_a = log_pi.gather(1, &a.unsqueeze(1), false).squeeze_dim(1);
+            (log_pi_a, entropy(&log_pi))
+        }
+        Actions::Continuous(a) => {
+            let d = a.size()[1];
+            let mean = policy.narrow(1, 0, d);
+            let log_std = policy.narrow(1, d, d);
+            let half_ln_2pi = 0.5 * (2.0 * std::f64::consts::PI).ln();
+            let z = (a - &mean) * (-&log_std).exp();
+            let log_pi_a = (z.square() * -0.5 - &log_std - half_ln_2pi).sum_dim_intlist(
+                -1,
+                false,
+                Kind::Float,
+            );
+            let entropy = (&log_std + (0.5 + half_ln_2pi)).sum_dim_intlist(-1, false, Kind::Float);
+            (log_pi_a, entropy)
+        }
+    }
+}
 
 /// The loss of one update and its parts (0-dim f32 tensors; `total` is differentiable).
 pub struct Loss {
@@ -40,13 +95,14 @@ pub fn entropy(log_pi: &Tensor) -> Tensor {
     -(log_pi.exp() * log_pi).sum_dim_intlist(-1, false, Kind::Float)
 }
 
-/// What the loss is computed from, for `n` steps: `logits` `[n, A]` and `values` `[n]` from the
-/// network, `actions` `[n]` i64, `targets` R_i and `advantages` A_i `[n]`, `mask` `[n]` f32 (1
-/// for a real step, 0 for padding; `None`: every step counts).
+/// What the loss is computed from, for `n` steps: the policy outputs `logits` (`[n, A]`, or
+/// `[n, 2d]` for a Gaussian policy) and `values` `[n]` from the network, `actions`, `targets`
+/// R_i and `advantages` A_i `[n]`, `mask` `[n]` f32 (1 for a real step, 0 for padding; `None`:
+/// every step counts).
 pub struct Steps<'a> {
     pub logits: &'a Tensor,
     pub values: &'a Tensor,
-    pub actions: &'a Tensor,
+    pub actions: &'a Actions,
     pub targets: &'a Tensor,
     pub advantages: &'a Tensor,
     pub mask: Option<&'a Tensor>,
@@ -63,17 +119,14 @@ pub fn loss(steps: &Steps, value_coef: f64, entropy_coef: f64) -> Loss {
         advantages,
         mask,
     } = *steps;
-    let log_pi = log_policy(logits);
-    let log_pi_a = log_pi
-        .gather(1, &actions.unsqueeze(1), false)
-        .squeeze_dim(1);
+    let (log_pi_a, entropies) = log_prob_entropy(logits, actions);
     let mean = |x: Tensor| match mask {
         Some(m) => (x * m).sum(Kind::Float) / m.sum(Kind::Float).clamp_min(1.0),
         None => x.mean(Kind::Float),
     };
     let policy = mean(-(log_pi_a * advantages.detach()));
     let value = mean((targets.detach() - values).square());
-    let entropy = mean(entropy(&log_pi));
+    let entropy = mean(entropies);
     let value_mean = mean(values.detach());
     let total = &policy + &value * value_coef - &entropy * entropy_coef;
     Loss {
@@ -158,7 +211,7 @@ mod tests {
             .view([3, 2])
             .set_requires_grad(true);
         let values = t(&[1.0, 2.0, 7.0]).set_requires_grad(true);
-        let actions = Tensor::from_slice(&[1i64, 0, 1]);
+        let actions = Actions::Discrete(Tensor::from_slice(&[1i64, 0, 1]));
         let targets = t(&[3.0, 1.0, -50.0]);
         let advantages = &targets - values.detach();
         let mask = t(&[1.0, 1.0, 0.0]);

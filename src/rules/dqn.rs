@@ -109,6 +109,7 @@ impl NStepWindow {
         sink.push(&Transition {
             obs: &self.obs[i],
             action: self.actions[i],
+            action_values: &[],
             ret,
             discount: if terminal { 0.0 } else { discount },
             next_obs: Some(next_obs),
@@ -127,14 +128,15 @@ impl Adder for NStepWindow {
     fn begin(
         &mut self,
         obs: &[u8],
-        action: u32,
+        action: crate::policy::Action<'_>,
         _q: Option<&[f32]>,
         _sink: &mut dyn ExperienceSink,
     ) -> Result<(), PushError> {
         debug_assert!(self.len < self.n, "end() empties a full window");
         let i = (self.start + self.len) % self.n;
         self.obs[i].copy_from_slice(obs);
-        self.actions[i] = action;
+        // dqn's network has Q-values of discrete actions (a Box space is refused: net_spec).
+        self.actions[i] = action.index();
         self.len += 1;
         Ok(())
     }

@@ -30,7 +30,8 @@ fn the_n_step_window_worked_by_hand() {
     let mut out = Collect::default();
     let step = |w: &mut NStepWindow, t: u8, r: f32, end: StepEnd, out: &mut Collect| {
         assert!(!w.needs_values());
-        w.begin(&[t], t as u32, None, out).unwrap();
+        w.begin(&[t], crate::policy::Action::Discrete(t as u32), None, out)
+            .unwrap();
         w.end(r, end, &[t + 1], &mut no_values, out).unwrap();
     };
     step(&mut w, 0, 1.0, StepEnd::Continue, &mut out);

@@ -15,6 +15,7 @@
 //! a terminal state has discount 0 on its last step (nothing is bootstrapped past it); one cut
 //! by `--unroll` or a truncation bootstraps from V(s_len).
 
+use crate::policy::Action;
 use tch::{Device, Kind, Tensor};
 
 use super::actor_critic::{self, Sums};
@@ -44,11 +45,9 @@ fn segments_layout(cfg: &Config, obs: ObsSpec) -> SlotLayout {
     SlotLayout::segments(obs.bytes(), cfg.rule.vtrace.unroll, super::frame_bytes(obs))
 }
 
-/// log softmax(logits)[a], computed stably.
+/// log softmax(logits)[a], computed stably (see [`crate::policy::log_prob`]).
 pub fn log_prob(logits: &[f32], a: usize) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
-    logits[a] - max - sum.ln()
+    crate::policy::log_prob(logits, Action::Discrete(a as u32))
 }
 
 /// The actor half: one environment's segment in the making.
@@ -59,6 +58,8 @@ pub struct Unroll {
     /// `stack + len` frames once a step has begun (empty between segments).
     frames: Vec<u8>,
     actions: Vec<u32>,
+    /// Continuous actions, each step's values in turn (empty for discrete actions).
+    action_values: Vec<f32>,
     rewards: Vec<f32>,
     logp: Vec<f32>,
 }
@@ -74,6 +75,7 @@ impl Unroll {
             frame_bytes: shape.frame_bytes,
             frames: Vec::with_capacity((stack + shape.unroll) * shape.frame_bytes),
             actions: Vec::with_capacity(shape.unroll),
+            action_values: Vec::with_capacity(shape.unroll * layout.action_dims),
             rewards: Vec::with_capacity(shape.unroll),
             logp: Vec::with_capacity(shape.unroll),
         }
@@ -83,12 +85,14 @@ impl Unroll {
         let result = sink.push_segment(&Segment {
             frames: &self.frames,
             actions: &self.actions,
+            action_values: &self.action_values,
             rewards: &self.rewards,
             behaviour_logp: &self.logp,
             terminal,
         });
         self.frames.clear();
         self.actions.clear();
+        self.action_values.clear();
         self.rewards.clear();
         self.logp.clear();
         result
@@ -103,7 +107,7 @@ impl Adder for Unroll {
     fn begin(
         &mut self,
         obs: &[u8],
-        action: u32,
+        action: Action<'_>,
         q: Option<&[f32]>,
         _sink: &mut dyn ExperienceSink,
     ) -> Result<(), PushError> {
@@ -112,10 +116,11 @@ impl Adder for Unroll {
             self.frames.clear();
             self.frames.extend_from_slice(obs);
         }
-        // The outputs are the logits, then V(s).
+        // The outputs are the policy's (logits, or means and log stds), then V(s).
         self.logp
-            .push(log_prob(&out[..out.len() - 1], action as usize));
-        self.actions.push(action);
+            .push(crate::policy::log_prob(&out[..out.len() - 1], action));
+        self.actions.push(action.index());
+        self.action_values.extend_from_slice(action.values());
         Ok(())
     }
 
@@ -161,7 +166,7 @@ pub struct Learner {
 
 impl Learner {
     pub fn new(core: LearnerCore, cfg: &Config) -> Self {
-        let layout = super::slot_layout(cfg, core.obs);
+        let layout = super::slot_layout(cfg, core.obs, core.action_dims);
         let (rho, c) = (
             cfg.rule.vtrace.vtrace_rho as f32,
             cfg.rule.vtrace.vtrace_c as f32,
@@ -246,10 +251,9 @@ impl LearnerRule for Learner {
             .narrow(1, 0, t_max as i64)
             .reshape([(n * t_max) as i64, a]);
         let values = values.view([n as i64, t1 as i64]);
-        let actions = self.core.upload_slice(&self.held.actions[..n * t_max]);
-        let target_logp = actor_critic::log_policy(&logits)
-            .gather(1, &actions.unsqueeze(1), false)
-            .squeeze_dim(1)
+        let actions = actor_critic::Actions::of(&self.core, &self.held, n * t_max);
+        let target_logp = actor_critic::log_prob_entropy(&logits, &actions)
+            .0
             .detach()
             .to_device(Device::Cpu);
         let target_logp: Vec<f32> = Vec::try_from(&target_logp).expect("f32 log-probabilities");

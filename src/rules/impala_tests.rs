@@ -46,7 +46,12 @@ fn segments_store_each_frame_once_and_cut_at_unroll_and_terminals() {
     let row = [0.0f32, 3f32.ln(), 5.0];
     for t in 0..3u8 {
         unroll
-            .begin(&[t, t + 1], u32::from(t % 2), Some(&row), &mut out)
+            .begin(
+                &[t, t + 1],
+                crate::policy::Action::Discrete(u32::from(t % 2)),
+                Some(&row),
+                &mut out,
+            )
             .unwrap();
         assert!(out.0.is_empty());
         unroll
@@ -71,7 +76,14 @@ fn segments_store_each_frame_once_and_cut_at_unroll_and_terminals() {
     assert!(!terminal);
     // The next segment starts from the state the first bootstraps from; a terminal step ends
     // it early (the refilled stack after it is stored but never bootstrapped).
-    unroll.begin(&[3, 4], 1, Some(&row), &mut out).unwrap();
+    unroll
+        .begin(
+            &[3, 4],
+            crate::policy::Action::Discrete(1),
+            Some(&row),
+            &mut out,
+        )
+        .unwrap();
     unroll
         .end(-1.0, StepEnd::Terminal, &[9, 9], &mut never, &mut out)
         .unwrap();
@@ -82,7 +94,14 @@ fn segments_store_each_frame_once_and_cut_at_unroll_and_terminals() {
     );
     assert!((logp[0] - a1).abs() < 1e-6);
     // A truncation ends a segment that bootstraps.
-    unroll.begin(&[9, 9], 0, Some(&row), &mut out).unwrap();
+    unroll
+        .begin(
+            &[9, 9],
+            crate::policy::Action::Discrete(0),
+            Some(&row),
+            &mut out,
+        )
+        .unwrap();
     unroll
         .end(0.5, StepEnd::Truncated, &[9, 10], &mut never, &mut out)
         .unwrap();
@@ -103,6 +122,7 @@ fn the_segment_slot_round_trips_through_the_queue() {
     let long = Segment {
         frames: &[0, 1, 2, 3, 4],
         actions: &[2, 1, 0],
+        action_values: &[],
         rewards: &[1.0, -1.0, 0.5],
         behaviour_logp: &[-0.1, -0.2, -0.3],
         terminal: false,
@@ -110,6 +130,7 @@ fn the_segment_slot_round_trips_through_the_queue() {
     let short = Segment {
         frames: &[7, 8, 9],
         actions: &[3],
+        action_values: &[],
         rewards: &[2.0],
         behaviour_logp: &[-1.5],
         terminal: true,
@@ -159,7 +180,7 @@ fn impala_config(unroll: usize, batch: usize, network: Network) -> Config {
 }
 
 fn learner(cfg: &Config, obs: ObsSpec, actions: usize) -> Learner {
-    let net = crate::rules::net_spec(cfg, obs).unwrap();
+    let net = crate::rules::net_spec(cfg, obs, &crate::env::ActionSpec::Discrete(actions)).unwrap();
     assert_eq!(net.head, HeadKind::ActorCritic);
     Learner::new(LearnerCore::new(cfg, net, obs, actions, Device::Cpu), cfg)
 }
@@ -177,12 +198,13 @@ fn the_learner_rebuilds_every_stacked_atari_observation_from_the_frames() {
             .collect()
     };
     let frames: Vec<u8> = (0..7u8).flat_map(frame).collect();
-    let mut batch = Batch::new(2, super::super::slot_layout(&cfg, obs));
+    let mut batch = Batch::new(2, super::super::slot_layout(&cfg, obs, 0));
     for (len, terminal) in [(3, false), (2, true)] {
         batch
             .push_segment(&Segment {
                 frames: &frames[..(4 + len) * fb],
                 actions: &[0, 1, 2][..len],
+                action_values: &[],
                 rewards: &[0.0; 3][..len],
                 behaviour_logp: &[0.0; 3][..len],
                 terminal,
@@ -211,7 +233,7 @@ fn on_policy_segments_have_importance_weights_of_one_and_an_update_learns() {
     let mut cfg = impala_config(5, 3, Network::Mlp);
     cfg.optim.lr = 1e-2;
     let mut l = learner(&cfg, obs, 2);
-    let layout = super::super::slot_layout(&cfg, obs);
+    let layout = super::super::slot_layout(&cfg, obs, 0);
     let mut batch = Batch::new(3, layout);
     let vecs: Vec<f32> = (0..6 * 4).map(|k| (k as f32 * 0.37).sin()).collect();
     let bytes: Vec<u8> = vecs.iter().flat_map(|v| v.to_ne_bytes()).collect();
@@ -230,6 +252,7 @@ fn on_policy_segments_have_importance_weights_of_one_and_an_update_learns() {
             .push_segment(&Segment {
                 frames: &bytes[..(1 + len) * 16],
                 actions: &actions[..len],
+                action_values: &[],
                 rewards: &[1.0; 5][..len],
                 behaviour_logp: &logp[..len],
                 terminal,

@@ -19,6 +19,8 @@
 
 pub mod a3c;
 pub mod actor_critic;
+#[cfg(test)]
+mod continuous_tests;
 pub mod dqn;
 pub mod impala;
 pub mod nstep_q;
@@ -38,7 +40,7 @@ use std::path::Path;
 use tch::{Device, Tensor};
 
 use crate::config::Config;
-use crate::env::ObsSpec;
+use crate::env::{ActionSpec, ObsSpec};
 use crate::model::{AgentNetwork, HeadKind, LoadError, NetSpec, NetworkMismatch};
 use crate::optim::StateError;
 use crate::shm::{Batch, PushError, Segment, SlotLayout, Transition};
@@ -119,15 +121,16 @@ pub trait Adder {
     /// observation even when the action is random (n-step Q: a full segment bootstraps there).
     fn needs_values(&self) -> bool;
 
-    /// The agent is about to take `action` from `obs` (`obs_bytes` long); `q` holds the
+    /// The agent is about to take `action` (an index, or a continuous vector for the
+    /// actor-critic rules on a Box action space) from `obs` (`obs_bytes` long); `q` holds the
     /// snapshot's outputs for `obs` when they were computed (always when
     /// [`Adder::needs_values`] said so, and always for an actor-critic network): a row of
-    /// [`AgentNetwork::act_outputs`], the Q-values `[num_actions]`, or the policy's logits
-    /// followed by V(s) `[num_actions + 1]`. May push transitions.
+    /// [`AgentNetwork::act_outputs`], the Q-values `[num_actions]`, or the policy's outputs
+    /// (logits, or means and log standard deviations) followed by V(s). May push transitions.
     fn begin(
         &mut self,
         obs: &[u8],
-        action: u32,
+        action: crate::policy::Action<'_>,
         q: Option<&[f32]>,
         sink: &mut dyn ExperienceSink,
     ) -> Result<(), PushError>;
@@ -160,26 +163,64 @@ pub fn frame_bytes(obs: ObsSpec) -> usize {
 }
 
 /// The queue's slot layout for `cfg`'s rule: rules that bootstrap on the learner carry the
-/// next observation; IMPALA's actors push segments of `--unroll` steps.
-pub fn slot_layout(cfg: &Config, obs: ObsSpec) -> SlotLayout {
-    (cfg.learner.algorithm.slot_layout)(cfg, obs)
+/// next observation; IMPALA's actors push segments of `--unroll` steps. `action_dims`: the
+/// dimensions of a continuous action (0 for discrete actions; see [`NetSpec::action_dims`]).
+pub fn slot_layout(cfg: &Config, obs: ObsSpec, action_dims: usize) -> SlotLayout {
+    (cfg.learner.algorithm.slot_layout)(cfg, obs).with_action_dims(action_dims)
 }
 
-/// The network `cfg`'s rule trains for observations `obs`: `--network` resolved (see
-/// [`crate::model::resolve_network`]) with the rule's head, Q-values (dueling with
-/// `--dueling`) or a policy and a value.
+/// Why a rule cannot train on an environment.
+#[derive(Debug, thiserror::Error)]
+pub enum NetSpecError {
+    /// `--network` does not fit the observations.
+    #[error(transparent)]
+    Network(#[from] NetworkMismatch),
+    /// A rule with Q-values given a continuous action space.
+    #[error(
+        "--algorithm {rule} learns Q-values of discrete actions, but this environment's actions \
+         are {actions}; train it with an actor-critic rule, whose Gaussian policy head takes \
+         continuous actions: --algorithm {supported}"
+    )]
+    ContinuousActions {
+        /// The rule.
+        rule: &'static str,
+        /// The environment's action space.
+        actions: String,
+        /// The rules that take continuous actions, e.g. `"a3c or impala"`.
+        supported: String,
+    },
+}
+
+/// The network `cfg`'s rule trains for observations `obs` and actions `actions`: `--network`
+/// resolved (see [`crate::model::resolve_network`]) with the rule's head, Q-values (dueling
+/// with `--dueling`) or a policy and a value (a Gaussian policy for a `Box` action space).
 ///
 /// # Errors
 ///
-/// [`NetworkMismatch`] when `--network` does not fit `obs`.
-pub fn net_spec(cfg: &Config, obs: ObsSpec) -> Result<NetSpec, NetworkMismatch> {
+/// [`NetSpecError`]: `--network` does not fit `obs`, or a Q rule given continuous actions.
+pub fn net_spec(cfg: &Config, obs: ObsSpec, actions: &ActionSpec) -> Result<NetSpec, NetSpecError> {
+    let rule = cfg.learner.algorithm;
+    let head = match (rule.head, actions.is_continuous()) {
+        (Head::ActorCritic, false) => HeadKind::ActorCritic,
+        (Head::ActorCritic, true) => HeadKind::Gaussian,
+        (Head::Q, true) => {
+            let supported: Vec<&str> = RULES
+                .iter()
+                .filter(|r| r.head == Head::ActorCritic)
+                .map(|r| r.name)
+                .collect();
+            return Err(NetSpecError::ContinuousActions {
+                rule: rule.name,
+                actions: actions.to_string(),
+                supported: supported.join(" or "),
+            });
+        }
+        (Head::Q, false) if cfg.rule.q.dueling => HeadKind::Dueling,
+        (Head::Q, false) => HeadKind::Q,
+    };
     Ok(NetSpec {
         arch: crate::model::resolve_network(cfg.net.network, obs)?,
-        head: match cfg.learner.algorithm.head {
-            Head::ActorCritic => HeadKind::ActorCritic,
-            Head::Q if cfg.rule.q.dueling => HeadKind::Dueling,
-            Head::Q => HeadKind::Q,
-        },
+        head,
     })
 }
 
@@ -386,6 +427,8 @@ pub fn learner(
 /// What every rule's learner has: the online network, its RMSProp and the loss settings.
 pub struct LearnerCore {
     pub model: AgentNetwork,
+    /// Dimensions of a continuous action (0: discrete), for the rule's slot layout.
+    pub action_dims: usize,
     pub optim: crate::optim::RmsProp,
     pub device: Device,
     pub obs: ObsSpec,
@@ -409,6 +452,7 @@ impl LearnerCore {
             cfg.optim.rmsprop_form,
         );
         LearnerCore {
+            action_dims: net.action_dims(num_actions),
             model,
             optim,
             device,
@@ -529,6 +573,7 @@ mod tests {
         Transition {
             obs,
             action: 1,
+            action_values: &[],
             ret: 0.5,
             discount: 0.0,
             next_obs: None,

@@ -9,6 +9,7 @@
 //! `R = r_i + gamma R` and pushes one transition per held step, with `discount = 0` (the return
 //! is complete). The snapshot plays the role of the target network.
 
+use crate::policy::Action;
 use tch::Kind;
 
 use super::{
@@ -58,6 +59,9 @@ pub struct Segment {
     bootstrap: Bootstrap,
     obs: Vec<Vec<u8>>,
     actions: Vec<u32>,
+    /// Continuous actions (a3c on a Box action space), each step's values in turn; empty
+    /// for discrete actions.
+    action_values: Vec<f32>,
     rewards: Vec<f32>,
     returns: Vec<f32>,
 }
@@ -73,6 +77,7 @@ impl Segment {
             bootstrap,
             obs: (0..n).map(|_| vec![0u8; obs_bytes]).collect(),
             actions: Vec::with_capacity(n),
+            action_values: Vec::new(),
             rewards: Vec::with_capacity(n),
             returns: vec![0.0; n],
         }
@@ -86,16 +91,19 @@ impl Segment {
     fn flush(&mut self, bootstrap: f32, sink: &mut dyn ExperienceSink) -> Result<(), PushError> {
         let n = self.len();
         n_step_returns(&self.rewards, bootstrap, self.gamma, &mut self.returns[..n]);
+        let d = self.action_values.len() / n.max(1);
         for i in 0..n {
             sink.push(&Transition {
                 obs: &self.obs[i],
                 action: self.actions[i],
+                action_values: &self.action_values[i * d..(i + 1) * d],
                 ret: self.returns[i],
                 discount: 0.0,
                 next_obs: None,
             })?;
         }
         self.actions.clear();
+        self.action_values.clear();
         self.rewards.clear();
         Ok(())
     }
@@ -109,19 +117,20 @@ impl Adder for Segment {
     fn begin(
         &mut self,
         obs: &[u8],
-        action: u32,
+        action: Action<'_>,
         q: Option<&[f32]>,
         sink: &mut dyn ExperienceSink,
     ) -> Result<(), PushError> {
         if self.len() == self.n {
             // A full segment bootstraps from this state: max_a Q(s, a), or Q(s, a) of the
-            // action just chosen for SARSA.
+            // action just chosen for SARSA (or V(s) for a3c).
             let q = q.expect("needs_values() asked for the Q-values of a full segment");
-            self.flush(self.bootstrap.value(q, action as usize), sink)?;
+            self.flush(self.bootstrap.value(q, action.index() as usize), sink)?;
         }
         let i = self.actions.len();
         self.obs[i].copy_from_slice(obs);
-        self.actions.push(action);
+        self.actions.push(action.index());
+        self.action_values.extend_from_slice(action.values());
         Ok(())
     }
 
@@ -156,7 +165,7 @@ pub struct Learner {
 
 impl Learner {
     pub fn new(core: LearnerCore, cfg: &Config) -> Self {
-        let layout = super::slot_layout(cfg, core.obs);
+        let layout = super::slot_layout(cfg, core.obs, core.action_dims);
         Learner {
             core,
             held: HeldBatch::new(cfg.learner.batch_size, layout),
@@ -232,13 +241,25 @@ mod tests {
         let mut never = |_: &[u8]| -> (Vec<f32>, usize) { panic!("no truncation here") };
         for (t, r) in [(0u8, 1.0f32), (1, 0.0)] {
             assert!(!seg.needs_values());
-            seg.begin(&[t], t as u32, None, &mut out).unwrap();
+            seg.begin(
+                &[t],
+                crate::policy::Action::Discrete(t as u32),
+                None,
+                &mut out,
+            )
+            .unwrap();
             seg.end(r, StepEnd::Continue, &[t + 1], &mut never, &mut out)
                 .unwrap();
         }
         assert!(seg.needs_values());
         // Q(s_2) = [4, 8]: max 8. R1 = 0 + 0.5*8 = 4, R0 = 1 + 0.5*4 = 3.
-        seg.begin(&[2], 0, Some(&[4.0, 8.0]), &mut out).unwrap();
+        seg.begin(
+            &[2],
+            crate::policy::Action::Discrete(0),
+            Some(&[4.0, 8.0]),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out.0, vec![(0, 0, 3.0, 0.0), (1, 1, 4.0, 0.0)]);
         seg.end(2.0, StepEnd::Terminal, &[3], &mut never, &mut out)
             .unwrap();
@@ -253,7 +274,8 @@ mod tests {
             assert_eq!(o, &[9]);
             (vec![10.0, 2.0], 1)
         };
-        seg.begin(&[0], 0, None, &mut out).unwrap();
+        seg.begin(&[0], crate::policy::Action::Discrete(0), None, &mut out)
+            .unwrap();
         seg.end(1.0, StepEnd::Truncated, &[9], &mut values, &mut out)
             .unwrap();
         // SARSA takes Q(s', a') = 2: R = 1 + 0.5*2 = 2.

@@ -14,8 +14,10 @@ use super::queue::SlotLayout;
 pub struct Transition<'a> {
     /// Observation bytes (`obs_bytes` long).
     pub obs: &'a [u8],
-    /// Action index.
+    /// Action index (0 with continuous actions).
     pub action: u32,
+    /// The continuous action, `action_dims` values (empty for discrete actions).
+    pub action_values: &'a [f32],
     /// n-step return, or the discounted reward sum before the bootstrap.
     pub ret: f32,
     /// Weight of the learner's bootstrap value: `gamma^k`, or 0 (terminal, or none).
@@ -33,7 +35,10 @@ pub struct Transition<'a> {
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Segment<'a> {
     pub frames: &'a [u8],
+    /// Action indices, one per step (0 with continuous actions).
     pub actions: &'a [u32],
+    /// Continuous actions, `len * action_dims` values (empty for discrete actions).
+    pub action_values: &'a [f32],
     pub rewards: &'a [f32],
     pub behaviour_logp: &'a [f32],
     pub terminal: bool,
@@ -62,6 +67,14 @@ pub enum SegmentMismatch {
         rewards: usize,
         /// Log-probabilities in the segment.
         logps: usize,
+    },
+    /// Continuous action values that are not `action_dims` per step.
+    #[error("{found} continuous action values; the layout needs {expected}")]
+    ActionValues {
+        /// Values in the segment.
+        found: usize,
+        /// `len * action_dims`.
+        expected: usize,
     },
     /// Frame bytes that are not the frame stack plus one frame per step.
     #[error("{found} frame bytes for {len} steps; the layout needs {expected}")]
@@ -96,6 +109,9 @@ pub enum BatchPushError {
         /// Whether the layout carries next observations.
         needed: bool,
     },
+    /// A continuous action of another length than the layout's `action_dims`.
+    #[error("continuous actions must have {0} values")]
+    ActionValues(usize),
     /// A segment that does not fit the layout.
     #[error(transparent)]
     Segment(#[from] SegmentMismatch),
@@ -117,6 +133,12 @@ impl Segment<'_> {
             return Err(SegmentMismatch::Length {
                 len,
                 unroll: shape.unroll,
+            });
+        }
+        if self.action_values.len() != len * layout.action_dims {
+            return Err(SegmentMismatch::ActionValues {
+                found: self.action_values.len(),
+                expected: len * layout.action_dims,
             });
         }
         if self.rewards.len() != len || self.behaviour_logp.len() != len {
@@ -173,6 +195,9 @@ pub struct Batch {
     pub discounts: Vec<f32>,
     /// Next observations, `capacity * obs_bytes` bytes when the layout has them, else empty.
     pub next_obs: Vec<u8>,
+    /// Continuous actions, `[capacity, steps, action_dims]` f32 (segments: zero past the
+    /// segment's length); empty for discrete actions.
+    pub action_values: Vec<f32>,
     len: usize,
     capacity: usize,
     layout: SlotLayout,
@@ -200,6 +225,7 @@ impl Batch {
             } else {
                 Vec::new()
             },
+            action_values: vec![0.0; capacity * layout.action_values()],
             len: 0,
             capacity,
             layout,
@@ -318,12 +344,17 @@ impl Batch {
                 needed: self.layout.next_obs,
             });
         }
+        let n = self.layout.action_values();
+        if t.action_values.len() != n {
+            return Err(BatchPushError::ActionValues(n));
+        }
         let (obs, next, i) = self.next_row();
         obs.copy_from_slice(t.obs);
         if let Some(src) = t.next_obs {
             next.copy_from_slice(src);
         }
         self.actions[i] = i64::from(t.action);
+        self.action_values[i * n..(i + 1) * n].copy_from_slice(t.action_values);
         self.returns[i] = t.ret;
         self.discounts[i] = t.discount;
         self.versions[i] = 0;
@@ -354,6 +385,10 @@ impl Batch {
             self.rewards[i * t + k] = s.rewards.get(k).copied().unwrap_or(0.0);
             self.behaviour_logp[i * t + k] = s.behaviour_logp.get(k).copied().unwrap_or(0.0);
         }
+        let d = self.layout.action_dims;
+        let row = &mut self.action_values[i * t * d..(i + 1) * t * d];
+        row.fill(0.0);
+        row[..s.action_values.len()].copy_from_slice(s.action_values);
         self.lens[i] = len as u32;
         self.terminal[i] = s.terminal;
         self.versions[i] = 0;

@@ -127,6 +127,8 @@ impl ExperienceQueue {
                 .store(layout.obs_bytes as u64, Ordering::Relaxed);
             cfg.next_obs
                 .store(u64::from(layout.next_obs), Ordering::Relaxed);
+            cfg.action_dims
+                .store(layout.action_dims as u64, Ordering::Relaxed);
             let shape = layout.segment.unwrap_or(SegmentShape {
                 unroll: 0,
                 frame_bytes: 0,
@@ -165,6 +167,7 @@ impl ExperienceQueue {
                     unroll,
                     frame_bytes: as_usize(&cfg.frame_bytes, "frame bytes")?,
                 }),
+                action_dims: as_usize(&cfg.action_dims, "action dimensions")?,
             };
             let geo = geometry(lanes, capacity, layout)?;
             let recorded = cfg.slot_bytes.load(Ordering::Relaxed);
@@ -307,6 +310,13 @@ impl ExperienceQueue {
                 })
             }
             _ => {}
+        }
+        if t.action_values.len() != self.layout.action_values() {
+            return Err(PushError::Shape(format!(
+                "a continuous action of {} values; this queue's actions have {}",
+                t.action_values.len(),
+                self.layout.action_values()
+            )));
         }
         // SAFETY (of the closure's write): `commit` hands it a free slot of this queue,
         // exclusively ours; `t` fits the layout (checked above).

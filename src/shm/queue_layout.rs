@@ -15,8 +15,8 @@ pub(super) const QUEUE_MAGIC: u64 = u64::from_le_bytes(*b"ARLQUEUE");
 /// Version of the segment layout (header, lane control and [`SlotLayout`]).
 /// Bump whenever any of them changes so stale actors fail loudly on `open`.
 /// Version 3 added `discount` and the optional `next_obs` to the slot; version 4 the snapshot
-/// `version` and segment slots.
-pub const QUEUE_LAYOUT_VERSION: u32 = 4;
+/// `version` and segment slots; version 5 the continuous actions (`action_dims`).
+pub const QUEUE_LAYOUT_VERSION: u32 = 5;
 
 /// Read-mostly part of the header: written once by the creator (magic last).
 #[repr(C, align(128))]
@@ -34,6 +34,8 @@ pub(super) struct ConfigLine {
     pub(super) unroll: AtomicU64,
     /// Bytes per frame of a segment slot, 0 for transition slots.
     pub(super) frame_bytes: AtomicU64,
+    /// Dimensions of a continuous action ([`SlotLayout::action_dims`]), 0 for discrete.
+    pub(super) action_dims: AtomicU64,
 }
 
 #[repr(C, align(128))]

@@ -23,6 +23,7 @@ fn push(q: &ExperienceQueue, lane: u32, seq: u32) {
     let t = Transition {
         obs: &o,
         action: lane * 1000 + seq,
+        action_values: &[],
         ret: seq as f32 + 0.25,
         ..Default::default()
     };
@@ -122,6 +123,7 @@ fn close_wakes_blocked_producer() {
             &Transition {
                 obs: &o,
                 action: 0,
+                action_values: &[],
                 ret: 0.0,
                 ..Default::default()
             },
@@ -149,6 +151,7 @@ fn close_wakes_blocked_producer() {
             &Transition {
                 obs: &[0; 8],
                 action: 0,
+                action_values: &[],
                 ret: 0.0,
                 ..Default::default()
             }
@@ -248,6 +251,7 @@ fn bad_input_errors() {
     let bad = Transition {
         obs: &[0; 7],
         action: 0,
+        action_values: &[],
         ret: 0.0,
         ..Default::default()
     };
@@ -261,6 +265,7 @@ fn bad_input_errors() {
     let ok = Transition {
         obs: &[0; 8],
         action: 0,
+        action_values: &[],
         ret: 0.0,
         ..Default::default()
     };
@@ -311,6 +316,7 @@ fn opener_shares_state_and_owner_drop_closes_and_unlinks() {
             &Transition {
                 obs: &[0; 8],
                 action: 0,
+                action_values: &[],
                 ret: 0.0,
                 ..Default::default()
             }
@@ -327,6 +333,7 @@ fn next_observations_and_discounts_round_trip() {
     let t = Transition {
         obs: &[1, 2, 3],
         action: 2,
+        action_values: &[],
         ret: 1.5,
         discount: 0.25,
         next_obs: Some(&[7, 8, 9]),
@@ -377,6 +384,7 @@ fn batch_push_fills_rows_and_refuses_what_does_not_fit() {
     let t = Transition {
         obs: &[1, 2],
         action: 3,
+        action_values: &[],
         ret: 0.5,
         discount: 0.9,
         next_obs: Some(&[4, 5]),

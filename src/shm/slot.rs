@@ -90,6 +90,14 @@ pub enum BadSlot {
         /// The step, from 0.
         step: usize,
     },
+    /// A continuous action value that is not finite.
+    #[error("continuous action value {value} (value {index} of the slot)")]
+    ActionValue {
+        /// The value.
+        value: f32,
+        /// Its index among the slot's action values.
+        index: usize,
+    },
 }
 
 /// A queue whose slots hold segments of consecutive agent steps (IMPALA's unrolls) instead of
@@ -131,6 +139,11 @@ pub struct SegmentShape {
 /// the replay rule (`dqn`) pushes the discounted reward sum, `gamma^k` and the observation k
 /// steps later, which the learner values with its target network.
 ///
+/// With continuous actions (`action_dims` = d > 0, a Gymnasium `Box` action space), every
+/// slot also ends in the actions as f32: `action_values: [f32; steps * d]` at
+/// [`SlotLayout::action_values_offset`] (one action of d values for a transition, T for a
+/// segment), and the u32 action fields are 0.
+///
 /// Adding a field means: give it an offset here, extend `write`/`read` and
 /// [`Batch`](super::Batch), and bump
 /// [`QUEUE_LAYOUT_VERSION`](super::queue::QUEUE_LAYOUT_VERSION).
@@ -142,6 +155,8 @@ pub struct SlotLayout {
     pub next_obs: bool,
     /// Segments of agent steps instead of single transitions (then `next_obs` is false).
     pub segment: Option<SegmentShape>,
+    /// Dimensions of a continuous action (0: discrete actions, the u32 fields).
+    pub action_dims: usize,
 }
 
 impl SlotLayout {
@@ -162,6 +177,7 @@ impl SlotLayout {
         obs_bytes: 4 * 84 * 84,
         next_obs: false,
         segment: None,
+        action_dims: 0,
     };
 
     /// A layout of `obs_bytes` observations without a next observation.
@@ -170,6 +186,7 @@ impl SlotLayout {
             obs_bytes,
             next_obs: false,
             segment: None,
+            action_dims: 0,
         }
     }
 
@@ -180,6 +197,7 @@ impl SlotLayout {
             obs_bytes,
             next_obs,
             segment: None,
+            action_dims: 0,
         }
     }
 
@@ -193,7 +211,31 @@ impl SlotLayout {
                 unroll,
                 frame_bytes,
             }),
+            action_dims: 0,
         }
+    }
+
+    /// This layout with continuous actions of `dims` dimensions (0: discrete).
+    pub const fn with_action_dims(self, dims: usize) -> Self {
+        SlotLayout {
+            action_dims: dims,
+            ..self
+        }
+    }
+
+    /// f32 action values per slot: `steps() * action_dims` (0 for discrete actions).
+    pub fn action_values(&self) -> usize {
+        self.steps() * self.action_dims
+    }
+
+    /// Byte offset of the continuous actions `[f32; steps * action_dims]`, after the
+    /// observations (meaningful when `action_dims > 0`). `None` on overflow.
+    pub fn action_values_offset(&self) -> Option<usize> {
+        let arrays = self.segment.map_or(Some(0), |s| s.unroll.checked_mul(12))?;
+        Self::OBS_OFFSET
+            .checked_add(arrays)?
+            .checked_add(self.obs_region_bytes()?)?
+            .checked_next_multiple_of(4)
     }
 
     /// Frames per stacked observation (1 without segments).
@@ -248,10 +290,9 @@ impl SlotLayout {
 
     /// Size in bytes of one padded slot, or `None` on arithmetic overflow.
     pub fn slot_bytes(&self) -> Option<usize> {
-        let arrays = self.segment.map_or(Some(0), |s| s.unroll.checked_mul(12))?;
-        Self::OBS_OFFSET
-            .checked_add(arrays)?
-            .checked_add(self.obs_region_bytes()?)?
+        let values = self.steps().checked_mul(self.action_dims)?.checked_mul(4)?;
+        self.action_values_offset()?
+            .checked_add(values)?
             .checked_next_multiple_of(Self::ALIGN)
     }
 
@@ -274,7 +315,23 @@ impl SlotLayout {
         }
         let u32_at = |at: usize| u32::from_le_bytes(slot[at..at + 4].try_into().unwrap());
         let f32_at = |at: usize| f32::from_le_bytes(slot[at..at + 4].try_into().unwrap());
-        let action_ok = |a: u32| (a as usize) < num_actions;
+        // Continuous actions: the u32 fields are unused (0), the values must be finite.
+        let action_ok = |a: u32| {
+            if self.action_dims > 0 {
+                a == 0
+            } else {
+                (a as usize) < num_actions
+            }
+        };
+        if self.action_dims > 0 {
+            let at = self.action_values_offset().ok_or(BadSlot::SizeOverflows)?;
+            for i in 0..self.action_values() {
+                let v = f32_at(at + 4 * i);
+                if !v.is_finite() {
+                    return Err(BadSlot::ActionValue { value: v, index: i });
+                }
+            }
+        }
         match self.segment {
             None => {
                 let action = u32_at(Self::ACTION_OFFSET);
@@ -317,7 +374,8 @@ impl SlotLayout {
                         return Err(BadSlot::Reward { reward, step });
                     }
                     let logp = f32_at(arrays + 8 * unroll + 4 * step);
-                    if !logp.is_finite() || logp > 0.0 {
+                    // A density's log (continuous actions) may be positive; a probability's not.
+                    if !logp.is_finite() || (logp > 0.0 && self.action_dims == 0) {
                         return Err(BadSlot::LogProb { logp, step });
                     }
                 }
@@ -370,6 +428,23 @@ impl SlotLayout {
                     self.obs_bytes,
                 );
             }
+            self.write_action_values(slot, t.action_values);
+        }
+    }
+
+    /// Copies the continuous actions `values` (`action_values()` long, checked by the queue)
+    /// to their place in the slot at `slot`; nothing for discrete actions.
+    ///
+    /// # Safety
+    /// As for [`SlotLayout::write`].
+    unsafe fn write_action_values(&self, slot: *mut u8, values: &[f32]) {
+        let n = self.action_values().min(values.len());
+        if let (true, Some(at)) = (n > 0, self.action_values_offset()) {
+            // SAFETY: the values region lies inside the slot (slot_bytes counts it) and is
+            // 4-byte aligned (the offset is a multiple of 4 in an 8-byte aligned slot).
+            unsafe {
+                std::ptr::copy_nonoverlapping(values.as_ptr(), slot.add(at).cast::<f32>(), n);
+            }
         }
     }
 
@@ -405,6 +480,7 @@ impl SlotLayout {
                 arrays.add(12 * t),
                 seg.frames.len(),
             );
+            self.write_action_values(slot, seg.action_values);
         }
     }
 
@@ -470,6 +546,14 @@ impl SlotLayout {
                     let (obs, _, _) = batch.next_row();
                     std::ptr::copy_nonoverlapping(arrays.add(12 * t), obs.as_mut_ptr(), frames);
                 }
+            }
+            let n = self.action_values();
+            if let (true, Some(at)) = (n > 0, self.action_values_offset()) {
+                std::ptr::copy_nonoverlapping(
+                    slot.add(at).cast::<f32>(),
+                    batch.action_values[i * n..(i + 1) * n].as_mut_ptr(),
+                    n,
+                );
             }
         }
         batch.commit_row();
