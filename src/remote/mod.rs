@@ -33,6 +33,8 @@
 compile_error!("queue slots travel as little-endian bytes: remote hosts need a little-endian CPU");
 
 pub mod host;
+pub mod listener;
+pub mod log_limit;
 pub mod server;
 mod tls;
 pub mod wire;
