@@ -908,8 +908,8 @@ impl Drop for LocalSlurm {
 }
 
 /// deploy/slurm/async-rl.sbatch submitted for real to a one-node Slurm cluster on this machine
-/// (deploy/slurm/local-cluster): the learner and an actor host train CartPole and the job
-/// ends when the run does. Needs root and Slurm (`apt-get install -y slurm-wlm munge`, which
+/// (deploy/slurm/local-cluster): the learner and an actor host train CartPole over TLS (the
+/// job's self-signed certificate) and the job ends when the run does. Needs root and Slurm (`apt-get install -y slurm-wlm munge`, which
 /// scripts/test tries) and a machine where its daemons start; without them it says SKIPPED
 /// and why, and checks nothing.
 #[test]
@@ -982,6 +982,9 @@ fn the_sbatch_script_trains_on_a_one_node_slurm_cluster() {
     }
     let log = std::fs::read_to_string(&out).unwrap_or_default();
     eprintln!("Slurm job {job} took {:?}", t0.elapsed());
+    // Off loopback, with the job's self-signed certificate, pinned by the host.
+    assert!(log.contains("TLS: a self-signed certificate"), "{log}");
+    assert!(log.contains("remote lanes, token, TLS)"), "{log}");
     assert!(log.contains("joined with 1 actor processes"), "{log}");
     assert!(log.contains("reached --max-frames 40000"), "{log}");
     assert!(log.contains("the learner finished the run"), "{log}");
