@@ -345,6 +345,136 @@ fn tls_and_mutual_tls_admit_the_right_certificates_and_refuse_others() {
     assert_exit_ok(&mut good);
 }
 
+/// With TLS, --handshake-timeout bounds the handshake (a peer that opens TCP and says
+/// nothing) and what follows it (a peer that completes the handshake and then says nothing):
+/// both are closed at the deadline, each with a line saying why.
+#[test]
+fn with_tls_silent_connections_are_closed_at_the_handshake_deadline() {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    use tokio_rustls::rustls::{crypto::ring, ClientConfig, RootCertStore};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    certificates(dir, "server");
+    let (mut learner, addr) = Run::cartpole(dir)
+        .processes(0)
+        .frames(100_000_000)
+        .flag("--tls-cert", "server-cert.pem")
+        .flag("--tls-key", "server-key.pem")
+        .flag("--handshake-timeout", 1)
+        .listen("learner");
+    let t0 = Instant::now();
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    // A TLS client that completes the handshake and sends nothing more.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (closed_after, tls_open_for) = rt.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let mut roots = RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(dir.join("server-ca.pem")).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let config =
+            ClientConfig::builder_with_provider(std::sync::Arc::new(ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .expect("the TLS handshake");
+        let handshaken = Instant::now();
+        let mut buf = [0u8; 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(6), async {
+            loop {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a silent TLS connection still open after 6 s"
+        );
+        (t0.elapsed(), handshaken.elapsed())
+    });
+    eprintln!("a silent TLS connection was closed {closed_after:?} after it opened");
+    assert!(
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(4),
+        "{closed_after:?} (open {tls_open_for:?} after its handshake)"
+    );
+    assert!(closed_within(&mut silent, Duration::from_secs(3)));
+    learner.wait_for(
+        "no TLS handshake within 1s (--handshake-timeout)",
+        1,
+        Duration::from_secs(5),
+    );
+    learner.wait_for(
+        "no authenticated request within 1s (--handshake-timeout)",
+        1,
+        Duration::from_secs(5),
+    );
+    learner.kill_group();
+}
+
+/// The learner makes room in its open-files limit for --max-connections, and refuses to
+/// start, naming the flag, where the hard limit has no room.
+#[test]
+fn max_connections_beyond_the_open_files_limit_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let run = Run::cartpole(dir)
+        .processes(0)
+        .frames(100_000_000)
+        .flag("--listen", "127.0.0.1:0");
+    let under_limit = |max: u32| {
+        let learner = run.clone().flag("--max-connections", max).command();
+        let mut cmd = std::process::Command::new("sh");
+        // `ulimit -n`: soft and hard limits both.
+        cmd.arg("-c")
+            .arg("ulimit -n 700 && exec \"$0\" \"$@\"")
+            .arg(learner.get_program())
+            .args(learner.get_args())
+            .envs(learner.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .current_dir(dir);
+        cmd
+    };
+    let out = under_limit(1000).output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--max-connections 1000: this process may open only 700 files")
+            && err.contains("--max-connections 188"),
+        "{err}"
+    );
+    // 100 fits: it listens.
+    let mut ok = under_limit(100)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut reader = std::io::BufReader::new(ok.stdout.take().unwrap());
+    let t0 = Instant::now();
+    while !line.contains("listening for actor hosts") && t0.elapsed() < LIMIT {
+        line.clear();
+        if std::io::BufRead::read_line(&mut reader, &mut line).unwrap() == 0 {
+            break;
+        }
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(ok.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = ok.wait();
+    assert!(line.contains("listening for actor hosts"), "{line}");
+}
+
 #[test]
 fn garbage_half_open_connections_and_bad_messages_leave_the_learner_training() {
     let tmp = tempfile::tempdir().unwrap();
@@ -641,7 +771,8 @@ fn silent_connections_are_closed_after_the_handshake_timeout_and_refusals_are_ra
         let mut client = ActorLinkClient::new(channel);
         let mut refused = 0u32;
         while flood_start.elapsed() < Duration::from_millis(3500) {
-            let mut request = tonic::Request::new(tokio_stream::empty::<async_rl::remote::wire::Up>());
+            let mut request =
+                tonic::Request::new(tokio_stream::empty::<async_rl::remote::wire::Up>());
             request
                 .metadata_mut()
                 .insert("authorization", "Bearer wrong".parse().unwrap());
@@ -668,16 +799,29 @@ fn silent_connections_are_closed_after_the_handshake_timeout_and_refusals_are_ra
     });
     std::thread::sleep(Duration::from_millis(300));
     let out = learner.stdout();
-    let lines: Vec<&str> = out.lines().filter(|l| l.contains("refused a host at")).collect();
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("refused a host at"))
+        .collect();
     let suppressed: u64 = lines
         .iter()
-        .filter_map(|l| l.rsplit_once(" (")?.1.split(' ').next()?.parse::<u64>().ok())
+        .filter_map(|l| {
+            l.rsplit_once(" (")?
+                .1
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .sum();
     eprintln!(
         "{refused} refused requests in {flood:?} made {} lines, which count {suppressed} suppressed",
         lines.len()
     );
-    assert!(refused >= 200, "only {refused} requests refused in {flood:?}");
+    assert!(
+        refused >= 200,
+        "only {refused} requests refused in {flood:?}"
+    );
     // A burst of 5, then about one a second.
     let bound = 5 + flood.as_secs() as usize + 3;
     assert!(
@@ -687,7 +831,9 @@ fn silent_connections_are_closed_after_the_handshake_timeout_and_refusals_are_ra
         lines.join("\n")
     );
     assert!(
-        lines.iter().any(|l| l.contains("more suppressed since the last such line")),
+        lines
+            .iter()
+            .any(|l| l.contains("more suppressed since the last such line")),
         "{}",
         lines.join("\n")
     );
@@ -706,7 +852,9 @@ fn silent_connections_are_closed_after_the_handshake_timeout_and_refusals_are_ra
     std::thread::sleep(Duration::from_secs(4));
     assert!(!learner.stdout().contains(" left: "), "{}", learner.logs());
     assert!(
-        metrics_rows(&logdir).iter().any(|r| r["remote_hosts"] == "1"),
+        metrics_rows(&logdir)
+            .iter()
+            .any(|r| r["remote_hosts"] == "1"),
         "{}",
         learner.logs()
     );
@@ -735,7 +883,10 @@ fn plaintext_off_loopback_and_a_token_file_others_can_read_are_refused() {
         "{err}"
     );
     // Said explicitly, it listens (in clear text, and says so).
-    let mut learner = run.clone().switch("--insecure-plaintext").start("plaintext");
+    let mut learner = run
+        .clone()
+        .switch("--insecure-plaintext")
+        .start("plaintext");
     let line = learner.wait_for("listening for actor hosts", 1, LIMIT);
     assert!(line.contains("plain text"), "{line}");
     learner.kill_group();

@@ -143,8 +143,7 @@ impl Drop for Ticket {
                 s.per_ip.remove(&ip);
             }
         }
-        if s
-            .authenticated
+        if s.authenticated
             .get(&self.peer)
             .is_some_and(|a| Arc::ptr_eq(a, &self.authenticated))
         {
@@ -264,24 +263,29 @@ pub fn tls(
     let (tx, rx) = mpsc::channel(16);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let handshake = this.connections.limits.handshake;
-    tokio::spawn(this.clone().accept_loop(listener, move |tcp, peer, ticket| {
-        let (acceptor, tx, this) = (acceptor.clone(), tx.clone(), this.clone());
-        tokio::spawn(async move {
-            let deadline = Instant::now() + handshake;
-            let why = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => {
-                    let _ = tx.send(Ok(this.guard(stream, ticket, deadline))).await;
-                    return;
-                }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("no TLS handshake within {handshake:?} (--handshake-timeout)"),
-            };
-            drop(ticket);
-            this.tls_refused.log(&*this.log, || {
-                format!("refused a TLS connection from {peer}: {why}")
-            });
-        });
-    }));
+    tokio::spawn(
+        this.clone()
+            .accept_loop(listener, move |tcp, peer, ticket| {
+                let (acceptor, tx, this) = (acceptor.clone(), tx.clone(), this.clone());
+                tokio::spawn(async move {
+                    let deadline = Instant::now() + handshake;
+                    let why = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send(Ok(this.guard(stream, ticket, deadline))).await;
+                            return;
+                        }
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => {
+                            format!("no TLS handshake within {handshake:?} (--handshake-timeout)")
+                        }
+                    };
+                    drop(ticket);
+                    this.tls_refused.log(&*this.log, || {
+                        format!("refused a TLS connection from {peer}: {why}")
+                    });
+                });
+            }),
+    );
     ReceiverStream::new(rx)
 }
 

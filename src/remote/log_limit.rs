@@ -101,8 +101,14 @@ mod tests {
         };
         assert_eq!(out.len(), 5, "{out:?}");
         assert_eq!(&out[..3], &["event 0", "event 1", "event 2"]);
-        assert!(out[3].starts_with("event 39") || out[3].starts_with("event 40"), "{out:?}");
-        assert!(out[3].ends_with(" more suppressed since the last such line)"), "{out:?}");
+        assert!(
+            out[3].starts_with("event 39") || out[3].starts_with("event 40"),
+            "{out:?}"
+        );
+        assert!(
+            out[3].ends_with(" more suppressed since the last such line)"),
+            "{out:?}"
+        );
         assert!(count(&out[4]) > 390, "{out:?}");
         // Quiet for a while: the bucket is full again, and the count was not lost: every
         // event was either written or counted in a line.
@@ -121,8 +127,6 @@ mod tests {
         let l = LogLimiter::new(1, 0.0);
         let t = Instant::now();
         assert!(l.line_at(t, || "first".into()).is_some());
-        assert!(l
-            .line_at(t, || panic!("built a suppressed line"))
-            .is_none());
+        assert!(l.line_at(t, || panic!("built a suppressed line")).is_none());
     }
 }

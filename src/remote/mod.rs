@@ -137,8 +137,14 @@ pub fn check_flags(cfg: &Config) -> Vec<String> {
     let defaults = crate::config::ListenSettings::default();
     if cfg.listen.listen.is_none() {
         for (flag, given) in [
-            ("--remote-lanes", cfg.listen.remote_lanes != defaults.remote_lanes),
-            ("--max-connections", cfg.listen.max_connections != defaults.max_connections),
+            (
+                "--remote-lanes",
+                cfg.listen.remote_lanes != defaults.remote_lanes,
+            ),
+            (
+                "--max-connections",
+                cfg.listen.max_connections != defaults.max_connections,
+            ),
             (
                 "--max-connections-per-peer",
                 cfg.listen.max_connections_per_peer != defaults.max_connections_per_peer,
@@ -230,8 +236,7 @@ pub fn read_token(path: &Path) -> Result<String, TokenFileError> {
     if mode & 0o077 != 0 {
         return Err(TokenFileError::Open(owned(), mode));
     }
-    let text =
-        std::fs::read_to_string(path).map_err(|e| TokenFileError::Unreadable(owned(), e))?;
+    let text = std::fs::read_to_string(path).map_err(|e| TokenFileError::Unreadable(owned(), e))?;
     let token = text.trim().to_string();
     if token.is_empty() {
         return Err(TokenFileError::Empty(owned()));

@@ -110,8 +110,10 @@ fn the_listener_limits_are_checked() {
     };
     assert_eq!(bad(&[]), "");
     assert!(bad(&["--max-connections", "0"]).contains("--max-connections 0: must be"));
-    assert!(bad(&["--max-connections", "4", "--max-connections-per-peer", "5"])
-        .contains("--max-connections-per-peer 5: must be between 1 and --max-connections (4)"));
+    assert!(
+        bad(&["--max-connections", "4", "--max-connections-per-peer", "5"])
+            .contains("--max-connections-per-peer 5: must be between 1 and --max-connections (4)")
+    );
     assert!(bad(&["--max-connections-per-peer", "0"]).contains("--max-connections-per-peer 0"));
     for t in ["0", "-1", "NaN", "inf", "4000"] {
         assert!(
@@ -124,7 +126,10 @@ fn the_listener_limits_are_checked() {
     let mut c = cfg(&["--listen", "127.0.0.1:0", "--max-connections", "0"]);
     c.listen.handshake_timeout = 0.0;
     let err = c.validate().unwrap_err().to_string();
-    assert!(err.contains("--max-connections 0") && err.contains("--handshake-timeout 0"), "{err}");
+    assert!(
+        err.contains("--max-connections 0") && err.contains("--handshake-timeout 0"),
+        "{err}"
+    );
 }
 
 /// Writes `text` to `path` with permissions `mode`.
@@ -141,7 +146,10 @@ fn a_token_file_others_can_read_or_write_is_refused_naming_the_fix() {
     for mode in [0o640, 0o604, 0o644, 0o620, 0o602, 0o660] {
         write_mode(&p, "s3cret", mode);
         let err = read_token(&p).unwrap_err();
-        assert!(matches!(err, TokenFileError::Open(_, m) if m == mode), "{mode:o}: {err}");
+        assert!(
+            matches!(err, TokenFileError::Open(_, m) if m == mode),
+            "{mode:o}: {err}"
+        );
         let msg = err.to_string();
         assert!(
             msg.contains(&format!("--auth-token-file {}", p.display()))
