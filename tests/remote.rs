@@ -419,7 +419,14 @@ fn with_tls_silent_connections_are_closed_at_the_handshake_deadline() {
         1,
         Duration::from_secs(5),
     );
+    // A host over TLS is authenticated by its first request and stays past the deadline.
+    let mut h = host(dir, &addr, "host", &["--tls-ca", "server-ca.pem"]);
+    h.wait_for("joined the learner", 1, LIMIT);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!learner.stdout().contains(" left: "), "{}", learner.logs());
+    assert!(!h.stdout().contains("reconnecting in"), "{}", h.logs());
     learner.kill_group();
+    h.kill_group();
 }
 
 /// The learner makes room in its open-files limit for --max-connections, and refuses to

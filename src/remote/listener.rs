@@ -234,7 +234,7 @@ impl Listener {
 }
 
 /// Plain-HTTP/2 connections accepted on `listener` under the caps and the deadline of
-/// `limits`, for `tonic`'s `serve_with_incoming`. Spawns the accept loop on the current
+/// `this`, for `tonic`'s `serve_with_incoming`. Spawns the accept loop on the current
 /// runtime.
 pub fn plain(
     listener: TcpListener,
