@@ -223,12 +223,20 @@ fn a_killed_and_resumed_learner_is_rejoined_by_its_hosts() {
     assert!(checkpoint_frames(&logdir) >= 150_000);
 }
 
+/// Writes a token file `dir/name` holding `secret`, the owner's alone (mode 600).
+fn token_file(dir: &Path, name: &str, secret: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, secret).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 #[test]
 fn a_wrong_or_missing_token_is_refused_on_both_sides() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    std::fs::write(dir.join("token"), "the-right-secret\n").unwrap();
-    std::fs::write(dir.join("wrong"), "a-wrong-secret").unwrap();
+    token_file(dir, "token", "the-right-secret\n");
+    token_file(dir, "wrong", "a-wrong-secret");
     let (mut learner, addr) = Run::cartpole(dir)
         .processes(1)
         .frames(100_000_000)
@@ -337,14 +345,154 @@ fn tls_and_mutual_tls_admit_the_right_certificates_and_refuse_others() {
     assert_exit_ok(&mut good);
 }
 
+/// With TLS, --handshake-timeout bounds the handshake (a peer that opens TCP and says
+/// nothing) and what follows it (a peer that completes the handshake and then says nothing):
+/// both are closed at the deadline, each with a line saying why.
+#[test]
+fn with_tls_silent_connections_are_closed_at_the_handshake_deadline() {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    use tokio_rustls::rustls::{crypto::ring, ClientConfig, RootCertStore};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    certificates(dir, "server");
+    let (mut learner, addr) = Run::cartpole(dir)
+        .processes(0)
+        .frames(100_000_000)
+        .flag("--tls-cert", "server-cert.pem")
+        .flag("--tls-key", "server-key.pem")
+        .flag("--handshake-timeout", 1)
+        .listen("learner");
+    let t0 = Instant::now();
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    // A TLS client that completes the handshake and sends nothing more.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (closed_after, tls_open_for) = rt.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let mut roots = RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(dir.join("server-ca.pem")).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let config =
+            ClientConfig::builder_with_provider(std::sync::Arc::new(ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .expect("the TLS handshake");
+        let handshaken = Instant::now();
+        let mut buf = [0u8; 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(6), async {
+            loop {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a silent TLS connection still open after 6 s"
+        );
+        (t0.elapsed(), handshaken.elapsed())
+    });
+    eprintln!("a silent TLS connection was closed {closed_after:?} after it opened");
+    assert!(
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(4),
+        "{closed_after:?} (open {tls_open_for:?} after its handshake)"
+    );
+    assert!(closed_within(&mut silent, Duration::from_secs(3)));
+    learner.wait_for(
+        "no TLS handshake within 1s (--handshake-timeout)",
+        1,
+        Duration::from_secs(5),
+    );
+    learner.wait_for(
+        "no authenticated request within 1s (--handshake-timeout)",
+        1,
+        Duration::from_secs(5),
+    );
+    // A host over TLS is authenticated by its first request and stays past the deadline.
+    let mut h = host(dir, &addr, "host", &["--tls-ca", "server-ca.pem"]);
+    h.wait_for("joined the learner", 1, LIMIT);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!learner.stdout().contains(" left: "), "{}", learner.logs());
+    assert!(!h.stdout().contains("reconnecting in"), "{}", h.logs());
+    learner.kill_group();
+    h.kill_group();
+}
+
+/// The learner makes room in its open-files limit for --max-connections, and refuses to
+/// start, naming the flag, where the hard limit has no room.
+#[test]
+fn max_connections_beyond_the_open_files_limit_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let run = Run::cartpole(dir)
+        .processes(0)
+        .frames(100_000_000)
+        .flag("--listen", "127.0.0.1:0");
+    let under_limit = |max: u32| {
+        let learner = run.clone().flag("--max-connections", max).command();
+        let mut cmd = std::process::Command::new("sh");
+        // `ulimit -n`: soft and hard limits both.
+        cmd.arg("-c")
+            .arg("ulimit -n 700 && exec \"$0\" \"$@\"")
+            .arg(learner.get_program())
+            .args(learner.get_args())
+            .envs(learner.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .current_dir(dir);
+        cmd
+    };
+    let out = under_limit(1000).output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--max-connections 1000: this process may open only 700 files")
+            && err.contains("--max-connections 188"),
+        "{err}"
+    );
+    // 100 fits: it listens.
+    let mut ok = under_limit(100)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut reader = std::io::BufReader::new(ok.stdout.take().unwrap());
+    let t0 = Instant::now();
+    while !line.contains("listening for actor hosts") && t0.elapsed() < LIMIT {
+        line.clear();
+        if std::io::BufRead::read_line(&mut reader, &mut line).unwrap() == 0 {
+            break;
+        }
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(ok.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = ok.wait();
+    assert!(line.contains("listening for actor hosts"), "{line}");
+}
+
 #[test]
 fn garbage_half_open_connections_and_bad_messages_leave_the_learner_training() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let logdir = dir.join("run");
+    // 20 connections from this address, besides the test's client and host: the per-peer
+    // cap is not what this test is about.
     let (mut learner, addr) = Run::cartpole(dir)
         .processes(0)
         .frames(60_000)
+        .flag("--max-connections-per-peer", 64)
         .logdir(&logdir)
         .listen("learner");
     // Random bytes, an HTTP/2 preface followed by junk, and connections that say nothing.
@@ -441,6 +589,328 @@ fn bad_experience_is_refused(addr: &str) -> String {
             }
         }
     })
+}
+
+/// A TCP connection to `addr` from the loopback address `from` (127.0.0.2, ...: other
+/// peers as the learner counts them; Linux routes all of 127/8 to loopback).
+fn connect_from(from: &str, addr: &str) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        socket.connect(addr.parse().unwrap()).await.unwrap()
+    });
+    let s = s.into_std().unwrap();
+    s.set_nonblocking(false).unwrap();
+    s
+}
+
+/// Whether the learner closed `s` within `limit` (end of stream or reset; whatever it sent
+/// before, an HTTP/2 SETTINGS frame say, is read and dropped).
+fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// `conns` split into (still open after a moment, closed by the learner).
+fn open_and_closed(conns: Vec<TcpStream>) -> (Vec<TcpStream>, usize) {
+    std::thread::sleep(Duration::from_millis(300));
+    let mut open = Vec::new();
+    let mut closed = 0;
+    for mut s in conns {
+        if closed_within(&mut s, Duration::from_millis(300)) {
+            closed += 1;
+        } else {
+            open.push(s);
+        }
+    }
+    (open, closed)
+}
+
+/// Peers that open many connections and say nothing get --max-connections-per-peer each,
+/// and all together no more than --max-connections; the rest are closed at once, with a
+/// line that says which cap. A host still joins (its address has its own quota, and there is
+/// room under the total) and trains while they hold theirs.
+#[test]
+fn idle_connections_over_the_caps_are_closed_while_a_host_joins_and_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let logdir = dir.join("run");
+    let (mut learner, addr) = Run::cartpole(dir)
+        .processes(0)
+        .frames(100_000_000)
+        .flag("--log-interval", "0.5")
+        .flag("--max-connections", 8)
+        .flag("--max-connections-per-peer", 3)
+        // Long enough that no idle connection is closed by the deadline during the test.
+        .flag("--handshake-timeout", 120)
+        .logdir(&logdir)
+        .listen("learner");
+    // Two peers of 10 idle connections each: 3 stay, 7 are closed, per peer.
+    let mut held = Vec::new();
+    for peer in ["127.0.0.2", "127.0.0.3"] {
+        let conns = (0..10).map(|_| connect_from(peer, &addr)).collect();
+        let (open, closed) = open_and_closed(conns);
+        assert_eq!((open.len(), closed), (3, 7), "{peer}\n{}", learner.logs());
+        held.extend(open);
+    }
+    learner.wait_for(
+        "the most --max-connections-per-peer allows",
+        1,
+        Duration::from_secs(10),
+    );
+    // 6 of 8 taken: a host joins.
+    let mut h = host(dir, &addr, "host", &[]);
+    learner.wait_for("joined with", 1, LIMIT);
+    // A third peer gets the last place; the total cap closes its other connections.
+    let conns = (0..5).map(|_| connect_from("127.0.0.4", &addr)).collect();
+    let (open, closed) = open_and_closed(conns);
+    assert_eq!((open.len(), closed), (1, 4), "{}", learner.logs());
+    held.extend(open);
+    learner.wait_for(
+        "connections are open, the most --max-connections allows",
+        1,
+        Duration::from_secs(10),
+    );
+    // The host trains on while every place is held: metrics.csv keeps growing, with it.
+    let rows_with_host = || {
+        if !logdir.join("metrics.csv").is_file() {
+            return Vec::new();
+        }
+        metrics_rows(&logdir)
+            .into_iter()
+            .filter(|r| r["remote_hosts"] == "1")
+            .map(|r| r["frames"].parse::<u64>().unwrap())
+            .collect::<Vec<u64>>()
+    };
+    let before = rows_with_host();
+    std::thread::sleep(Duration::from_secs(4));
+    let after = rows_with_host();
+    assert!(
+        after.len() >= before.len() + 3 && after.last() > before.last(),
+        "metrics.csv stopped growing while idle connections held every place: {before:?} then {after:?}\n{}",
+        learner.logs()
+    );
+    // Every held connection is still open: the caps closed only the ones over them.
+    for mut s in held {
+        assert!(!closed_within(&mut s, Duration::from_millis(50)));
+    }
+    assert!(!learner.stdout().contains(" left: "), "{}", learner.logs());
+    learner.kill_group();
+    h.kill_group();
+}
+
+/// A connection that opens TCP and says nothing, and one that sends the HTTP/2 preface and
+/// stops, are closed after --handshake-timeout; a host with the token stays past it. A flood
+/// of requests with a wrong token makes a bounded number of lines, which count what they
+/// suppressed.
+#[test]
+fn silent_connections_are_closed_after_the_handshake_timeout_and_refusals_are_rate_limited() {
+    use async_rl::remote::pb::actor_link_client::ActorLinkClient;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    token_file(dir, "token", "the-right-secret");
+    let logdir = dir.join("run");
+    let (mut learner, addr) = Run::cartpole(dir)
+        .processes(0)
+        .frames(100_000_000)
+        .flag("--log-interval", "0.5")
+        .flag("--auth-token-file", "token")
+        .flag("--handshake-timeout", 1.5)
+        .logdir(&logdir)
+        .listen("learner");
+    let t0 = Instant::now();
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    let mut preface = TcpStream::connect(&addr).unwrap();
+    preface
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    assert!(closed_within(&mut silent, Duration::from_secs(6)));
+    let silent_after = t0.elapsed();
+    assert!(closed_within(&mut preface, Duration::from_secs(6)));
+    let preface_after = t0.elapsed();
+    eprintln!("closed the silent connection after {silent_after:?}, the one with only the preface after {preface_after:?}");
+    // Not before the timeout, and well before HTTP/2's keep-alive (2 s + 5 s) would.
+    assert!(
+        silent_after >= Duration::from_millis(1400) && preface_after < Duration::from_secs(5),
+        "{silent_after:?} {preface_after:?}"
+    );
+    learner.wait_for(
+        "no authenticated request within 1.5s (--handshake-timeout)",
+        1,
+        Duration::from_secs(5),
+    );
+
+    // The flood: requests with a wrong token, one after another on one channel (which
+    // reconnects when the deadline closes its connection), for 3.5 s.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let flood_start = Instant::now();
+    let refused = rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let mut client = ActorLinkClient::new(channel);
+        let mut refused = 0u32;
+        while flood_start.elapsed() < Duration::from_millis(3500) {
+            let mut request =
+                tonic::Request::new(tokio_stream::empty::<async_rl::remote::wire::Up>());
+            request
+                .metadata_mut()
+                .insert("authorization", "Bearer wrong".parse().unwrap());
+            if let Err(status) = client.session(request).await {
+                if status.code() == tonic::Code::Unauthenticated {
+                    refused += 1;
+                }
+            }
+        }
+        refused
+    });
+    let flood = flood_start.elapsed();
+    // One more after a pause: it carries the count of the last ones suppressed.
+    std::thread::sleep(Duration::from_millis(1100));
+    rt.block_on(async {
+        let mut client = ActorLinkClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let mut request = tonic::Request::new(tokio_stream::empty::<async_rl::remote::wire::Up>());
+        request
+            .metadata_mut()
+            .insert("authorization", "Bearer wrong".parse().unwrap());
+        assert!(client.session(request).await.is_err());
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let out = learner.stdout();
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("refused a host at"))
+        .collect();
+    let suppressed: u64 = lines
+        .iter()
+        .filter_map(|l| {
+            l.rsplit_once(" (")?
+                .1
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    eprintln!(
+        "{refused} refused requests in {flood:?} made {} lines, which count {suppressed} suppressed",
+        lines.len()
+    );
+    assert!(
+        refused >= 200,
+        "only {refused} requests refused in {flood:?}"
+    );
+    // A burst of 5, then about one a second.
+    let bound = 5 + flood.as_secs() as usize + 3;
+    assert!(
+        lines.len() <= bound,
+        "{} lines for {refused} refusals (at most {bound})\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("more suppressed since the last such line")),
+        "{}",
+        lines.join("\n")
+    );
+    // Every refusal is in a line or counted in one (a few more than the client saw: the
+    // answers lost when the deadline closed the flood's connection under a request).
+    let logged = lines.len() as u64 + suppressed;
+    let seen = u64::from(refused) + 1;
+    assert!(
+        (seen..=seen + 10).contains(&logged),
+        "{logged} refusals in the lines, {seen} seen by the client"
+    );
+
+    // A host with the token stays connected past the deadline and trains.
+    let mut h = host(dir, &addr, "host", &["--auth-token-file", "token"]);
+    h.wait_for("joined the learner", 1, LIMIT);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!learner.stdout().contains(" left: "), "{}", learner.logs());
+    assert!(
+        metrics_rows(&logdir)
+            .iter()
+            .any(|r| r["remote_hosts"] == "1"),
+        "{}",
+        learner.logs()
+    );
+    learner.kill_group();
+    h.kill_group();
+}
+
+/// Off loopback, --listen without TLS is refused unless --insecure-plaintext says so, and a
+/// token file that group or others can read is refused, naming the fix.
+#[test]
+fn plaintext_off_loopback_and_a_token_file_others_can_read_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    token_file(dir, "token", "the-right-secret");
+    let run = Run::cartpole(dir)
+        .processes(0)
+        .frames(100_000_000)
+        .flag("--auth-token-file", "token")
+        .flag("--listen", "0.0.0.0:0");
+    let (_, out) = run.output(LIMIT);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--listen 0.0.0.0:0: without TLS") && err.contains("--insecure-plaintext"),
+        "{err}"
+    );
+    // Said explicitly, it listens (in clear text, and says so).
+    let mut learner = run
+        .clone()
+        .switch("--insecure-plaintext")
+        .start("plaintext");
+    let line = learner.wait_for("listening for actor hosts", 1, LIMIT);
+    assert!(line.contains("plain text"), "{line}");
+    learner.kill_group();
+    // A group-readable token file: the learner does not start.
+    std::fs::set_permissions(dir.join("token"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let (_, out) = Run::cartpole(dir)
+        .processes(0)
+        .frames(100_000_000)
+        .flag("--auth-token-file", "token")
+        .flag("--listen", "127.0.0.1:0")
+        .output(LIMIT);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--auth-token-file token: mode 640") && err.contains("`chmod 600 token`"),
+        "{err}"
+    );
 }
 
 /// A TCP proxy that delays every chunk, can stall and can cut every connection.
@@ -596,8 +1066,8 @@ impl Drop for LocalSlurm {
 }
 
 /// deploy/slurm/async-rl.sbatch submitted for real to a one-node Slurm cluster on this machine
-/// (deploy/slurm/local-cluster): the learner and an actor host train CartPole and the job
-/// ends when the run does. Needs root and Slurm (`apt-get install -y slurm-wlm munge`, which
+/// (deploy/slurm/local-cluster): the learner and an actor host train CartPole over TLS (the
+/// job's self-signed certificate) and the job ends when the run does. Needs root and Slurm (`apt-get install -y slurm-wlm munge`, which
 /// scripts/test tries) and a machine where its daemons start; without them it says SKIPPED
 /// and why, and checks nothing.
 #[test]
@@ -670,6 +1140,9 @@ fn the_sbatch_script_trains_on_a_one_node_slurm_cluster() {
     }
     let log = std::fs::read_to_string(&out).unwrap_or_default();
     eprintln!("Slurm job {job} took {:?}", t0.elapsed());
+    // Off loopback, with the job's self-signed certificate, pinned by the host.
+    assert!(log.contains("TLS: a self-signed certificate"), "{log}");
+    assert!(log.contains("remote lanes, token, TLS)"), "{log}");
     assert!(log.contains("joined with 1 actor processes"), "{log}");
     assert!(log.contains("reached --max-frames 40000"), "{log}");
     assert!(log.contains("the learner finished the run"), "{log}");

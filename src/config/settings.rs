@@ -387,13 +387,60 @@ pub struct RemoteSettings {
 pub struct ListenSettings {
     /// Also accept remote actor hosts (`learner --connect`) on this address, e.g.
     /// 0.0.0.0:7070 (port 0: a free port, printed); a non-loopback address needs
-    /// --auth-token-file. With it, --processes may be 0 (every actor remote)
+    /// --auth-token-file and TLS (--tls-cert, --tls-key) or --insecure-plaintext. With it,
+    /// --processes may be 0 (every actor remote)
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<String>,
     /// With --listen: queue lanes kept for remote actor processes (each process of each host
     /// takes one; a host that asks for more than are free is refused)
     #[arg(long, default_value_t = 32)]
     pub remote_lanes: usize,
+    /// With --listen: the most connections open at once, from all peers, counting those not
+    /// yet authenticated; more are closed at once (each host holds one)
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_connections: usize,
+    /// With --listen: the most connections open at once from one IP address
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub max_connections_per_peer: usize,
+    /// With --listen: seconds a new connection has to finish its TLS handshake and send a
+    /// request with the run's token; one that has not is closed
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub handshake_timeout: f64,
+    /// With --listen on an address other than loopback: serve without TLS, the token, the
+    /// weights and the experience in clear text (only on a network where no one else can
+    /// read or write traffic); refused without it
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+}
+
+impl ListenSettings {
+    /// Problems with the values, one line each, appended to `e` (the flags without --listen
+    /// are checked by `remote::check_flags`).
+    pub fn validate(&self, e: &mut Vec<String>) {
+        if !(1..=1 << 20).contains(&self.max_connections) {
+            e.push(format!(
+                "--max-connections {}: must be between 1 and 1048576",
+                self.max_connections
+            ));
+        }
+        if self.max_connections_per_peer == 0
+            || self.max_connections_per_peer > self.max_connections
+        {
+            e.push(format!(
+                "--max-connections-per-peer {}: must be between 1 and --max-connections ({})",
+                self.max_connections_per_peer, self.max_connections
+            ));
+        }
+        if !(self.handshake_timeout.is_finite()
+            && self.handshake_timeout > 0.0
+            && self.handshake_timeout <= 3600.0)
+        {
+            e.push(format!(
+                "--handshake-timeout {}: must be a number of seconds above 0 and at most 3600",
+                self.handshake_timeout
+            ));
+        }
+    }
 }
 
 /// An actor host's side (`--connect`): it reads these, the [`RemoteSettings`] and the

@@ -16,6 +16,9 @@ impl Config {
         self.actors.validate(listening, &mut e);
         self.learner.validate(&mut e);
         self.optim.validate(&mut e);
+        if listening {
+            self.listen.validate(&mut e);
+        }
         let rule = self.learner.algorithm;
         self.rule.validate(rule.reads, &mut e);
         e.extend(crate::remote::check_flags(self));

@@ -346,6 +346,7 @@ fn start_remote(cfg: &Config, settings: ServerSettings) -> Result<services::Remo
         match (&cfg.remote.tls_cert, &cfg.remote.tls_ca) {
             (Some(_), Some(_)) => ", mutual TLS",
             (Some(_), None) => ", TLS",
+            _ if cfg.listen.insecure_plaintext => ", plain text (--insecure-plaintext)",
             _ => "",
         }
     );

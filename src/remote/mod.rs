@@ -33,6 +33,8 @@
 compile_error!("queue slots travel as little-endian bytes: remote hosts need a little-endian CPU");
 
 pub mod host;
+pub mod listener;
+pub mod log_limit;
 pub mod server;
 mod tls;
 pub mod wire;
@@ -99,9 +101,18 @@ pub fn check_flags(cfg: &Config) -> Vec<String> {
     }
     if let Some(addr) = &cfg.listen.listen {
         match addr.parse::<std::net::SocketAddr>() {
-            Ok(a) if !a.ip().is_loopback() && cfg.remote.auth_token_file.is_none() => e.push(format!(
-                "--listen {addr}: any machine that reaches this port could join the run; give --auth-token-file FILE (a shared secret the hosts present too), or listen on 127.0.0.1"
-            )),
+            Ok(a) if !a.ip().is_loopback() => {
+                if cfg.remote.auth_token_file.is_none() {
+                    e.push(format!(
+                        "--listen {addr}: any machine that reaches this port could join the run; give --auth-token-file FILE (a shared secret the hosts present too), or listen on 127.0.0.1"
+                    ));
+                }
+                if cfg.remote.tls_cert.is_none() && !cfg.listen.insecure_plaintext {
+                    e.push(format!(
+                        "--listen {addr}: without TLS the token, the weights and the experience cross the network in clear text, and whoever reads the token can join the run; give --tls-cert and --tls-key (README.md, Security), or --insecure-plaintext on a network where no one else can read the traffic"
+                    ));
+                }
+            }
             Ok(_) => {}
             Err(_) => e.push(format!(
                 "--listen {addr}: not an IP address and port (e.g. 0.0.0.0:7070, 127.0.0.1:0 for any free port)"
@@ -123,6 +134,37 @@ pub fn check_flags(cfg: &Config) -> Vec<String> {
         }
     }
     let remote = cfg.listen.listen.is_some() || cfg.host.connect.is_some();
+    let defaults = crate::config::ListenSettings::default();
+    if cfg.listen.listen.is_none() {
+        for (flag, given) in [
+            (
+                "--remote-lanes",
+                cfg.listen.remote_lanes != defaults.remote_lanes,
+            ),
+            (
+                "--max-connections",
+                cfg.listen.max_connections != defaults.max_connections,
+            ),
+            (
+                "--max-connections-per-peer",
+                cfg.listen.max_connections_per_peer != defaults.max_connections_per_peer,
+            ),
+            (
+                "--handshake-timeout",
+                cfg.listen.handshake_timeout != defaults.handshake_timeout,
+            ),
+            ("--insecure-plaintext", cfg.listen.insecure_plaintext),
+        ] {
+            if given {
+                e.push(format!(
+                    "{flag}: only with --listen (the learner's side of remote actor hosts)"
+                ));
+            }
+        }
+    }
+    if cfg.listen.insecure_plaintext && cfg.remote.tls_cert.is_some() {
+        e.push("--insecure-plaintext with --tls-cert: the learner serves TLS; leave --insecure-plaintext out".into());
+    }
     for (flag, given) in [
         ("--auth-token-file", cfg.remote.auth_token_file.is_some()),
         ("--tls-cert", cfg.remote.tls_cert.is_some()),
@@ -162,24 +204,45 @@ pub fn check_flags(cfg: &Config) -> Vec<String> {
     e
 }
 
-/// The shared secret in `path` (surrounding whitespace removed). Errors name the flag: an
-/// unreadable file, or an empty one.
-pub fn read_token(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("--auth-token-file {}: {e}", path.display()))?;
+/// Why `--auth-token-file` cannot be used (see [`read_token`]); each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    /// The file cannot be read.
+    #[error("--auth-token-file {}: {}", .0.display(), .1)]
+    Unreadable(std::path::PathBuf, std::io::Error),
+    /// Group or others have permissions on it: the secret would not be the owner's alone.
+    #[error("--auth-token-file {}: mode {:03o} lets group or others at the run's secret; make it the owner's alone: `chmod 600 {}`", .0.display(), .1, .0.display())]
+    Open(std::path::PathBuf, u32),
+    /// Nothing but whitespace in it.
+    #[error("--auth-token-file {}: the file is empty; put a secret in it (e.g. `(umask 077; head -c 32 /dev/urandom | base64 > {})`)", .0.display(), .0.display())]
+    Empty(std::path::PathBuf),
+    /// A character that cannot travel in a gRPC header.
+    #[error("--auth-token-file {}: the secret must be printable ASCII (it travels in a gRPC header); e.g. `head -c 32 /dev/urandom | base64`", .0.display())]
+    Unprintable(std::path::PathBuf),
+}
+
+/// The shared secret in `path` (surrounding whitespace removed).
+///
+/// # Errors
+///
+/// [`TokenFileError`]: the file cannot be read, group or others have any permission on it
+/// (mode `& 0o077`, as ssh refuses private keys: whoever can read it can join the run, whoever
+/// can write it can lock the hosts out), it is empty, or not printable ASCII.
+pub fn read_token(path: &Path) -> Result<String, TokenFileError> {
+    use std::os::unix::fs::PermissionsExt;
+    let owned = || path.to_path_buf();
+    let meta = std::fs::metadata(path).map_err(|e| TokenFileError::Unreadable(owned(), e))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(TokenFileError::Open(owned(), mode));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| TokenFileError::Unreadable(owned(), e))?;
     let token = text.trim().to_string();
     if token.is_empty() {
-        anyhow::bail!(
-            "--auth-token-file {}: the file is empty; put a secret in it (e.g. `head -c 32 /dev/urandom | base64 > {}`)",
-            path.display(),
-            path.display()
-        );
+        return Err(TokenFileError::Empty(owned()));
     }
     if token.chars().any(|c| c.is_control() || !c.is_ascii()) {
-        anyhow::bail!(
-            "--auth-token-file {}: the secret must be printable ASCII (it travels in a gRPC header); e.g. `head -c 32 /dev/urandom | base64`",
-            path.display()
-        );
+        return Err(TokenFileError::Unprintable(owned()));
     }
     Ok(token)
 }

@@ -23,10 +23,66 @@ fn problems(args: &[&str]) -> String {
 fn flags_are_checked_naming_what_is_wrong() {
     assert_eq!(problems(&["--listen", "127.0.0.1:0"]), "");
     assert!(problems(&["--listen", "0.0.0.0:7070"]).contains("--auth-token-file"));
+    // Off loopback: a token, and TLS or an explicit --insecure-plaintext.
+    let plain = problems(&["--listen", "0.0.0.0:7070", "--auth-token-file", "t"]);
+    assert!(
+        plain.contains("--listen 0.0.0.0:7070: without TLS")
+            && plain.contains("--tls-cert and --tls-key")
+            && plain.contains("--insecure-plaintext"),
+        "{plain}"
+    );
+    assert!(problems(&["--listen", "[::]:7070", "--auth-token-file", "t"]).contains("without TLS"));
     assert_eq!(
-        problems(&["--listen", "0.0.0.0:7070", "--auth-token-file", "t"]),
+        problems(&[
+            "--listen",
+            "0.0.0.0:7070",
+            "--auth-token-file",
+            "t",
+            "--insecure-plaintext"
+        ]),
         ""
     );
+    assert_eq!(
+        problems(&[
+            "--listen",
+            "0.0.0.0:7070",
+            "--auth-token-file",
+            "t",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k"
+        ]),
+        ""
+    );
+    assert!(problems(&[
+        "--listen",
+        "0.0.0.0:7070",
+        "--auth-token-file",
+        "t",
+        "--tls-cert",
+        "c",
+        "--tls-key",
+        "k",
+        "--insecure-plaintext"
+    ])
+    .contains("leave --insecure-plaintext out"));
+    // Loopback needs neither.
+    assert_eq!(problems(&["--listen", "127.0.0.1:7070"]), "");
+    // The listener's flags without --listen are refused, not ignored.
+    for flag in [
+        vec!["--insecure-plaintext"],
+        vec!["--max-connections", "9"],
+        vec!["--max-connections-per-peer", "3"],
+        vec!["--handshake-timeout", "2"],
+        vec!["--remote-lanes", "4"],
+    ] {
+        let p = problems(&flag);
+        assert!(
+            p.contains(&format!("{}: only with --listen", flag[0])),
+            "{flag:?}: {p}"
+        );
+    }
     assert!(problems(&["--listen", "localhost:7070"]).contains("not an IP address"));
     assert!(problems(&["--listen", "127.0.0.1:1", "--connect", "a:1"]).contains("not both"));
     assert!(problems(&["--connect", "learner"]).contains("not HOST:PORT"));
@@ -42,11 +98,77 @@ fn flags_are_checked_naming_what_is_wrong() {
     assert!(problems(&["--listen", "127.0.0.1:1", "--tls-domain", "x"]).contains("--tls-domain"));
 }
 
+/// The listener's values are checked (with --listen), each naming its flag.
+#[test]
+fn the_listener_limits_are_checked() {
+    let bad = |args: &[&str]| {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let mut e = Vec::new();
+        cfg(&all).listen.validate(&mut e);
+        e.join("\n")
+    };
+    assert_eq!(bad(&[]), "");
+    assert!(bad(&["--max-connections", "0"]).contains("--max-connections 0: must be"));
+    assert!(
+        bad(&["--max-connections", "4", "--max-connections-per-peer", "5"])
+            .contains("--max-connections-per-peer 5: must be between 1 and --max-connections (4)")
+    );
+    assert!(bad(&["--max-connections-per-peer", "0"]).contains("--max-connections-per-peer 0"));
+    for t in ["0", "-1", "NaN", "inf", "4000"] {
+        assert!(
+            bad(&["--handshake-timeout", t]).contains(&format!("--handshake-timeout {t}")),
+            "{t}"
+        );
+    }
+    assert_eq!(bad(&["--handshake-timeout", "0.5"]), "");
+    // Through Config::validate too.
+    let mut c = cfg(&["--listen", "127.0.0.1:0", "--max-connections", "0"]);
+    c.listen.handshake_timeout = 0.0;
+    let err = c.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("--max-connections 0") && err.contains("--handshake-timeout 0"),
+        "{err}"
+    );
+}
+
+/// Writes `text` to `path` with permissions `mode`.
+fn write_mode(path: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a_token_file_others_can_read_or_write_is_refused_naming_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("token");
+    for mode in [0o640, 0o604, 0o644, 0o620, 0o602, 0o660] {
+        write_mode(&p, "s3cret", mode);
+        let err = read_token(&p).unwrap_err();
+        assert!(
+            matches!(err, TokenFileError::Open(_, m) if m == mode),
+            "{mode:o}: {err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("--auth-token-file {}", p.display()))
+                && msg.contains(&format!("mode {mode:o}"))
+                && msg.contains(&format!("`chmod 600 {}`", p.display())),
+            "{msg}"
+        );
+    }
+    for mode in [0o600, 0o400] {
+        write_mode(&p, "s3cret", mode);
+        assert_eq!(read_token(&p).unwrap(), "s3cret", "{mode:o}");
+    }
+}
+
 #[test]
 fn the_token_is_read_trimmed_and_refused_when_empty_or_unprintable() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("token");
-    std::fs::write(&p, "  s3cret\n").unwrap();
+    write_mode(&p, "  s3cret\n", 0o600);
     assert_eq!(read_token(&p).unwrap(), "s3cret");
     std::fs::write(&p, "\n").unwrap();
     assert!(read_token(&p).unwrap_err().to_string().contains("empty"));

@@ -1,13 +1,9 @@
-//! TLS for remote actor hosts: the host's client configuration, the learner's rustls server
-//! configuration, and the learner's accept loop, which runs each handshake itself so that it
-//! can say why it refused one.
+//! TLS for remote actor hosts: the host's client configuration and the learner's rustls server
+//! configuration (the learner's accept loop, which runs each handshake itself so that it can
+//! say why it refused one, is in `listener.rs`).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use std::time::Duration;
 
 use crate::config::Config;
 
@@ -53,7 +49,7 @@ pub fn client_tls(
 /// Server-side TLS of a learner, from its flags (`None`: plain HTTP/2): rustls with the
 /// learner's certificate, requiring client certificates signed by `--tls-ca` when it is
 /// given (mutual TLS), HTTP/2 only. The learner runs the handshakes itself (see
-/// [`server`]) so that it can say why it refused one.
+/// `listener::tls`) so that it can say why it refused one.
 pub fn server_tls(
     cfg: &Config,
 ) -> anyhow::Result<Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>> {
@@ -107,59 +103,4 @@ pub fn server_tls(
     })?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Some(Arc::new(config)))
-}
-
-/// TLS connections accepted on `listener`: each handshake runs on its own task, bounded by
-/// [`super::HELLO_TIMEOUT`] (a client that opens TCP and says nothing is dropped); a refused
-/// one is logged with its reason, at most one line a second (a flood of them is counted).
-pub(super) fn incoming(
-    listener: tokio::net::TcpListener,
-    tls: Arc<tokio_rustls::rustls::ServerConfig>,
-    log: impl Fn(&str) + Send + Sync + 'static,
-) -> ReceiverStream<Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>>
-{
-    let (tx, rx) = mpsc::channel(16);
-    let log = Arc::new(log);
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let refusals = Arc::new(Mutex::new((Instant::now() - Duration::from_secs(2), 0u64)));
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(_) => {
-                    // Out of file descriptors, say: wait rather than spin.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let (acceptor, tx, log, refusals) =
-                (acceptor.clone(), tx.clone(), log.clone(), refusals.clone());
-            tokio::spawn(async move {
-                let why =
-                    match tokio::time::timeout(super::HELLO_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = tx.send(Ok(stream)).await;
-                            return;
-                        }
-                        Ok(Err(e)) => e.to_string(),
-                        Err(_) => format!("no TLS handshake within {:?}", super::HELLO_TIMEOUT),
-                    };
-                let mut r = refusals.lock().unwrap();
-                r.1 += 1;
-                if r.0.elapsed() >= Duration::from_secs(1) {
-                    let more = if r.1 > 1 {
-                        format!(" ({} refused since the last line)", r.1)
-                    } else {
-                        String::new()
-                    };
-                    log(&format!(
-                        "refused a TLS connection from {peer}: {why}{more}"
-                    ));
-                    *r = (Instant::now(), 0);
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
 }

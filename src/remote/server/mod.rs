@@ -11,6 +11,8 @@
 //! state every session shares, and starting and stopping the server. The handshake (token,
 //! Hello, lanes, Welcome) is in `service.rs`, a running session (its reader, pusher and
 //! sender) in `session.rs`, and the per-host records kept across sessions in `hosts.rs`.
+//! Connections reach the service through the learner's own accept loop
+//! ([`crate::remote::listener`]: caps, a handshake deadline, bounded log lines).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,6 +25,8 @@ use ipc_channel::ipc::IpcSender;
 use rand::Rng;
 use tokio::sync::watch;
 
+use super::listener::{self, Connections, Limits, Listener};
+use super::log_limit::LogLimiter;
 use super::pb::actor_link_server::ActorLinkServer;
 use crate::config::Config;
 use crate::ipc::ActorMsg;
@@ -104,6 +108,8 @@ struct Shared {
     /// The newest snapshot version the learner published (see [`RemoteServer::published`]).
     published: watch::Sender<u64>,
     log: Box<dyn Fn(&str) + Send + Sync>,
+    /// Bounds the lines of refused tokens (one peer can send thousands of requests a second).
+    token_refusals: LogLimiter,
 }
 
 /// The running server. [`RemoteServer::stop`] tells every host and shuts it down.
@@ -118,8 +124,9 @@ pub struct RemoteServer {
 
 impl RemoteServer {
     /// Binds `cfg.listen.listen` and serves hosts from the lanes of `settings`. `log` prints a line
-    /// for people (sessions opening and ending, refusals). Errors: the address cannot be
-    /// bound, the token or TLS files cannot be read, the queue or snapshot cannot be opened.
+    /// for people (sessions opening and ending, refusals, the latter rate-limited). Errors: the
+    /// address cannot be bound, the token or TLS files cannot be read, the queue or snapshot
+    /// cannot be opened, the open-files limit is too low for `--max-connections`.
     pub fn start(
         settings: ServerSettings,
         log: impl Fn(&str) + Send + Sync + 'static,
@@ -166,6 +173,7 @@ impl RemoteServer {
             stop,
             published,
             log: Box::new(log),
+            token_refusals: LogLimiter::refusals(),
             queue,
             snapshot,
             config: cfg,
@@ -183,6 +191,23 @@ impl RemoteServer {
             .block_on(tokio::net::TcpListener::bind(addr))
             .with_context(|| format!("--listen {listen}: cannot listen there"))?;
         let addr = listener.local_addr()?;
+        let listen_cfg = &shared.config.listen;
+        // Room for every connection the caps allow, besides the learner's own files (actors'
+        // channels, checkpoints, logs).
+        let needed = listen_cfg.max_connections as u64 + 512;
+        let fds = listener::raise_fd_limit(needed).context("reading the open-files limit")?;
+        if fds < needed {
+            anyhow::bail!(
+                "--max-connections {}: this process may open only {fds} files (ulimit -n), and the learner needs about 512 besides its connections; give at most --max-connections {}, or raise the limit",
+                listen_cfg.max_connections,
+                fds.saturating_sub(512).max(1)
+            );
+        }
+        let connections = Connections::new(Limits {
+            total: listen_cfg.max_connections,
+            per_peer: listen_cfg.max_connections_per_peer,
+            handshake: Duration::from_secs_f64(listen_cfg.handshake_timeout),
+        });
         let limit = super::max_message_bytes(slot_bytes, numel);
         let sessions = Arc::new(AtomicU32::new(0));
         let service = ActorLinkServer::new(Service {
@@ -191,20 +216,40 @@ impl RemoteServer {
         })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
+        // A request with the run's token lifts its connection's handshake deadline; the
+        // service itself refuses (and logs) the others.
+        let service = {
+            let (shared, connections) = (shared.clone(), connections.clone());
+            tonic::service::interceptor::InterceptedService::new(
+                service,
+                move |request: tonic::Request<()>| {
+                    if service::check_token(shared.token.as_deref(), request.metadata()).is_ok() {
+                        if let Some(peer) = request.remote_addr() {
+                            connections.authenticated(peer);
+                        }
+                    }
+                    Ok(request)
+                },
+            )
+        };
+        let accepting = {
+            let shared = shared.clone();
+            Listener::new(connections, move |line| (shared.log)(line))
+        };
         let mut builder = tonic::transport::Server::builder()
             // One session per connection; hosts open one connection each.
             .max_concurrent_streams(4)
             .http2_keepalive_interval(Some(Duration::from_secs(2)))
-            .http2_keepalive_timeout(Some(super::HEARTBEAT_TIMEOUT))
-            .tcp_keepalive(Some(Duration::from_secs(10)))
-            .tcp_nodelay(true);
+            // Dead peers: the keep-alive pings once HTTP/2 runs, the handshake deadline
+            // before (the accept loop sets TCP_NODELAY; TCP options here would apply only to
+            // tonic's own accept loop).
+            .http2_keepalive_timeout(Some(super::HEARTBEAT_TIMEOUT));
         let (shutdown, on_shutdown) = tokio::sync::oneshot::channel::<()>();
         let router = builder.add_service(service);
+        let _guard = runtime.enter();
         let served = match tls {
             None => {
-                let incoming = tonic::transport::server::TcpIncoming::from(listener)
-                    .with_nodelay(Some(true))
-                    .with_keepalive(Some(Duration::from_secs(10)));
+                let incoming = listener::plain(listener, accepting);
                 runtime.spawn(async move {
                     let _ = router
                         .serve_with_incoming_shutdown(incoming, async {
@@ -214,9 +259,7 @@ impl RemoteServer {
                 })
             }
             Some(tls) => {
-                let _guard = runtime.enter();
-                let log = shared.clone();
-                let incoming = super::tls::incoming(listener, tls, move |line| (log.log)(line));
+                let incoming = listener::tls(listener, tls, accepting);
                 runtime.spawn(async move {
                     let _ = router
                         .serve_with_incoming_shutdown(incoming, async {

@@ -43,7 +43,9 @@ impl ActorLink for Service {
             .remote_addr()
             .map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
         if let Err(status) = check_token(shared.token.as_deref(), request.metadata()) {
-            (shared.log)(&format!("refused a host at {peer}: {}", status.message()));
+            shared.token_refusals.log(&*shared.log, || {
+                format!("refused a host at {peer}: {}", status.message())
+            });
             return Err(status);
         }
         let mut stream = request.into_inner();
