@@ -22,13 +22,14 @@ pub mod actor_critic;
 pub mod dqn;
 pub mod impala;
 pub mod nstep_q;
+pub mod ppo;
 mod settings;
 mod spec;
 pub mod vtrace;
 
 pub use settings::{
-    ActorCriticSettings, ExplorationSettings, Loss, NStepSettings, QValueSettings, ReplaySettings,
-    RuleSettings, VTraceSettings,
+    ActorCriticSettings, ExplorationSettings, GaeSettings, Loss, NStepSettings, PpoSettings,
+    QValueSettings, ReplaySettings, RuleSettings, SegmentSettings, VTraceSettings,
 };
 pub use spec::{Algorithm, Family, Head, RuleSpec, UnknownRule, RULES};
 
@@ -357,6 +358,13 @@ pub trait LearnerRule {
 
     /// Numbers for the metrics row ending now; resets the interval's sums.
     fn metrics(&mut self) -> RuleMetrics;
+
+    /// The learner's loop says which weights the actors act with now: the version of the
+    /// snapshot it published (or of the inference server's weights), low 32 bits as the
+    /// queue's stamps. Called once before the first update and after every publication. A rule
+    /// that trains only on data of the newest policy (ppo) drops what older versions acted;
+    /// the others ignore it.
+    fn acting(&mut self, _version: u32) {}
 
     /// Writes the rule's replay memory to `path` (rules without one write nothing and return
     /// `Ok(false)`).

@@ -31,6 +31,7 @@ pub static Q: RuleSpec = RuleSpec {
     adder: |cfg, obs| Box::new(Segment::new(cfg, obs.bytes(), Bootstrap::MaxQ)),
     slot_layout: returns_layout,
     learner: |core, cfg| Box::new(Learner::new(core, cfg)),
+    publish_every_update: false,
 };
 
 /// `--algorithm sarsa`: n-step SARSA, the same learner with the action taken next.

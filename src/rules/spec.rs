@@ -37,8 +37,15 @@ pub enum Family {
     Replay,
     /// `--value-coef`, `--entropy-coef`: a policy and a value loss.
     ActorCritic,
-    /// `--unroll`, `--vtrace-rho`, `--vtrace-c`: segments corrected by V-trace.
+    /// `--unroll`: segments of consecutive steps with the behaviour's log-probabilities.
+    Segments,
+    /// `--vtrace-rho`, `--vtrace-c`: segments corrected by V-trace.
     VTrace,
+    /// `--ppo-clip`, `--ppo-epochs`, `--minibatches`, `--value-clip`,
+    /// `--normalize-advantages`: PPO's clipped objective and its epochs.
+    Ppo,
+    /// `--gae-lambda`: generalized advantage estimation.
+    Gae,
 }
 
 /// A learning rule, declared once in its own module.
@@ -60,6 +67,10 @@ pub struct RuleSpec {
     pub slot_layout: fn(&Config, ObsSpec) -> SlotLayout,
     /// Its learner half around the online network and optimizer `core`.
     pub learner: fn(LearnerCore, &Config) -> Box<dyn LearnerRule>,
+    /// The learner publishes a snapshot after every update, whatever `--sync-frames` says
+    /// (ppo, appo: the actors act with the weights of the last update, as PPO's data
+    /// collection with the newest policy wants).
+    pub publish_every_update: bool,
 }
 
 impl RuleSpec {
@@ -82,12 +93,14 @@ impl RuleSpec {
 }
 
 /// Every rule, in the order `learner --help` lists them; the first is the default.
-pub static RULES: [Algorithm; 5] = [
+pub static RULES: [Algorithm; 7] = [
     Algorithm(&super::nstep_q::Q),
     Algorithm(&super::nstep_q::SARSA),
     Algorithm(&super::dqn::SPEC),
     Algorithm(&super::a3c::SPEC),
     Algorithm(&super::impala::SPEC),
+    Algorithm(&super::ppo::PPO),
+    Algorithm(&super::ppo::APPO),
 ];
 
 /// An `--algorithm` that names no rule of [`RULES`]; holds the name given.
