@@ -1,7 +1,8 @@
 //! The learner's training loop, as the algorithm reads: take the actors' reports, replace the
 //! actors that died, update the network through the learning rule when it is ready (else take
-//! what the queue has), publish a snapshot every `--sync-frames`, save a checkpoint every
-//! `--save-freq`, and write a metrics row every `--log-interval`.
+//! what the queue has), publish a snapshot every `--sync-frames` (or after every update, as
+//! the rule's spec says), save a checkpoint every `--save-freq`, and write a metrics row every
+//! `--log-interval`.
 
 use std::collections::BTreeSet;
 use std::path::Path;

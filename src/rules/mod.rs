@@ -14,8 +14,10 @@
 //! the config's rule. Rules: [`nstep_q`] (`--algorithm q|sarsa`, Mnih et al. 2016), [`dqn`]
 //! (`--algorithm dqn`: replay memory, target network, double Q, prioritized replay), [`a3c`]
 //! (`--algorithm a3c`, the advantage actor-critic of Mnih et al. 2016) and [`impala`]
-//! (`--algorithm impala`, V-trace, Espeholt et al. 2018); [`actor_critic`] holds what the last
-//! two share and [`vtrace`] the V-trace targets.
+//! (`--algorithm impala`, V-trace, Espeholt et al. 2018) and [`ppo`] (`--algorithm ppo|appo`,
+//! PPO's clipped objective, Schulman et al. 2017, with GAE or V-trace targets);
+//! [`actor_critic`] holds what the actor-critic rules share and [`vtrace`] the V-trace
+//! targets.
 
 pub mod a3c;
 pub mod actor_critic;
