@@ -128,6 +128,7 @@ fn every_flag_has_a_bad_value_that_is_refused_by_name() {
         ("learning-starts", "soon"),
         ("replay-ratio", "0"),
         ("target-update", "0"),
+        ("target-update-frames", "soon"),
         ("double-q", "maybe"),
         ("prioritized", "maybe"),
         ("priority-alpha", "2"),

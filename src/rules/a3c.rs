@@ -34,6 +34,7 @@ pub static SPEC: RuleSpec = RuleSpec {
     slot_layout: returns_layout,
     learner: |core, cfg| Box::new(Learner::new(core, cfg)),
     publish_every_update: false,
+    check: super::spec::no_checks,
 };
 
 /// The learner half: one actor-critic step on every full batch of n-step returns.

@@ -38,6 +38,7 @@ pub static SPEC: RuleSpec = RuleSpec {
     slot_layout: segments_layout,
     learner: |core, cfg| Box::new(Learner::new(core, cfg)),
     publish_every_update: false,
+    check: super::spec::no_checks,
 };
 
 /// IMPALA's slots: segments of `--unroll` steps, stored as frames.

@@ -69,6 +69,7 @@ pub static PPO: RuleSpec = RuleSpec {
     slot_layout: segments_layout,
     learner: |core, cfg| Box::new(Learner::new(core, cfg, Rule::Ppo)),
     publish_every_update: true,
+    check: super::spec::no_checks,
 };
 
 /// `--algorithm appo`.

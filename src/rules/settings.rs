@@ -26,6 +26,8 @@ pub struct RuleSettings {
     #[command(flatten)]
     pub q: QValueSettings,
     #[command(flatten)]
+    pub q_target: QTargetSettings,
+    #[command(flatten)]
     pub exploration: ExplorationSettings,
     #[command(flatten)]
     pub replay: ReplaySettings,
@@ -51,6 +53,7 @@ impl RuleSettings {
         Ok(RuleSettings {
             n_step: family(t)?,
             q: family(t)?,
+            q_target: family(t)?,
             exploration: family(t)?,
             replay: family(t)?,
             actor_critic: family(t)?,
@@ -68,7 +71,7 @@ impl RuleSettings {
         for family in reads {
             match family {
                 Family::NStep => self.n_step.validate(e),
-                Family::QValue => {}
+                Family::QValue | Family::QTarget => {}
                 Family::Exploration => self.exploration.validate(e),
                 Family::Replay => self.replay.validate(e),
                 Family::ActorCritic => self.actor_critic.validate(e),
@@ -83,9 +86,10 @@ impl RuleSettings {
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 9] = [
+    pub const ALL: [Family; 10] = [
         Family::NStep,
         Family::QValue,
+        Family::QTarget,
         Family::Exploration,
         Family::Replay,
         Family::ActorCritic,
@@ -100,6 +104,7 @@ impl Family {
         match self {
             Family::NStep => NStepSettings::group_id(),
             Family::QValue => QValueSettings::group_id(),
+            Family::QTarget => QTargetSettings::group_id(),
             Family::Exploration => ExplorationSettings::group_id(),
             Family::Replay => ReplaySettings::group_id(),
             Family::ActorCritic => ActorCriticSettings::group_id(),
@@ -145,6 +150,22 @@ pub struct QValueSettings {
     /// network
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub dueling: bool,
+}
+
+/// n-step Q's target network theta- (Mnih et al. 2016, Algorithm S2): q, sarsa. (dqn's is
+/// `--target-update`, counted in updates, in its Replay family: the two rules count their
+/// periods as their references do.)
+#[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[command(next_help_heading = "Target network (q, sarsa)")]
+#[serde(rename_all = "kebab-case")]
+pub struct QTargetSettings {
+    /// Bootstrap on the learner from a target network copied from the online one every this
+    /// many frames (emulator frames summed over actors; the paper: 40,000; the Keras/Theano
+    /// variant's 10,000 learner transitions are 40,000 frames at frame skip 4). 0, the
+    /// default: no target network, the actors bootstrap from their acting snapshot (q only:
+    /// sarsa's bootstrap needs the action taken next, which the learner does not see)
+    #[arg(long, default_value_t = 0)]
+    pub target_update_frames: u64,
 }
 
 /// Epsilon-greedy actors (Mnih et al. 2016: each actor's final epsilon drawn from

@@ -31,6 +31,8 @@ pub enum Family {
     NStep,
     /// `--loss`, `--dueling`: a Q-value regression.
     QValue,
+    /// `--target-update-frames`: n-step Q's target network.
+    QTarget,
     /// `--eps-decay`, `--final-epsilons`, `--final-epsilon-probs`: epsilon-greedy actors.
     Exploration,
     /// The replay memory and target network (`--replay-size`, `--prioritized`, ...).
@@ -71,7 +73,13 @@ pub struct RuleSpec {
     /// (ppo, appo: the actors act with the weights of the last update, as PPO's data
     /// collection with the newest policy wants).
     pub publish_every_update: bool,
+    /// The rule's own checks of settings across families, one line per problem appended to
+    /// the list (most rules have none: [`no_checks`]).
+    pub check: fn(&Config, &mut Vec<String>),
 }
+
+/// The [`RuleSpec::check`] of a rule without checks of its own.
+pub fn no_checks(_cfg: &Config, _e: &mut Vec<String>) {}
 
 impl RuleSpec {
     /// Whether its actors explore epsilon-greedily (with the [`Family::Exploration`] settings)
