@@ -32,8 +32,9 @@ const DQN_BUDGET: &str = "500000";
 
 /// The frame budget of each actor-critic run (also `max-frames` in their configs). Measured
 /// on 2 cores: seeds 0-4 reached 195 at 80,000 to 206,000 frames (a3c) and 123,000 to
-/// 180,000 (impala), 2 to 5 s each; seeds 1-8 at 27,000 to 124,000 (ppo) and seeds 1-6 at
-/// 33,000 to 100,000 (appo), 2 to 14 s each.
+/// 180,000 (impala), 2 to 5 s each; alone, seeds 1-8 at 27,000 to 124,000 (ppo) and seeds 1-6
+/// at 33,000 to 100,000 (appo), 2 to 14 s each; in the suite (the two tests at once) seeds 1-5
+/// at 67,000 to 83,000 (ppo) and 51,000 to 158,000 (appo), both tests 125 s.
 const AC_BUDGET: &str = "600000";
 
 /// Where the actors act.
