@@ -185,14 +185,14 @@ fn refused(dir: &Path, args: &[&str]) -> String {
 fn settings_an_actor_critic_rule_would_ignore_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 10] = [
         (
             &["--algorithm", "a3c", "--eps-decay", "1000"],
             "--eps-decay: only --algorithm q, sarsa, dqn read it; this run is --algorithm a3c",
         ),
         (
             &["--algorithm", "a3c", "--unroll", "10"],
-            "--unroll: only --algorithm impala reads it; this run is --algorithm a3c",
+            "--unroll: only --algorithm impala, ppo, appo read it; this run is --algorithm a3c",
         ),
         (
             &["--algorithm", "impala", "--n-step", "3"],
@@ -200,7 +200,7 @@ fn settings_an_actor_critic_rule_would_ignore_are_refused() {
         ),
         (
             &["--algorithm", "q", "--entropy-coef", "0.1"],
-            "--entropy-coef: only --algorithm a3c, impala read it",
+            "--entropy-coef: only --algorithm a3c, impala, ppo, appo read it",
         ),
         (
             &["--algorithm", "a3c", "--dueling"],
@@ -213,6 +213,18 @@ fn settings_an_actor_critic_rule_would_ignore_are_refused() {
         (
             &["--algorithm", "impala", "--unroll", "0"],
             "--unroll 0: must be 1 to 1000 agent steps",
+        ),
+        (
+            &["--algorithm", "ppo", "--vtrace-rho", "2"],
+            "--vtrace-rho: only --algorithm impala, appo read it; this run is --algorithm ppo",
+        ),
+        (
+            &["--algorithm", "appo", "--gae-lambda", "0.9"],
+            "--gae-lambda: only --algorithm ppo reads it; this run is --algorithm appo",
+        ),
+        (
+            &["--algorithm", "impala", "--ppo-epochs", "3"],
+            "--ppo-epochs: only --algorithm ppo, appo read it; this run is --algorithm impala",
         ),
     ];
     for (args, want) in cases {

@@ -201,12 +201,14 @@ pub struct ActorSettings {
     /// Environments per actor process, stepped in lockstep with one batched forward pass
     #[arg(long, default_value_t = 1)]
     pub envs_per_actor: usize,
-    /// Slots in the shared-memory experience queue, split evenly across actors (impala: segments)
+    /// Slots in the shared-memory experience queue, split evenly across actors (impala, ppo,
+    /// appo: segments)
     #[arg(long, default_value_t = 256)]
     pub queue_size: usize,
     /// Publish a weight snapshot to the actors every this many frames (emulator frames summed
     /// over actors, as every schedule here; the Keras/Theano variant's 10,000 transitions
-    /// consumed are 40,000 frames at frame skip 4)
+    /// consumed are 40,000 frames at frame skip 4). ppo and appo publish after every update
+    /// instead
     #[arg(long, default_value_t = 10_000)]
     pub sync_frames: u64,
     /// Where actors' forward passes run: `actor` (each actor's CPU copy of the newest
@@ -269,7 +271,7 @@ pub struct LearnerSettings {
     /// Discount factor gamma
     #[arg(long, default_value_t = 0.99)]
     pub gamma: f32,
-    /// Transitions per learner update (impala: segments of --unroll steps)
+    /// Transitions per learner update (impala, ppo, appo: segments of --unroll steps)
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// Device of the learner's network: auto, cpu, cuda or cuda:N (the GPU of index N)

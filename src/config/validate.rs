@@ -21,6 +21,7 @@ impl Config {
         }
         let rule = self.learner.algorithm;
         self.rule.validate(rule.reads, &mut e);
+        (rule.check)(self, &mut e);
         e.extend(crate::remote::check_flags(self));
         self.validate_across(&mut e);
         if let Ok(v) = serde_json::to_value(self) {

@@ -1,7 +1,8 @@
 //! The learner's training loop, as the algorithm reads: take the actors' reports, replace the
 //! actors that died, update the network through the learning rule when it is ready (else take
-//! what the queue has), publish a snapshot every `--sync-frames`, save a checkpoint every
-//! `--save-freq`, and write a metrics row every `--log-interval`.
+//! what the queue has), publish a snapshot every `--sync-frames` (or after every update, as
+//! the rule's spec says), save a checkpoint every `--save-freq`, and write a metrics row every
+//! `--log-interval`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -121,13 +122,20 @@ impl<'a> Training<'a> {
         let mut published = PublishLog::new();
         let model = run.trainer.rule.model();
         let served = run.services.iter().any(|s| s.serves_actors());
+        let mut acting = None;
         for s in run.services.iter_mut() {
             if let Some(v) = s.updated(model) {
                 published.record(v, c.frames);
+                acting = Some(v);
             }
         }
         if !served {
             published.record(run.snapshot.version(), c.frames);
+            acting = Some(run.snapshot.version());
+        }
+        let numel = model.numel();
+        if let Some(v) = acting {
+            run.trainer.rule.acting(v as u32);
         }
         let start = Instant::now();
         let log_every = Duration::from_secs_f64(cfg.run.log_interval);
@@ -136,7 +144,7 @@ impl<'a> Training<'a> {
             progress: Progress::new(c.frames, cfg.run.max_frames),
             batch: Batch::new(cfg.learner.batch_size, run.queue.layout()),
             scores: ReturnWindow::new(100),
-            flat: vec![0f32; model.numel()],
+            flat: vec![0f32; numel],
             start,
             wall0: c.wall_s,
             interval: Interval::new(start, &c),
@@ -290,21 +298,28 @@ impl<'a> Training<'a> {
         r.counters.updates += 1;
         self.interval.stats.add(&[&stats.loss, &stats.q_mean]);
         let model = r.trainer.rule.model();
+        let mut acting = None;
         for s in r.services.iter_mut() {
             if let Some(v) = s.updated(model) {
                 self.published.record(v, r.counters.frames);
+                acting = Some(v);
             }
         }
-        if r.counters.frames >= self.next_sync {
+        // The rule may want the actors to act with every update's weights (ppo, appo).
+        if r.counters.frames >= self.next_sync || r.cfg.learner.algorithm.publish_every_update {
             model.flat_params_into(&mut self.flat);
             let version = r.snapshot.publish(&self.flat)?;
             if !self.served {
                 self.published.record(version, r.counters.frames);
+                acting = Some(version);
             }
             for s in r.services.iter_mut() {
                 s.published(version);
             }
             self.next_sync = r.counters.frames + r.cfg.actors.sync_frames;
+        }
+        if let Some(v) = acting {
+            r.trainer.rule.acting(v as u32);
         }
         if r.counters.frames >= self.next_save {
             r.counters.wall_s = self.wall0 + self.start.elapsed().as_secs_f64();

@@ -33,6 +33,8 @@ pub static SPEC: RuleSpec = RuleSpec {
     adder: |cfg, obs| Box::new(Segment::new(cfg, obs.bytes(), Bootstrap::Value)),
     slot_layout: returns_layout,
     learner: |core, cfg| Box::new(Learner::new(core, cfg)),
+    publish_every_update: false,
+    check: super::spec::no_checks,
 };
 
 /// The learner half: one actor-critic step on every full batch of n-step returns.

@@ -47,6 +47,16 @@ impl Actions {
     }
 }
 
+impl Actions {
+    /// The actions of the steps `idx` (`[m]` i64, on the same device).
+    pub fn select(&self, idx: &Tensor) -> Actions {
+        match self {
+            Actions::Discrete(a) => Actions::Discrete(a.index_select(0, idx)),
+            Actions::Continuous(a) => Actions::Continuous(a.index_select(0, idx)),
+        }
+    }
+}
+
 /// log pi(a_i | s_i) `[n]` of `actions` under the policy whose outputs are `policy` (logits
 /// `[n, A]`, or `[n, 2d]` means and log standard deviations), and each step's entropy `[n]`
 /// in nats.

@@ -62,6 +62,8 @@ pub static SPEC: RuleSpec = RuleSpec {
     },
     slot_layout: |_cfg, obs: ObsSpec| SlotLayout::transitions(obs.bytes(), true),
     learner: |core, cfg| Box::new(Learner::new(core, cfg)),
+    publish_every_update: false,
+    check: super::spec::no_checks,
 };
 
 /// The actor half: a sliding window of the last n steps of one environment.

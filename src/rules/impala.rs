@@ -33,16 +33,18 @@ pub static SPEC: RuleSpec = RuleSpec {
     name: "impala",
     about: "IMPALA (Espeholt et al. 2018): the actor pushes whole segments with its behaviour policy's log-probabilities; the learner corrects for the lag with V-trace",
     head: Head::ActorCritic,
-    reads: &[Family::ActorCritic, Family::VTrace],
-    horizon: |cfg| format!("segments of {} steps", cfg.rule.vtrace.unroll),
+    reads: &[Family::ActorCritic, Family::Segments, Family::VTrace],
+    horizon: |cfg| format!("segments of {} steps", cfg.rule.segments.unroll),
     adder: |cfg, obs| Box::new(Unroll::new(segments_layout(cfg, obs))),
     slot_layout: segments_layout,
     learner: |core, cfg| Box::new(Learner::new(core, cfg)),
+    publish_every_update: false,
+    check: super::spec::no_checks,
 };
 
 /// IMPALA's slots: segments of `--unroll` steps, stored as frames.
-fn segments_layout(cfg: &Config, obs: ObsSpec) -> SlotLayout {
-    SlotLayout::segments(obs.bytes(), cfg.rule.vtrace.unroll, super::frame_bytes(obs))
+pub fn segments_layout(cfg: &Config, obs: ObsSpec) -> SlotLayout {
+    SlotLayout::segments(obs.bytes(), cfg.rule.segments.unroll, super::frame_bytes(obs))
 }
 
 /// log softmax(logits)[a], computed stably (see [`crate::policy::log_prob`]).
@@ -185,40 +187,41 @@ impl Learner {
             sums: Sums::default(),
         }
     }
+}
 
-    /// The `t_max + 1` stacked observations of each of the batch's `n` segments,
-    /// `[n * (t_max + 1), ...]` on the device, built from the stored frames without copying
-    /// each one `stack` times on the host.
-    fn states(&self, n: usize) -> Tensor {
-        let layout = self.held.layout();
-        let t1 = (layout.steps() + 1) as i64;
-        let stack = layout.stack();
-        let frames = layout.stack() + layout.steps();
-        let rows = &self.held.obs[..n * frames * layout.segment.map_or(0, |s| s.frame_bytes)];
-        let n = n as i64;
-        let c = &self.core;
-        match c.obs {
-            ObsSpec::Frames([_, h, w]) => {
-                let (h, w) = (h as i64, w as i64);
-                // [n, stack + T, h, w] -> windows of `stack` frames along dim 1:
-                // [n, T + 1, h, w, stack] -> [n * (T + 1), stack, h, w].
-                let f = c.upload_slice(rows).view([n, frames as i64, h, w]);
-                let s = f
-                    .unfold(1, stack as i64, 1)
-                    .permute([0, 1, 4, 2, 3])
-                    .reshape([n * t1, stack as i64, h, w]);
-                if c.device == Device::Cpu {
-                    crate::model::channels_last(&s)
-                } else {
-                    s
-                }
+/// The `T + 1` stacked observations of each of the first `n` segments of `batch` (T =
+/// `--unroll`), `[n * (T + 1), ...]` on `core`'s device (row `i * (T + 1) + t` is segment i's
+/// observation t), built from the stored frames without copying each one `stack` times on
+/// the host. Rows past a segment's length hold whatever the slot had (padding).
+pub fn segment_states(core: &LearnerCore, batch: &Batch, n: usize) -> Tensor {
+    let layout = batch.layout();
+    let t1 = (layout.steps() + 1) as i64;
+    let stack = layout.stack();
+    let frames = layout.stack() + layout.steps();
+    let rows = &batch.obs[..n * frames * layout.segment.map_or(0, |s| s.frame_bytes)];
+    let n = n as i64;
+    let c = core;
+    match c.obs {
+        ObsSpec::Frames([_, h, w]) => {
+            let (h, w) = (h as i64, w as i64);
+            // [n, stack + T, h, w] -> windows of `stack` frames along dim 1:
+            // [n, T + 1, h, w, stack] -> [n * (T + 1), stack, h, w].
+            let f = c.upload_slice(rows).view([n, frames as i64, h, w]);
+            let s = f
+                .unfold(1, stack as i64, 1)
+                .permute([0, 1, 4, 2, 3])
+                .reshape([n * t1, stack as i64, h, w]);
+            if c.device == Device::Cpu {
+                crate::model::channels_last(&s)
+            } else {
+                s
             }
-            ObsSpec::Vector(k) => c.upload(Tensor::from_data_size(
-                rows,
-                &[n * t1, k as i64],
-                Kind::Float,
-            )),
         }
+        ObsSpec::Vector(k) => c.upload(Tensor::from_data_size(
+            rows,
+            &[n * t1, k as i64],
+            Kind::Float,
+        )),
     }
 }
 
@@ -238,7 +241,7 @@ impl LearnerRule for Learner {
         let n = self.held.len();
         let t_max = self.held.layout().steps();
         let t1 = t_max + 1;
-        let states = self.states(n);
+        let states = segment_states(&self.core, &self.held, n);
         let (logits, values) = self
             .core
             .model

@@ -173,7 +173,7 @@ fn the_segment_slot_round_trips_through_the_queue() {
 
 fn impala_config(unroll: usize, batch: usize, network: Network) -> Config {
     let mut cfg = Config::from_flags(["--algorithm=impala"]).unwrap();
-    cfg.rule.vtrace.unroll = unroll;
+    cfg.rule.segments.unroll = unroll;
     cfg.learner.batch_size = batch;
     cfg.net.network = network;
     cfg
@@ -212,7 +212,7 @@ fn the_learner_rebuilds_every_stacked_atari_observation_from_the_frames() {
             .unwrap();
     }
     assert_eq!(l.insert(&mut batch, 0), 5);
-    let states = l.states(2);
+    let states = segment_states(&l.core, &l.held, 2);
     assert_eq!(states.size(), vec![8, 4, 84, 84]);
     for i in 0..2 {
         let len = l.held.lens[i] as usize;

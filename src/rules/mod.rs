@@ -14,8 +14,10 @@
 //! the config's rule. Rules: [`nstep_q`] (`--algorithm q|sarsa`, Mnih et al. 2016), [`dqn`]
 //! (`--algorithm dqn`: replay memory, target network, double Q, prioritized replay), [`a3c`]
 //! (`--algorithm a3c`, the advantage actor-critic of Mnih et al. 2016) and [`impala`]
-//! (`--algorithm impala`, V-trace, Espeholt et al. 2018); [`actor_critic`] holds what the last
-//! two share and [`vtrace`] the V-trace targets.
+//! (`--algorithm impala`, V-trace, Espeholt et al. 2018) and [`ppo`] (`--algorithm ppo|appo`,
+//! PPO's clipped objective, Schulman et al. 2017, with GAE or V-trace targets);
+//! [`actor_critic`] holds what the actor-critic rules share and [`vtrace`] the V-trace
+//! targets.
 
 pub mod a3c;
 pub mod actor_critic;
@@ -24,13 +26,15 @@ mod continuous_tests;
 pub mod dqn;
 pub mod impala;
 pub mod nstep_q;
+pub mod ppo;
 mod settings;
 mod spec;
 pub mod vtrace;
 
 pub use settings::{
-    ActorCriticSettings, ExplorationSettings, Loss, NStepSettings, QValueSettings, ReplaySettings,
-    RuleSettings, VTraceSettings,
+    ActorCriticSettings, ExplorationSettings, GaeSettings, Loss, NStepSettings, PpoSettings,
+    QTargetSettings, QValueSettings, ReplaySettings, RuleSettings, SegmentSettings,
+    VTraceSettings,
 };
 pub use spec::{Algorithm, Family, Head, RuleSpec, UnknownRule, RULES};
 
@@ -398,6 +402,13 @@ pub trait LearnerRule {
 
     /// Numbers for the metrics row ending now; resets the interval's sums.
     fn metrics(&mut self) -> RuleMetrics;
+
+    /// The learner's loop says which weights the actors act with now: the version of the
+    /// snapshot it published (or of the inference server's weights), low 32 bits as the
+    /// queue's stamps. Called once before the first update and after every publication. A rule
+    /// that trains only on data of the newest policy (ppo) drops what older versions acted;
+    /// the others ignore it.
+    fn acting(&mut self, _version: u32) {}
 
     /// Writes the rule's replay memory to `path` (rules without one write nothing and return
     /// `Ok(false)`).

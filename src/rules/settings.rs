@@ -26,13 +26,21 @@ pub struct RuleSettings {
     #[command(flatten)]
     pub q: QValueSettings,
     #[command(flatten)]
+    pub q_target: QTargetSettings,
+    #[command(flatten)]
     pub exploration: ExplorationSettings,
     #[command(flatten)]
     pub replay: ReplaySettings,
     #[command(flatten)]
     pub actor_critic: ActorCriticSettings,
     #[command(flatten)]
+    pub segments: SegmentSettings,
+    #[command(flatten)]
     pub vtrace: VTraceSettings,
+    #[command(flatten)]
+    pub ppo: PpoSettings,
+    #[command(flatten)]
+    pub gae: GaeSettings,
 }
 
 impl RuleSettings {
@@ -45,10 +53,14 @@ impl RuleSettings {
         Ok(RuleSettings {
             n_step: family(t)?,
             q: family(t)?,
+            q_target: family(t)?,
             exploration: family(t)?,
             replay: family(t)?,
             actor_critic: family(t)?,
+            segments: family(t)?,
             vtrace: family(t)?,
+            ppo: family(t)?,
+            gae: family(t)?,
         })
     }
 
@@ -59,11 +71,14 @@ impl RuleSettings {
         for family in reads {
             match family {
                 Family::NStep => self.n_step.validate(e),
-                Family::QValue => {}
+                Family::QValue | Family::QTarget => {}
                 Family::Exploration => self.exploration.validate(e),
                 Family::Replay => self.replay.validate(e),
                 Family::ActorCritic => self.actor_critic.validate(e),
+                Family::Segments => self.segments.validate(e),
                 Family::VTrace => self.vtrace.validate(e),
+                Family::Ppo => self.ppo.validate(e),
+                Family::Gae => self.gae.validate(e),
             }
         }
     }
@@ -71,13 +86,17 @@ impl RuleSettings {
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 6] = [
+    pub const ALL: [Family; 10] = [
         Family::NStep,
         Family::QValue,
+        Family::QTarget,
         Family::Exploration,
         Family::Replay,
         Family::ActorCritic,
+        Family::Segments,
         Family::VTrace,
+        Family::Ppo,
+        Family::Gae,
     ];
 
     /// The clap id of the family's group of flags.
@@ -85,10 +104,14 @@ impl Family {
         match self {
             Family::NStep => NStepSettings::group_id(),
             Family::QValue => QValueSettings::group_id(),
+            Family::QTarget => QTargetSettings::group_id(),
             Family::Exploration => ExplorationSettings::group_id(),
             Family::Replay => ReplaySettings::group_id(),
             Family::ActorCritic => ActorCriticSettings::group_id(),
+            Family::Segments => SegmentSettings::group_id(),
             Family::VTrace => VTraceSettings::group_id(),
+            Family::Ppo => PpoSettings::group_id(),
+            Family::Gae => GaeSettings::group_id(),
         }
         .expect("a derived group has an id")
     }
@@ -127,6 +150,22 @@ pub struct QValueSettings {
     /// network
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub dueling: bool,
+}
+
+/// n-step Q's target network theta- (Mnih et al. 2016, Algorithm S2): q, sarsa. (dqn's is
+/// `--target-update`, counted in updates, in its Replay family: the two rules count their
+/// periods as their references do.)
+#[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[command(next_help_heading = "Target network (q, sarsa)")]
+#[serde(rename_all = "kebab-case")]
+pub struct QTargetSettings {
+    /// Bootstrap on the learner from a target network copied from the online one every this
+    /// many frames (emulator frames summed over actors; the paper: 40,000; the Keras/Theano
+    /// variant's 10,000 learner transitions are 40,000 frames at frame skip 4). 0, the
+    /// default: no target network, the actors bootstrap from their acting snapshot (q only:
+    /// sarsa's bootstrap needs the action taken next, which the learner does not see)
+    #[arg(long, default_value_t = 0)]
+    pub target_update_frames: u64,
 }
 
 /// Epsilon-greedy actors (Mnih et al. 2016: each actor's final epsilon drawn from
@@ -236,9 +275,9 @@ impl ReplaySettings {
     }
 }
 
-/// A policy and a value learned together: a3c, impala.
+/// A policy and a value learned together: a3c, impala, ppo, appo.
 #[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[command(next_help_heading = "Actor-critic (a3c, impala)")]
+#[command(next_help_heading = "Actor-critic (a3c, impala, ppo, appo)")]
 #[serde(rename_all = "kebab-case")]
 pub struct ActorCriticSettings {
     /// Weight of the value loss (R - V(s))^2 against the policy loss
@@ -262,14 +301,34 @@ impl ActorCriticSettings {
     }
 }
 
-/// Segments of consecutive steps corrected by V-trace (Espeholt et al. 2018): impala.
+/// Segments of consecutive steps with the behaviour policy's log-probabilities: impala, ppo,
+/// appo.
 #[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[command(next_help_heading = "V-trace (impala)")]
+#[command(next_help_heading = "Segments (impala, ppo, appo)")]
 #[serde(rename_all = "kebab-case")]
-pub struct VTraceSettings {
-    /// Agent steps per segment an actor pushes (the unroll length)
+pub struct SegmentSettings {
+    /// Agent steps per segment an actor pushes (the unroll length; IMPALA 20, CleanRL's PPO
+    /// 128)
     #[arg(long, default_value_t = 20)]
     pub unroll: usize,
+}
+
+impl SegmentSettings {
+    fn validate(&self, e: &mut Vec<String>) {
+        if self.unroll == 0 || self.unroll > 1000 {
+            e.push(format!(
+                "--unroll {}: must be 1 to 1000 agent steps per segment (IMPALA uses 20)",
+                self.unroll
+            ));
+        }
+    }
+}
+
+/// V-trace's clipping (Espeholt et al. 2018): impala, appo.
+#[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[command(next_help_heading = "V-trace (impala, appo)")]
+#[serde(rename_all = "kebab-case")]
+pub struct VTraceSettings {
     /// V-trace's rho-bar, the clip of the importance weights of the value targets and the
     /// policy gradient (inf: no clipping)
     #[arg(long, default_value_t = 1.0)]
@@ -281,12 +340,6 @@ pub struct VTraceSettings {
 
 impl VTraceSettings {
     fn validate(&self, e: &mut Vec<String>) {
-        if self.unroll == 0 || self.unroll > 1000 {
-            e.push(format!(
-                "--unroll {}: must be 1 to 1000 agent steps per segment (IMPALA uses 20)",
-                self.unroll
-            ));
-        }
         for (flag, v) in [
             ("--vtrace-rho", self.vtrace_rho),
             ("--vtrace-c", self.vtrace_c),
@@ -295,6 +348,74 @@ impl VTraceSettings {
             if v.is_nan() || v <= 0.0 {
                 e.push(format!("{flag} {v}: must be > 0 (inf for no clipping)"));
             }
+        }
+    }
+}
+
+/// PPO's clipped objective, trained for several epochs over minibatches of each batch
+/// (Schulman et al. 2017; defaults of its Atari settings and CleanRL's `ppo_atari`): ppo, appo.
+#[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[command(next_help_heading = "PPO (ppo, appo)")]
+#[serde(rename_all = "kebab-case")]
+pub struct PpoSettings {
+    /// The clip epsilon of the probability ratio pi/mu: the surrogate is
+    /// min(ratio A, clip(ratio, 1 - eps, 1 + eps) A)
+    #[arg(long, default_value_t = 0.1)]
+    pub ppo_clip: f64,
+    /// Passes over each batch of --batch-size segments per update
+    #[arg(long, default_value_t = 4)]
+    pub ppo_epochs: usize,
+    /// Minibatches per epoch: each epoch shuffles the batch's steps and splits them into this
+    /// many, one optimizer step each (every step once per epoch)
+    #[arg(long, default_value_t = 4)]
+    pub minibatches: usize,
+    /// Clip the value's change as the ratio's: the value loss is the larger of (V - R)^2 and
+    /// (V_old + clip(V - V_old, -eps, eps) - R)^2, eps = --ppo-clip (CleanRL's clip_vloss)
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub value_clip: bool,
+    /// Normalise the advantages of each minibatch to mean 0 and standard deviation 1
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub normalize_advantages: bool,
+}
+
+impl PpoSettings {
+    fn validate(&self, e: &mut Vec<String>) {
+        if !(self.ppo_clip.is_finite() && self.ppo_clip > 0.0 && self.ppo_clip < 1.0) {
+            e.push(format!(
+                "--ppo-clip {}: must be in (0, 1) (the PPO paper uses 0.1 on Atari, 0.2 elsewhere)",
+                self.ppo_clip
+            ));
+        }
+        if !(1..=100).contains(&self.ppo_epochs) {
+            e.push(format!(
+                "--ppo-epochs {}: must be 1 to 100 passes over each batch",
+                self.ppo_epochs
+            ));
+        }
+        if !(1..=4096).contains(&self.minibatches) {
+            e.push(format!(
+                "--minibatches {}: must be 1 to 4096 per epoch",
+                self.minibatches
+            ));
+        }
+    }
+}
+
+/// Generalized advantage estimation (Schulman et al. 2016): ppo.
+#[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[command(next_help_heading = "GAE (ppo)")]
+#[serde(rename_all = "kebab-case")]
+pub struct GaeSettings {
+    /// GAE's lambda: the advantage is sum_k (gamma lambda)^k delta_t+k (1: the Monte Carlo
+    /// return less V; 0: the 1-step TD error)
+    #[arg(long, default_value_t = 0.95)]
+    pub gae_lambda: f64,
+}
+
+impl GaeSettings {
+    fn validate(&self, e: &mut Vec<String>) {
+        if !(0.0..=1.0).contains(&self.gae_lambda) {
+            e.push(format!("--gae-lambda {}: must be in [0, 1]", self.gae_lambda));
         }
     }
 }

@@ -31,14 +31,23 @@ pub enum Family {
     NStep,
     /// `--loss`, `--dueling`: a Q-value regression.
     QValue,
+    /// `--target-update-frames`: n-step Q's target network.
+    QTarget,
     /// `--eps-decay`, `--final-epsilons`, `--final-epsilon-probs`: epsilon-greedy actors.
     Exploration,
     /// The replay memory and target network (`--replay-size`, `--prioritized`, ...).
     Replay,
     /// `--value-coef`, `--entropy-coef`: a policy and a value loss.
     ActorCritic,
-    /// `--unroll`, `--vtrace-rho`, `--vtrace-c`: segments corrected by V-trace.
+    /// `--unroll`: segments of consecutive steps with the behaviour's log-probabilities.
+    Segments,
+    /// `--vtrace-rho`, `--vtrace-c`: segments corrected by V-trace.
     VTrace,
+    /// `--ppo-clip`, `--ppo-epochs`, `--minibatches`, `--value-clip`,
+    /// `--normalize-advantages`: PPO's clipped objective and its epochs.
+    Ppo,
+    /// `--gae-lambda`: generalized advantage estimation.
+    Gae,
 }
 
 /// A learning rule, declared once in its own module.
@@ -60,7 +69,17 @@ pub struct RuleSpec {
     pub slot_layout: fn(&Config, ObsSpec) -> SlotLayout,
     /// Its learner half around the online network and optimizer `core`.
     pub learner: fn(LearnerCore, &Config) -> Box<dyn LearnerRule>,
+    /// The learner publishes a snapshot after every update, whatever `--sync-frames` says
+    /// (ppo, appo: the actors act with the weights of the last update, as PPO's data
+    /// collection with the newest policy wants).
+    pub publish_every_update: bool,
+    /// The rule's own checks of settings across families, one line per problem appended to
+    /// the list (most rules have none: [`no_checks`]).
+    pub check: fn(&Config, &mut Vec<String>),
 }
+
+/// The [`RuleSpec::check`] of a rule without checks of its own.
+pub fn no_checks(_cfg: &Config, _e: &mut Vec<String>) {}
 
 impl RuleSpec {
     /// Whether its actors explore epsilon-greedily (with the [`Family::Exploration`] settings)
@@ -82,12 +101,14 @@ impl RuleSpec {
 }
 
 /// Every rule, in the order `learner --help` lists them; the first is the default.
-pub static RULES: [Algorithm; 5] = [
+pub static RULES: [Algorithm; 7] = [
     Algorithm(&super::nstep_q::Q),
     Algorithm(&super::nstep_q::SARSA),
     Algorithm(&super::dqn::SPEC),
     Algorithm(&super::a3c::SPEC),
     Algorithm(&super::impala::SPEC),
+    Algorithm(&super::ppo::PPO),
+    Algorithm(&super::ppo::APPO),
 ];
 
 /// An `--algorithm` that names no rule of [`RULES`]; holds the name given.

@@ -396,6 +396,45 @@ impl Batch {
         Ok(())
     }
 
+    /// Keeps the rows for which `keep(i)` is true (i their index now), in order, moving them
+    /// down over the others; returns how many rows were removed. (The on-policy PPO learner
+    /// drops the segments acted by older snapshots this way.)
+    pub fn retain(&mut self, mut keep: impl FnMut(usize) -> bool) -> usize {
+        let (t, r, n) = (
+            self.layout.steps(),
+            Self::row_bytes_of(&self.layout),
+            self.layout.obs_bytes,
+        );
+        let seg = self.layout.segment.is_some();
+        let mut kept = 0;
+        for i in 0..self.len {
+            if !keep(i) {
+                continue;
+            }
+            if kept != i {
+                self.obs.copy_within(i * r..(i + 1) * r, kept * r);
+                self.actions.copy_within(i * t..(i + 1) * t, kept * t);
+                self.versions[kept] = self.versions[i];
+                if seg {
+                    self.rewards.copy_within(i * t..(i + 1) * t, kept * t);
+                    self.behaviour_logp.copy_within(i * t..(i + 1) * t, kept * t);
+                    self.lens[kept] = self.lens[i];
+                    self.terminal[kept] = self.terminal[i];
+                } else {
+                    self.returns[kept] = self.returns[i];
+                    self.discounts[kept] = self.discounts[i];
+                    if !self.next_obs.is_empty() {
+                        self.next_obs.copy_within(i * n..(i + 1) * n, kept * n);
+                    }
+                }
+            }
+            kept += 1;
+        }
+        let removed = self.len - kept;
+        self.len = kept;
+        removed
+    }
+
     /// Marks the row returned by `next_row` as filled.
     pub(crate) fn commit_row(&mut self) {
         self.len += 1;
