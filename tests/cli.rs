@@ -55,7 +55,7 @@ fn missing_checkpoint_lists_the_ones_that_exist() {
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
-        err.contains("model-1250000.pt") && err.contains("no checkpoints"),
+        err.contains("model-1250000.safetensors") && err.contains("no checkpoints"),
         "{err}"
     );
 }

@@ -293,7 +293,7 @@ fn latest_skips_a_damaged_newest_checkpoint_and_a_missing_one_lists_those_there(
     let err = text(&out.stderr);
     let listed: Vec<String> = saved.iter().map(|f| f.to_string()).collect();
     assert!(
-        err.contains("run/model-777.pt: no such file")
+        err.contains("run/model-777.safetensors: no such file")
             && err.contains(&format!(
                 "checkpoints in the run directory: {}",
                 listed.join(", ")
