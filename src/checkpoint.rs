@@ -510,7 +510,7 @@ impl Flaw {
 }
 
 /// Decodes the bytes of a safetensors checkpoint (see [`load`]); the error says what is wrong.
-/// Public for the fuzz targets (`fuzz/`), which feed it arbitrary bytes.
+/// Public for the fuzz targets (`src/fuzz_tests.rs`), which feed it arbitrary bytes.
 #[doc(hidden)]
 pub fn decode_bytes(bytes: &[u8]) -> Result<Checkpoint, String> {
     decode(bytes).map_err(|e| format!("{:?}", e))
