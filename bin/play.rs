@@ -46,7 +46,8 @@ pub enum PolicyChoice {
 #[derive(Parser, Debug)]
 #[command(name = "play", version, allow_negative_numbers = true)]
 struct Args {
-    /// Checkpoint file written by `learner` (e.g. runs/Breakout/model-1250000.pt)
+    /// Checkpoint file written by `learner` (e.g. runs/Breakout/model-1250000.safetensors;
+    /// an older build's .pt file is read too, with a warning)
     #[arg(long)]
     model: PathBuf,
     /// Number of whole games to play [default: 5, or 30 with --eval]

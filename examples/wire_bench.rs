@@ -2,7 +2,7 @@
 //! zstd levels 1 and 3, for the README's "Actors on other machines":
 //!
 //! ```text
-//! cargo run --release --example wire_bench -- [GAME] [CHECKPOINT.pt]
+//! cargo run --release --example wire_bench -- [GAME] [CHECKPOINT.safetensors]
 //! ```
 //!
 //! Experience: GAME (Breakout) played with random actions (ALE, DeepMind preprocessing) into

@@ -126,7 +126,7 @@ def finish(p, deadline, seed, logdir):
         fail(f"the learner failed (exit {p.returncode}) for seed {seed}; see {logdir}")
     ckpts = sorted(
         (int(m.group(1)), f) for f in os.listdir(logdir)
-        if (m := re.fullmatch(r"model-(\d+)\.pt", f))
+        if (m := re.fullmatch(r"model-(\d+)\.(?:safetensors|pt)", f))
     )
     if not ckpts:
         fail(f"seed {seed}: no checkpoint in {logdir}")

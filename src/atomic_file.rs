@@ -130,8 +130,8 @@ pub fn write<T>(
     Ok(value)
 }
 
-/// The destination's file name of a temporary file named `name` (e.g. `model-5000.pt` for
-/// `.model-5000.pt.Ab3xYz.tmp`), or `None` if `name` is not one of ours.
+/// The destination's file name of a temporary file named `name` (e.g. `model-5000.safetensors` for
+/// `.model-5000.safetensors.Ab3xYz.tmp`), or `None` if `name` is not one of ours.
 pub fn destination_of(name: &str) -> Option<&str> {
     let (dest, random) = name
         .strip_prefix('.')?

@@ -110,13 +110,60 @@ fn prepare(
     for e in &found.skipped {
         crate::say_err!("warning: --checkpoint latest: skipping {e}");
     }
-    let cfg = config::merge(&found.checkpoint.state.config, file_ref, cli, explicit)?;
+    let mut cfg = config::merge(&found.checkpoint.state.config, file_ref, cli, explicit)?;
+    for line in settle_paths(&mut cfg, &found.checkpoint.state.config, given, &found.path) {
+        crate::say!("{line}");
+    }
     cfg.validate()?;
     check_game_matches_rom(&cfg, game_given)?;
     cfg.check_rule_settings(given)?;
     check_resumable(&cfg, &found)?;
     crate::say!("resuming from {}", found.path.display());
     Ok((cfg, Some(found.checkpoint)))
+}
+
+/// The rule for the paths a resumed checkpoint's config records (README, "Files a run reads"):
+/// a checkpoint may come from another machine or another person, so none of its paths is
+/// taken silently.
+/// - `--logdir` is never taken from a checkpoint: the run directory is the one given on the
+///   command line or in `--config`, else `runs/<game>` (where `--checkpoint N` and `latest`
+///   look); a line says so when the checkpoint recorded another one.
+/// - `--rom` is taken from the checkpoint when neither the command line nor `--config` gives
+///   one (the game needs its ROM), and a line names it.
+///
+/// (The remote settings, the auth token and TLS files among them, are the command line's
+/// alone: [`config::merge`].) Returns the lines to print; `given(key)` says whether the
+/// command line or the config file set flag `key`.
+pub(crate) fn settle_paths(
+    cfg: &mut Config,
+    was: &Config,
+    given: impl Fn(&str) -> bool,
+    checkpoint: &std::path::Path,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    if !given("logdir") {
+        cfg.run.logdir = None;
+        if let Some(recorded) = &was.run.logdir {
+            if *recorded != cfg.run_dir() {
+                lines.push(format!(
+                    "resuming {}: it was trained with --logdir {}; this run writes to {} (give --logdir to choose)",
+                    checkpoint.display(),
+                    recorded.display(),
+                    cfg.run_dir().display()
+                ));
+            }
+        }
+    }
+    if !given("rom") {
+        if let Some(rom) = &was.run.rom {
+            lines.push(format!(
+                "resuming {}: --rom {} from the checkpoint's config (give --rom to use another)",
+                checkpoint.display(),
+                rom.display()
+            ));
+        }
+    }
+    lines
 }
 
 /// With `--rom`, the game is the ROM's; a `--game` given as well (on the command line or in
@@ -288,3 +335,7 @@ fn fail(code: u8, msg: &str) -> ExitCode {
     crate::say_err!("error: {msg}");
     ExitCode::from(code)
 }
+
+#[cfg(test)]
+#[path = "cli_tests.rs"]
+mod tests;

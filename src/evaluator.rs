@@ -3,7 +3,7 @@
 //! `--eval-episodes` whole games with the standard protocol ([`eval::Protocol::standard`]:
 //! epsilon 0.05, up to 30 no-op starts, a lost life not terminal, unclipped scores; an
 //! actor-critic network samples from its policy instead of acting epsilon-greedily), and reports
-//! their statistics to the learner, which keeps the best snapshot (`model-best.pt`). Training
+//! their statistics to the learner, which keeps the best snapshot (`model-best.safetensors`). Training
 //! does not wait for it; an evaluation that spans several multiples reports once.
 
 use std::ops::ControlFlow;

@@ -79,7 +79,7 @@ pub enum ActorMsg {
     /// The actor is giving up; the learner logs this and replaces it.
     Failed { actor: usize, message: String },
     /// The evaluator finished an evaluation of the snapshot `weights` (flat, in snapshot
-    /// order), so that the learner can keep the best one (`model-best.pt`).
+    /// order), so that the learner can keep the best one (`model-best.safetensors`).
     Eval {
         scores: EvalScores,
         weights: Vec<f32>,

@@ -51,3 +51,6 @@ pub mod tensorboard;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+#[cfg(test)]
+mod fuzz_tests;

@@ -55,7 +55,7 @@ fn missing_checkpoint_lists_the_ones_that_exist() {
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
-        err.contains("model-1250000.pt") && err.contains("no checkpoints"),
+        err.contains("model-1250000.safetensors") && err.contains("no checkpoints"),
         "{err}"
     );
 }
@@ -437,4 +437,45 @@ fn negative_numbers_are_values_refused_by_name_not_unknown_flags() {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--epsilon -0.5: must be in [0, 1]"), "{err}");
+}
+
+#[test]
+fn a_resumed_checkpoint_from_another_run_directory_writes_here_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = tmp.path().join("first");
+    Run::cartpole(tmp.path())
+        .processes(1)
+        .logdir("first")
+        .frames(3000)
+        .succeeds("first run", Duration::from_secs(60));
+    let saved = async_rl::checkpoint::list(&first);
+    let last = *saved.last().unwrap();
+    // The run directory copied elsewhere, as to another machine: its checkpoints record
+    // `--logdir first`.
+    let copy = tmp.path().join("runs/CartPole");
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(&first).unwrap().flatten() {
+        std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+    }
+    // Resumed without --logdir: it writes where it found the checkpoint, and says so.
+    let out = Run::cartpole(tmp.path())
+        .processes(1)
+        .without("--logdir")
+        .checkpoint("latest")
+        .frames(last + 3000)
+        .succeeds("resumed run", Duration::from_secs(60));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("it was trained with --logdir first; this run writes to runs/CartPole"),
+        "{stdout}"
+    );
+    assert_eq!(
+        async_rl::checkpoint::list(&first),
+        saved,
+        "the recorded run directory was written to"
+    );
+    assert!(
+        async_rl::checkpoint::list(&copy).last() > Some(&last),
+        "no new checkpoint in the run directory"
+    );
 }

@@ -293,7 +293,7 @@ fn latest_skips_a_damaged_newest_checkpoint_and_a_missing_one_lists_those_there(
     let err = text(&out.stderr);
     let listed: Vec<String> = saved.iter().map(|f| f.to_string()).collect();
     assert!(
-        err.contains("run/model-777.pt: no such file")
+        err.contains("run/model-777.safetensors: no such file")
             && err.contains(&format!(
                 "checkpoints in the run directory: {}",
                 listed.join(", ")
@@ -321,7 +321,7 @@ fn latest_skips_a_damaged_newest_checkpoint_and_a_missing_one_lists_those_there(
         "{stderr}"
     );
     assert!(
-        stdout.contains(&format!("resuming from run/model-{previous}.pt")),
+        stdout.contains(&format!("resuming from run/model-{previous}.safetensors")),
         "{stdout}"
     );
 }
@@ -357,7 +357,7 @@ fn a_checkpoint_of_another_game_is_refused_before_anything_starts() {
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
-        err.contains("--checkpoint run/model-1000.pt: trained on CartPole (mlp network)")
+        err.contains("--checkpoint run/model-1000.safetensors: trained on CartPole (mlp network)")
             && err.contains("this run is Breakout (resume with --game CartPole"),
         "{err}"
     );

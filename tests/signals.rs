@@ -159,7 +159,7 @@ fn killed_learner_takes_its_actors_and_the_next_resumes_from_the_latest_checkpoi
     assert_ok("next learner", &out);
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains(&format!("resuming from run/model-{newest}.pt")),
+        stdout.contains(&format!("resuming from run/model-{newest}.safetensors")),
         "{stdout}"
     );
     assert!(

@@ -150,7 +150,7 @@ fn periodic_evaluation_runs_beside_training_and_logs_eval_mean_return() {
         evals.iter().all(|(_, v)| (1.0..=500.0).contains(v)),
         "{evals:?}"
     );
-    // The best evaluation's weights are model-best.pt, its scores beside it; play reads it,
+    // The best evaluation's weights are model-best.safetensors, its scores beside it; play reads it,
     // and it is no periodic checkpoint.
     let dir = tmp.path().join("run");
     let best: serde_json::Value =
@@ -158,14 +158,14 @@ fn periodic_evaluation_runs_beside_training_and_logs_eval_mean_return() {
     let top = evals.iter().map(|(_, v)| *v).fold(f32::MIN, f32::max);
     let mean = best["mean"].as_f64().unwrap();
     assert!((mean - f64::from(top)).abs() < 1e-3, "{best} vs {evals:?}");
-    let ckpt = async_rl::checkpoint::load(&dir.join("model-best.pt")).unwrap();
+    let ckpt = async_rl::checkpoint::load(&dir.join("model-best.safetensors")).unwrap();
     assert_eq!(ckpt.state.frames, best["frames"].as_u64().unwrap());
     assert!(!async_rl::checkpoint::list(&dir).is_empty());
     let (_, out) = run(
         PLAY,
         &[
             "--model",
-            "run/model-best.pt",
+            "run/model-best.safetensors",
             "--episodes",
             "2",
             "--epsilon",
@@ -174,12 +174,12 @@ fn periodic_evaluation_runs_beside_training_and_logs_eval_mean_return() {
         tmp.path(),
         Duration::from_secs(60),
     );
-    assert_ok("play model-best.pt", &out);
+    assert_ok("play model-best.safetensors", &out);
     // A resumed run replaces them only with a better evaluation than the one recorded.
     let record = serde_json::json!({"frames": 1, "mean": 1e9, "median": 1e9, "std": 0.0,
         "min": 1e9, "max": 1e9, "episodes": 3});
     std::fs::write(dir.join("model-best.eval.json"), record.to_string()).unwrap();
-    let before = std::fs::read(dir.join("model-best.pt")).unwrap();
+    let before = std::fs::read(dir.join("model-best.safetensors")).unwrap();
     let out = evaluated
         .checkpoint("latest")
         .frames(90_000)
@@ -189,7 +189,10 @@ fn periodic_evaluation_runs_beside_training_and_logs_eval_mean_return() {
         "{}",
         text(&out.stdout)
     );
-    assert_eq!(std::fs::read(dir.join("model-best.pt")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(dir.join("model-best.safetensors")).unwrap(),
+        before
+    );
     let kept: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("model-best.eval.json")).unwrap()).unwrap();
     assert_eq!(kept["mean"].as_f64(), Some(1e9));

@@ -114,7 +114,7 @@ pub fn assert_clean(pid: u32) {
 }
 
 /// Writes a checkpoint of an untrained network for `game` (`Breakout` or `CartPole`) as
-/// `dir/model-1000.pt`, in no time: for tests of `play` that need a model, not a good one.
+/// `dir/model-1000.safetensors`, in no time: for tests of `play` that need a model, not a good one.
 pub fn untrained_checkpoint(dir: &Path, game: &str) -> std::path::PathBuf {
     use async_rl::checkpoint::{self, TrainingState, FORMAT_VERSION};
     use async_rl::config::{Config, Network};

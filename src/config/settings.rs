@@ -34,7 +34,7 @@ pub struct RunSettings {
     /// Save a checkpoint every this many frames (and at the end)
     #[arg(long, default_value_t = 250_000)]
     pub save_freq: u64,
-    /// Keep only the newest this many checkpoints (0 keeps all); model-best.pt (the best
+    /// Keep only the newest this many checkpoints (0 keeps all); model-best.safetensors (the best
     /// --eval-every evaluation) is kept apart
     #[arg(long, default_value_t = 5)]
     pub keep_checkpoints: usize,
@@ -488,7 +488,8 @@ pub struct Invocation {
     /// tuned_config); `none` uses only the built-in defaults
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Resume from a checkpoint: a frame count (model-<N>.pt in the run directory),
+    /// Resume from a checkpoint: a frame count (model-<N>.safetensors, or an older
+    /// build's model-<N>.pt, in the run directory),
     /// `latest`, or a path
     #[arg(long)]
     pub checkpoint: Option<String>,

@@ -1,4 +1,4 @@
-//! The learner's checkpoints: the run's state at a frame count, and `model-best.pt`, the
+//! The learner's checkpoints: the run's state at a frame count, and `model-best.safetensors`, the
 //! weights of the best evaluation, with its scores in `model-best.eval.json`.
 
 use std::path::Path;
@@ -47,7 +47,7 @@ pub(super) fn read_best_scores(path: &Path) -> Option<EvalScores> {
     })
 }
 
-/// Writes checkpoint `model-<frames>.pt` of the run's current state.
+/// Writes checkpoint `model-<frames>.safetensors` of the run's current state.
 pub(super) fn save(
     cfg: &Config,
     trainer: &Trainer,
@@ -78,7 +78,7 @@ pub(super) fn save(
     Ok(path)
 }
 
-/// Writes `model-best.pt` with the evaluated `weights` (flat, snapshot order) and the
+/// Writes `model-best.safetensors` with the evaluated `weights` (flat, snapshot order) and the
 /// counters of now (frames: the evaluated snapshot's), and its scores beside it, each
 /// atomically.
 pub(super) fn save_best(

@@ -186,7 +186,7 @@ impl<'a> Training<'a> {
         Ok(())
     }
 
-    /// A periodic evaluation of the `weights` it scored: logged, and saved as model-best.pt
+    /// A periodic evaluation of the `weights` it scored: logged, and saved as model-best.safetensors
     /// when it is the best so far.
     fn evaluated(&mut self, e: EvalScores, weights: &[f32]) -> Result<()> {
         let s = &e.stats;

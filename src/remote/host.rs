@@ -292,9 +292,8 @@ impl Host {
             }
             return Ok(());
         }
-        let (mut cfg, _): (Config, usize) =
-            bincode::serde::decode_from_slice(&w.config, bincode::config::standard())
-                .map_err(|e| anyhow!("the learner's config does not decode: {e}"))?;
+        let mut cfg: Config = super::decode_welcome_config(&w.config)
+            .map_err(|e| anyhow!("the learner's config does not decode: {e}"))?;
         cfg.procs.processes = self.cfg.procs.processes;
         cfg.run.seed = w.seed;
         cfg.run.eval_every = 0;

@@ -256,6 +256,22 @@ pub fn compress_weights(weights: &[f32]) -> Vec<u8> {
     lz4_flex::block::compress(&raw)
 }
 
+/// The most bytes a [`wire::Welcome`]'s config may decode from (a config is a few KB).
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+
+/// The run's config in a [`wire::Welcome`] (bincode 2, serde), as a host decodes it: with a
+/// limit of [`MAX_CONFIG_BYTES`], so that a length in the bytes (a damaged message, a
+/// learner that is not one) cannot make the decoder allocate without bound; without it a
+/// claimed string of 8 EB aborted the host (found by `fuzz_learner_messages_to_a_host`).
+///
+/// # Errors
+///
+/// bincode's error: bytes that are not a config.
+pub fn decode_welcome_config(bytes: &[u8]) -> Result<Config, bincode::error::DecodeError> {
+    let limited = bincode::config::standard().with_limit::<MAX_CONFIG_BYTES>();
+    bincode::serde::decode_from_slice(bytes, limited).map(|(c, _)| c)
+}
+
 /// Why a weight snapshot from the learner does not fit this host's network (see
 /// [`decompress_weights`]).
 #[derive(Debug, thiserror::Error)]
@@ -430,3 +446,6 @@ pub fn decode_experience(
 #[cfg(test)]
 #[path = "remote_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+mod fuzz_tests;

@@ -98,21 +98,24 @@ impl FrameStore {
         (seq % self.capacity as u64) as usize
     }
 
-    /// Copies (decompresses) piece `seq` into `out` (`piece_bytes` long); false, leaving
-    /// `out` as it was, once the piece was overwritten (or was never written).
+    /// Copies (decompresses) piece `seq` into `out` (`piece_bytes` long); false once the piece
+    /// was overwritten (or was never written), or if its stored bytes do not decode to exactly
+    /// one piece (which neither [`FrameStore::insert`] nor a checked load lets in).
     pub fn read(&self, seq: u64, out: &mut [u8]) -> bool {
-        if !self.is_live(seq) {
+        if !self.is_live(seq) || out.len() != self.piece_bytes {
             return false;
         }
-        let stored = &self.slots[self.slot(seq)];
+        let Some(stored) = self.slots.get(self.slot(seq)) else {
+            return false;
+        };
         if self.lz4 {
-            let n = lz4_flex::block::decompress_into(stored, out)
-                .expect("a block this store compressed decompresses");
-            debug_assert_eq!(n, self.piece_bytes);
-        } else {
+            matches!(lz4_flex::block::decompress_into(stored, out), Ok(n) if n == self.piece_bytes)
+        } else if stored.len() == out.len() {
             out.copy_from_slice(stored);
+            true
+        } else {
+            false
         }
-        true
     }
 
     /// Stores `piece` (`piece_bytes` long; panics otherwise) unless an equal piece was written

@@ -17,6 +17,7 @@
 
 pub mod frames;
 mod persist;
+pub use persist::{ReplayFileError, MAX_ABS_RETURN};
 pub mod sum_tree;
 
 use rand::Rng;

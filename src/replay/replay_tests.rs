@@ -256,7 +256,7 @@ fn save_and_load_round_trip_and_damage_is_named() {
     let path = dir.path().join("model-1.replay");
     m.save(&path).unwrap();
     let mut r = ReplayMemory::new(obs, 5, Some(p), true);
-    r.load(&path).unwrap();
+    r.load(&path, 16).unwrap();
     assert_eq!((r.len(), r.inserted()), (m.len(), m.inserted()));
     for i in 0..m.len() {
         assert_eq!(read(&r, i), read(&m, i));
@@ -269,15 +269,15 @@ fn save_and_load_round_trip_and_damage_is_named() {
     assert_eq!(r.max_priority, m.max_priority);
     // Another capacity or prioritization is refused, naming the file.
     let err = ReplayMemory::new(obs, 6, Some(p), true)
-        .load(&path)
+        .load(&path, 16)
         .unwrap_err();
     assert!(format!("{err:#}").contains("--replay-size"), "{err:#}");
     let err = ReplayMemory::new(obs, 5, None, true)
-        .load(&path)
+        .load(&path, 16)
         .unwrap_err();
     assert!(format!("{err:#}").contains("--prioritized"), "{err:#}");
     let err = ReplayMemory::new(obs, 5, Some(p), false)
-        .load(&path)
+        .load(&path, 16)
         .unwrap_err();
     assert!(
         format!("{err:#}").contains("--replay-compression"),
@@ -288,10 +288,135 @@ fn save_and_load_round_trip_and_damage_is_named() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x10;
     std::fs::write(&path, &bytes).unwrap();
-    let err = r.load(&path).unwrap_err();
+    let err = r.load(&path, 16).unwrap_err();
     assert!(format!("{err:#}").contains("corrupted"), "{err:#}");
     assert!(r.is_empty());
     // A truncated file too.
     std::fs::write(&path, &bytes[..bytes.len() - 9]).unwrap();
-    assert!(r.load(&path).is_err());
+    assert!(r.load(&path, 16).is_err());
+}
+
+/// `bytes` with its trailing CRC-32 recomputed, as a file made on purpose would have it.
+fn resummed(mut bytes: Vec<u8>) -> Vec<u8> {
+    let end = bytes.len() - 4;
+    let sum = crc32fast::hash(&bytes[..end]);
+    bytes[end..].copy_from_slice(&sum.to_le_bytes());
+    bytes
+}
+
+/// The error of loading `bytes` (saved from a memory like `fresh()`) from a file, as text.
+fn load_error(dir: &std::path::Path, bytes: &[u8], fresh: impl Fn() -> ReplayMemory) -> String {
+    let path = dir.join("model-2.replay");
+    std::fs::write(&path, bytes).unwrap();
+    let mut m = fresh();
+    let err = m
+        .load(&path, 16)
+        .expect_err("a damaged file must be refused");
+    assert!(m.is_empty(), "a refused file leaves the memory empty");
+    let text = err.to_string();
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    text
+}
+
+#[test]
+fn damaged_contents_are_named_never_a_panic() {
+    let p = Priorities {
+        alpha: 0.6,
+        epsilon: 1e-6,
+    };
+    let obs = ObsSpec::Frames([4, 2, 2]);
+    let stacks = episodes(&[6, 3]);
+    for lz4 in [true, false] {
+        let fresh = || ReplayMemory::new(obs, 5, Some(p), lz4);
+        let mut m = fresh();
+        for t in 0..stacks.len() - 1 {
+            m.insert(&stacks[t], t as u32, t as f32, 0.99, &stacks[t + 1]);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model-1.replay");
+        m.save(&path).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let mut r = fresh();
+        r.load(&path, 16).unwrap();
+        // The transitions' arrays, counted from the end: crc 4, priorities 8n, discounts 4n,
+        // returns 4n, actions 4n, next pieces 8np, pieces 8np.
+        let (n, np) = (m.len(), m.len() * m.pieces);
+        let end = good.len() - 4;
+        let leaves = end - 8 * n;
+        let discounts = leaves - 4 * n;
+        let returns = discounts - 4 * n;
+        let actions = returns - 4 * n;
+        let obs_seq = actions - 16 * np;
+        let patch = |at: usize, with: &[u8]| {
+            let mut b = good.clone();
+            b[at..at + with.len()].copy_from_slice(with);
+            resummed(b)
+        };
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                patch(actions + 4, &16u32.to_le_bytes()),
+                "transition 1 has action 16",
+            ),
+            (
+                patch(returns, &f32::NAN.to_le_bytes()),
+                "transition 0 has return NaN",
+            ),
+            (
+                patch(returns + 8, &1e30f32.to_le_bytes()),
+                "transition 2 has return",
+            ),
+            (
+                patch(discounts, &1.5f32.to_le_bytes()),
+                "transition 0 has discount 1.5",
+            ),
+            (
+                patch(leaves + 8, &(-1f64).to_le_bytes()),
+                "transition 1 has priority -1",
+            ),
+            (
+                patch(leaves, &f64::INFINITY.to_le_bytes()),
+                "transition 0 has priority inf",
+            ),
+            (
+                patch(obs_seq, &u64::MAX.to_le_bytes()),
+                "transition 0 refers to piece",
+            ),
+            // The largest priority (header offset 76).
+            (
+                patch(76, &f64::NAN.to_le_bytes()),
+                "largest priority is NaN",
+            ),
+            // Pieces written (header offset 52): more than the transitions could write.
+            (
+                patch(52, &1000u64.to_le_bytes()),
+                "counters are inconsistent",
+            ),
+            // The first stored piece's length (right after the 84-byte header).
+            (
+                patch(84, &(if lz4 { 9999u32 } else { 3 }).to_le_bytes()),
+                "stored piece 0 is",
+            ),
+            // The first stored piece's bytes, changed: not its hash (or not LZ4) any more.
+            (
+                patch(
+                    84 + 4 * m.frames.written().min(m.frames.capacity() as u64) as usize,
+                    &[0xFF, 0xFF],
+                ),
+                "stored piece 0",
+            ),
+            // Cut short, inside the returns.
+            (
+                good[..returns + 2].to_vec(),
+                "truncated (it ends inside its returns)",
+            ),
+        ];
+        for (bytes, needle) in cases {
+            let err = load_error(dir.path(), &bytes, fresh);
+            assert!(err.contains(needle), "lz4 {lz4}: {err} (wanted {needle})");
+        }
+        // A game of fewer actions than the file's.
+        std::fs::write(&path, &good).unwrap();
+        let err = fresh().load(&path, 3).unwrap_err().to_string();
+        assert!(err.contains("; this game has 3 actions (0..2)"), "{err}");
+    }
 }

@@ -407,7 +407,7 @@ impl LearnerRule for Learner {
     }
 
     fn load_replay(&mut self, path: &std::path::Path) -> anyhow::Result<bool> {
-        self.memory.load(path)?;
+        self.memory.load(path, self.core.model.num_actions())?;
         // A restored memory is past --learning-starts already.
         self.first_frames = Some(0);
         self.inserted_at_start = None;

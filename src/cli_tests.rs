@@ -1,0 +1,56 @@
+use std::path::{Path, PathBuf};
+
+use super::settle_paths;
+use crate::config::Config;
+
+fn config(flags: &[&str]) -> Config {
+    Config::from_flags(flags.iter().copied()).unwrap()
+}
+
+#[test]
+fn a_checkpoints_paths_are_reported_and_its_logdir_never_adopted() {
+    let ckpt = Path::new("downloaded.safetensors");
+    let was = config(&[
+        "--game",
+        "Pong",
+        "--logdir",
+        "/home/someone/runs/pong",
+        "--rom",
+        "/home/someone/roms/pong.bin",
+    ]);
+    // Nothing given: the merged config holds the checkpoint's paths, as merge leaves them.
+    let mut cfg = was.clone();
+    let lines = settle_paths(&mut cfg, &was, |_| false, ckpt);
+    assert_eq!(
+        cfg.run.logdir, None,
+        "the recorded run directory is not adopted"
+    );
+    assert_eq!(cfg.run_dir(), PathBuf::from("runs/Pong"));
+    assert_eq!(
+        cfg.run.rom.as_deref(),
+        Some(Path::new("/home/someone/roms/pong.bin"))
+    );
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].contains("--logdir /home/someone/runs/pong")
+            && lines[0].contains("writes to runs/Pong")
+            && lines[0].contains("downloaded.safetensors"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains("--rom /home/someone/roms/pong.bin from the checkpoint"),
+        "{lines:?}"
+    );
+
+    // Both given: what was given stands, and nothing is said.
+    let mut cfg = config(&["--game", "Pong", "--logdir", "mine", "--rom", "pong.bin"]);
+    let lines = settle_paths(&mut cfg, &was, |k| k == "logdir" || k == "rom", ckpt);
+    assert!(lines.is_empty(), "{lines:?}");
+    assert_eq!(cfg.run_dir(), PathBuf::from("mine"));
+    assert_eq!(cfg.run.rom.as_deref(), Some(Path::new("pong.bin")));
+
+    // A checkpoint without paths: nothing to say.
+    let plain = config(&["--game", "Pong"]);
+    let mut cfg = plain.clone();
+    assert!(settle_paths(&mut cfg, &plain, |_| false, ckpt).is_empty());
+}
