@@ -151,6 +151,7 @@ fn every_flag_has_a_bad_value_that_is_refused_by_name() {
         ("max-episode-frames", "0"),
         ("terminal-on-life-loss", "maybe"),
         ("fire-on-life-loss", "maybe"),
+        ("python", "/usr/bin/python3"),
         ("logdir", ""),
         ("log-interval", "0"),
         ("keep-checkpoints", "-1"),
@@ -448,4 +449,21 @@ fn the_unsaved_groups_hold_the_invocation_flags() {
     assert_eq!(unsaved, expected);
     assert!(table_keys().contains("lr") && table_keys().contains("replay-size"));
     assert!(!table_keys().contains("listen"));
+}
+
+#[test]
+fn python_is_for_gymnasium_games_only_and_round_trips() {
+    let (c, _) = parse(&["--game", "Breakout", "--python", "/opt/py/bin/python"]);
+    let err = c.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("--python /opt/py/bin/python: only Gymnasium environments run Python"),
+        "{err}"
+    );
+    let (c, _) = parse(&["--game", "gymnasium:Acrobot-v1", "--python", "/opt/py/bin/python"]);
+    c.validate().unwrap();
+    assert_eq!(
+        c.env_settings(1).python.as_deref(),
+        Some(std::path::Path::new("/opt/py/bin/python"))
+    );
+    assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
 }

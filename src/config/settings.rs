@@ -109,6 +109,11 @@ pub struct EnvironmentSettings {
     /// itself
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub fire_on_life_loss: bool,
+    /// Python interpreter for --game gymnasium:<id> (with gymnasium and your environment's
+    /// packages); default: $VIRTUAL_ENV/bin/python, else $ASYNC_RL_CACHE/gym-venv/bin/python
+    /// (scripts/setup), else python3
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
 }
 
 impl EnvironmentSettings {

@@ -60,6 +60,15 @@ impl Config {
                 "--queue-size {queue_size}: must be at least --processes {processes} (each actor owns a share of the slots)"
             ));
         }
+        if let Some(python) = &self.env.python {
+            if !self.run.game.starts_with(crate::env::gymnasium::PREFIX) {
+                e.push(format!(
+                    "--python {}: only Gymnasium environments run Python and --game {} is not one; --python needs --game gymnasium:<id>",
+                    python.display(),
+                    self.run.game
+                ));
+            }
+        }
         let replay_size = self.rule.replay.replay_size;
         if self.learner.algorithm.has_replay() && replay_size < batch_size {
             e.push(format!(
