@@ -459,7 +459,12 @@ fn python_is_for_gymnasium_games_only_and_round_trips() {
         err.contains("--python /opt/py/bin/python: only Gymnasium environments run Python"),
         "{err}"
     );
-    let (c, _) = parse(&["--game", "gymnasium:Acrobot-v1", "--python", "/opt/py/bin/python"]);
+    let (c, _) = parse(&[
+        "--game",
+        "gymnasium:Acrobot-v1",
+        "--python",
+        "/opt/py/bin/python",
+    ]);
     c.validate().unwrap();
     assert_eq!(
         c.env_settings(1).python.as_deref(),

@@ -317,9 +317,17 @@ mod tests {
         let id = resolve("gymnasium:mypackage.envs:MyEnv-v0", None).unwrap();
         assert_eq!(id, EnvId::Gymnasium("mypackage.envs:MyEnv-v0".into()));
         assert_eq!(id.name(), "MyEnv-v0", "the run directory's name");
-        for bad in ["gymnasium:", "gymnasium:a:b:c", "gymnasium::X-v0", "gymnasium:My Env"] {
+        for bad in [
+            "gymnasium:",
+            "gymnasium:a:b:c",
+            "gymnasium::X-v0",
+            "gymnasium:My Env",
+        ] {
             let e = resolve(bad, None).unwrap_err();
-            assert!(matches!(e, ResolveError::GymnasiumId { .. }), "{bad}: {e:?}");
+            assert!(
+                matches!(e, ResolveError::GymnasiumId { .. }),
+                "{bad}: {e:?}"
+            );
             assert!(e.to_string().contains("gymnasium:<EnvId>"), "{e}");
         }
         let e = resolve("gymnasium:CartPole-v1", Some(Path::new("pong.bin"))).unwrap_err();
