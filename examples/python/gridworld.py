@@ -1,7 +1,6 @@
 """A 5x5 gridworld as a Gymnasium environment, to train with async-rl:
 
-    PYTHONPATH=examples/python scripts/learner --game gymnasium:gridworld:GridWorld-v0 \
-        --algorithm a3c --network mlp --processes 2 --target-return 0.9
+    PYTHONPATH=examples/python scripts/learner --config examples/python/gridworld-a3c.toml
 
 `gymnasium:gridworld:GridWorld-v0` imports this module (which registers the id) in each
 actor's Python worker. The agent starts in the top-left corner and walks (up, right, down,
