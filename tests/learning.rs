@@ -389,7 +389,9 @@ const ACROBOT_BUDGET: &str = "400000";
 
 /// Gymnasium's Acrobot-v1 (configs/acrobot-v1-dqn.toml: DQN with CartPole's settings): a mean
 /// return of -100 over 100 episodes within `ACROBOT_BUDGET` frames for at least 2 of seeds
-/// 1-3. Measured on the shared 2 cores: seed 1 at 214,532 frames. (A3C with CartPole's
+/// 1-3. Measured on the shared 2 cores: seeds 1, 2, 3 at 284,542, 174,697 and 217,731 frames
+/// (5.5 minutes for the three); seed 1 once at 214,532 (the actors' asynchrony makes runs of
+/// one seed differ). (A3C with CartPole's
 /// settings never left -500 in 150,000 frames: Acrobot needs the exploration that
 /// epsilon-greedy gives.)
 #[test]
@@ -398,10 +400,14 @@ fn gymnasium_acrobot_dqn_reaches_minus_100_for_2_of_3_seeds() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let mut failed = Vec::new();
+    let (mut failed, mut solved) = (Vec::new(), 0);
     for seed in 1..=3 {
-        if train_gymnasium(tmp.path(), "acrobot-v1-dqn.toml", seed, ACROBOT_BUDGET).is_none() {
-            failed.push(seed);
+        match train_gymnasium(tmp.path(), "acrobot-v1-dqn.toml", seed, ACROBOT_BUDGET) {
+            Some(_) => solved += 1,
+            None => failed.push(seed),
+        }
+        if solved == 2 {
+            break; // two of three seeds settle it
         }
         assert!(
             failed.len() <= 1,
