@@ -152,6 +152,7 @@ fn every_flag_has_a_bad_value_that_is_refused_by_name() {
         ("terminal-on-life-loss", "maybe"),
         ("fire-on-life-loss", "maybe"),
         ("python", "/usr/bin/python3"),
+        ("python-timeout", "0"),
         ("logdir", ""),
         ("log-interval", "0"),
         ("keep-checkpoints", "-1"),
@@ -459,13 +460,25 @@ fn python_is_for_gymnasium_games_only_and_round_trips() {
         err.contains("--python /opt/py/bin/python: only Gymnasium environments run Python"),
         "{err}"
     );
+    let (c, _) = parse(&["--game", "Breakout", "--python-timeout", "30"]);
+    let err = c.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("--python-timeout 30: only Gymnasium environments run Python"),
+        "{err}"
+    );
     let (c, _) = parse(&[
         "--game",
         "gymnasium:Acrobot-v1",
         "--python",
         "/opt/py/bin/python",
+        "--python-timeout",
+        "30",
     ]);
     c.validate().unwrap();
+    assert_eq!(
+        c.env_settings(1).python_timeout,
+        std::time::Duration::from_secs(30)
+    );
     assert_eq!(
         c.env_settings(1).python.as_deref(),
         Some(std::path::Path::new("/opt/py/bin/python"))

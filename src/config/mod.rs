@@ -441,6 +441,7 @@ impl Config {
             max_episode_frames: self.env.max_episode_frames,
             rom: self.run.rom.clone(),
             python: self.env.python.clone(),
+            python_timeout: std::time::Duration::from_secs_f64(self.env.python_timeout),
             render: false,
         }
     }

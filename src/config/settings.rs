@@ -114,7 +114,15 @@ pub struct EnvironmentSettings {
     /// (scripts/setup), else python3
     #[arg(long, value_name = "PATH")]
     pub python: Option<PathBuf>,
+    /// Seconds a Gymnasium environment's Python worker may take to answer one request (make,
+    /// reset, step, render) before it is killed and its actor fails, so a hung environment
+    /// cannot hang the run
+    #[arg(long, default_value_t = DEFAULT_PYTHON_TIMEOUT, value_name = "SECONDS")]
+    pub python_timeout: f64,
 }
+
+/// `--python-timeout`'s default, in seconds.
+pub const DEFAULT_PYTHON_TIMEOUT: f64 = 300.0;
 
 impl EnvironmentSettings {
     /// Problems with the values, one line each, appended to `e`.
@@ -134,6 +142,12 @@ impl EnvironmentSettings {
                     "--repeat-action-probability {p}: must be in [0, 1)"
                 ));
             }
+        }
+        if !(self.python_timeout > 0.0 && self.python_timeout <= 86_400.0) {
+            e.push(format!(
+                "--python-timeout {}: must be more than 0 and at most 86400 seconds (a day)",
+                self.python_timeout
+            ));
         }
         if self.max_episode_frames < self.frame_skip as u64 {
             e.push(format!(

@@ -27,9 +27,11 @@
 //! ones do not, so a run is as reproducible as the environment is.
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -84,6 +86,21 @@ pub enum GymError {
         during: String,
         /// What went wrong and what was expected, or Python's traceback.
         message: String,
+    },
+    /// The worker took longer than its timeout (`--python-timeout`) to answer; it was killed.
+    #[error(
+        "gymnasium:{id}: {during}: the Python worker (pid {pid}) did not answer within {seconds} s \
+         (--python-timeout); it was killed"
+    )]
+    Timeout {
+        /// The environment's id.
+        id: String,
+        /// What was being done.
+        during: String,
+        /// The worker's process id.
+        pid: u32,
+        /// The timeout, in seconds.
+        seconds: f64,
     },
     /// The worker died or broke the protocol.
     #[error("gymnasium:{id}: {during}: the Python worker (pid {pid}) {what}")]
@@ -183,20 +200,28 @@ pub struct GymEnv {
     started: bool,
     /// Request and reply buffer.
     buf: Vec<u8>,
+    /// The longest wait for a reply.
+    timeout: Duration,
 }
 
 impl GymEnv {
     /// Starts a worker with `python` and makes Gymnasium environment `id` in it (with
     /// `render_mode="rgb_array"` when `render`, for [`Environment::screen_rgb`]); its first
-    /// reset is seeded with `seed`.
+    /// reset is seeded with `seed`; the worker may take up to `timeout` to answer each request.
     ///
     /// # Errors
     ///
     /// [`GymError`]: the interpreter cannot start or has no gymnasium; `gymnasium.make`
     /// raised (an unknown id, an import error in the user's module: Python's traceback);
     /// an unsupported observation or action space (named).
-    pub fn new(id: &str, python: &Path, seed: u64, render: bool) -> Result<GymEnv, GymError> {
-        GymEnv::spawn(id, python, seed, render, None)
+    pub fn new(
+        id: &str,
+        python: &Path,
+        seed: u64,
+        render: bool,
+        timeout: Duration,
+    ) -> Result<GymEnv, GymError> {
+        GymEnv::spawn(id, python, seed, render, timeout, None)
     }
 
     /// [`GymEnv::new`], with `PYTHONPATH` set to `pythonpath` in the worker when given (the
@@ -206,6 +231,7 @@ impl GymEnv {
         python: &Path,
         seed: u64,
         render: bool,
+        timeout: Duration,
         pythonpath: Option<&Path>,
     ) -> Result<GymEnv, GymError> {
         let mut cmd = Command::new(python);
@@ -259,6 +285,7 @@ impl GymEnv {
             over: true,
             started: false,
             buf: Vec::new(),
+            timeout,
         };
         let request = serde_json::json!({ "id": id, "render": render }).to_string();
         env.call(b'M', request.as_bytes(), "make")?;
@@ -321,6 +348,16 @@ impl GymEnv {
         if let Err(e) = stdin.write_all(&self.buf).and_then(|_| stdin.flush()) {
             return Err(self.dead(during, &e));
         }
+        if !self.answers_in_time() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            return Err(GymError::Timeout {
+                id: self.id.clone(),
+                during: during.to_string(),
+                pid: self.child.id(),
+                seconds: self.timeout.as_secs_f64(),
+            });
+        }
         let mut len = [0u8; 4];
         if let Err(e) = self.stdout.read_exact(&mut len) {
             return Err(self.dead(during, &e));
@@ -348,6 +385,29 @@ impl GymEnv {
                 message: String::from_utf8_lossy(&self.buf[1..]).to_string(),
             }),
             s => Err(self.malformed(during, format!("status byte {s}"))),
+        }
+    }
+
+    /// Whether the worker's reply starts (or its pipe closes) within the timeout.
+    fn answers_in_time(&self) -> bool {
+        let deadline = std::time::Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            let mut fd = libc::pollfd {
+                fd: self.stdout.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll(2) on one pollfd that lives on this stack frame for the call.
+            let n = unsafe { libc::poll(&mut fd, 1, ms) };
+            match n {
+                1.. => return true, // readable, or hung up: read_exact says which
+                0 => return false,  // timed out
+                // Interrupted by a signal: wait again; another error: read_exact finds out.
+                _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+                _ => return true,
+            }
         }
     }
 

@@ -30,6 +30,9 @@ fn python() -> Option<PathBuf> {
     None
 }
 
+/// The tests' reply timeout: generous, for a loaded machine.
+const T: Duration = Duration::from_secs(120);
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gym")
 }
@@ -37,7 +40,7 @@ fn fixtures() -> PathBuf {
 /// A test environment `async_rl_test_envs:<name>` seeded with `seed`.
 fn make(python: &Path, name: &str, seed: u64) -> Result<GymEnv, GymError> {
     let id = format!("async_rl_test_envs:{name}");
-    GymEnv::spawn(&id, python, seed, false, Some(&fixtures()))
+    GymEnv::spawn(&id, python, seed, false, T, Some(&fixtures()))
 }
 
 fn floats(obs: &[u8]) -> Vec<f32> {
@@ -49,7 +52,7 @@ fn floats(obs: &[u8]) -> Vec<f32> {
 #[test]
 fn gymnasium_cartpole_runs_whole_episodes() {
     let Some(py) = python() else { return };
-    let mut env = GymEnv::new("CartPole-v1", &py, 3, false).unwrap();
+    let mut env = GymEnv::new("CartPole-v1", &py, 3, false, T).unwrap();
     assert_eq!(env.obs_spec(), ObsSpec::Vector(4));
     assert_eq!(env.action_spec(), ActionSpec::Discrete(2));
     assert!(env.spaces().0.starts_with("Box("), "{:?}", env.spaces());
@@ -168,7 +171,7 @@ fn images_are_transposed_to_channels_first_u8() {
 fn render_gives_the_rgb_screen_when_asked() {
     let Some(py) = python() else { return };
     let id = "async_rl_test_envs:Image-v0";
-    let mut env = GymEnv::spawn(id, &py, 1, true, Some(&fixtures())).unwrap();
+    let mut env = GymEnv::spawn(id, &py, 1, true, T, Some(&fixtures())).unwrap();
     assert_eq!(env.screen_size(), Some((7, 5)));
     env.reset().unwrap();
     env.step(0).unwrap();
@@ -201,7 +204,7 @@ fn continuous_actions_are_clipped_to_the_bounds() {
         Err(EnvError::ActionKind { .. })
     ));
     // Pendulum-v1: Box(-2, 2, (1,)).
-    let pendulum = GymEnv::new("Pendulum-v1", &py, 1, false).unwrap();
+    let pendulum = GymEnv::new("Pendulum-v1", &py, 1, false, T).unwrap();
     assert_eq!(
         pendulum.action_spec(),
         ActionSpec::Box {
@@ -214,7 +217,7 @@ fn continuous_actions_are_clipped_to_the_bounds() {
 
 /// The message of `make`'s error.
 fn make_error(py: &Path, id: &str) -> String {
-    match GymEnv::spawn(id, py, 1, false, Some(&fixtures())) {
+    match GymEnv::spawn(id, py, 1, false, T, Some(&fixtures())) {
         Ok(_) => panic!("{id}: made"),
         Err(e) => e.to_string(),
     }
@@ -249,7 +252,7 @@ fn bad_ids_imports_and_spaces_are_named() {
 
 #[test]
 fn a_missing_interpreter_or_gymnasium_says_how_to_fix_it() {
-    let e = GymEnv::new("CartPole-v1", Path::new("/nonexistent/python"), 1, false)
+    let e = GymEnv::new("CartPole-v1", Path::new("/nonexistent/python"), 1, false, T)
         .err()
         .unwrap();
     assert!(matches!(e, GymError::NoPython { .. }), "{e:?}");
@@ -270,7 +273,9 @@ fn a_missing_interpreter_or_gymnasium_says_how_to_fix_it() {
     )
     .unwrap();
     std::fs::set_permissions(&bare, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let e = GymEnv::new("CartPole-v1", &bare, 1, false).err().unwrap();
+    let e = GymEnv::new("CartPole-v1", &bare, 1, false, T)
+        .err()
+        .unwrap();
     assert!(matches!(e, GymError::NoGymnasium { .. }), "{e:?}");
     let msg = e.to_string();
     assert!(
@@ -313,7 +318,7 @@ fn a_faulty_step_names_the_environment_the_step_and_what_was_expected() {
 #[test]
 fn the_worker_ignores_sigint_and_is_reaped_on_drop() {
     let Some(py) = python() else { return };
-    let mut env = GymEnv::new("CartPole-v1", &py, 1, false).unwrap();
+    let mut env = GymEnv::new("CartPole-v1", &py, 1, false, T).unwrap();
     let pid = nix::unistd::Pid::from_raw(env.worker_pid() as i32);
     env.reset().unwrap();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
@@ -323,5 +328,42 @@ fn the_worker_ignores_sigint_and_is_reaped_on_drop() {
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists(),
         "the worker is gone and reaped (no zombie)"
+    );
+}
+
+#[test]
+fn a_hung_environment_times_out_and_its_worker_is_killed() {
+    let Some(py) = python() else { return };
+    let id = "async_rl_test_envs:Faulty-hang-v0";
+    let second = Duration::from_secs(1);
+    let mut env = GymEnv::spawn(
+        id,
+        &py,
+        1,
+        false,
+        Duration::from_secs(60),
+        Some(&fixtures()),
+    )
+    .unwrap();
+    env.timeout = second;
+    env.reset().unwrap();
+    env.step(0).unwrap();
+    env.step(0).unwrap();
+    let pid = env.worker_pid();
+    let t0 = std::time::Instant::now();
+    let e = env.step(0).err().unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(
+        matches!(e, EnvError::Gymnasium(GymError::Timeout { .. })),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("step 3 of the episode") && msg.contains("did not answer within 1 s"),
+        "{msg}"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "killed and reaped"
     );
 }

@@ -58,6 +58,8 @@ pub struct EnvSettings {
     /// Gymnasium: the Python interpreter (`--python`); `None`: the default that
     /// [`gymnasium::python`] picks.
     pub python: Option<PathBuf>,
+    /// Gymnasium: how long the worker may take to answer one request (`--python-timeout`).
+    pub python_timeout: std::time::Duration,
     /// Gymnasium: make the environment with `render_mode="rgb_array"`, so that it has a screen
     /// ([`Environment::screen_rgb`]); `play` asks for it when it shows or records the screen.
     pub render: bool,
@@ -231,6 +233,7 @@ pub fn make(id: &EnvId, settings: &EnvSettings) -> Result<Box<dyn Environment>, 
             &gymnasium::python(settings.python.as_deref()),
             settings.seed,
             settings.render,
+            settings.python_timeout,
         )?)),
         EnvId::Registered(name) => {
             let factory = {
@@ -274,6 +277,7 @@ mod tests {
             max_episode_frames: 108_000,
             rom: None,
             python: None,
+            python_timeout: std::time::Duration::from_secs(300),
             render: false,
         }
     }
