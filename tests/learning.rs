@@ -385,13 +385,14 @@ fn gymnasium_cartpole_a3c_reaches_195_for_4_of_5_seeds() {
 }
 
 /// The frame budget of each Acrobot run (also `max-frames` in configs/acrobot-v1-dqn.toml).
-const ACROBOT_BUDGET: &str = "400000";
+const ACROBOT_BUDGET: &str = "600000";
 
 /// Gymnasium's Acrobot-v1 (configs/acrobot-v1-dqn.toml: DQN with CartPole's settings): a mean
 /// return of -100 over 100 episodes within `ACROBOT_BUDGET` frames for at least 2 of seeds
 /// 1-3. Measured on the shared 2 cores: seeds 1, 2, 3 at 284,542, 174,697 and 217,731 frames
-/// (5.5 minutes for the three); seed 1 once at 214,532 (the actors' asynchrony makes runs of
-/// one seed differ). (A3C with CartPole's
+/// (5.5 minutes for the three); in another run seed 1 at 214,532, and in a third not within
+/// 400,000 (seeds 2 and 3 at 207,839 and 218,955): the actors' asynchrony makes runs of one
+/// seed differ, hence the budget of 600,000. (A3C with CartPole's
 /// settings never left -500 in 150,000 frames: Acrobot needs the exploration that
 /// epsilon-greedy gives.)
 #[test]
