@@ -365,7 +365,8 @@ fn train_gymnasium(dir: &Path, config: &str, seed: u64, budget: &str) -> Option<
 
 /// Gymnasium's CartPole-v1 through the Python path (configs/cartpole-v1-a3c.toml: A3C, 2
 /// actors of 8 environments): a mean return of 195 over 100 episodes within 600,000 frames
-/// for at least 4 of seeds 1-5. Measured on 2 cores: seed 1 at 120,000 frames in 29 s.
+/// for at least 4 of seeds 1-5. Measured on 2 shared cores: seeds 1-5 at 106,731, 90,539,
+/// 121,018, 114,931 and 95,594 frames (about 3 minutes for the five).
 #[test]
 fn gymnasium_cartpole_a3c_reaches_195_for_4_of_5_seeds() {
     if gym_python("gymnasium_cartpole").is_none() {
