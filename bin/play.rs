@@ -307,10 +307,15 @@ fn play(args: &Args) -> Result<Outcome> {
         ..Protocol::new(args.sticky)
     });
     let trained = cfg.env_settings(args.seed);
-    let settings = match &protocol {
+    let mut settings = match &protocol {
         Some(p) => p.env_settings(&trained),
         None => eval::play_settings(&trained, args.sticky),
     };
+    // A Gymnasium environment renders (render_mode="rgb_array") only when its screen is shown
+    // or recorded: rendering costs a frame per step.
+    settings.render = args.record.is_some()
+        || args.render == Render::Terminal
+        || (args.render == Render::Auto && !args.eval && std::io::stdout().is_terminal());
     let mut env = env::make(&id, &settings)?;
     if env.num_actions() != st.num_actions || env.obs_spec() != st.obs {
         bail!(

@@ -17,6 +17,15 @@ With --remote, the actors run on an actor host on this machine (`learner --conne
 loopback gRPC) and the learner has none of its own (`--processes 0 --listen 127.0.0.1:0`);
 the table then also gives the bytes on the wire per transition (hosts.csv) and the relay's
 CPU (the host process itself, its actors apart).
+
+With --gymnasium ID (e.g. CartPole-v1), a comparison instead, side by side in one run: the
+limit phase (random actions, no network) of `--game gymnasium:ID` (one Python worker per
+environment) and of the Rust CartPole with 2 and 8 actor processes (--gym-processes), and
+Gymnasium's own SyncVectorEnv and AsyncVectorEnv stepping the same environment with random
+actions (2 and 8 environments) in the gym venv's Python (--python). Frames/s, and the
+overhead per step of the Python path: CPU-microseconds per step, taken as
+min(processes, cores) / frames/s (the limit phase keeps every core busy; SyncVectorEnv uses
+one), minus the Rust CartPole's. An estimate on a shared machine: other work takes cores too.
 """
 import argparse, csv, json, os, signal, statistics, subprocess, sys, tempfile, time
 
@@ -156,6 +165,86 @@ def run_phase(phase, a, workdir):
     }
 
 
+VECTOR_BENCH = r"""
+import sys, time
+import gymnasium as gym
+kind, env_id, n, warmup, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+make = (lambda: gym.make(env_id))
+envs = (gym.vector.SyncVectorEnv if kind == "sync" else gym.vector.AsyncVectorEnv)([make] * n)
+envs.reset(seed=0)
+envs.action_space.seed(0)
+steps, t0 = 0, time.perf_counter()
+measuring = False
+while True:
+    envs.step(envs.action_space.sample())
+    now = time.perf_counter()
+    if not measuring and now - t0 >= warmup:
+        measuring, steps, t0 = True, 0, now
+    elif measuring:
+        steps += n
+        if now - t0 >= seconds:
+            break
+print(steps / (now - t0))
+envs.close()
+"""
+
+
+def vector_env_fps(python, kind, env_id, n, a):
+    out = subprocess.run([python, "-c", VECTOR_BENCH, kind, env_id, str(n), str(a.warmup),
+                          str(a.seconds)], capture_output=True, text=True, timeout=a.warmup + a.seconds + 120)
+    if out.returncode != 0:
+        sys.exit(f"{kind} vector env with {python}: {out.stderr}")
+    return float(out.stdout.split()[-1])
+
+
+def gymnasium_comparison(a):
+    python = a.python or os.path.join(os.environ.get("ASYNC_RL_CACHE", os.path.expanduser("~/.cache/async-rl")),
+                                      "gym-venv", "bin", "python")
+    counts = [int(x) for x in a.gym_processes.split(",")]
+    cores = os.cpu_count()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="async-rl-bench-") as workdir:
+        for game, label in [(f"gymnasium:{a.gymnasium}", "async-rl, Python workers"),
+                            ("CartPole", "async-rl, Rust CartPole")]:
+            for n in counts:
+                print(f"[bench] {game}, {n} actor processes: {a.warmup:.0f} s warm-up + {a.seconds:.0f} s",
+                      file=sys.stderr)
+                b = argparse.Namespace(**vars(a))
+                b.game, b.processes, b.envs_per_actor, b.remote = game, n, 1, False
+                if a.python and game.startswith("gymnasium:"):
+                    b.extra = ["--python", a.python] + a.extra
+                phase_dir = os.path.join(workdir, f"{game.replace(':', '-')}-{n}")
+                os.makedirs(phase_dir)
+                r = run_phase("limit", b, phase_dir)
+                rows.append((label, n, r["frames_per_s"]["median"], r["frames_per_s"]))
+        for kind in ["sync", "async"]:
+            for n in counts:
+                print(f"[bench] Gymnasium {kind} vector env, {n} envs", file=sys.stderr)
+                fps = vector_env_fps(python, kind, a.gymnasium, n, a)
+                rows.append((f"Gymnasium {kind.capitalize()}VectorEnv", n, fps, None))
+    print(f"\n{a.gymnasium}, random actions, {cores} cores (shared machine: other work may run); "
+          f"median of {a.interval:.0f}-s intervals over {a.seconds:.0f} s after {a.warmup:.0f} s")
+    print(f"{'stepper':34} {'procs/envs':>10} {'frames/s':>10} {'CPU-us/step':>12}")
+    rust = {}
+    out = []
+    for label, n, fps, summ in rows:
+        busy = 1 if label.startswith("Gymnasium Sync") else min(n, cores)
+        cost = 1e6 * busy / fps
+        if label.endswith("Rust CartPole"):
+            rust[n] = cost
+        out.append({"stepper": label, "n": n, "frames_per_s": fps, "cpu_us_per_step": cost,
+                    "intervals": summ})
+        print(f"{label:34} {n:>10} {fps:>10.0f} {cost:>12.1f}")
+    for n in counts:
+        py = next(o["cpu_us_per_step"] for o in out if o["stepper"].endswith("Python workers") and o["n"] == n)
+        if n in rust:
+            print(f"overhead of the Python path with {n} actor processes: {py - rust[n]:.1f} CPU-us per step "
+                  f"over the Rust CartPole's {rust[n]:.1f}")
+    json.dump({"gymnasium": a.gymnasium, "cores": cores, "seconds": a.seconds, "warmup": a.warmup,
+               "rows": out}, open(a.out, "w"), indent=2)
+    print(f"wrote {a.out}")
+
+
 def fmt(s, scale=1.0, digits=0):
     if not s:
         return "-"
@@ -180,10 +269,19 @@ def main():
     p.add_argument("--remote", action="store_true",
                    help="the actors on an actor host over loopback gRPC (learner --connect)")
     p.add_argument("--out", default="bench.json", help="where the JSON goes")
+    p.add_argument("--gymnasium", metavar="ID",
+                   help="compare gymnasium:ID's Python path with the Rust CartPole and Gymnasium's "
+                        "own vector envs (see above) instead of the three phases")
+    p.add_argument("--gym-processes", default="2,8",
+                   help="--gymnasium: actor processes (and vector envs' environments) to compare")
+    p.add_argument("--python", help="--gymnasium: the Python with gymnasium for the vector envs "
+                                    "[default: $ASYNC_RL_CACHE/gym-venv/bin/python]")
     p.add_argument("extra", nargs="*", help="more learner flags, after --")
     a = p.parse_args()
     if a.seconds < 3 * a.interval:
         sys.exit(f"--seconds {a.seconds}: need at least 3 intervals of --interval {a.interval}")
+    if a.gymnasium:
+        return gymnasium_comparison(a)
     phases = [x for x in a.phases.split(",") if x]
     bad = [x for x in phases if x not in ("limit", "acting", "training")]
     if bad:

@@ -402,3 +402,53 @@ fn segments_left_under_this_learners_own_pid_are_removed() {
     );
     assert_clean(pid);
 }
+
+/// A Python (Gymnasium) environment whose `step` raises at step 50 of every episode: each
+/// failure reaches the learner's log with the environment, the step and Python's traceback,
+/// the actor is restarted as any failed actor is, and the third failure stops the run with
+/// that message; no actor, Python worker or segment is left.
+#[test]
+fn a_python_environment_that_raises_is_reported_with_its_traceback_and_restarted() {
+    let test = "a_python_environment_that_raises";
+    if gym_python(test).is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let tag = format!("{}-{}", test, std::process::id());
+    let game = "gymnasium:async_rl_test_envs:Faulty-late-v0";
+    let mut learner = Run::game(tmp.path(), game)
+        .flag("--network", "mlp")
+        .processes(1)
+        .frames(100_000_000)
+        .flag("--log-interval", "0.5")
+        .flag("--max-actor-restarts", 2)
+        .env("PYTHONPATH", gym_fixtures().to_str().unwrap())
+        .env("ASYNC_RL_TEST_TAG", &tag)
+        .start("learner");
+    let pid = learner.child.id();
+    let status = learner.wait(Duration::from_secs(120));
+    let (out, err) = (learner.stdout(), learner.stderr());
+    assert_eq!(status.code(), Some(1), "{status}\n{out}\n{err}");
+    let failure = format!("actor 0 failed: {game}: step 50 of the episode: Traceback");
+    assert_eq!(out.matches(&failure).count(), 3, "{out}\n{err}");
+    assert!(
+        out.contains("RuntimeError: the test environment breaks at step 50"),
+        "{out}"
+    );
+    assert_eq!(out.matches("restarted it with seed").count(), 2, "{out}");
+    assert!(
+        err.contains("--max-actor-restarts 2 reached; the last error: actor 0 failed: ")
+            && err.contains("RuntimeError: the test environment breaks at step 50"),
+        "the message that stops the run says why:\n{err}"
+    );
+    assert_clean(pid);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_with_env("ASYNC_RL_TEST_TAG", &tag).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        processes_with_env("ASYNC_RL_TEST_TAG", &tag),
+        Vec::<u32>::new(),
+        "no actor or Python worker of the run survives it"
+    );
+}

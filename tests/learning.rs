@@ -346,3 +346,95 @@ fn cartpole_ppo_reaches_195_for_4_of_5_seeds() {
 fn cartpole_appo_reaches_195_for_4_of_5_seeds() {
     actor_critic_learns("appo", Acting::Local);
 }
+
+/// Trains Gymnasium environment `game` (`--game gymnasium:<id>`, Python worker processes)
+/// with `config` (in configs/) and `seed` within `budget` frames on the CPU; the frames at
+/// which the config's `--target-return` was reached, or None. Needs the venv of scripts/setup
+/// (see [`gym_python`]).
+fn train_gymnasium(dir: &Path, config: &str, seed: u64, budget: &str) -> Option<u64> {
+    let logdir = dir.join(format!("{config}-{seed}"));
+    let config = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("configs")
+        .join(config);
+    let out = Run::learner(dir)
+        .flag("--config", config.to_str().unwrap())
+        .seed(seed)
+        .flag("--max-frames", budget)
+        .flag("--device", "cpu")
+        .logdir(&logdir)
+        .succeeds(
+            &format!("{} seed {seed}", config.display()),
+            Duration::from_secs(600),
+        );
+    let stdout = text(&out.stdout);
+    let frames = stdout
+        .lines()
+        .find(|l| l.starts_with("reached --target-return"))
+        .and_then(|l| {
+            l.rsplit(" at ")
+                .next()?
+                .trim_end_matches(" frames")
+                .parse()
+                .ok()
+        });
+    eprintln!(
+        "{} seed {seed}: target reached at {frames:?} frames",
+        config.display()
+    );
+    frames
+}
+
+/// Gymnasium's CartPole-v1 through the Python path (configs/cartpole-v1-a3c.toml: A3C, 2
+/// actors of 8 environments): a mean return of 195 over 100 episodes within 600,000 frames
+/// for at least 4 of seeds 1-5. Measured on 2 shared cores: seeds 1-5 at 106,731, 90,539,
+/// 121,018, 114,931 and 95,594 frames (about 3 minutes for the five).
+#[test]
+fn gymnasium_cartpole_a3c_reaches_195_for_4_of_5_seeds() {
+    if gym_python("gymnasium_cartpole").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut failed = Vec::new();
+    for seed in 1..=5 {
+        if train_gymnasium(tmp.path(), "cartpole-v1-a3c.toml", seed, AC_BUDGET).is_none() {
+            failed.push(seed);
+        }
+        assert!(
+            failed.len() <= 1,
+            "gymnasium:CartPole-v1: seeds {failed:?} did not reach 195 within {AC_BUDGET} frames"
+        );
+    }
+}
+
+/// The frame budget of each Acrobot run (also `max-frames` in configs/acrobot-v1-dqn.toml).
+const ACROBOT_BUDGET: &str = "600000";
+
+/// Gymnasium's Acrobot-v1 (configs/acrobot-v1-dqn.toml: DQN with CartPole's settings): a mean
+/// return of -100 over 100 episodes within `ACROBOT_BUDGET` frames for at least 2 of seeds
+/// 1-3. Measured on the shared 2 cores: seeds 1, 2, 3 at 284,542, 174,697 and 217,731 frames
+/// (5.5 minutes for the three); in another run seed 1 at 214,532, and in a third not within
+/// 400,000 (seeds 2 and 3 at 207,839 and 218,955): the actors' asynchrony makes runs of one
+/// seed differ, hence the budget of 600,000. (A3C with CartPole's
+/// settings never left -500 in 150,000 frames: Acrobot needs the exploration that
+/// epsilon-greedy gives.)
+#[test]
+fn gymnasium_acrobot_dqn_reaches_minus_100_for_2_of_3_seeds() {
+    if gym_python("gymnasium_acrobot").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut failed, mut solved) = (Vec::new(), 0);
+    for seed in 1..=3 {
+        match train_gymnasium(tmp.path(), "acrobot-v1-dqn.toml", seed, ACROBOT_BUDGET) {
+            Some(_) => solved += 1,
+            None => failed.push(seed),
+        }
+        if solved == 2 {
+            break; // two of three seeds settle it
+        }
+        assert!(
+            failed.len() <= 1,
+            "gymnasium:Acrobot-v1: seeds {failed:?} did not reach -100 within {ACROBOT_BUDGET} frames"
+        );
+    }
+}

@@ -344,3 +344,52 @@ fn render_terminal_draws_the_screen_with_a_status_line_and_none_prints_lines_onl
         "the same game, as a line:\n{plain}"
     );
 }
+
+/// A Gymnasium environment's checkpoint (a short A3C run of `gymnasium:CartPole-v1`) plays,
+/// evaluates, and records a GIF of its `rgb_array` screen (600x400 for classic control).
+#[test]
+fn a_gymnasium_checkpoint_plays_evaluates_and_records() {
+    if gym_python("a_gymnasium_checkpoint_plays").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/cartpole-v1-a3c.toml");
+    Run::learner(tmp.path())
+        .flag("--config", config.to_str().unwrap())
+        .flag("--max-frames", 3000)
+        .flag("--device", "cpu")
+        .logdir("run")
+        .succeeds("learner", Duration::from_secs(120));
+    let saved = async_rl::checkpoint::list(&tmp.path().join("run"));
+    let model = async_rl::checkpoint::path_for(&tmp.path().join("run"), *saved.last().unwrap());
+    let model = model.to_str().unwrap();
+    let out = play(
+        &[
+            "--model",
+            model,
+            "--episodes",
+            "1",
+            "--record",
+            "cp.gif",
+            "--record-frames",
+            "5",
+        ],
+        tmp.path(),
+    );
+    assert_ok("play --record", &out);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("recorded 5 frames of game 1 to cp.gif"),
+        "{stdout}"
+    );
+    let (w, h, frames) = recording::decode(&tmp.path().join("cp.gif")).unwrap();
+    assert_eq!((w, h, frames.len()), (600, 400, 5));
+    assert!(
+        frames[0].rgb.chunks_exact(3).any(|p| p != [255, 255, 255]),
+        "the cart and pole are drawn"
+    );
+    let out = play(&["--model", model, "--eval", "--episodes", "3"], tmp.path());
+    assert_ok("play --eval", &out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("3 episodes: mean"), "{stdout}");
+}

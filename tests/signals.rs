@@ -174,3 +174,63 @@ fn killed_learner_takes_its_actors_and_the_next_resumes_from_the_latest_checkpoi
     );
     assert_clean(next);
 }
+
+/// SIGINT to the learner and to every actor's process group (as a terminal's Ctrl-C would
+/// reach them) stops a run on a Gymnasium environment as cleanly as an Atari one: the Python
+/// workers ignore SIGINT, the run exits 0 with a checkpoint, and no actor, Python worker or
+/// segment is left.
+#[test]
+fn sigint_stops_a_gymnasium_run_cleanly() {
+    if gym_python("sigint_stops_a_gymnasium_run").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let tag = format!("sigint-gym-{}", std::process::id());
+    let mut learner = Run::game(tmp.path(), "gymnasium:CartPole-v1")
+        .flag("--network", "mlp")
+        .processes(2)
+        .flag("--envs-per-actor", 2)
+        .frames(100_000_000)
+        .flag("--log-interval", "0.5")
+        .env("ASYNC_RL_TEST_TAG", &tag)
+        .start("learner");
+    let pid = learner.child.id();
+    // The learner, its 2 actors and their 4 Python workers, and frames in metrics.csv.
+    let metrics = tmp.path().join("run/metrics.csv");
+    let produced = || {
+        let text = std::fs::read_to_string(&metrics).unwrap_or_default();
+        let last = text.lines().skip(1).last().unwrap_or("");
+        last.split(',').nth(1).and_then(|f| f.parse::<u64>().ok()) > Some(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while processes_with_env("ASYNC_RL_TEST_TAG", &tag).len() < 7 || !produced() {
+        assert!(Instant::now() < deadline, "{}", learner.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for actor in actors_of(pid) {
+        // Each actor leads its own process group, which its workers share.
+        let _ = kill(Pid::from_raw(-(actor as i32)), Signal::SIGINT);
+    }
+    kill(Pid::from_raw(pid as i32), Signal::SIGINT).unwrap();
+    let status = learner.wait(Duration::from_secs(60));
+    assert!(status.success(), "{status}\n{}", learner.logs());
+    let logs = learner.logs();
+    assert!(
+        !logs.contains("failed") && !logs.contains("KeyboardInterrupt"),
+        "no worker died of the SIGINT:\n{logs}"
+    );
+    assert!(
+        !async_rl::checkpoint::list(&tmp.path().join("run")).is_empty(),
+        "a final checkpoint"
+    );
+    assert_clean(pid);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_with_env("ASYNC_RL_TEST_TAG", &tag).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        processes_with_env("ASYNC_RL_TEST_TAG", &tag),
+        Vec::<u32>::new(),
+        "no actor or Python worker survives the run"
+    );
+}

@@ -477,3 +477,53 @@ pub fn host_summary(host: &Proc) -> (u64, u64, u64) {
     };
     (num("played frames"), num("games"), num("acked frames"))
 }
+
+/// The Python interpreter with gymnasium that a run of `--game gymnasium:<id>` would use
+/// (`$VIRTUAL_ENV`'s, scripts/setup's venv, else python3), or `None` with a message when it
+/// cannot import gymnasium; with ASYNC_RL_REQUIRE_PYTHON set (scripts/test sets it), that is
+/// a failure instead.
+pub fn gym_python(test: &str) -> Option<PathBuf> {
+    let python = async_rl::env::gymnasium::python(None);
+    let usable = Command::new(&python)
+        .args(["-c", "import gymnasium"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if usable {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("ASYNC_RL_REQUIRE_PYTHON").is_none(),
+        "{test}: ASYNC_RL_REQUIRE_PYTHON is set but {} cannot import gymnasium: run scripts/setup",
+        python.display()
+    );
+    eprintln!(
+        "{test}: skipped: {} cannot import gymnasium (run scripts/setup)",
+        python.display()
+    );
+    None
+}
+
+/// The test Gymnasium environments' directory (tests/fixtures/gym), for PYTHONPATH.
+pub fn gym_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gym")
+}
+
+/// Live processes whose environment holds `key=value` (a tag a test gave its learner, which
+/// its actors and their Python workers inherit).
+pub fn processes_with_env(key: &str, value: &str) -> Vec<u32> {
+    let tag = format!("{key}={value}");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{p}/environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|v| v == tag.as_bytes()) {
+            found.push(p);
+        }
+    }
+    found
+}

@@ -159,6 +159,8 @@ fn every_flag_has_a_bad_value_that_is_refused_by_name() {
         ("terminal-on-life-loss", "maybe"),
         ("fire-on-life-loss", "maybe"),
         ("reward-scale", "0"),
+        ("python", "/usr/bin/python3"),
+        ("python-timeout", "0"),
         ("logdir", ""),
         ("log-interval", "0"),
         ("keep-checkpoints", "-1"),
@@ -464,4 +466,38 @@ fn the_unsaved_groups_hold_the_invocation_flags() {
     assert_eq!(unsaved, expected);
     assert!(table_keys().contains("lr") && table_keys().contains("replay-size"));
     assert!(!table_keys().contains("listen"));
+}
+
+#[test]
+fn python_is_for_gymnasium_games_only_and_round_trips() {
+    let (c, _) = parse(&["--game", "Breakout", "--python", "/opt/py/bin/python"]);
+    let err = c.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("--python /opt/py/bin/python: only Gymnasium environments run Python"),
+        "{err}"
+    );
+    let (c, _) = parse(&["--game", "Breakout", "--python-timeout", "30"]);
+    let err = c.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("--python-timeout 30: only Gymnasium environments run Python"),
+        "{err}"
+    );
+    let (c, _) = parse(&[
+        "--game",
+        "gymnasium:Acrobot-v1",
+        "--python",
+        "/opt/py/bin/python",
+        "--python-timeout",
+        "30",
+    ]);
+    c.validate().unwrap();
+    assert_eq!(
+        c.env_settings(1).python_timeout,
+        std::time::Duration::from_secs(30)
+    );
+    assert_eq!(
+        c.env_settings(1).python.as_deref(),
+        Some(std::path::Path::new("/opt/py/bin/python"))
+    );
+    assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
 }

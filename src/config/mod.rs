@@ -440,6 +440,9 @@ impl Config {
             fire_on_life_loss: self.env.fire_on_life_loss,
             max_episode_frames: self.env.max_episode_frames,
             rom: self.run.rom.clone(),
+            python: self.env.python.clone(),
+            python_timeout: std::time::Duration::from_secs_f64(self.env.python_timeout),
+            render: false,
         }
     }
 

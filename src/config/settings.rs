@@ -114,7 +114,20 @@ pub struct EnvironmentSettings {
     /// Pendulum-v1's [-16.3, 0] per step, so that the values stay near 1
     #[arg(long, default_value_t = 1.0)]
     pub reward_scale: f32,
+    /// Python interpreter for --game gymnasium:<id> (with gymnasium and your environment's
+    /// packages); default: $VIRTUAL_ENV/bin/python, else $ASYNC_RL_CACHE/gym-venv/bin/python
+    /// (scripts/setup), else python3
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// Seconds a Gymnasium environment's Python worker may take to answer one request (make,
+    /// reset, step, render) before it is killed and its actor fails, so a hung environment
+    /// cannot hang the run
+    #[arg(long, default_value_t = DEFAULT_PYTHON_TIMEOUT, value_name = "SECONDS")]
+    pub python_timeout: f64,
 }
+
+/// `--python-timeout`'s default, in seconds.
+pub const DEFAULT_PYTHON_TIMEOUT: f64 = 300.0;
 
 impl EnvironmentSettings {
     /// Problems with the values, one line each, appended to `e`.
@@ -139,6 +152,12 @@ impl EnvironmentSettings {
             e.push(format!(
                 "--reward-scale {}: must be a positive number",
                 self.reward_scale
+            ));
+        }
+        if !(self.python_timeout > 0.0 && self.python_timeout <= 86_400.0) {
+            e.push(format!(
+                "--python-timeout {}: must be more than 0 and at most 86400 seconds (a day)",
+                self.python_timeout
             ));
         }
         if self.max_episode_frames < self.frame_skip as u64 {

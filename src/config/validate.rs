@@ -64,6 +64,23 @@ impl Config {
                 "--queue-size {queue_size}: must be at least --processes {processes} (each actor owns a share of the slots)"
             ));
         }
+        if let Some(python) = &self.env.python {
+            if !self.run.game.starts_with(crate::env::gymnasium::PREFIX) {
+                e.push(format!(
+                    "--python {}: only Gymnasium environments run Python and --game {} is not one; --python needs --game gymnasium:<id>",
+                    python.display(),
+                    self.run.game
+                ));
+            }
+        }
+        let timeout = self.env.python_timeout;
+        let default_timeout = crate::config::settings::DEFAULT_PYTHON_TIMEOUT;
+        if timeout != default_timeout && !self.run.game.starts_with(crate::env::gymnasium::PREFIX) {
+            e.push(format!(
+                "--python-timeout {timeout}: only Gymnasium environments run Python and --game {} is not one; leave it at {default_timeout} or use --game gymnasium:<id>",
+                self.run.game
+            ));
+        }
         let replay_size = self.rule.replay.replay_size;
         if self.learner.algorithm.has_replay() && replay_size < batch_size {
             e.push(format!(

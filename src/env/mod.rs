@@ -1,14 +1,18 @@
 //! The environments actors act in, behind one interface: [`Environment`].
 //!
-//! Three implementations ship: Atari games ([`atari`], DeepMind's preprocessing over [`ale`], a
+//! Four kinds ship: Atari games ([`atari`], DeepMind's preprocessing over [`ale`], a
 //! thin safe wrapper of ALE 0.6's C API that holds all the `unsafe` code), CartPole-v1
-//! ([`cartpole`], pure Rust) and Pendulum-v1 ([`pendulum`], pure Rust, continuous actions). Users add their own by implementing [`Environment`] and
-//! registering a factory under a name with [`register`] (see [`registry`]).
+//! ([`cartpole`], pure Rust), Pendulum-v1 ([`pendulum`], pure Rust, continuous actions), and
+//! any Gymnasium environment (`--game gymnasium:<id>`,
+//! [`gymnasium`]: each in a Python worker process of its own). Users add their own by
+//! implementing [`Environment`] and registering a factory under a name with [`register`] (see
+//! [`registry`]), or in Python as a Gymnasium environment.
 
 pub mod ale;
 pub mod atari;
 pub mod cartpole;
 pub mod pendulum;
+pub mod gymnasium;
 pub mod registry;
 
 use std::path::PathBuf;
@@ -17,6 +21,7 @@ pub use self::ale::{Ale, AleError, AleSettings};
 pub use self::atari::{AtariConfig, AtariEnv};
 pub use self::cartpole::CartPole;
 pub use self::pendulum::Pendulum;
+pub use self::gymnasium::{GymEnv, GymError};
 pub use self::registry::{make, register, resolve, EnvFactory, EnvId, EnvSettings, ResolveError};
 
 use crate::game::GameError;
@@ -80,6 +85,9 @@ pub enum EnvError {
     /// An error of a user-registered environment.
     #[error("{0}")]
     Custom(String),
+    /// A Gymnasium environment's error (Python's traceback included), or its worker's.
+    #[error(transparent)]
+    Gymnasium(#[from] GymError),
     /// A continuous (Box) action given to an environment with discrete actions, or the reverse.
     #[error("this environment's actions are {expected}, but it was given {given}")]
     ActionKind {

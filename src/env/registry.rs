@@ -1,5 +1,5 @@
-//! Environments by name: `--game` resolves to a registered environment (CartPole is built in)
-//! or, failing that, to an Atari game; [`make`] builds it.
+//! Environments by name: `--game` resolves to a Gymnasium id (`gymnasium:<id>`), a registered
+//! environment (CartPole is built in) or, failing those, to an Atari game; [`make`] builds it.
 //!
 //! To add an environment, implement [`Environment`] and register a factory before the learner's
 //! command line runs, in your own binary (actors re-execute that same binary, so they see the
@@ -30,6 +30,7 @@ use std::sync::{Mutex, OnceLock};
 use super::atari::{AtariConfig, AtariEnv};
 use super::cartpole::{self, CartPole};
 use super::pendulum::{self, Pendulum};
+use super::gymnasium::{self, GymEnv};
 use super::{EnvError, Environment};
 use crate::game::{self, GameError, GameSpec};
 
@@ -55,6 +56,14 @@ pub struct EnvSettings {
     pub max_episode_frames: u64,
     /// Atari: a ROM file instead of the bundled ROM.
     pub rom: Option<PathBuf>,
+    /// Gymnasium: the Python interpreter (`--python`); `None`: the default that
+    /// [`gymnasium::python`] picks.
+    pub python: Option<PathBuf>,
+    /// Gymnasium: how long the worker may take to answer one request (`--python-timeout`).
+    pub python_timeout: std::time::Duration,
+    /// Gymnasium: make the environment with `render_mode="rgb_array"`, so that it has a screen
+    /// ([`Environment::screen_rgb`]); `play` asks for it when it shows or records the screen.
+    pub render: bool,
 }
 
 /// Builds a registered environment.
@@ -67,14 +76,19 @@ pub enum EnvId {
     Registered(String),
     /// An Atari game.
     Atari(GameSpec),
+    /// A Gymnasium environment, by its Gymnasium id (`CartPole-v1`,
+    /// `mypackage.envs:MyEnv-v0`), stepped in a Python worker ([`gymnasium`]).
+    Gymnasium(String),
 }
 
 impl EnvId {
-    /// Display name: `CartPole`, `Breakout`, `SpaceInvaders`.
+    /// Display name: `CartPole`, `Breakout`, `SpaceInvaders`; a Gymnasium id without its
+    /// module (`Acrobot-v1`, `MyEnv-v0`), which names the run directory `runs/<name>`.
     pub fn name(&self) -> &str {
         match self {
             EnvId::Registered(name) => name,
             EnvId::Atari(spec) => &spec.name,
+            EnvId::Gymnasium(id) => id.rsplit(':').next().unwrap_or(id),
         }
     }
 }
@@ -135,6 +149,21 @@ pub enum ResolveError {
     /// `--game` is neither a registered environment nor an Atari game (or a bad Gym id).
     #[error("--game: {0}")]
     Game(GameError),
+    /// `--game gymnasium:<id>` with a malformed id.
+    #[error(
+        "--game {input}: expected gymnasium:<EnvId> (e.g. gymnasium:CartPole-v1) or \
+         gymnasium:<module>:<EnvId> (e.g. gymnasium:mypackage.envs:MyEnv-v0)"
+    )]
+    GymnasiumId {
+        /// What `--game` said.
+        input: String,
+    },
+    /// `--rom` given with a Gymnasium environment.
+    #[error("--rom: {game} is a Gymnasium environment; --rom is for Atari games only")]
+    RomNotAtari {
+        /// What `--game` said.
+        game: String,
+    },
     /// ALE supports the game, but its ROM is not bundled and no `--rom` was given.
     #[error("--game {input}: ALE supports {name} but its ROM is not bundled; pass --rom path/to/{rom}.bin")]
     RomNotBundled {
@@ -152,8 +181,24 @@ pub enum ResolveError {
 /// # Errors
 ///
 /// [`ResolveError`]: an unusable ROM file, an unknown game, or a game whose ROM is not
-/// bundled.
+/// bundled; a malformed Gymnasium id (whether Gymnasium knows the id, only [`make`] finds out,
+/// by asking it).
 pub fn resolve(game_name: &str, rom: Option<&Path>) -> Result<EnvId, ResolveError> {
+    if let Some(id) = game_name.strip_prefix(gymnasium::PREFIX) {
+        if rom.is_some() {
+            return Err(ResolveError::RomNotAtari {
+                game: game_name.to_string(),
+            });
+        }
+        let parts: Vec<&str> = id.split(':').collect();
+        let valid = |p: &str| !p.is_empty() && !p.chars().any(char::is_whitespace);
+        if parts.len() > 2 || !parts.iter().all(|p| valid(p)) {
+            return Err(ResolveError::GymnasiumId {
+                input: game_name.to_string(),
+            });
+        }
+        return Ok(EnvId::Gymnasium(id.to_string()));
+    }
     if let Some(rom) = rom {
         let stem = game::validate_rom_file(rom).map_err(ResolveError::Rom)?;
         return Ok(EnvId::Atari(GameSpec {
@@ -184,8 +229,20 @@ pub fn resolve(game_name: &str, rom: Option<&Path>) -> Result<EnvId, ResolveErro
 }
 
 /// Builds an instance of `id` with `settings`.
+///
+/// # Errors
+///
+/// The environment's: for Gymnasium, [`super::GymError`] (no interpreter, no gymnasium, an
+/// unknown id or an import error with Python's traceback, an unsupported space).
 pub fn make(id: &EnvId, settings: &EnvSettings) -> Result<Box<dyn Environment>, EnvError> {
     match id {
+        EnvId::Gymnasium(gym_id) => Ok(Box::new(GymEnv::new(
+            gym_id,
+            &gymnasium::python(settings.python.as_deref()),
+            settings.seed,
+            settings.render,
+            settings.python_timeout,
+        )?)),
         EnvId::Registered(name) => {
             let factory = {
                 let reg = registry().lock().unwrap_or_else(|e| e.into_inner());
@@ -227,6 +284,9 @@ mod tests {
             fire_on_life_loss: false,
             max_episode_frames: 108_000,
             rom: None,
+            python: None,
+            python_timeout: std::time::Duration::from_secs(300),
+            render: false,
         }
     }
 
@@ -259,6 +319,31 @@ mod tests {
             "{typo:?}"
         );
         assert!(typo.to_string().contains("--game"));
+    }
+
+    #[test]
+    fn gymnasium_ids_resolve_with_or_without_a_module() {
+        let id = resolve("gymnasium:CartPole-v1", None).unwrap();
+        assert_eq!(id, EnvId::Gymnasium("CartPole-v1".into()));
+        assert_eq!(id.name(), "CartPole-v1");
+        let id = resolve("gymnasium:mypackage.envs:MyEnv-v0", None).unwrap();
+        assert_eq!(id, EnvId::Gymnasium("mypackage.envs:MyEnv-v0".into()));
+        assert_eq!(id.name(), "MyEnv-v0", "the run directory's name");
+        for bad in [
+            "gymnasium:",
+            "gymnasium:a:b:c",
+            "gymnasium::X-v0",
+            "gymnasium:My Env",
+        ] {
+            let e = resolve(bad, None).unwrap_err();
+            assert!(
+                matches!(e, ResolveError::GymnasiumId { .. }),
+                "{bad}: {e:?}"
+            );
+            assert!(e.to_string().contains("gymnasium:<EnvId>"), "{e}");
+        }
+        let e = resolve("gymnasium:CartPole-v1", Some(Path::new("pong.bin"))).unwrap_err();
+        assert!(e.to_string().starts_with("--rom"), "{e}");
     }
 
     #[test]

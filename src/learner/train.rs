@@ -95,6 +95,9 @@ struct Training<'a> {
     ready: BTreeSet<usize>,
     /// The best evaluation so far, kept across resumptions in model-best.eval.json.
     best: Option<EvalScores>,
+    /// The last error an actor reported (`ActorMsg::Failed`), for the message that stops the
+    /// run when actors keep failing (a Python environment that raises, say).
+    last_failure: Option<String>,
 }
 
 impl<'a> Training<'a> {
@@ -156,6 +159,7 @@ impl<'a> Training<'a> {
             served,
             ready: BTreeSet::new(),
             best: read_best_scores(&checkpoint::best_scores_path(dir)),
+            last_failure: None,
             run,
         })
     }
@@ -180,6 +184,7 @@ impl<'a> Training<'a> {
                 ActorMsg::Failed { actor, message } => {
                     self.progress
                         .println(&format!("actor {actor} failed: {message}"));
+                    self.last_failure = Some(format!("actor {actor} failed: {message}"));
                 }
             }
         }
@@ -224,7 +229,15 @@ impl<'a> Training<'a> {
         for s in self.run.services.iter() {
             s.check()?;
         }
-        for r in self.run.pool.replace_exited()? {
+        let replaced = self
+            .run
+            .pool
+            .replace_exited()
+            .map_err(|e| match &self.last_failure {
+                Some(why) => anyhow::anyhow!("{e:#}; the last error: {why}"),
+                None => e,
+            })?;
+        for r in replaced {
             self.ready.remove(&r.actor);
             self.progress.println(&format!(
                 "actor {} exited unexpectedly ({}) at {} frames; restarted it with seed {} (restart {} of --max-actor-restarts {})",
