@@ -266,6 +266,11 @@ def fmt_frames(f):
     return f"{f / 1e6:.2f}M" if f >= 1e6 else f"{f / 1e3:.0f}k" if f >= 1e3 else str(f)
 
 
+def fmt_min(m):
+    """Minutes with 2 decimals under 10 (CartPole takes seconds), 1 above."""
+    return f"{m:.2f}" if m < 10 else f"{m:.1f}"
+
+
 def spread(values, fmt):
     """median [min, max] of values where None (never reached) counts as larger than any."""
     inf = [math.inf if v is None else v for v in values]
@@ -283,7 +288,10 @@ def summarise_time_to_score(per_seed, thresholds):
     for j, t in enumerate(thresholds):
         hits = [s[j] for s in per_seed]
         n = sum(h is not None for h in hits)
-        mins = spread([h and h[0] for h in hits], lambda v: f"{v:.1f}")
+        if n == 0:
+            parts.append(f"≥{t:g}: never (0/{len(hits)})")
+            continue
+        mins = spread([h and h[0] for h in hits], fmt_min)
         frames = spread([h and h[1] for h in hits], lambda v: fmt_frames(round(v)))
         parts.append(f"≥{t:g}: {mins} min, {frames} frames ({n}/{len(hits)})")
     return "<br>".join(parts)
@@ -291,7 +299,7 @@ def summarise_time_to_score(per_seed, thresholds):
 
 def seed_time_to_score_text(hits, thresholds):
     return "; ".join(
-        f"{t:g}: " + ("never" if h is None else f"{h[0]:.1f} min {h[1]} frames")
+        f"{t:g}: " + ("never" if h is None else f"{fmt_min(h[0])} min {h[1]} frames")
         for t, h in zip(thresholds, hits))
 
 
@@ -424,13 +432,27 @@ def start(run, seed, logdir, resume, pin=None):
     return p
 
 
+class Interrupted(Exception):
+    """The learner was stopped by a signal that scripts/results did not send (the session
+    ending, ^C): its seed is not finished and continues with --resume."""
+
+
 def finish(p, deadline, seed, logdir):
+    ours = False
     try:
         p.wait(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
+        ours = True
         p.send_signal(signal.SIGINT)  # a clean stop with a final checkpoint
         p.wait()
+    except KeyboardInterrupt:
+        p.send_signal(signal.SIGINT)  # in case it was ours alone
+        p.wait()
+        p.tee.join()
+        raise Interrupted()
     p.tee.join()
+    if p.returncode in (-signal.SIGINT, 130, -signal.SIGTERM, 143) and not ours:
+        raise Interrupted()
     if p.returncode not in (0, -signal.SIGINT, 130):
         raise ResultsError(f"the learner failed (exit {p.returncode}) for seed {seed}; its output "
                            f"is in {os.path.join(logdir, 'learner.log')}")
@@ -448,18 +470,31 @@ def evaluate(model, pin=None):
     return r["mean"], r["episodes"]
 
 
-def seed_result(logdir, seed, resumed, thresholds, pin=None):
+def seed_result(logdir, seed, thresholds, pin=None):
     """Evaluates the seed's last checkpoint and measures its curves; writes and returns
     seed-<i>/result.json."""
     ck = checkpoints(logdir)
     if not ck:
         raise ResultsError(f"seed {seed}: no checkpoint in {logdir}")
-    frames, name = ck[-1]
-    mean, games = evaluate(os.path.join(logdir, name), pin)
-    return write_seed_result(logdir, seed, resumed, thresholds, frames, mean, games)
+    evaluate(os.path.join(logdir, ck[-1][1]), pin)
+    return write_seed_result(logdir, seed, thresholds)
 
 
-def write_seed_result(logdir, seed, resumed, thresholds, frames, mean, games):
+def write_seed_result(logdir, seed, thresholds):
+    """Measures a seed whose last checkpoint has been evaluated (model-<N>.eval.json, from
+    `play --eval`) from its files; writes and returns seed-<i>/result.json. ResultsError when
+    it has no evaluated checkpoint."""
+    ck = checkpoints(logdir) if os.path.isdir(logdir) else []
+    report = ck and os.path.join(logdir, f"model-{ck[-1][0]}.eval.json")
+    if not ck or not os.path.isfile(report):
+        raise ResultsError(f"seed {seed} has not finished (no evaluated last checkpoint in "
+                           f"{logdir}); continue with scripts/results --resume "
+                           f"{os.path.dirname(logdir)}")
+    frames = ck[-1][0]
+    with open(report) as f:
+        r = json.load(f)
+    mean, games = r["mean"], r["episodes"]
+    resumed = os.path.isfile(os.path.join(logdir, "resumed"))
     training = read_training(os.path.join(logdir, "metrics.csv"))
     log = os.path.join(logdir, "learner.log")
     evals = read_evals(open(log, errors="replace").read()) if os.path.isfile(log) else []
@@ -493,6 +528,8 @@ def train(run, base):
         d = os.path.join(base, f"seed-{s}")
         os.makedirs(d, exist_ok=True)
         resumed[s] = bool(checkpoints(d))
+        if resumed[s]:
+            open(os.path.join(d, "resumed"), "w").close()  # marks the seed's rows as resumed
     left = {s: run["minutes"] - (trained_minutes(os.path.join(base, f"seed-{s}")) if resumed[s] else 0)
             for s in todo}
     try:
@@ -505,7 +542,7 @@ def train(run, base):
                 finish(p, now + left[s] * 60, s, os.path.join(base, f"seed-{s}"))
             from concurrent.futures import ThreadPoolExecutor
             with ThreadPoolExecutor(max(1, len(todo))) as pool:
-                list(pool.map(lambda s: seed_result(os.path.join(base, f"seed-{s}"), s, resumed[s],
+                list(pool.map(lambda s: seed_result(os.path.join(base, f"seed-{s}"), s,
                                                     run["thresholds"], pins[s]), todo))
         else:
             for s in todo:
@@ -513,10 +550,9 @@ def train(run, base):
                 if left[s] > 0:
                     p = start(run, s, d, resumed[s])
                     finish(p, time.monotonic() + left[s] * 60, s, d)
-                seed_result(d, s, resumed[s], run["thresholds"])
-    except KeyboardInterrupt:
-        # The learner had the same SIGINT (one process group) and saved a final checkpoint.
-        time.sleep(0.5)
+                seed_result(d, s, run["thresholds"])
+    except (KeyboardInterrupt, Interrupted):
+        # The learner had the signal too (or from us) and saved a final checkpoint.
         fail(f"interrupted; the finished seeds are kept. Continue with: scripts/results --resume "
              f"{os.path.relpath(base, os.getcwd())}")
 
@@ -542,14 +578,9 @@ def plot(base, results, run, out_dir):
 
 
 def report(base, run, docs):
-    results = []
-    for s in range(run["seeds"]):
-        path = os.path.join(base, f"seed-{s}", "result.json")
-        if not os.path.isfile(path):
-            raise ResultsError(f"seed {s} has not finished ({path} is missing); continue with "
-                               f"scripts/results --resume {base}")
-        with open(path) as f:
-            results.append(json.load(f))
+    # Measured again from the seeds' files: --report redoes it after a change to this script.
+    results = [write_seed_result(os.path.join(base, f"seed-{s}"), s, run["thresholds"])
+               for s in range(run["seeds"])]
     rule = results[0]["rule"]
     day = run["stamp"][:8]
     out_dir = os.path.join(docs, "results", f"{run['game']}-{rule}-{day}")
@@ -564,11 +595,14 @@ def report(base, run, docs):
         "eval_std_over_seeds": f"{statistics.pstdev(means):.2f}",
         "eval_means_per_seed": " ".join(f"{m:.2f}" for m in means),
         "eval_games": results[0]["eval_games"], "machine": run["machine"],
-        "commit": run["commit"], "command": run["command"],
+        "commit": " ".join([run["commit"]] + [f"(resumed {r['date']} at {r['commit']})"
+                                              for r in run.get("resumes", [])]),
+        "command": run["command"] + "".join(f"; scripts/results --resume {os.path.relpath(base, ROOT)}"
+                                            for _ in run.get("resumes", [])[:1]),
         "curves": os.path.join("docs", os.path.relpath(png, docs)),
         "minutes": f"{run['minutes']:g}",
         "frames_per_seed": " ".join(str(r["frames"]) for r in results),
-        "wall_min_per_seed": " ".join(f"{r['wall_min']:.1f}" for r in results),
+        "wall_min_per_seed": " ".join(fmt_min(r["wall_min"]) for r in results),
         "resumed_seeds": " ".join(str(r["seed"]) for r in results if r["resumed"]),
         "thresholds": ",".join(f"{t:g}" for t in th),
         "train_time_to_score": summarise_time_to_score([r["train_time_to_score"] for r in results], th),
@@ -593,7 +627,15 @@ def report(base, run, docs):
     print(f"[results] curves {png}; tables in {md}; runs in {base}", file=sys.stderr)
 
 
+def on_term(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (a session ending): stop as ^C does, resumable
+
+
 def main():
+    # ^C and SIGTERM stop the learner with a final checkpoint and leave the call resumable,
+    # also when started in the background (where SIGINT would be inherited ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, on_term)
     a = parse(sys.argv[1:])
     docs = os.path.abspath(a["docs"]) if a["docs"] else os.path.join(ROOT, "docs")
     if a["mode"] == "new":
@@ -610,6 +652,11 @@ def main():
         base = a["dir"]
         with open(os.path.join(base, "results.json")) as f:
             run = json.load(f)
+        if a["mode"] == "resume":  # the commit and time of each later session, for the record
+            now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            run.setdefault("resumes", []).append({"date": now, "commit": commit()})
+            with open(os.path.join(base, "results.json"), "w") as f:
+                json.dump(run, f, indent=1)
     if a["mode"] != "report":
         train(run, base)
     report(base, run, docs)
