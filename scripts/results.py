@@ -511,7 +511,7 @@ def write_seed_result(logdir, seed, thresholds):
     }
     with open(os.path.join(logdir, "result.json"), "w") as f:
         json.dump(res, f)
-    print(f"[results] seed {seed}: {frames} frames, {res['wall_min']:.1f} min, final eval mean "
+    print(f"[results] seed {seed}: {frames} frames, {fmt_min(res['wall_min'])} min, final eval mean "
           f"{mean:.2f}{' (resumed)' if resumed else ''}; training reaches "
           f"{seed_time_to_score_text(res['train_time_to_score'], thresholds)}; evaluation reaches "
           f"{seed_time_to_score_text(res['eval_time_to_score'], thresholds)}",
