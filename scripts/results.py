@@ -480,7 +480,7 @@ def seed_result(logdir, seed, thresholds, pin=None):
     return write_seed_result(logdir, seed, thresholds)
 
 
-def write_seed_result(logdir, seed, thresholds):
+def write_seed_result(logdir, seed, thresholds, say=True):
     """Measures a seed whose last checkpoint has been evaluated (model-<N>.eval.json, from
     `play --eval`) from its files; writes and returns seed-<i>/result.json. ResultsError when
     it has no evaluated checkpoint."""
@@ -511,11 +511,12 @@ def write_seed_result(logdir, seed, thresholds):
     }
     with open(os.path.join(logdir, "result.json"), "w") as f:
         json.dump(res, f)
-    print(f"[results] seed {seed}: {frames} frames, {fmt_min(res['wall_min'])} min, final eval mean "
-          f"{mean:.2f}{' (resumed)' if resumed else ''}; training reaches "
-          f"{seed_time_to_score_text(res['train_time_to_score'], thresholds)}; evaluation reaches "
-          f"{seed_time_to_score_text(res['eval_time_to_score'], thresholds)}",
-          file=sys.stderr, flush=True)
+    if say:
+        print(f"[results] seed {seed}: {frames} frames, {fmt_min(res['wall_min'])} min, final eval mean "
+              f"{mean:.2f}{' (resumed)' if resumed else ''}; training reaches "
+              f"{seed_time_to_score_text(res['train_time_to_score'], thresholds)}; evaluation "
+              f"reaches {seed_time_to_score_text(res['eval_time_to_score'], thresholds)}",
+              file=sys.stderr, flush=True)
     return res
 
 
@@ -579,11 +580,12 @@ def plot(base, results, run, out_dir):
 
 def report(base, run, docs):
     # Measured again from the seeds' files: --report redoes it after a change to this script.
-    results = [write_seed_result(os.path.join(base, f"seed-{s}"), s, run["thresholds"])
+    results = [write_seed_result(os.path.join(base, f"seed-{s}"), s, run["thresholds"],
+                                 say=run.get("mode") == "report")
                for s in range(run["seeds"])]
     rule = results[0]["rule"]
-    day = run["stamp"][:8]
-    out_dir = os.path.join(docs, "results", f"{run['game']}-{rule}-{day}")
+    # The call's UTC time, not only its day: two calls on one day keep their own curves.
+    out_dir = os.path.join(docs, "results", f"{run['game']}-{rule}-{run['stamp']}")
     png = plot(base, results, run, out_dir)
     th = run["thresholds"]
     means = [r["eval_mean"] for r in results]
@@ -657,6 +659,7 @@ def main():
             run.setdefault("resumes", []).append({"date": now, "commit": commit()})
             with open(os.path.join(base, "results.json"), "w") as f:
                 json.dump(run, f, indent=1)
+    run["mode"] = a["mode"]
     if a["mode"] != "report":
         train(run, base)
     report(base, run, docs)

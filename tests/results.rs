@@ -116,11 +116,11 @@ fn results_report_measures_time_to_score_and_keeps_results_md() {
         "≥100: 1.17 [1.00, 1.33] min, 70k [60k, 80k] frames (2/2)<br>≥195: never (0/2)<br>≥475: never (0/2) |",
         // Evaluations; 475 only by seed 1 (the median of a reached and a never is never).
         "| ≥100: 0.50 [0.33, 0.67] min, 30k [20k, 40k] frames (2/2)<br>≥195: 1.00 [0.67, 1.33] min, 60k [40k, 80k] frames (2/2)<br>≥475: never [1.67, never] min, never [100k, never] frames (1/2) |",
-        "[png](results/CartPole-dqn-20261203/curves.png) | 2 cores Test CPU | abc1234 |",
+        "[png](results/CartPole-dqn-20261203T120000Z/curves.png) | 2 cores Test CPU | abc1234 |",
     ] {
         assert!(row.contains(cell), "{cell}\nnot in\n{row}");
     }
-    let png = docs.join("results/CartPole-dqn-20261203/curves.png");
+    let png = docs.join("results/CartPole-dqn-20261203T120000Z/curves.png");
     assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");
     let csv = std::fs::read_to_string(docs.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 2, "{csv}");
