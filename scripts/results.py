@@ -38,6 +38,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -223,12 +224,21 @@ def read_training(metrics_csv):
     return out
 
 
+SESSION_LINE = re.compile(r"^\[results\] \S+ from (\d+) frames:", re.M)
+
+
 def read_evals(log_text):
-    """[(frames, mean)] of the periodic evaluations in a learner's output, by frames (a
-    resumed run's repeated ones: the last)."""
+    """[(frames, mean)] of the periodic evaluations in a learner's output (learner.log, where
+    each session starts with a line '[results] <time> from <N> frames: <command>'), by
+    frames. A session resumed from a checkpoint of N frames drops the earlier sessions'
+    evaluations past N (trained, but lost with them)."""
     by_frames = {}
-    for m in EVAL_LINE.finditer(log_text):
-        by_frames[int(m.group(1))] = float(m.group(2))
+    for m in re.finditer(f"{EVAL_LINE.pattern}|{SESSION_LINE.pattern}", log_text, re.M):
+        if m.group(3) is not None:
+            start = int(m.group(3))
+            by_frames = {f: v for f, v in by_frames.items() if f <= start}
+        else:
+            by_frames[int(m.group(1))] = float(m.group(2))
     return sorted(by_frames.items())
 
 
@@ -413,10 +423,12 @@ def start(run, seed, logdir, resume, pin=None):
         cmd = ["taskset", "-c", pin, *cmd]
     print(f"[results] seed {seed}: {' '.join(cmd)}", file=sys.stderr, flush=True)
     log = open(os.path.join(logdir, "learner.log"), "ab")
+    ck = checkpoints(logdir) if resume else []
     log.write(f"[results] {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ} "
-              f"{' '.join(cmd)}\n".encode())
+              f"from {ck[-1][0] if ck else 0} frames: {' '.join(cmd)}\n".encode())
     log.flush()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    RUNNING.append(p)
 
     def tee():  # learner.log keeps the output (the evaluations are read from it)
         for chunk in iter(lambda: p.stdout.read1(65536), b""):
@@ -430,6 +442,9 @@ def start(run, seed, logdir, resume, pin=None):
     t.start()
     p.tee = t
     return p
+
+
+RUNNING = []  # the learners started, stopped together when the call is interrupted
 
 
 class Interrupted(Exception):
@@ -529,6 +544,9 @@ def train(run, base):
         d = os.path.join(base, f"seed-{s}")
         os.makedirs(d, exist_ok=True)
         resumed[s] = bool(checkpoints(d))
+        if not resumed[s] and os.listdir(d):  # stopped before its first checkpoint: again
+            shutil.rmtree(d)
+            os.makedirs(d)
         if resumed[s]:
             open(os.path.join(d, "resumed"), "w").close()  # marks the seed's rows as resumed
     left = {s: run["minutes"] - (trained_minutes(os.path.join(base, f"seed-{s}")) if resumed[s] else 0)
@@ -553,7 +571,12 @@ def train(run, base):
                     finish(p, time.monotonic() + left[s] * 60, s, d)
                 seed_result(d, s, run["thresholds"])
     except (KeyboardInterrupt, Interrupted):
-        # The learner had the signal too (or from us) and saved a final checkpoint.
+        # Every learner still running (--parallel) stops with a final checkpoint too.
+        for p in RUNNING:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in RUNNING:
+            p.wait()
         fail(f"interrupted; the finished seeds are kept. Continue with: scripts/results --resume "
              f"{os.path.relpath(base, os.getcwd())}")
 

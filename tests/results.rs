@@ -26,6 +26,13 @@ fn fake_seed(dir: &Path, step: f64, eval_step: f64, final_eval: f64, resumed: bo
     }
     std::fs::write(dir.join("metrics.csv"), csv).unwrap();
     let mut log = String::from("frames 10000 | fps 1000\n");
+    if resumed {
+        // A first session lost past its checkpoint of 50,000 frames: its evaluation at 90,000
+        // frames does not count (else seed 1 would reach 475 there).
+        log = String::from("[results] t0 from 0 frames: learner ...\n");
+        log += "evaluation at 90000 frames: mean 900.00, median 1, std 0, min 1, max 1 over 10 games\n";
+        log += "[results] t1 from 50000 frames: learner ... --checkpoint latest\n";
+    }
     for k in 1..=5u64 {
         log += &format!(
             "evaluation at {} frames: mean {:.2}, median 1, std 0, min 1, max 1 over 10 games\n",
