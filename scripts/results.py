@@ -1,32 +1,50 @@
-"""Trains seeds one after another, evaluates each final checkpoint by the standard protocol
-(`play --eval`: 30 games, epsilon 0.05, up to 30 no-op starts, unclipped scores), appends one
-row to docs/results.csv and plots the seeds' curves into docs/results/.
+"""Trains N seeds of one game and rule, one after another (each with the whole machine), with
+the learner's periodic evaluations on (`--eval-every`), evaluates each final checkpoint by the
+standard protocol (`play --eval`: 30 games, epsilon 0.05, up to 30 no-op starts, unclipped
+scores), measures the time each seed takes to reach given scores, plots the seeds' curves,
+appends one row to docs/results.csv and rewrites the generated section of docs/RESULTS.md.
 
 Usage (through scripts/results, which builds first):
-  scripts/results GAME MINUTES [--seeds K] [--parallel] [learner flags...]
+  scripts/results GAME MINUTES [--seeds N] [--thresholds A,B,C] [--parallel] [learner flags...]
+  scripts/results --resume RESULTS_DIR        # run the seeds a stopped call did not finish
+  scripts/results --report RESULTS_DIR        # no training: redo the report of finished seeds
+  (either may be followed by --docs DIR: write results.csv, RESULTS.md and the curves there)
 e.g.
-  scripts/results CartPole 2 --seeds 3 --config configs/cartpole-dqn.toml
-  scripts/results Pong 180 --seeds 1
-  scripts/results Pong 60 --seeds 2 --parallel --config configs/pong.toml
+  scripts/results CartPole 0.5 --seeds 2 --config configs/cartpole-dqn.toml
+  scripts/results Pong 180 --seeds 3 --config configs/pong.toml
 
---parallel trains the seeds at the same time instead, each pinned (taskset) to an equal share
-of the CPU cores (seed i to cores [i*c/K, (i+1)*c/K)), and evaluates them at the same time:
-for K seeds on a K-core machine, K times the seeds in the same hours, each run on one core.
+Each seed trains for at most MINUTES of wall-clock time (then SIGINT: a final checkpoint), or
+less if the run stops itself (--max-frames, --target-return). Seeds are 0..N-1 (--seed,
+--logdir and --checkpoint are not allowed in the flags). Unless the flags (or the --config file)
+set --eval-every, it is 250,000 frames on Atari and 10,000 on CartPole. --parallel trains the
+seeds at the same time instead, seed i pinned (taskset) to cores [i*c/N, (i+1)*c/N).
 
-Each seed trains for at most MINUTES (then SIGINT: a final checkpoint), or less if the run
-stops itself (--max-frames, --target-return). Seeds are 0..K-1 (--seed is not allowed in the
-flags). Runs go to runs/results/<GAME>-<rule>-<UTC time>/seed-<i>.
+Runs go to runs/results/<GAME>-<UTC time>/seed-<i> (the learner's run directory: metrics.csv,
+checkpoints, learner.log with its output) with results.json (the call) beside them. A seed is
+finished when its seed-<i>/result.json exists. --resume continues the others: a seed with a
+checkpoint continues from it (`learner --checkpoint latest`, for what is left of MINUTES, and
+is marked resumed), one without starts again.
+
+Time to score, per seed and threshold: the wall-clock minutes and the frames at which the
+training mean return (metrics.csv's mean_return, the last 100 games) first reaches it, and
+separately at which a periodic evaluation first does (the learner's "evaluation at F frames:
+mean M" lines; its minutes are those at which the learner had trained F frames, interpolated
+from metrics.csv). "never" when not reached.
 """
 import csv
 import datetime
 import json
+import math
 import os
 import platform
 import re
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import threading
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEARNER = os.path.join(ROOT, "target", "release", "learner")
@@ -35,44 +53,316 @@ COLUMNS = [
     "date", "game", "rule", "seeds", "frames_mean", "wall_min_mean", "eval_mean",
     "eval_std_over_seeds", "eval_means_per_seed", "eval_games", "machine", "commit",
     "command", "curves",
+    # Added with the wall-clock axis; empty in older rows.
+    "minutes", "frames_per_seed", "wall_min_per_seed", "resumed_seeds", "thresholds",
+    "train_time_to_score", "eval_time_to_score", "results_dir",
 ]
+# Per game (its name reduced by game_key): the scores whose time to reach is measured.
+THRESHOLDS = {
+    "pong": [-20.0, 0.0, 18.0],
+    "breakout": [30.0, 100.0, 300.0],
+    "cartpole": [100.0, 195.0, 475.0],
+}
+EVAL_EVERY = {"cartpole": 10_000}
+EVAL_EVERY_ATARI = 250_000
+BEGIN = "<!-- scripts/results: generated section, begin (rewritten by scripts/results) -->"
+END = "<!-- scripts/results: generated section, end -->"
+EVAL_LINE = re.compile(r"evaluation at (\d+) frames: mean (-?[0-9.]+(?:e[-+]?\d+)?)")
+
+
+class ResultsError(Exception):
+    """Bad input or a failed step, with what to do about it."""
 
 
 def fail(msg):
     sys.exit(f"results: {msg}")
 
 
+# ---------------------------------------------------------------------------------------------
+# Arguments
+
+
+def game_key(game):
+    """'Pong', 'pong', 'PongNoFrameskip-v4', 'ALE/Pong-v5' -> 'pong'; 'CartPole-v1' -> 'cartpole'."""
+    g = game.lower()
+    g = g.split("/")[-1]
+    g = re.sub(r"(noframeskip)?-v\d+$", "", g)
+    g = re.sub(r"deterministic$", "", g)
+    return re.sub(r"[^a-z0-9]", "", g)
+
+
+def parse_thresholds(text):
+    """'a,b,c' -> [a, b, c] (floats, ascending order kept as given); errors name the input."""
+    parts = [p.strip() for p in text.split(",")]
+    out = []
+    for p in parts:
+        try:
+            v = float(p)
+        except ValueError:
+            raise ResultsError(f"--thresholds {text}: {p!r} is not a number; give scores "
+                               "separated by commas, e.g. --thresholds -20,0,18")
+        if not math.isfinite(v):
+            raise ResultsError(f"--thresholds {text}: {p!r} is not a finite number")
+        out.append(v)
+    return out
+
+
+def flag_value(flags, name):
+    """The value of `--name V` or `--name=V` in the learner flags, or None."""
+    for i, a in enumerate(flags):
+        if a == name and i + 1 < len(flags):
+            return flags[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
 def parse(argv):
-    if len(argv) < 2:
-        fail("usage: scripts/results GAME MINUTES [--seeds K] [learner flags...]")
+    """The call's settings from its arguments (see the module docstring); ResultsError on bad
+    input, naming it."""
+    usage = ("usage: scripts/results GAME MINUTES [--seeds N] [--thresholds A,B,C] [--parallel] "
+             "[learner flags...] | --resume RESULTS_DIR | --report RESULTS_DIR  [--docs DIR]")
+    docs = None
+    if "--docs" in argv:
+        i = argv.index("--docs")
+        if i + 1 >= len(argv):
+            raise ResultsError("--docs needs a directory")
+        docs = argv[i + 1]
+        argv = argv[:i] + argv[i + 2:]
+    if argv and argv[0] in ("--resume", "--report"):
+        if len(argv) != 2:
+            raise ResultsError(f"{argv[0]} takes one results directory and nothing else (the "
+                               "game, minutes, seeds and flags are those of the call it continues); "
+                               f"got {' '.join(argv[1:]) or 'nothing'}")
+        d = os.path.abspath(argv[1])
+        if not os.path.isfile(os.path.join(d, "results.json")):
+            raise ResultsError(f"{argv[0]} {argv[1]}: no results.json there (a directory made by "
+                               "scripts/results, runs/results/<GAME>-<time>, is expected)")
+        return {"mode": argv[0][2:], "dir": d, "docs": docs}
+    if len(argv) < 2 or argv[0].startswith("-"):
+        raise ResultsError(usage)
     game, minutes = argv[0], argv[1]
     try:
         minutes = float(minutes)
     except ValueError:
-        fail(f"MINUTES must be a number, got {minutes!r}")
-    if minutes <= 0:
-        fail(f"MINUTES must be positive, got {minutes}")
-    rest, seeds, parallel = [], 3, False
+        raise ResultsError(f"MINUTES must be a number, got {minutes!r}; {usage}")
+    if not (minutes > 0 and math.isfinite(minutes)):
+        raise ResultsError(f"MINUTES must be positive, got {argv[1]}")
+    flags, seeds, parallel, thresholds = [], 3, False, None
     i = 2
     while i < len(argv):
         a = argv[i]
         if a == "--parallel":
             parallel = True
+        elif a in ("--seeds", "--thresholds"):
+            if i + 1 >= len(argv):
+                raise ResultsError(f"{a} needs a value")
+            v = argv[i + 1]
+            if a == "--seeds":
+                if not v.isdigit() or int(v) < 1:
+                    raise ResultsError(f"--seeds {v}: needs a whole number of 1 or more, e.g. --seeds 3")
+                seeds = int(v)
+            else:
+                thresholds = parse_thresholds(v)
             i += 1
-            continue
-        if a == "--seeds":
-            if i + 1 >= len(argv) or not argv[i + 1].isdigit() or int(argv[i + 1]) < 1:
-                fail("--seeds needs a whole number of 1 or more, e.g. --seeds 3")
-            seeds = int(argv[i + 1])
-            i += 2
-            continue
-        if a in ("--seed", "--logdir", "--checkpoint") or a.startswith(("--seed=", "--logdir=")):
-            fail(f"{a}: scripts/results sets it itself (seeds 0..K-1, runs/results/...)")
-        rest.append(a)
+        elif a.startswith(("--seeds=", "--thresholds=")):
+            raise ResultsError(f"{a}: write {a.split('=')[0]} VALUE (with a space)")
+        elif a in ("--seed", "--logdir", "--checkpoint", "--game", "--resume", "--report") or \
+                a.startswith(("--seed=", "--logdir=", "--checkpoint=", "--game=")):
+            raise ResultsError(f"{a}: not allowed here; scripts/results sets the game (its first "
+                               "argument), the seeds (0..N-1), the run directories (runs/results/...) "
+                               "and resuming (--resume RESULTS_DIR, alone) itself")
+        else:
+            flags.append(a)
         i += 1
+    key = game_key(game)
+    if thresholds is None:
+        if key not in THRESHOLDS:
+            raise ResultsError(f"no default score thresholds for game {game!r} (there are for "
+                               f"{', '.join(sorted(THRESHOLDS))}); give them with --thresholds A,B,C")
+        thresholds = THRESHOLDS[key]
+    every = flag_value(flags, "--eval-every")
+    config = flag_value(flags, "--config")
+    if every is None and config is not None:
+        path = config if os.path.isabs(config) else os.path.join(os.getcwd(), config)
+        try:
+            with open(path) as f:
+                m = re.search(r"^\s*eval-every\s*=\s*([0-9_]+)", f.read(), re.M)
+        except OSError as e:
+            raise ResultsError(f"--config {config}: cannot read it: {e.strerror}")
+        if m:
+            every = m.group(1).replace("_", "")
+    if every is None:
+        flags += ["--eval-every", str(EVAL_EVERY.get(key, EVAL_EVERY_ATARI))]
+    elif not every.replace("_", "").isdigit() or int(every.replace("_", "")) == 0:
+        raise ResultsError(f"--eval-every {every}: scripts/results needs periodic evaluations, "
+                           "every a positive number of frames (or leave it out for the default)")
     if parallel and seeds > (os.cpu_count() or 1):
-        fail(f"--parallel: {seeds} seeds need at least as many cores; this machine has {os.cpu_count()}")
-    return game, minutes, seeds, parallel, rest
+        raise ResultsError(f"--parallel: {seeds} seeds need at least as many cores; this machine "
+                           f"has {os.cpu_count()}")
+    return {"mode": "new", "game": game, "minutes": minutes, "seeds": seeds,
+            "parallel": parallel, "thresholds": thresholds, "flags": flags, "docs": docs,
+            "argv": argv}
+
+
+# ---------------------------------------------------------------------------------------------
+# Curves and time to score (pure: the unit tests' subject)
+
+
+def read_training(metrics_csv):
+    """[(frames, wall_s, mean_return)] from a metrics.csv, rows without a finished game left out.
+    A resumed run appends rows that restart from its checkpoint's frames: rows of the earlier
+    session past that point (trained, but lost with it) are dropped, so frames only grow."""
+    out = []
+    with open(metrics_csv) as f:
+        for r in csv.DictReader(f):
+            frames, wall = int(r["frames"]), float(r["wall_s"])
+            while out and out[-1][0] >= frames:
+                out.pop()
+            ret = r.get("mean_return") or ""
+            out.append((frames, wall, float(ret) if ret else None))
+    return out
+
+
+SESSION_LINE = re.compile(r"^\[results\] \S+ from (\d+) frames:", re.M)
+
+
+def read_evals(log_text):
+    """[(frames, mean)] of the periodic evaluations in a learner's output (learner.log, where
+    each session starts with a line '[results] <time> from <N> frames: <command>'), by
+    frames. A session resumed from a checkpoint of N frames drops the earlier sessions'
+    evaluations past N (trained, but lost with them)."""
+    by_frames = {}
+    for m in re.finditer(f"{EVAL_LINE.pattern}|{SESSION_LINE.pattern}", log_text, re.M):
+        if m.group(3) is not None:
+            start = int(m.group(3))
+            by_frames = {f: v for f, v in by_frames.items() if f <= start}
+        else:
+            by_frames[int(m.group(1))] = float(m.group(2))
+    return sorted(by_frames.items())
+
+
+def wall_at(training, frames):
+    """Seconds of training when `frames` had been trained: linear between metrics rows, the
+    first row's time before it, the last row's after it (None without rows)."""
+    if not training:
+        return None
+    prev_f, prev_w = 0, 0.0
+    for f, w, _ in training:
+        if frames <= f:
+            if f == prev_f:
+                return w
+            return prev_w + (w - prev_w) * (frames - prev_f) / (f - prev_f)
+        prev_f, prev_w = f, w
+    return training[-1][1]
+
+
+def time_to_score(points, thresholds):
+    """points: [(frames, wall_s, score or None)] in order. For each threshold, (minutes, frames)
+    at the first point whose score reaches it (>=), or None: never."""
+    out = []
+    for t in thresholds:
+        hit = next(((w / 60.0, f) for f, w, s in points if s is not None and s >= t), None)
+        out.append(hit)
+    return out
+
+
+def eval_points(training, evals):
+    """The periodic evaluations as points [(frames, wall_s, mean)] for time_to_score."""
+    return [(f, wall_at(training, f), m) for f, m in evals if wall_at(training, f) is not None]
+
+
+def fmt_frames(f):
+    return f"{f / 1e6:.2f}M" if f >= 1e6 else f"{f / 1e3:.0f}k" if f >= 1e3 else str(f)
+
+
+def fmt_min(m):
+    """Minutes with 2 decimals under 10 (CartPole takes seconds), 1 above."""
+    return f"{m:.2f}" if m < 10 else f"{m:.1f}"
+
+
+def spread(values, fmt):
+    """median [min, max] of values where None (never reached) counts as larger than any."""
+    inf = [math.inf if v is None else v for v in values]
+    show = lambda v: "never" if v == math.inf else fmt(v)
+    srt = sorted(inf)
+    n = len(srt)
+    med = srt[n // 2] if n % 2 else (srt[n // 2 - 1] + srt[n // 2]) / 2
+    return f"{show(med)} [{show(srt[0])}, {show(srt[-1])}]"
+
+
+def summarise_time_to_score(per_seed, thresholds):
+    """per_seed: for each seed, time_to_score's list. One cell: per threshold, minutes and
+    frames as median [min, max] over seeds, and how many seeds reached it."""
+    parts = []
+    for j, t in enumerate(thresholds):
+        hits = [s[j] for s in per_seed]
+        n = sum(h is not None for h in hits)
+        if n == 0:
+            parts.append(f"≥{t:g}: never (0/{len(hits)})")
+            continue
+        mins = spread([h and h[0] for h in hits], fmt_min)
+        frames = spread([h and h[1] for h in hits], lambda v: fmt_frames(round(v)))
+        parts.append(f"≥{t:g}: {mins} min, {frames} frames ({n}/{len(hits)})")
+    return "<br>".join(parts)
+
+
+def seed_time_to_score_text(hits, thresholds):
+    return "; ".join(
+        f"{t:g}: " + ("never" if h is None else f"{fmt_min(h[0])} min {h[1]} frames")
+        for t, h in zip(thresholds, hits))
+
+
+def markdown_section(rows):
+    """The generated section of RESULTS.md from results.csv rows (those with a results_dir):
+    one table per game, one row per rule (its newest call)."""
+    rows = [r for r in rows if r.get("results_dir")]
+    latest = {}
+    for r in rows:
+        latest[(r["game"], r["rule"])] = r  # results.csv is in time order: the last one wins
+    out = [BEGIN, "", "## scripts/results: every game and rule, time to score", "",
+           "Made by `scripts/results` (see the README's \"Learning curves\"): seeds one after "
+           "another, each with the whole machine; the final evaluation is `play --eval` of each "
+           "seed's last checkpoint (30 games), mean ± std over seeds; time to score is the "
+           "wall-clock minutes and frames at which the training mean return (last 100 games), "
+           "or a periodic `--eval-every` evaluation, first reached each score: median [min, max] "
+           "over seeds, never counting as the longest, and how many seeds reached it. Resumed "
+           "seeds (continued from a checkpoint in a later session) are marked with *.", ""]
+    for game in sorted({g for g, _ in latest}):
+        out += [f"### {game}", "",
+                "| rule | seeds | frames per seed | minutes per seed | final eval mean ± std "
+                "| training mean return reaches | evaluation reaches | curves | machine | commit "
+                "| command |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for (g, rule), r in sorted(latest.items()):
+            if g != game:
+                continue
+            resumed = set(r["resumed_seeds"].split()) if r["resumed_seeds"] else set()
+            seeds = ", ".join(f"{i}{'*' if str(i) in resumed else ''}" for i in range(int(r["seeds"])))
+            curves = f"[png]({os.path.relpath(r['curves'], 'docs')})" if r["curves"] else ""
+            out.append(
+                f"| {rule} | {seeds} | {r['frames_per_seed'].replace(' ', ', ')} "
+                f"| {r['wall_min_per_seed'].replace(' ', ', ')} "
+                f"| {r['eval_mean']} ± {r['eval_std_over_seeds']} ({r['eval_games']} games each) "
+                f"| {r['train_time_to_score']} | {r['eval_time_to_score']} | {curves} "
+                f"| {r['machine']} | {r['commit']} | `{r['command']}` |")
+        out.append("")
+    out.append(END)
+    return "\n".join(out) + "\n"
+
+
+def replace_section(text, section):
+    """`text` with its generated section replaced by `section` (appended when it has none)."""
+    if BEGIN in text and END in text:
+        a = text.index(BEGIN)
+        b = text.index(END) + len(END)
+        rest = text[b:]
+        return text[:a] + section.rstrip("\n") + ("\n" if not rest.startswith("\n") else "") + rest
+    return text.rstrip("\n") + "\n\n" + section
+
+
+# ---------------------------------------------------------------------------------------------
+# The machine and the code
 
 
 def machine():
@@ -89,7 +379,7 @@ def machine():
             gpu = ", " + out.stdout.strip().splitlines()[0]
     except (OSError, subprocess.SubprocessError):
         pass
-    return f"{os.cpu_count()} cores {model}{gpu} ({platform.node()})"
+    return f"{os.cpu_count()} cores {model}{gpu}".replace("|", "/")
 
 
 def commit():
@@ -99,6 +389,10 @@ def commit():
     return git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
 
 
+# ---------------------------------------------------------------------------------------------
+# Training and evaluating
+
+
 def cores_of(seed, seeds):
     """The cores seed `seed` of `seeds` parallel runs is pinned to, for taskset."""
     c = os.cpu_count() or 1
@@ -106,37 +400,77 @@ def cores_of(seed, seeds):
     return f"{lo}-{hi - 1}"
 
 
-def start(game, seed, flags, logdir, pin=None):
-    cmd = [LEARNER, "--game", game, "--seed", str(seed), "--logdir", logdir, *flags]
+def checkpoints(logdir):
+    return sorted((int(m.group(1)), f) for f in os.listdir(logdir)
+                  if (m := re.fullmatch(r"model-(\d+)\.(?:safetensors|pt)", f)))
+
+
+def trained_minutes(logdir):
+    """Wall-clock minutes the seed's newest checkpoint had trained (0 without one)."""
+    ck = checkpoints(logdir)
+    path = os.path.join(logdir, "metrics.csv")
+    if not ck or not os.path.isfile(path):
+        return 0.0
+    w = wall_at(read_training(path), ck[-1][0])
+    return (w or 0.0) / 60
+
+
+def start(run, seed, logdir, resume, pin=None):
+    cmd = [LEARNER, "--game", run["game"], "--seed", str(seed), "--logdir", logdir, *run["flags"]]
+    if resume:
+        cmd += ["--checkpoint", "latest"]
     if pin is not None:
         cmd = ["taskset", "-c", pin, *cmd]
     print(f"[results] seed {seed}: {' '.join(cmd)}", file=sys.stderr, flush=True)
-    out = open(os.path.join(logdir, "learner.log"), "w") if pin is not None else sys.stderr
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if pin is not None else None)
+    log = open(os.path.join(logdir, "learner.log"), "ab")
+    ck = checkpoints(logdir) if resume else []
+    log.write(f"[results] {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ} "
+              f"from {ck[-1][0] if ck else 0} frames: {' '.join(cmd)}\n".encode())
+    log.flush()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    RUNNING.append(p)
+
+    def tee():  # learner.log keeps the output (the evaluations are read from it)
+        for chunk in iter(lambda: p.stdout.read1(65536), b""):
+            log.write(chunk)
+            log.flush()
+            if pin is None:
+                sys.stderr.buffer.write(chunk)
+                sys.stderr.flush()
+        log.close()
+    t = threading.Thread(target=tee, daemon=True)
+    t.start()
+    p.tee = t
+    return p
+
+
+RUNNING = []  # the learners started, stopped together when the call is interrupted
+
+
+class Interrupted(Exception):
+    """The learner was stopped by a signal that scripts/results did not send (the session
+    ending, ^C): its seed is not finished and continues with --resume."""
 
 
 def finish(p, deadline, seed, logdir):
-    import time
+    ours = False
     try:
         p.wait(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
+        ours = True
         p.send_signal(signal.SIGINT)  # a clean stop with a final checkpoint
         p.wait()
+    except KeyboardInterrupt:
+        p.send_signal(signal.SIGINT)  # in case it was ours alone
+        p.wait()
+        p.tee.join()
+        raise Interrupted()
+    p.tee.join()
+    if p.returncode in (-signal.SIGINT, 130, -signal.SIGTERM, 143) and not ours:
+        raise Interrupted()
     if p.returncode not in (0, -signal.SIGINT, 130):
-        fail(f"the learner failed (exit {p.returncode}) for seed {seed}; see {logdir}")
-    ckpts = sorted(
-        (int(m.group(1)), f) for f in os.listdir(logdir)
-        if (m := re.fullmatch(r"model-(\d+)\.(?:safetensors|pt)", f))
-    )
-    if not ckpts:
-        fail(f"seed {seed}: no checkpoint in {logdir}")
-    frames, name = ckpts[-1]
-    with open(os.path.join(logdir, "metrics.csv")) as f:
-        rows = list(csv.DictReader(f))
-    wall = float(rows[-1]["wall_s"]) / 60 if rows else 0.0
-    with open(os.path.join(logdir, "config.toml")) as f:
-        rule = re.search(r'^algorithm = "(\w+)"', f.read(), re.M).group(1)
-    return frames, wall, os.path.join(logdir, name), rule
+        raise ResultsError(f"the learner failed (exit {p.returncode}) for seed {seed}; its output "
+                           f"is in {os.path.join(logdir, 'learner.log')}")
 
 
 def evaluate(model, pin=None):
@@ -145,78 +479,217 @@ def evaluate(model, pin=None):
         cmd = ["taskset", "-c", pin, *cmd]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
-        fail(f"play --eval {model} failed:\n{out.stderr}")
-    report = os.path.splitext(model)[0] + ".eval.json"
-    with open(report) as f:
+        raise ResultsError(f"play --eval {model} failed:\n{out.stderr}")
+    with open(os.path.splitext(model)[0] + ".eval.json") as f:
         r = json.load(f)
     return r["mean"], r["episodes"]
 
 
-def main():
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-    game, minutes, seeds, parallel, flags = parse(sys.argv[1:])
-    # The commit of the code that trains: taken now, not when the runs are over.
-    trained_commit = commit()
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    base = os.path.join(ROOT, "runs", "results", f"{game}-{stamp}")
-    logdirs = [os.path.join(base, f"seed-{seed}") for seed in range(seeds)]
-    for d in logdirs:
-        os.makedirs(d, exist_ok=True)
-    trained = []
-    if parallel:
-        pins = [cores_of(seed, seeds) for seed in range(seeds)]
-        deadline = time.monotonic() + minutes * 60
-        procs = [start(game, seed, flags, logdirs[seed], pins[seed]) for seed in range(seeds)]
-        trained = [finish(p, deadline, seed, logdirs[seed]) for seed, p in enumerate(procs)]
-        with ThreadPoolExecutor(seeds) as pool:
-            evals = list(pool.map(lambda i: evaluate(trained[i][2], pins[i]), range(seeds)))
-    else:
-        evals = []
-        for seed in range(seeds):
-            p = start(game, seed, flags, logdirs[seed])
-            trained.append(finish(p, time.monotonic() + minutes * 60, seed, logdirs[seed]))
-            evals.append(evaluate(trained[-1][2]))
-    results = []
-    for seed, ((frames, wall, model, rule), (mean, games)) in enumerate(zip(trained, evals)):
-        print(f"[results] seed {seed}: {frames} frames, {wall:.1f} min, eval mean {mean:.2f}",
+def seed_result(logdir, seed, thresholds, pin=None):
+    """Evaluates the seed's last checkpoint and measures its curves; writes and returns
+    seed-<i>/result.json."""
+    ck = checkpoints(logdir)
+    if not ck:
+        raise ResultsError(f"seed {seed}: no checkpoint in {logdir}")
+    evaluate(os.path.join(logdir, ck[-1][1]), pin)
+    return write_seed_result(logdir, seed, thresholds)
+
+
+def write_seed_result(logdir, seed, thresholds, say=True):
+    """Measures a seed whose last checkpoint has been evaluated (model-<N>.eval.json, from
+    `play --eval`) from its files; writes and returns seed-<i>/result.json. ResultsError when
+    it has no evaluated checkpoint."""
+    ck = checkpoints(logdir) if os.path.isdir(logdir) else []
+    report = ck and os.path.join(logdir, f"model-{ck[-1][0]}.eval.json")
+    if not ck or not os.path.isfile(report):
+        raise ResultsError(f"seed {seed} has not finished (no evaluated last checkpoint in "
+                           f"{logdir}); continue with scripts/results --resume "
+                           f"{os.path.dirname(logdir)}")
+    frames = ck[-1][0]
+    with open(report) as f:
+        r = json.load(f)
+    mean, games = r["mean"], r["episodes"]
+    resumed = os.path.isfile(os.path.join(logdir, "resumed"))
+    training = read_training(os.path.join(logdir, "metrics.csv"))
+    log = os.path.join(logdir, "learner.log")
+    evals = read_evals(open(log, errors="replace").read()) if os.path.isfile(log) else []
+    with open(os.path.join(logdir, "config.toml")) as f:
+        rule = re.search(r'^algorithm = "(\w+)"', f.read(), re.M).group(1)
+    res = {
+        "seed": seed, "rule": rule, "frames": frames,
+        "wall_min": round((wall_at(training, frames) or 0.0) / 60, 2),
+        "eval_mean": mean, "eval_games": games, "resumed": resumed,
+        "train_time_to_score": time_to_score(training, thresholds),
+        "eval_time_to_score": time_to_score(eval_points(training, evals), thresholds),
+        "training": [[f, w, r] for f, w, r in training if r is not None],
+        "evals": [[f, wall_at(training, f), m] for f, m in evals],
+    }
+    with open(os.path.join(logdir, "result.json"), "w") as f:
+        json.dump(res, f)
+    if say:
+        print(f"[results] seed {seed}: {frames} frames, {fmt_min(res['wall_min'])} min, final eval mean "
+              f"{mean:.2f}{' (resumed)' if resumed else ''}; training reaches "
+              f"{seed_time_to_score_text(res['train_time_to_score'], thresholds)}; evaluation "
+              f"reaches {seed_time_to_score_text(res['eval_time_to_score'], thresholds)}",
               file=sys.stderr, flush=True)
-        results.append((frames, wall, mean, games, rule, logdirs[seed]))
-    rule = results[0][4]
-    docs = os.path.join(ROOT, "docs")
-    os.makedirs(os.path.join(docs, "results"), exist_ok=True)
-    png = os.path.join("docs", "results", f"{game}-{rule}-{stamp}.png")
-    subprocess.run([os.path.join(ROOT, "scripts", "plot"), *[r[5] for r in results],
-                    "-o", os.path.join(ROOT, png), "--title", f"{game}, {rule}, seeds 0-{seeds - 1}"],
-                   check=True)
-    means = [r[2] for r in results]
+    return res
+
+
+def train(run, base):
+    """Trains (or continues) every seed without a result.json; stops at the first failure."""
+    todo = [s for s in range(run["seeds"])
+            if not os.path.isfile(os.path.join(base, f"seed-{s}", "result.json"))]
+    resumed = {}
+    for s in todo:
+        d = os.path.join(base, f"seed-{s}")
+        os.makedirs(d, exist_ok=True)
+        resumed[s] = bool(checkpoints(d))
+        if not resumed[s] and os.listdir(d):  # stopped before its first checkpoint: again
+            shutil.rmtree(d)
+            os.makedirs(d)
+        if resumed[s]:
+            open(os.path.join(d, "resumed"), "w").close()  # marks the seed's rows as resumed
+    left = {s: run["minutes"] - (trained_minutes(os.path.join(base, f"seed-{s}")) if resumed[s] else 0)
+            for s in todo}
+    try:
+        if run["parallel"]:
+            pins = {s: cores_of(s, run["seeds"]) for s in todo}
+            now = time.monotonic()
+            procs = {s: start(run, s, os.path.join(base, f"seed-{s}"), resumed[s], pins[s])
+                     for s in todo if left[s] > 0}
+            for s, p in procs.items():
+                finish(p, now + left[s] * 60, s, os.path.join(base, f"seed-{s}"))
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(max(1, len(todo))) as pool:
+                list(pool.map(lambda s: seed_result(os.path.join(base, f"seed-{s}"), s,
+                                                    run["thresholds"], pins[s]), todo))
+        else:
+            for s in todo:
+                d = os.path.join(base, f"seed-{s}")
+                if left[s] > 0:
+                    p = start(run, s, d, resumed[s])
+                    finish(p, time.monotonic() + left[s] * 60, s, d)
+                seed_result(d, s, run["thresholds"])
+    except (KeyboardInterrupt, Interrupted):
+        # Every learner still running (--parallel) stops with a final checkpoint too.
+        for p in RUNNING:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in RUNNING:
+            p.wait()
+        fail(f"interrupted; the finished seeds are kept. Continue with: scripts/results --resume "
+             f"{os.path.relpath(base, os.getcwd())}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def plot(base, results, run, out_dir):
+    """The seeds' curves side by side (frames | minutes), through the plot venv's matplotlib."""
+    os.makedirs(out_dir, exist_ok=True)
+    data = {"title": f"{run['game']}, {results[0]['rule']}, seeds 0-{run['seeds'] - 1}",
+            "thresholds": run["thresholds"],
+            "seeds": [{"seed": r["seed"], "training": r["training"], "evals": r["evals"]}
+                      for r in results]}
+    spec = os.path.join(base, "curves.json")
+    with open(spec, "w") as f:
+        json.dump(data, f)
+    png = os.path.join(out_dir, "curves.png")
+    subprocess.run([os.path.join(ROOT, "scripts", "plot-venv"),
+                    os.path.join(ROOT, "scripts", "results_plot.py"), spec, png], check=True)
+    return png
+
+
+def report(base, run, docs):
+    # Measured again from the seeds' files: --report redoes it after a change to this script.
+    results = [write_seed_result(os.path.join(base, f"seed-{s}"), s, run["thresholds"],
+                                 say=run.get("mode") == "report")
+               for s in range(run["seeds"])]
+    rule = results[0]["rule"]
+    # The call's UTC time, not only its day: two calls on one day keep their own curves.
+    out_dir = os.path.join(docs, "results", f"{run['game']}-{rule}-{run['stamp']}")
+    png = plot(base, results, run, out_dir)
+    th = run["thresholds"]
+    means = [r["eval_mean"] for r in results]
     row = {
-        "date": stamp,
-        "game": game,
-        "rule": rule,
-        "seeds": seeds,
-        "frames_mean": round(statistics.mean(r[0] for r in results)),
-        "wall_min_mean": f"{statistics.mean(r[1] for r in results):.1f}",
+        "date": run["stamp"], "game": run["game"], "rule": rule, "seeds": run["seeds"],
+        "frames_mean": round(statistics.mean(r["frames"] for r in results)),
+        "wall_min_mean": f"{statistics.mean(r['wall_min'] for r in results):.1f}",
         "eval_mean": f"{statistics.mean(means):.2f}",
         "eval_std_over_seeds": f"{statistics.pstdev(means):.2f}",
         "eval_means_per_seed": " ".join(f"{m:.2f}" for m in means),
-        "eval_games": results[0][3],
-        "machine": machine(),
-        "commit": trained_commit,
-        "command": "scripts/results " + " ".join(
-            [game, f"{minutes:g}", "--seeds", str(seeds), *(["--parallel"] if parallel else []), *flags]),
-        "curves": png,
+        "eval_games": results[0]["eval_games"], "machine": run["machine"],
+        "commit": " ".join([run["commit"]] + [f"(resumed {r['date']} at {r['commit']})"
+                                              for r in run.get("resumes", [])]),
+        "command": run["command"] + "".join(f"; scripts/results --resume {os.path.relpath(base, ROOT)}"
+                                            for _ in run.get("resumes", [])[:1]),
+        "curves": os.path.join("docs", os.path.relpath(png, docs)),
+        "minutes": f"{run['minutes']:g}",
+        "frames_per_seed": " ".join(str(r["frames"]) for r in results),
+        "wall_min_per_seed": " ".join(fmt_min(r["wall_min"]) for r in results),
+        "resumed_seeds": " ".join(str(r["seed"]) for r in results if r["resumed"]),
+        "thresholds": ",".join(f"{t:g}" for t in th),
+        "train_time_to_score": summarise_time_to_score([r["train_time_to_score"] for r in results], th),
+        "eval_time_to_score": summarise_time_to_score([r["eval_time_to_score"] for r in results], th),
+        "results_dir": os.path.relpath(base, ROOT),
     }
     path = os.path.join(docs, "results.csv")
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            w.writeheader()
-        w.writerow(row)
-    print(f"[results] appended to docs/results.csv: {row}", file=sys.stderr)
-    print(f"[results] runs in {base}", file=sys.stderr)
+    rows = []
+    if os.path.isfile(path):
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("results_dir") != row["results_dir"]]
+    rows.append(row)
+    with open(path, "w", newline="") as f:  # rewritten: older rows get the new columns empty
+        w = csv.DictWriter(f, fieldnames=COLUMNS, restval="", extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    md = os.path.join(docs, "RESULTS.md")
+    text = open(md).read() if os.path.isfile(md) else "# Results\n"
+    with open(md, "w") as f:
+        f.write(replace_section(text, markdown_section(rows)))
+    print(f"[results] {os.path.relpath(path, os.getcwd())}: {row}", file=sys.stderr)
+    print(f"[results] curves {png}; tables in {md}; runs in {base}", file=sys.stderr)
+
+
+def on_term(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (a session ending): stop as ^C does, resumable
+
+
+def main():
+    # ^C and SIGTERM stop the learner with a final checkpoint and leave the call resumable,
+    # also when started in the background (where SIGINT would be inherited ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, on_term)
+    a = parse(sys.argv[1:])
+    docs = os.path.abspath(a["docs"]) if a["docs"] else os.path.join(ROOT, "docs")
+    if a["mode"] == "new":
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        base = os.path.join(ROOT, "runs", "results", f"{a['game']}-{stamp}")
+        os.makedirs(base, exist_ok=True)
+        run = {k: a[k] for k in ("game", "minutes", "seeds", "parallel", "thresholds", "flags")}
+        run.update(stamp=stamp, machine=machine(),
+                   commit=commit(),  # the code that trains: taken now, not when the runs end
+                   command="scripts/results " + " ".join(a["argv"]))
+        with open(os.path.join(base, "results.json"), "w") as f:
+            json.dump(run, f, indent=1)
+    else:
+        base = a["dir"]
+        with open(os.path.join(base, "results.json")) as f:
+            run = json.load(f)
+        if a["mode"] == "resume":  # the commit and time of each later session, for the record
+            now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            run.setdefault("resumes", []).append({"date": now, "commit": commit()})
+            with open(os.path.join(base, "results.json"), "w") as f:
+                json.dump(run, f, indent=1)
+    run["mode"] = a["mode"]
+    if a["mode"] != "report":
+        train(run, base)
+    report(base, run, docs)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ResultsError as e:
+        fail(str(e))

@@ -10,6 +10,7 @@ mod plot;
 mod queue;
 mod remote;
 mod replay;
+mod results;
 mod signals;
 mod snapshot;
 mod tensorboard;

@@ -1,0 +1,212 @@
+//! `scripts/results --report`: from fixture seed directories (metrics.csv, the learner's output
+//! with its periodic evaluations, an evaluated last checkpoint), the time to score per seed, the
+//! results.csv row, the generated section of RESULTS.md (the rest kept) and the curves; bad
+//! arguments are named. No training: the fixtures stand for two finished CartPole seeds.
+
+use std::path::Path;
+use std::process::Command;
+
+const HEADER: &str = async_rl::metrics::CSV_HEADER;
+
+/// A finished seed: metrics rows every 10 s and 10,000 frames whose mean return climbs by
+/// `step` from 20, evaluations every 20,000 frames scoring `eval_step` more each time, the
+/// last checkpoint at 100,000 frames evaluated at `final_eval`.
+fn fake_seed(dir: &Path, step: f64, eval_step: f64, final_eval: f64, resumed: bool) {
+    std::fs::create_dir_all(dir).unwrap();
+    let commas = HEADER.split(',').count() - 7;
+    let mut csv = format!("{HEADER}\n");
+    for i in 1..=10u64 {
+        let ret = 20.0 + step * i as f64;
+        csv += &format!(
+            "{}.0,{},0,0,0,1000.0,{ret:.3}{}\n",
+            10 * i,
+            10_000 * i,
+            ",".repeat(commas)
+        );
+    }
+    std::fs::write(dir.join("metrics.csv"), csv).unwrap();
+    let mut log = String::from("frames 10000 | fps 1000\n");
+    if resumed {
+        // A first session lost past its checkpoint of 50,000 frames: its evaluation at 90,000
+        // frames does not count (else seed 1 would reach 475 there).
+        log = String::from("[results] t0 from 0 frames: learner ...\n");
+        log += "evaluation at 90000 frames: mean 900.00, median 1, std 0, min 1, max 1 over 10 games\n";
+        log += "[results] t1 from 50000 frames: learner ... --checkpoint latest\n";
+    }
+    for k in 1..=5u64 {
+        log += &format!(
+            "evaluation at {} frames: mean {:.2}, median 1, std 0, min 1, max 1 over 10 games\n",
+            20_000 * k,
+            eval_step * k as f64
+        );
+    }
+    std::fs::write(dir.join("learner.log"), log).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        "game = \"CartPole\"\nalgorithm = \"dqn\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("model-50000.safetensors"), "").unwrap();
+    std::fs::write(dir.join("model-100000.safetensors"), "").unwrap();
+    std::fs::write(
+        dir.join("model-100000.eval.json"),
+        format!("{{\"mean\": {final_eval}, \"episodes\": 30}}"),
+    )
+    .unwrap();
+    if resumed {
+        std::fs::write(dir.join("resumed"), "").unwrap();
+    }
+}
+
+fn results(args: &[&str], cwd: &Path) -> std::process::Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/results.py");
+    Command::new("python3")
+        .arg(script)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("running scripts/results.py")
+}
+
+#[test]
+fn results_report_measures_time_to_score_and_keeps_results_md() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("CartPole-20261203T120000Z");
+    // Seed 0: training mean 30, 40, ... 120 (reaches 100 at the 8th row: 80,000 frames, 80 s);
+    // evaluations 60, 120, 180, 240 ... (100 at 40,000 frames, 40 s; 195 at 80,000, 80 s).
+    // Seed 1 (resumed): training 35, 50, ... 110 (100 at the 6th row: 60,000 frames, 60 s);
+    // evaluations 100, 200, ... 500 (100, 195 and 475 at 20,000, 40,000 and 100,000 frames).
+    fake_seed(&base.join("seed-0"), 10.0, 60.0, 110.0, false);
+    fake_seed(&base.join("seed-1"), 15.0, 100.0, 190.0, true);
+    std::fs::write(
+        base.join("results.json"),
+        r#"{"game": "CartPole", "minutes": 2, "seeds": 2, "parallel": false,
+            "thresholds": [100, 195, 475], "flags": ["--eval-every", "20000"],
+            "stamp": "20261203T120000Z", "machine": "2 cores Test CPU", "commit": "abc1234",
+            "command": "scripts/results CartPole 2 --seeds 2"}"#,
+    )
+    .unwrap();
+    let docs = tmp.path().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(
+        docs.join("RESULTS.md"),
+        "# Results\n\nHand-written, kept.\n",
+    )
+    .unwrap();
+
+    let out = results(
+        &[
+            "--report",
+            base.to_str().unwrap(),
+            "--docs",
+            docs.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("seed 0: 100000 frames, 1.67 min, final eval mean 110.00; training reaches 100: 1.33 min 80000 frames; 195: never; 475: never; evaluation reaches 100: 0.67 min 40000 frames; 195: 1.33 min 80000 frames; 475: never"),
+        "{err}"
+    );
+    assert!(err.contains("final eval mean 190.00 (resumed)"), "{err}");
+
+    let md = std::fs::read_to_string(docs.join("RESULTS.md")).unwrap();
+    assert!(md.starts_with("# Results\n\nHand-written, kept.\n"), "{md}");
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| dqn |"))
+        .unwrap_or_else(|| panic!("no dqn row in\n{md}"));
+    for cell in [
+        "| dqn | 0, 1* | 100000, 100000 | 1.67, 1.67 | 150.00 ± 40.00 (30 games each) |",
+        // Training: 100 at 80 s and 60 s; 195 and 475 never.
+        "≥100: 1.17 [1.00, 1.33] min, 70k [60k, 80k] frames (2/2)<br>≥195: never (0/2)<br>≥475: never (0/2) |",
+        // Evaluations; 475 only by seed 1 (the median of a reached and a never is never).
+        "| ≥100: 0.50 [0.33, 0.67] min, 30k [20k, 40k] frames (2/2)<br>≥195: 1.00 [0.67, 1.33] min, 60k [40k, 80k] frames (2/2)<br>≥475: never [1.67, never] min, never [100k, never] frames (1/2) |",
+        "[png](results/CartPole-dqn-20261203T120000Z/curves.png) | 2 cores Test CPU | abc1234 |",
+    ] {
+        assert!(row.contains(cell), "{cell}\nnot in\n{row}");
+    }
+    let png = docs.join("results/CartPole-dqn-20261203T120000Z/curves.png");
+    assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");
+    let csv = std::fs::read_to_string(docs.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+
+    // Again: the section and the CSV row are replaced, not added to.
+    let out = results(
+        &[
+            "--report",
+            base.to_str().unwrap(),
+            "--docs",
+            docs.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md2 = std::fs::read_to_string(docs.join("RESULTS.md")).unwrap();
+    assert_eq!(md2, md);
+    let csv2 = std::fs::read_to_string(docs.join("results.csv")).unwrap();
+    assert_eq!(csv2.lines().count(), 2, "{csv2}");
+
+    // A seed without an evaluated last checkpoint has not finished.
+    std::fs::remove_file(base.join("seed-1/model-100000.eval.json")).unwrap();
+    let out = results(&["--report", base.to_str().unwrap()], tmp.path());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("seed 1 has not finished"), "{err}");
+    assert!(err.contains("scripts/results --resume"), "{err}");
+}
+
+#[test]
+fn results_names_bad_arguments() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (args, needle) in [
+        (&["CartPole"][..], "usage: scripts/results GAME MINUTES"),
+        (
+            &["CartPole", "soon"],
+            "MINUTES must be a number, got 'soon'",
+        ),
+        (&["CartPole", "0"], "MINUTES must be positive"),
+        (
+            &["CartPole", "1", "--seeds", "0"],
+            "--seeds 0: needs a whole number",
+        ),
+        (
+            &["CartPole", "1", "--seed", "4"],
+            "--seed: not allowed here",
+        ),
+        (
+            &["CartPole", "1", "--logdir=x"],
+            "--logdir=x: not allowed here",
+        ),
+        (
+            &["CartPole", "1", "--thresholds", "100,lots"],
+            "--thresholds 100,lots: 'lots' is not a number",
+        ),
+        (
+            &["CartPole", "1", "--eval-every", "0"],
+            "--eval-every 0: scripts/results needs periodic evaluations",
+        ),
+        (
+            &["Seaquest", "1"],
+            "no default score thresholds for game 'Seaquest'",
+        ),
+        (
+            &["--resume", "nowhere"],
+            "--resume nowhere: no results.json there",
+        ),
+        (
+            &["--resume", "a", "b"],
+            "--resume takes one results directory and nothing else",
+        ),
+    ] {
+        let out = results(args, tmp.path());
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
