@@ -32,6 +32,7 @@
 #[cfg(target_endian = "big")]
 compile_error!("queue slots travel as little-endian bytes: remote hosts need a little-endian CPU");
 
+pub mod bounds;
 pub mod host;
 pub mod server;
 mod tls;
@@ -74,6 +75,14 @@ pub const MAX_MESSAGE_SLOTS: usize = 64;
 
 /// Most games and failure lines in one [`wire::Experience`].
 pub const MAX_MESSAGE_EVENTS: usize = 4096;
+
+/// Most parameters of a network whose snapshots travel to hosts (64 Mi, 256 MiB of f32; the
+/// networks here have a few million): a learner with a bigger one refuses `--listen`, and a
+/// host accepts no bigger message before it knows the run's network.
+pub const MAX_SNAPSHOT_PARAMS: usize = 64 << 20;
+
+/// Most bytes of the run's config in a [`wire::Welcome`] (it encodes to a few KiB).
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 
 /// Slots per message for slots of `slot_bytes`: [`MAX_MESSAGE_SLOTS`], fewer for big slots,
 /// at least 1.
@@ -133,6 +142,19 @@ pub fn check_flags(cfg: &Config) -> Vec<String> {
         if given && !remote {
             e.push(format!(
                 "{flag}: only with --listen (the learner) or --connect (an actor host)"
+            ));
+        }
+    }
+    if cfg.listen.listen.is_none() {
+        if let Some(n) = cfg.listen.max_lanes_per_host {
+            e.push(format!(
+                "--max-lanes-per-host {n}: only with --listen (the learner)"
+            ));
+        }
+        if cfg.listen.remote_reward_bound != 1.0 {
+            e.push(format!(
+                "--remote-reward-bound {}: only with --listen (the learner)",
+                cfg.listen.remote_reward_bound
             ));
         }
     }
@@ -282,6 +304,9 @@ pub enum BadExperience {
         /// Bytes of one slot.
         slot_bytes: usize,
     },
+    /// A value beyond what a host could have produced ([`bounds::HostBounds`]).
+    #[error(transparent)]
+    Bound(#[from] bounds::BoundError),
     /// A slot that cannot be trained on.
     #[error("slot {index}: {reason}")]
     BadSlot {
@@ -294,8 +319,10 @@ pub enum BadExperience {
 
 /// The slots of experience message `e` for a queue of `layout`, checked: at most `max_slots`,
 /// decompressing to exactly `slots * slot_bytes` bytes (never more: LZ4 is told the size), and
-/// every slot valid for a game of `num_actions` actions ([`crate::shm::SlotLayout::check_raw`]).
-/// Also bounds the games and failures it reports and their values.
+/// every slot valid for a game of `num_actions` actions ([`crate::shm::SlotLayout::check_raw`])
+/// and within `bounds` ([`bounds::HostBounds::check_slot`]: rewards, returns,
+/// log-probabilities). Also bounds the games and failures it reports and their values.
+/// Returns the slots' bytes and the agent steps they hold.
 ///
 /// # Errors
 ///
@@ -305,7 +332,8 @@ pub fn decode_experience(
     layout: &crate::shm::SlotLayout,
     num_actions: usize,
     max_slots: usize,
-) -> Result<Vec<u8>, BadExperience> {
+    bounds: &bounds::HostBounds,
+) -> Result<(Vec<u8>, u64), BadExperience> {
     let slot_bytes = layout
         .slot_bytes()
         .ok_or(BadExperience::SlotSizeOverflows)?;
@@ -356,12 +384,14 @@ pub fn decode_experience(
             slot_bytes,
         });
     }
+    let mut steps = 0u64;
     for (index, slot) in raw.chunks_exact(slot_bytes.max(1)).enumerate() {
         layout
             .check_raw(slot, num_actions)
             .map_err(|reason| BadExperience::BadSlot { index, reason })?;
+        steps += bounds.check_slot(layout, index, slot)? as u64;
     }
-    Ok(raw)
+    Ok((raw, steps))
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ pub use inference::{InferenceError, InferenceSlots};
 pub use mapping::SegmentError;
 pub use queue::{
     BadSlot, Batch, BatchPushError, ExperienceQueue, LayoutError, PushError, QueueError, Segment,
-    SegmentMismatch, SegmentShape, SlotLayout, Transition,
+    RawNumbers, SegmentMismatch, SegmentShape, SlotLayout, Transition,
 };
 pub use snapshot::{SnapshotError, WeightSnapshot};
 
