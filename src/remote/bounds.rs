@@ -205,21 +205,32 @@ impl HostBounds {
     }
 }
 
-/// A host's frames and games earned and not yet reported, across its sessions.
+/// A host's frames and games earned and not yet reported, across its sessions. Never more
+/// than the grant of its session ([`HostBounds::grant`]): an honest host never lags more
+/// than that, and a host that saved up credit cannot spend it at once.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
     /// Frames the host may still report.
     pub frames: u64,
     /// Games the host may still report.
     pub games: u64,
+    /// The grant of its current session: the most of each it may hold, (frames, games).
+    cap: (u64, u64),
 }
 
 impl Ledger {
-    /// A session of `processes` processes joined: the ledger holds at least its grant.
+    /// A session of `processes` processes joined. Its first session starts with the grant;
+    /// a reconnection keeps what is left (an honest host's lag does not grow by
+    /// reconnecting), within the new session's grant.
     pub fn joined(&mut self, bounds: &HostBounds, processes: u32) {
         let (frames, games) = bounds.grant(processes);
-        self.frames = self.frames.max(frames);
-        self.games = self.games.max(games);
+        if self.cap == (0, 0) {
+            (self.frames, self.games) = (frames, games);
+        } else {
+            self.frames = self.frames.min(frames);
+            self.games = self.games.min(games);
+        }
+        self.cap = (frames, games);
     }
 
     /// Message `e`, whose slots hold `steps` agent steps, is counted: it earns what its steps
@@ -258,8 +269,8 @@ impl Ledger {
                 allowed: frames,
             });
         }
-        self.games = games - reported_games;
-        self.frames = frames - e.frames;
+        self.games = (games - reported_games).min(self.cap.1);
+        self.frames = (frames - e.frames).min(self.cap.0);
         Ok(())
     }
 }

@@ -30,7 +30,7 @@ pub(super) struct Session {
 
 /// How long a snapshot may wait to be taken by a host's transport: a host that stops reading
 /// is disconnected after this (its heartbeats alone do not keep it).
-pub(super) const SNAPSHOT_TAKE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const SNAPSHOT_TAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The stream of a session's outgoing messages `rx`, counting the snapshots' bytes out of
 /// `queued` as the transport takes them. With the sender's rule (no new snapshot while one
@@ -58,7 +58,7 @@ impl Session {
         // One message read ahead of the pusher: what waits here is experience getting older.
         let (work_tx, work_rx) = mpsc::channel::<wire::Experience>(1);
         let ended = Arc::new(AtomicBool::new(false));
-        let pusher = {
+        let mut pusher = {
             let (shared, record, lanes, tx) = (
                 shared.clone(),
                 self.record.clone(),
@@ -81,6 +81,7 @@ impl Session {
         ));
         let mut stop = shared.stop.subscribe();
         let mut deadline = tokio::time::Instant::now() + crate::remote::HEARTBEAT_TIMEOUT;
+        let mut pushed = None;
         let reason: String = loop {
             tokio::select! {
                 msg = tokio::time::timeout_at(deadline, stream.message()) => { deadline = tokio::time::Instant::now() + crate::remote::HEARTBEAT_TIMEOUT; match msg {
@@ -100,20 +101,30 @@ impl Session {
                 }},
                 _ = stop.changed() => break "the learner stops".into(),
                 Some(why) = kick.recv() => break why,
+                // A message refused (or the queue closed): the session ends now, not at the
+                // host's next message.
+                res = &mut pusher => {
+                    pushed = Some(res.unwrap_or_else(|e| Err(format!("pusher failed: {e}"))));
+                    break "the queue closed, or the host read no acks".into();
+                }
             }
         };
         drop(work_tx);
         // The pusher finishes the message it holds, then ends; its error, if any, is the
         // real reason (the reader only saw the channel close).
-        let pushed = pusher
-            .await
-            .unwrap_or_else(|e| Err(format!("pusher failed: {e}")));
+        let pushed = match pushed {
+            Some(p) => p,
+            None => pusher
+                .await
+                .unwrap_or_else(|e| Err(format!("pusher failed: {e}"))),
+        };
         ended.store(true, Ordering::SeqCst);
         let reason = match pushed {
             Err(why) => {
+                // Not waiting on a host that does not read.
                 let _ = self
                     .tx
-                    .send(Err(Status::invalid_argument(why.clone())))
+                    .send_timeout(Err(Status::invalid_argument(why.clone())), Duration::from_secs(1))
                     .await;
                 why
             }
@@ -227,26 +238,22 @@ async fn send_loop(
         // The stop first: a session ends because of it, and its host must hear why.
         let stopping = stop.borrow_and_update().clone();
         if let Some((reason, finished)) = stopping {
-            let _ = tx
-                .send(Ok(down_msg(down::Kind::Stop(wire::Stop {
-                    reason,
-                    finished,
-                }))))
-                .await;
+            let stop = down_msg(down::Kind::Stop(wire::Stop { reason, finished }));
+            let _ = tx.send_timeout(Ok(stop), Duration::from_secs(1)).await;
             return;
         }
         if ended.load(Ordering::SeqCst) || tx.is_closed() {
             return;
         }
         let version = shared.snapshot.version();
-        if queued.load(Ordering::SeqCst) > 0 {
+        // Nothing is queued while a snapshot waits or the channel is full: a host that
+        // stops reading pins one snapshot and a few small messages, and is dropped.
+        if queued.load(Ordering::SeqCst) > 0 || tx.capacity() == 0 {
             let since = *queued_since.get_or_insert_with(Instant::now);
             if since.elapsed() > SNAPSHOT_TAKE_TIMEOUT {
-                let _ = kick
-                    .send(format!(
-                        "it took no snapshot for {SNAPSHOT_TAKE_TIMEOUT:?} (a host that does not read)"
-                    ))
-                    .await;
+                let _ = kick.try_send(format!(
+                    "it took no snapshot for {SNAPSHOT_TAKE_TIMEOUT:?} (a host that does not read)"
+                ));
                 return;
             }
         } else {
@@ -266,18 +273,25 @@ async fn send_loop(
                 }));
                 // Counted before it is queued: the transport may take it at once.
                 queued.fetch_add(bytes, Ordering::SeqCst);
-                if tx.send(Ok(msg)).await.is_err() {
-                    return;
+                match tx.try_send(Ok(msg)) {
+                    Ok(()) => {
+                        sent_version = v;
+                        last_beat = Instant::now();
+                    }
+                    // Filled since the check (by an ack): sent on a later turn.
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        queued.fetch_sub(bytes, Ordering::SeqCst);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
                 }
-                sent_version = v;
-                last_beat = Instant::now();
             }
         }
         if last_beat.elapsed() >= crate::remote::HEARTBEAT_EVERY {
             let beat = down_msg(down::Kind::Heartbeat(wire::Heartbeat {
                 snapshot_version: version,
             }));
-            if tx.send(Ok(beat)).await.is_err() {
+            // A full channel already has something for the host to read.
+            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(beat)) {
                 return;
             }
             last_beat = Instant::now();
