@@ -21,7 +21,12 @@
 //!   after a reconnection the host resends what was not acked, so a connection cut mid-stream
 //!   neither loses nor double-counts frames and episodes. Experience is bounded by HTTP/2 flow
 //!   control and the learner's queue: a session that cannot push stops reading;
-//! - the learner sends a [`wire::Snapshot`] (LZ4) whenever its version changed;
+//! - everything a host reports (slot values, frames, games) is bounded by what it could
+//!   have done ([`bounds`]), and one host takes at most `--max-lanes-per-host` lanes under an
+//!   id no live session has: a host with the token is trusted to be a host, not to tell the
+//!   truth, and one that breaks a bound is disconnected while the run goes on;
+//! - the learner sends a [`wire::Snapshot`] (LZ4) whenever its version changed (at most one
+//!   queued per session: a host that stops reading pins one, and is dropped after 20 s);
 //! - both sides send [`wire::Heartbeat`]s every second and drop a session silent for
 //!   [`HEARTBEAT_TIMEOUT`]; the host then reconnects with capped exponential backoff and
 //!   jitter, also to a learner restarted from a checkpoint (a new run id: unacked data of the
