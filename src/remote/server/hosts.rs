@@ -46,13 +46,14 @@ pub(super) fn forget_departed(hosts: &mut HashMap<u64, Arc<HostRecord>>, remote_
 ///
 /// Two locks, not one: `last_seq` is held while a message is counted, which includes waiting
 /// for room in the queue, and the learner's metrics and the session's reader must still read
-/// and update `stats` meanwhile. Lock order: `last_seq`, then the reports, then `stats`.
+/// and update `stats` meanwhile. Lock order: `last_seq`, then `ledger`, the reports, `stats`.
 pub(super) struct HostRecord {
     /// The last message number counted; held while a message is counted, so that two
     /// sessions of one host (a stale one not yet noticed and its reconnection) count each
     /// number once.
     pub(super) last_seq: Mutex<u64>,
-    /// The frames and games it may still report ([`Ledger`]); locked only with `last_seq`.
+    /// The frames and games it may still report ([`Ledger`]); counted with `last_seq` held
+    /// (lock order: `last_seq`, then `ledger`), never held while waiting.
     pub(super) ledger: Mutex<Ledger>,
     pub(super) stats: Mutex<HostStats>,
     /// When its last session ended (`None` while one is connected, or before the first).
@@ -77,10 +78,9 @@ impl HostRecord {
     /// A session of this host opened with `processes` processes: it is connected, and its
     /// ledger holds at least the session's grant under `bounds`.
     pub(super) fn joined(&self, processes: u32, bounds: &HostBounds) {
-        {
-            let _counting = self.last_seq.lock().unwrap();
-            self.ledger.lock().unwrap().joined(bounds, processes);
-        }
+        // Not `last_seq`: a pusher holds it while it waits for room in the queue, and this
+        // runs under the hosts' lock, which the learner's metrics take.
+        self.ledger.lock().unwrap().joined(bounds, processes);
         *self.left_at.lock().unwrap() = None;
         let mut st = self.stats.lock().unwrap();
         if st.connected || st.frames > 0 || st.slots > 0 {
