@@ -8,10 +8,15 @@
 //! is disconnected with a [`BoundError`] (logged, length-capped) and the run goes on.
 //!
 //! - **Values** ([`HostBounds::check_slot`]): `|reward| <= R` per agent step (R =
-//!   `--remote-reward-bound`, 1 for the clipped rewards every actor trains on); a transition's
-//!   `|return| <= 2 R H`, with the horizon `H = min(1 / (1 - gamma), --max-episode-frames)`
-//!   steps (the largest discounted sum of rewards of at most R; twice that because a
-//!   bootstrapped estimate may overshoot while the network learns); a segment's behaviour
+//!   `--remote-reward-bound`, 1 for the clipped rewards every actor trains on); a
+//!   transition's return: `|return| <= R H` when the learner bootstraps it (discount > 0:
+//!   the return is a discounted reward sum), with the horizon `H = min(1 / (1 - gamma),
+//!   --max-episode-frames)` steps, the largest such sum; `|return| <= 1e6 R H` when it holds
+//!   the actor's own bootstrap (discount 0), which an honest network overshoots while it
+//!   learns, and far more when it diverges (measured on CartPole, horizon 100, with
+//!   --sync-frames 1000: 204, 1,002, 100,156) and which a host cannot prove: loose, refusing
+//!   values only a diverged network or a liar sends (3e38, whose square overflows a loss);
+//!   a segment's behaviour
 //!   log-probabilities `>= ln(smallest f32) ~ -103.3` (an action sampled with a smaller
 //!   probability cannot be sampled in f32 at all).
 //! - **Frames** ([`Ledger`]): a host earns frames by delivering agent steps in its slots
@@ -36,8 +41,12 @@ use crate::shm::SlotLayout;
 /// log-probability.
 pub const MIN_LOG_PROB: f32 = -103.28;
 
-/// How far a bootstrapped return may exceed the largest discounted reward sum.
-pub const RETURN_SLACK: f32 = 2.0;
+/// How far a return with the actor's own bootstrap may exceed the largest discounted reward
+/// sum: n-step Q's max over estimated values overshoots while it learns and runs away while
+/// it diverges (measured: 204, 1,002 and 100,156 on CartPole, whose horizon is 100), and an
+/// honest host must not be dropped for that. A million horizons (1e8 for gamma 0.99) keep a
+/// squared error far from f32's overflow (3.4e38).
+pub const BOOTSTRAP_SLACK: f32 = 1e6;
 
 /// Most characters of a host's text (its name, a failure line) that go into a log line.
 pub const MAX_LOGGED_CHARS: usize = 200;
@@ -56,7 +65,7 @@ pub enum BoundError {
         bound: f32,
     },
     /// A transition's return beyond the horizon's bound.
-    #[error("slot {slot}: return of magnitude {value}; at most {bound} (reward bound times twice the horizon)")]
+    #[error("slot {slot}: return of magnitude {value}; at most {bound} (the reward bound times the horizon, times 1e6 with the actor's bootstrap)")]
     Return {
         /// The slot's index in the message.
         slot: usize,
@@ -104,8 +113,10 @@ pub enum BoundError {
 pub struct HostBounds {
     /// Largest `|reward|` per agent step.
     pub reward: f32,
-    /// Largest `|return|` of a transition.
+    /// Largest `|return|` of a transition the learner bootstraps (discount > 0).
     pub ret: f32,
+    /// Largest `|return|` of a transition with the actor's bootstrap (discount 0).
+    pub bootstrapped_ret: f32,
     /// Frames earned by one delivered agent step.
     pub frames_per_step: u64,
     /// Frames earned by one reported game (its start: no-ops and FIRE).
@@ -146,7 +157,8 @@ impl HostBounds {
         let start = u64::from(cfg.env.noop_max) + 4 * skip;
         HostBounds {
             reward,
-            ret: (f64::from(reward) * horizon * f64::from(RETURN_SLACK)) as f32,
+            ret: (f64::from(reward) * horizon) as f32,
+            bootstrapped_ret: (f64::from(reward) * horizon * f64::from(BOOTSTRAP_SLACK)) as f32,
             frames_per_step: 2 * step_frames,
             frames_per_game: start,
             game_frames: cfg.env.max_episode_frames + start + step_frames,
@@ -169,11 +181,16 @@ impl HostBounds {
         slot: &[u8],
     ) -> Result<usize, BoundError> {
         let n = layout.raw_numbers(slot);
-        if n.ret > self.ret {
+        let bound = if n.discount > 0.0 {
+            self.ret
+        } else {
+            self.bootstrapped_ret
+        };
+        if n.ret > bound {
             return Err(BoundError::Return {
                 slot: index,
                 value: n.ret,
-                bound: self.ret,
+                bound,
             });
         }
         if n.reward > self.reward {

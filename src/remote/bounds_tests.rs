@@ -16,27 +16,30 @@ const SEGMENTS: SlotLayout = SlotLayout::segments(2, 3, 1);
 #[test]
 fn the_bounds_follow_the_settings() {
     let b = HostBounds::of(&cfg(&[]), &TRANSITIONS);
-    // Clipped rewards, gamma 0.99: horizon 100 steps, returns up to twice that.
+    // Clipped rewards, gamma 0.99: horizon 100 steps; returns with the actor's bootstrap up
+    // to a million times that.
     assert_eq!(b.reward, 1.0);
-    assert!((b.ret - 200.0).abs() < 1e-3, "{}", b.ret);
+    assert!((b.ret - 100.0).abs() < 1e-3, "{}", b.ret);
+    assert!((b.bootstrapped_ret - 1e8).abs() < 1e3, "{}", b.bootstrapped_ret);
     // Frame skip 4: 8 frames per delivered step; a game start is 30 no-ops and 4 steps.
     assert_eq!((b.frames_per_step, b.frames_per_game), (8, 46));
     assert_eq!(b.game_frames, 108_000 + 46 + 4);
     let unclipped = HostBounds::of(&cfg(&["--remote-reward-bound", "5"]), &TRANSITIONS);
-    assert!((unclipped.ret - 1000.0).abs() < 1e-2);
+    assert!((unclipped.ret - 500.0).abs() < 1e-2);
     // gamma 1: the horizon is the longest game.
     let undiscounted = HostBounds::of(
         &cfg(&["--gamma", "1", "--max-episode-frames", "500"]),
         &TRANSITIONS,
     );
-    assert_eq!(undiscounted.ret, 1000.0);
+    assert_eq!(undiscounted.ret, 500.0);
     let fire = HostBounds::of(&cfg(&["--fire-on-life-loss"]), &TRANSITIONS);
     assert_eq!(fire.frames_per_step, 32);
 }
 
-fn transition(ret: f32) -> Vec<u8> {
+fn transition(ret: f32, discount: f32) -> Vec<u8> {
     let mut slot = vec![0u8; TRANSITIONS.slot_bytes().unwrap()];
     slot[4..8].copy_from_slice(&ret.to_le_bytes());
+    slot[8..12].copy_from_slice(&discount.to_le_bytes());
     slot
 }
 
@@ -54,13 +57,19 @@ fn segment(rewards: &[f32], logps: &[f32]) -> Vec<u8> {
 #[test]
 fn slot_values_beyond_the_bounds_are_refused() {
     let b = HostBounds::of(&cfg(&[]), &TRANSITIONS);
-    assert_eq!(b.check_slot(&TRANSITIONS, 0, &transition(-150.0)), Ok(1));
+    // The actor's bootstrap overshoots; a reward sum the learner bootstraps cannot.
+    assert_eq!(b.check_slot(&TRANSITIONS, 0, &transition(-5000.0, 0.0)), Ok(1));
+    assert_eq!(b.check_slot(&TRANSITIONS, 0, &transition(-99.0, 0.95)), Ok(1));
+    assert!(matches!(
+        b.check_slot(&TRANSITIONS, 0, &transition(101.0, 0.95)),
+        Err(BoundError::Return { slot: 0, .. })
+    ));
     assert_eq!(
-        b.check_slot(&TRANSITIONS, 3, &transition(3e38)),
+        b.check_slot(&TRANSITIONS, 3, &transition(3e38, 0.0)),
         Err(BoundError::Return {
             slot: 3,
             value: 3e38,
-            bound: b.ret
+            bound: b.bootstrapped_ret
         })
     );
     let s = HostBounds::of(&cfg(&[]), &SEGMENTS);

@@ -99,6 +99,10 @@ pub struct RawNumbers {
     pub steps: usize,
     /// `|ret|` of a transition (0 for a segment).
     pub ret: f32,
+    /// A transition's discount: > 0 when the learner bootstraps (`ret` is then a reward sum
+    /// only), 0 when `ret` holds the actor's own bootstrap or the game ended (0 for a
+    /// segment).
+    pub discount: f32,
     /// The largest `|reward|` of a segment's steps (0 for a transition).
     pub reward: f32,
     /// The smallest behaviour log-probability of a segment's steps (0 for a transition).
@@ -352,6 +356,7 @@ impl SlotLayout {
             None => RawNumbers {
                 steps: 1,
                 ret: f32_at(Self::RET_OFFSET).abs(),
+                discount: f32_at(Self::DISCOUNT_OFFSET),
                 reward: 0.0,
                 min_logp: 0.0,
             },
@@ -362,6 +367,7 @@ impl SlotLayout {
                 let mut n = RawNumbers {
                     steps: len,
                     ret: 0.0,
+                    discount: 0.0,
                     reward: 0.0,
                     min_logp: 0.0,
                 };
