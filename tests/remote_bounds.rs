@@ -26,7 +26,12 @@ impl FakeHost {
     /// Joins the learner at `addr` as host `id` with `processes` processes, sending
     /// heartbeats every second; with `small_window`, its HTTP/2 stream window is 1 KiB, so
     /// that not reading backs up after a snapshot or two.
-    fn join(addr: &str, id: u64, processes: u32, small_window: bool) -> Result<FakeHost, tonic::Status> {
+    fn join(
+        addr: &str,
+        id: u64,
+        processes: u32,
+        small_window: bool,
+    ) -> Result<FakeHost, tonic::Status> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -42,7 +47,8 @@ impl FakeHost {
             run_id: 0,
         };
         let (down, welcome) = rt.block_on(async {
-            let mut endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+            let mut endpoint =
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
             if small_window {
                 endpoint = endpoint
                     .initial_stream_window_size(1024)
@@ -69,7 +75,9 @@ impl FakeHost {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let hb = Up {
-                    kind: Some(up::Kind::Heartbeat(Heartbeat { snapshot_version: 0 })),
+                    kind: Some(up::Kind::Heartbeat(Heartbeat {
+                        snapshot_version: 0,
+                    })),
                 };
                 if beats.send(hb).await.is_err() {
                     return;
@@ -87,7 +95,14 @@ impl FakeHost {
 
     /// An experience message of `slots` valid slots (action 0, return `ret`, no bootstrap),
     /// `frames` frames and `games` games of score `score`, numbered next.
-    fn experience(&mut self, slots: usize, frames: u64, games: usize, score: f32, ret: f32) -> Experience {
+    fn experience(
+        &mut self,
+        slots: usize,
+        frames: u64,
+        games: usize,
+        score: f32,
+        ret: f32,
+    ) -> Experience {
         let bytes = self.welcome.slot_bytes as usize;
         let mut raw = vec![0u8; slots * bytes];
         for slot in raw.chunks_exact_mut(bytes) {
@@ -159,7 +174,10 @@ fn metrics_frames(run_dir: &std::path::Path) -> (u64, usize) {
 fn metrics_grow(run_dir: &std::path::Path, rows: usize) {
     let t0 = Instant::now();
     while metrics_frames(run_dir).1 <= rows {
-        assert!(t0.elapsed() < LIMIT, "metrics.csv stopped growing at {rows} rows");
+        assert!(
+            t0.elapsed() < LIMIT,
+            "metrics.csv stopped growing at {rows} rows"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -181,8 +199,12 @@ fn a_lying_host_is_disconnected_and_the_run_goes_on() {
         .listen("learner");
     metrics_grow(&logdir, 1);
     let lies: [(&str, fn(&mut FakeHost) -> Experience); 3] = [
-        ("frames in one message", |h| h.experience(1, 1 << 39, 0, 0.0, 0.0)),
-        ("4096 games in one message", |h| h.experience(1, 4, 4096, 1e6, 0.0)),
+        ("frames in one message", |h| {
+            h.experience(1, 1 << 39, 0, 0.0, 0.0)
+        }),
+        ("4096 games in one message", |h| {
+            h.experience(1, 4, 4096, 1e6, 0.0)
+        }),
         ("return of magnitude", |h| h.experience(1, 4, 0, 0.0, 3e38)),
     ];
     for (k, (why, lie)) in lies.into_iter().enumerate() {
@@ -194,7 +216,10 @@ fn a_lying_host_is_disconnected_and_the_run_goes_on() {
         h.send(lie);
         let (reason, acks) = h.refusal();
         assert!(reason.contains(why), "{why}: {reason}");
-        assert_eq!(acks, 1, "{why}: the honest message is acked, the lie is not");
+        assert_eq!(
+            acks, 1,
+            "{why}: the honest message is acked, the lie is not"
+        );
         learner.wait_for(" left: ", k + 1, Duration::from_secs(10));
     }
     // The run goes on: more metrics rows, frames far from the lies, and no game of 1e6.
@@ -207,7 +232,11 @@ fn a_lying_host_is_disconnected_and_the_run_goes_on() {
             assert!(m <= 500.0, "a made-up game reached the metrics: {r:?}");
         }
     }
-    assert!(learner.child.try_wait().unwrap().is_none(), "{}", learner.logs());
+    assert!(
+        learner.child.try_wait().unwrap().is_none(),
+        "{}",
+        learner.logs()
+    );
     let log = learner.stdout();
     assert!(log.contains("(fake-100, "), "{log}");
     learner.kill_group();
@@ -224,15 +253,27 @@ fn lanes_are_shared_and_a_live_host_id_is_not_taken_twice() {
         .frames(100_000_000)
         .flag("--remote-lanes", 4)
         .listen("learner");
-    let greedy = FakeHost::join(&addr, 1, 3, false).err().expect("3 of 4 lanes");
+    let greedy = FakeHost::join(&addr, 1, 3, false)
+        .err()
+        .expect("3 of 4 lanes");
     assert_eq!(greedy.code(), tonic::Code::FailedPrecondition);
-    assert!(greedy.message().contains("at most 2"), "{}", greedy.message());
+    assert!(
+        greedy.message().contains("at most 2"),
+        "{}",
+        greedy.message()
+    );
     let a = FakeHost::join(&addr, 1, 2, false).unwrap();
     let twin = FakeHost::join(&addr, 1, 1, false).err().expect("a live id");
     assert_eq!(twin.code(), tonic::Code::AlreadyExists);
-    assert!(twin.message().contains("has a session already"), "{}", twin.message());
+    assert!(
+        twin.message().contains("has a session already"),
+        "{}",
+        twin.message()
+    );
     let b = FakeHost::join(&addr, 2, 2, false).unwrap();
-    let late = FakeHost::join(&addr, 3, 1, false).err().expect("no lane left");
+    let late = FakeHost::join(&addr, 3, 1, false)
+        .err()
+        .expect("no lane left");
     assert_eq!(late.code(), tonic::Code::ResourceExhausted);
     drop(a);
     learner.wait_for(" left: ", 1, Duration::from_secs(15));
@@ -275,8 +316,12 @@ fn soak_a_good_host_keeps_training_while_another_misbehaves() {
     };
     let logs = |p: &std::path::Path| {
         let read = |ext: &str| std::fs::read_to_string(p.with_extension(ext)).unwrap_or_default();
-        format!("{}
-{}", read("stdout"), read("stderr"))
+        format!(
+            "{}
+{}",
+            read("stdout"),
+            read("stderr")
+        )
     };
     let keeps_arriving = |what: &str, before: u64| {
         let t = Instant::now();
@@ -302,14 +347,30 @@ fn soak_a_good_host_keeps_training_while_another_misbehaves() {
         assert!(reason.contains(expect), "{what}: {reason}");
         keeps_arriving(what, before);
     };
-    lie("absurd frames", |h| h.experience(1, 1 << 40, 0, 0.0, 0.0), "frames in one message");
-    lie("made-up games", |h| h.experience(0, 0, 2000, 1e6, 0.0), "games in one message");
-    lie("a 3e38 return", |h| h.experience(1, 4, 0, 0.0, 3e38), "return of magnitude");
+    lie(
+        "absurd frames",
+        |h| h.experience(1, 1 << 40, 0, 0.0, 0.0),
+        "frames in one message",
+    );
+    lie(
+        "made-up games",
+        |h| h.experience(0, 0, 2000, 1e6, 0.0),
+        "games in one message",
+    );
+    lie(
+        "a 3e38 return",
+        |h| h.experience(1, 4, 0, 0.0, 3e38),
+        "return of magnitude",
+    );
     let before = good_frames();
-    let greedy = FakeHost::join(&addr, 2000, 3, false).err().expect("too many lanes");
+    let greedy = FakeHost::join(&addr, 2000, 3, false)
+        .err()
+        .expect("too many lanes");
     assert_eq!(greedy.code(), tonic::Code::FailedPrecondition);
     let first = FakeHost::join(&addr, 2001, 1, false).unwrap();
-    let twin = FakeHost::join(&addr, 2001, 1, false).err().expect("a live id twice");
+    let twin = FakeHost::join(&addr, 2001, 1, false)
+        .err()
+        .expect("a live id twice");
     assert_eq!(twin.code(), tonic::Code::AlreadyExists);
     drop(first);
     keeps_arriving("greed and a twin", before);
@@ -324,7 +385,8 @@ fn soak_a_good_host_keeps_training_while_another_misbehaves() {
     // The good host was never dropped.
     let log = learner.stdout();
     assert!(
-        !log.lines().any(|l| l.contains("host 0 (") && l.contains(" left: ")),
+        !log.lines()
+            .any(|l| l.contains("host 0 (") && l.contains(" left: ")),
         "{log}"
     );
     let (frames, _) = metrics_frames(&logdir);

@@ -20,7 +20,11 @@ fn the_bounds_follow_the_settings() {
     // to a million times that.
     assert_eq!(b.reward, 1.0);
     assert!((b.ret - 100.0).abs() < 1e-3, "{}", b.ret);
-    assert!((b.bootstrapped_ret - 1e8).abs() < 1e3, "{}", b.bootstrapped_ret);
+    assert!(
+        (b.bootstrapped_ret - 1e8).abs() < 1e3,
+        "{}",
+        b.bootstrapped_ret
+    );
     // Frame skip 4: 8 frames per delivered step; a game start is 30 no-ops and 4 steps.
     assert_eq!((b.frames_per_step, b.frames_per_game), (8, 46));
     assert_eq!(b.game_frames, 108_000 + 46 + 4);
@@ -58,8 +62,14 @@ fn segment(rewards: &[f32], logps: &[f32]) -> Vec<u8> {
 fn slot_values_beyond_the_bounds_are_refused() {
     let b = HostBounds::of(&cfg(&[]), &TRANSITIONS);
     // The actor's bootstrap overshoots; a reward sum the learner bootstraps cannot.
-    assert_eq!(b.check_slot(&TRANSITIONS, 0, &transition(-5000.0, 0.0)), Ok(1));
-    assert_eq!(b.check_slot(&TRANSITIONS, 0, &transition(-99.0, 0.95)), Ok(1));
+    assert_eq!(
+        b.check_slot(&TRANSITIONS, 0, &transition(-5000.0, 0.0)),
+        Ok(1)
+    );
+    assert_eq!(
+        b.check_slot(&TRANSITIONS, 0, &transition(-99.0, 0.95)),
+        Ok(1)
+    );
     assert!(matches!(
         b.check_slot(&TRANSITIONS, 0, &transition(101.0, 0.95)),
         Err(BoundError::Return { slot: 0, .. })
@@ -84,7 +94,10 @@ fn slot_values_beyond_the_bounds_are_refused() {
     let err = s
         .check_slot(&SEGMENTS, 0, &segment(&[0.0], &[-1e30]))
         .unwrap_err();
-    assert!(matches!(err, BoundError::LogProb { slot: 0, .. }), "{err:?}");
+    assert!(
+        matches!(err, BoundError::LogProb { slot: 0, .. }),
+        "{err:?}"
+    );
     // Steps past len are not read.
     let mut past = segment(&[0.5], &[-0.1]);
     past[32..36].copy_from_slice(&3e38f32.to_le_bytes());
@@ -131,7 +144,10 @@ fn frames_and_games_are_bounded_by_the_steps_delivered() {
     let mut fresh = Ledger::default();
     fresh.joined(&b, 1);
     let err = fresh.count(&b, &message(4, 4096), 1).unwrap_err();
-    assert!(matches!(err, BoundError::Games { reported: 4096, .. }), "{err:?}");
+    assert!(
+        matches!(err, BoundError::Games { reported: 4096, .. }),
+        "{err:?}"
+    );
     let (g1, _) = b.grant(1);
     fresh.count(&b, &message(g1, 0), 0).unwrap();
     let err = fresh.count(&b, &message(9, 0), 1).unwrap_err();

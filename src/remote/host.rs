@@ -209,7 +209,9 @@ impl Host {
         // once it knows them, before that of the largest network a learner serves.
         let limit = match &self.local {
             Some(l) => super::max_message_bytes(l.slot_bytes, l.numel),
-            None => super::max_message_bytes(super::MAX_MESSAGE_SLOT_BYTES, super::MAX_SNAPSHOT_PARAMS),
+            None => {
+                super::max_message_bytes(super::MAX_MESSAGE_SLOT_BYTES, super::MAX_SNAPSHOT_PARAMS)
+            }
         };
         let mut client = ActorLinkClient::new(channel)
             .max_decoding_message_size(limit)
@@ -501,7 +503,9 @@ pub enum BadWelcome {
         max: usize,
     },
     /// Not one final epsilon per process, or one outside [0, 1].
-    #[error("the learner sent final epsilons {given:?} for {processes} processes (one each, in [0, 1])")]
+    #[error(
+        "the learner sent final epsilons {given:?} for {processes} processes (one each, in [0, 1])"
+    )]
     Epsilons {
         /// The Welcome's epsilons (the first 8).
         given: Vec<f64>,

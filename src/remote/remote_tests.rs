@@ -177,10 +177,17 @@ fn experience_decodes_to_its_slots_and_refuses_what_is_wrong() {
     };
     let err = absurd(3e38).unwrap_err();
     assert!(
-        matches!(err, BadExperience::Bound(bounds::BoundError::Return { slot: 1, .. })),
+        matches!(
+            err,
+            BadExperience::Bound(bounds::BoundError::Return { slot: 1, .. })
+        ),
         "{err:?}"
     );
-    assert!(err.to_string().contains("slot 1: return of magnitude 300000000"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("slot 1: return of magnitude 300000000"),
+        "{err}"
+    );
     assert!(absurd(-100.5).is_err());
     assert!(absurd(-99.0).is_ok());
     assert!(refused(&|m| m.frames = u64::MAX).contains("frames"));
@@ -300,14 +307,24 @@ fn the_bounds_flags_are_checked() {
     fn with<'a>(listen: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
         [listen, extra].concat()
     }
-    assert!(refused(&with(&listen, &["--max-lanes-per-host", "9"])).contains("--max-lanes-per-host 9"));
+    assert!(
+        refused(&with(&listen, &["--max-lanes-per-host", "9"])).contains("--max-lanes-per-host 9")
+    );
     assert!(refused(&with(&listen, &["--max-lanes-per-host", "0"])).contains("between 1 and"));
-    assert!(refused(&with(&listen, &["--remote-reward-bound", "0"])).contains("--remote-reward-bound"));
-    assert!(refused(&with(&listen, &["--remote-reward-bound", "inf"])).contains("--remote-reward-bound"));
+    assert!(
+        refused(&with(&listen, &["--remote-reward-bound", "0"])).contains("--remote-reward-bound")
+    );
+    assert!(refused(&with(&listen, &["--remote-reward-bound", "inf"]))
+        .contains("--remote-reward-bound"));
     // The fair share: half the remote lanes, rounded up.
     assert_eq!(cfg(&listen).listen.lanes_per_host(), 4);
     assert_eq!(cfg(&["--remote-lanes", "1"]).listen.lanes_per_host(), 1);
-    assert_eq!(cfg(&with(&listen, &["--max-lanes-per-host", "8"])).listen.lanes_per_host(), 8);
+    assert_eq!(
+        cfg(&with(&listen, &["--max-lanes-per-host", "8"]))
+            .listen
+            .lanes_per_host(),
+        8
+    );
 }
 
 #[test]
@@ -354,5 +371,8 @@ fn a_host_refuses_a_welcome_that_does_not_fit_its_network() {
         BadWelcome::Epsilons { .. }
     ));
     let err = other(&|m| m.numel = 7).to_string();
-    assert!(err.contains("7 parameters") && err.contains("1000 here"), "{err}");
+    assert!(
+        err.contains("7 parameters") && err.contains("1000 here"),
+        "{err}"
+    );
 }

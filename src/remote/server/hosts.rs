@@ -28,7 +28,10 @@ const EXTRA_RECORDS: usize = 256;
 /// hosts are connected: one lane each at least).
 pub(super) fn forget_departed(hosts: &mut HashMap<u64, Arc<HostRecord>>, remote_lanes: usize) {
     let now = Instant::now();
-    hosts.retain(|_, r| r.left_at().is_none_or(|t| now.duration_since(t) < FORGET_AFTER));
+    hosts.retain(|_, r| {
+        r.left_at()
+            .is_none_or(|t| now.duration_since(t) < FORGET_AFTER)
+    });
     let most = remote_lanes + EXTRA_RECORDS;
     if hosts.len() > most {
         let mut departed: Vec<(Instant, u64)> = hosts

@@ -124,7 +124,10 @@ impl Session {
                 // Not waiting on a host that does not read.
                 let _ = self
                     .tx
-                    .send_timeout(Err(Status::invalid_argument(why.clone())), Duration::from_secs(1))
+                    .send_timeout(
+                        Err(Status::invalid_argument(why.clone())),
+                        Duration::from_secs(1),
+                    )
                     .await;
                 why
             }
