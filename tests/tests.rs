@@ -9,6 +9,7 @@ mod play;
 mod plot;
 mod queue;
 mod remote;
+mod remote_bounds;
 mod replay;
 mod results;
 mod signals;

@@ -432,9 +432,28 @@ pub struct ListenSettings {
     /// read or write traffic); refused without it
     #[arg(long)]
     pub insecure_plaintext: bool,
+    /// With --listen: most lanes (actor processes) one host may take [default: half of
+    /// --remote-lanes, rounded up, so that one host cannot take them all]; a host that asks
+    /// for more is refused
+    #[arg(long, value_name = "N")]
+    pub max_lanes_per_host: Option<usize>,
+    /// With --listen: the largest |reward| per agent step a remote host may report (actors
+    /// clip rewards to [-1, 1]: 1; raise it only for an environment whose training rewards
+    /// are not clipped). Returns are bounded by it times the horizon (see README, Security); a
+    /// host that reports more is disconnected
+    #[arg(long, default_value_t = 1.0, value_name = "R")]
+    pub remote_reward_bound: f32,
 }
 
 impl ListenSettings {
+    /// Most lanes one host may take: `--max-lanes-per-host`, or half of `--remote-lanes`
+    /// rounded up (at least 1).
+    pub fn lanes_per_host(&self) -> usize {
+        self.max_lanes_per_host
+            .unwrap_or(self.remote_lanes.div_ceil(2))
+            .max(1)
+    }
+
     /// Problems with the values, one line each, appended to `e` (the flags without --listen
     /// are checked by `remote::check_flags`).
     pub fn validate(&self, e: &mut Vec<String>) {

@@ -48,6 +48,19 @@ impl Config {
                     "--remote-lanes {lanes}: must be between 1 and 4096"
                 ));
             }
+            if let Some(per_host) = self.listen.max_lanes_per_host {
+                if !(1..=lanes).contains(&per_host) {
+                    e.push(format!(
+                        "--max-lanes-per-host {per_host}: must be between 1 and --remote-lanes {lanes}"
+                    ));
+                }
+            }
+            let r = self.listen.remote_reward_bound;
+            if !(r.is_finite() && r > 0.0 && r <= 1e6) {
+                e.push(format!(
+                    "--remote-reward-bound {r}: must be a number above 0 and at most 1e6 (1 for clipped rewards)"
+                ));
+            }
             if queue_size < processes + lanes {
                 e.push(format!(
                     "--queue-size {queue_size}: must be at least --processes {processes} + --remote-lanes {lanes} (each lane owns a share of the slots)"

@@ -127,12 +127,19 @@ impl Service for Remote {
 
     fn report(&mut self, dt: f64, snapshot: u64, row: &mut Row, hosts: &mut Vec<HostRow>) {
         let stats = self.server.stats();
-        let rows: Vec<HostRow> = stats
+        // A host that left gets one more row (the interval it left in), not one per interval
+        // until the server forgets it: hosts.csv grows with the hosts' connected time only.
+        let rows: Vec<(bool, HostRow)> = stats
             .iter()
-            .map(|h| HostRow::between(self.before.get(&h.host), h, dt, snapshot))
+            .map(|h| {
+                let before = self.before.get(&h.host);
+                let changed = h.connected || before != Some(h);
+                (changed, HostRow::between(before, h, dt, snapshot))
+            })
             .collect();
-        row.remote = Some(RemoteTotals::of(&rows));
-        hosts.extend(rows);
+        let all: Vec<HostRow> = rows.iter().map(|(_, r)| r.clone()).collect();
+        row.remote = Some(RemoteTotals::of(&all));
+        hosts.extend(rows.into_iter().filter(|(c, _)| *c).map(|(_, r)| r));
         self.before = stats.into_iter().map(|h| (h.host, h)).collect();
     }
 

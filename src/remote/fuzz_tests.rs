@@ -111,8 +111,9 @@ fn up_target(bytes: &[u8]) -> String {
         },
         Some(up::Kind::Experience(e)) => {
             let layout = layout();
-            match super::decode_experience(&e, &layout, ACTIONS, 64) {
-                Ok(raw) => {
+            let bounds = super::bounds::HostBounds::of(&crate::config::Config::default(), &layout);
+            match super::decode_experience(&e, &layout, ACTIONS, 64, &bounds) {
+                Ok((raw, _steps)) => {
                     let slot_bytes = layout.slot_bytes().unwrap();
                     assert_eq!(raw.len(), e.slots as usize * slot_bytes);
                     for slot in raw.chunks_exact(slot_bytes) {

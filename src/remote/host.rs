@@ -35,7 +35,7 @@ use pump::pump;
 /// Measured on CartPole with a3c (sync every 200 frames): with 256 slots here and a window of
 /// 8 messages, remote data was 2,500 frames old on arrival (local: 350) and 2 of 5 seeds
 /// collapsed.
-const LANE_SLOTS: usize = 32;
+pub(crate) const LANE_SLOTS: usize = 32;
 
 /// First and largest wait between connection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -160,6 +160,7 @@ impl Host {
             }
             let why = match self.session(&mut last_ok, &mut backoff).await {
                 Ok(End::Finished(reason)) => {
+                    let reason = super::bounds::printable(&reason, super::bounds::MAX_LOGGED_CHARS);
                     crate::say!("the learner finished the run ({reason}); exiting");
                     return Ok(());
                 }
@@ -204,9 +205,17 @@ impl Host {
             .connect()
             .await
             .map_err(|e| classify_transport(&self.target, &e))?;
+        // What this host accepts from the learner: messages of its run's network and slots
+        // once it knows them, before that of the largest network a learner serves.
+        let limit = match &self.local {
+            Some(l) => super::max_message_bytes(l.slot_bytes, l.numel),
+            None => {
+                super::max_message_bytes(super::MAX_MESSAGE_SLOT_BYTES, super::MAX_SNAPSHOT_PARAMS)
+            }
+        };
         let mut client = ActorLinkClient::new(channel)
-            .max_decoding_message_size(usize::MAX >> 1)
-            .max_encoding_message_size(usize::MAX >> 1);
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
         let (up_tx, up_rx) = mpsc::channel::<Up>(4);
         let _ = up_tx
             .send(Up {
@@ -260,7 +269,7 @@ impl Host {
             self.target,
             welcome.host,
             self.cfg.procs.processes,
-            welcome.game,
+            super::bounds::printable(&welcome.game, 64),
             welcome.frames
         );
         let end = self.receive(&mut down, &up_tx).await;
@@ -292,8 +301,14 @@ impl Host {
             }
             return Ok(());
         }
+        if w.config.len() > super::MAX_CONFIG_BYTES {
+            return Err(BadWelcome::ConfigSize(w.config.len()).into());
+        }
+        if w.numel as usize > super::MAX_SNAPSHOT_PARAMS {
+            return Err(BadWelcome::TooManyParams(w.numel).into());
+        }
         let mut cfg: Config = super::decode_welcome_config(&w.config)
-            .map_err(|e| anyhow!("the learner's config does not decode: {e}"))?;
+            .map_err(|e| BadWelcome::Config(e.to_string()))?;
         cfg.procs.processes = self.cfg.procs.processes;
         cfg.run.seed = w.seed;
         cfg.run.eval_every = 0;
@@ -314,13 +329,16 @@ impl Host {
                 w.game, w.num_actions, w.slot_bytes, num_actions, slot_bytes
             );
         }
-        if w.final_epsilons.len() != cfg.procs.processes {
-            bail!(
-                "the learner sent {} final epsilons for {} processes",
-                w.final_epsilons.len(),
-                cfg.procs.processes
-            );
-        }
+        // The network the run's config describes, built here: its size is what the
+        // learner's snapshots must have (and what this host allocates for them).
+        let numel = crate::model::AgentNetwork::new(
+            net,
+            obs,
+            num_actions,
+            tch::Device::Cpu,
+        )
+        .numel();
+        check_welcome(w, slot_bytes, numel, cfg.procs.processes)?;
         let LocalActors {
             queue,
             snapshot,
@@ -347,7 +365,7 @@ impl Host {
         self.link.started(w.frames);
         let pump = {
             let (link, queue, stop) = (self.link.clone(), queue.clone(), self.stop.clone());
-            let max_slots = (w.max_slots as usize).max(1);
+            let max_slots = w.max_slots as usize;
             std::thread::Builder::new()
                 .name("host-pump".into())
                 .spawn(move || {
@@ -396,7 +414,7 @@ impl Host {
                         down::Kind::Snapshot(s) => self.publish(&s).map_err(Fail::Permanent)?,
                         down::Kind::Stop(s) if s.finished => return Ok(End::Finished(s.reason)),
                         down::Kind::Stop(s) => {
-                            return Ok(End::Retry(format!("the learner stopped ({}); waiting for it to come back", s.reason)))
+                            return Ok(End::Retry(format!("the learner stopped ({}); waiting for it to come back", super::bounds::printable(&s.reason, super::bounds::MAX_LOGGED_CHARS))))
                         }
                         down::Kind::Heartbeat(_) | down::Kind::Welcome(_) => {}
                     }
@@ -454,6 +472,86 @@ impl Host {
     }
 }
 
+/// Why a learner's [`wire::Welcome`] is refused by a host: it does not fit the network and
+/// slots this host builds from the run's config, or its sizes are beyond any run's.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum BadWelcome {
+    /// A config larger than any run's.
+    #[error("the learner's config is {0} bytes; at most {max}", max = super::MAX_CONFIG_BYTES)]
+    ConfigSize(usize),
+    /// A config that does not decode.
+    #[error("the learner's config does not decode: {0}")]
+    Config(String),
+    /// More parameters than any snapshot a learner serves.
+    #[error("the learner announces snapshots of {0} parameters; at most {max}", max = super::MAX_SNAPSHOT_PARAMS)]
+    TooManyParams(u64),
+    /// Another network size than the config's network has here.
+    #[error("the learner announces snapshots of {learner} parameters; the network of its config has {here} here (another build or network?)")]
+    Params {
+        /// The Welcome's `numel`.
+        learner: u64,
+        /// The network built here.
+        here: usize,
+    },
+    /// A slot count per message outside 1..=the protocol's for these slots.
+    #[error("the learner asks for {given} slots per message; 1 to {max} for slots of this size")]
+    MaxSlots {
+        /// The Welcome's `max_slots`.
+        given: u32,
+        /// The most for slots of this size.
+        max: usize,
+    },
+    /// Not one final epsilon per process, or one outside [0, 1].
+    #[error(
+        "the learner sent final epsilons {given:?} for {processes} processes (one each, in [0, 1])"
+    )]
+    Epsilons {
+        /// The Welcome's epsilons (the first 8).
+        given: Vec<f64>,
+        /// This host's processes.
+        processes: usize,
+    },
+}
+
+/// Checks the sizes of welcome `w` against what this host built from its config: slots of
+/// `slot_bytes`, a network of `numel` parameters, `processes` actor processes.
+///
+/// # Errors
+///
+/// [`BadWelcome`], the first thing that does not fit.
+pub fn check_welcome(
+    w: &wire::Welcome,
+    slot_bytes: usize,
+    numel: usize,
+    processes: usize,
+) -> Result<(), BadWelcome> {
+    if w.numel > super::MAX_SNAPSHOT_PARAMS as u64 {
+        return Err(BadWelcome::TooManyParams(w.numel));
+    }
+    if w.numel != numel as u64 {
+        return Err(BadWelcome::Params {
+            learner: w.numel,
+            here: numel,
+        });
+    }
+    let max = super::max_slots(slot_bytes);
+    if w.max_slots == 0 || w.max_slots as usize > max {
+        return Err(BadWelcome::MaxSlots {
+            given: w.max_slots,
+            max,
+        });
+    }
+    if w.final_epsilons.len() != processes
+        || !w.final_epsilons.iter().all(|e| (0.0..=1.0).contains(e))
+    {
+        return Err(BadWelcome::Epsilons {
+            given: w.final_epsilons.iter().take(8).copied().collect(),
+            processes,
+        });
+    }
+    Ok(())
+}
+
 /// A connection that failed: a certificate problem is permanent, the rest is retried.
 fn classify_transport(target: &str, e: &tonic::transport::Error) -> Fail {
     let mut chain = e.to_string();
@@ -480,7 +578,7 @@ fn classify_transport(target: &str, e: &tonic::transport::Error) -> Fail {
 /// the learner is busy or unreachable.
 fn classify_status(target: &str, s: &tonic::Status) -> Fail {
     use tonic::Code;
-    let mut msg = s.message().to_string();
+    let mut msg = super::bounds::printable(s.message(), super::bounds::MAX_LOGGED_CHARS);
     let mut source = std::error::Error::source(s);
     while let Some(src) = source {
         msg = format!("{msg}: {src}");

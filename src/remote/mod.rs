@@ -21,7 +21,12 @@
 //!   after a reconnection the host resends what was not acked, so a connection cut mid-stream
 //!   neither loses nor double-counts frames and episodes. Experience is bounded by HTTP/2 flow
 //!   control and the learner's queue: a session that cannot push stops reading;
-//! - the learner sends a [`wire::Snapshot`] (LZ4) whenever its version changed;
+//! - everything a host reports (slot values, frames, games) is bounded by what it could
+//!   have done ([`bounds`]), and one host takes at most `--max-lanes-per-host` lanes under an
+//!   id no live session has: a host with the token is trusted to be a host, not to tell the
+//!   truth, and one that breaks a bound is disconnected while the run goes on;
+//! - the learner sends a [`wire::Snapshot`] (LZ4) whenever its version changed (at most one
+//!   queued per session: a host that stops reading pins one, and is dropped after 20 s);
 //! - both sides send [`wire::Heartbeat`]s every second and drop a session silent for
 //!   [`HEARTBEAT_TIMEOUT`]; the host then reconnects with capped exponential backoff and
 //!   jitter, also to a learner restarted from a checkpoint (a new run id: unacked data of the
@@ -32,6 +37,7 @@
 #[cfg(target_endian = "big")]
 compile_error!("queue slots travel as little-endian bytes: remote hosts need a little-endian CPU");
 
+pub mod bounds;
 pub mod host;
 pub mod listener;
 pub mod log_limit;
@@ -76,6 +82,14 @@ pub const MAX_MESSAGE_SLOTS: usize = 64;
 
 /// Most games and failure lines in one [`wire::Experience`].
 pub const MAX_MESSAGE_EVENTS: usize = 4096;
+
+/// Most parameters of a network whose snapshots travel to hosts (64 Mi, 256 MiB of f32; the
+/// networks here have a few million): a learner with a bigger one refuses `--listen`, and a
+/// host accepts no bigger message before it knows the run's network.
+pub const MAX_SNAPSHOT_PARAMS: usize = 64 << 20;
+
+/// Most bytes of the run's config in a [`wire::Welcome`] (it encodes to a few KiB).
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 
 /// Slots per message for slots of `slot_bytes`: [`MAX_MESSAGE_SLOTS`], fewer for big slots,
 /// at least 1.
@@ -178,6 +192,19 @@ pub fn check_flags(cfg: &Config) -> Vec<String> {
             ));
         }
     }
+    if cfg.listen.listen.is_none() {
+        if let Some(n) = cfg.listen.max_lanes_per_host {
+            e.push(format!(
+                "--max-lanes-per-host {n}: only with --listen (the learner)"
+            ));
+        }
+        if cfg.listen.remote_reward_bound != 1.0 {
+            e.push(format!(
+                "--remote-reward-bound {}: only with --listen (the learner)",
+                cfg.listen.remote_reward_bound
+            ));
+        }
+    }
     if cfg.remote.tls_cert.is_some() != cfg.remote.tls_key.is_some() {
         e.push(
             "--tls-cert and --tls-key: give both (a certificate and its private key) or neither"
@@ -256,8 +283,6 @@ pub fn compress_weights(weights: &[f32]) -> Vec<u8> {
     lz4_flex::block::compress(&raw)
 }
 
-/// The most bytes a [`wire::Welcome`]'s config may decode from (a config is a few KB).
-pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 
 /// The run's config in a [`wire::Welcome`] (bincode 2, serde), as a host decodes it: with a
 /// limit of [`MAX_CONFIG_BYTES`], so that a length in the bytes (a damaged message, a
@@ -361,6 +386,9 @@ pub enum BadExperience {
         /// Bytes of one slot.
         slot_bytes: usize,
     },
+    /// A value beyond what a host could have produced ([`bounds::HostBounds`]).
+    #[error(transparent)]
+    Bound(#[from] bounds::BoundError),
     /// A slot that cannot be trained on.
     #[error("slot {index}: {reason}")]
     BadSlot {
@@ -373,8 +401,10 @@ pub enum BadExperience {
 
 /// The slots of experience message `e` for a queue of `layout`, checked: at most `max_slots`,
 /// decompressing to exactly `slots * slot_bytes` bytes (never more: LZ4 is told the size), and
-/// every slot valid for a game of `num_actions` actions ([`crate::shm::SlotLayout::check_raw`]).
-/// Also bounds the games and failures it reports and their values.
+/// every slot valid for a game of `num_actions` actions ([`crate::shm::SlotLayout::check_raw`])
+/// and within `bounds` ([`bounds::HostBounds::check_slot`]: rewards, returns,
+/// log-probabilities). Also bounds the games and failures it reports and their values.
+/// Returns the slots' bytes and the agent steps they hold.
 ///
 /// # Errors
 ///
@@ -384,7 +414,8 @@ pub fn decode_experience(
     layout: &crate::shm::SlotLayout,
     num_actions: usize,
     max_slots: usize,
-) -> Result<Vec<u8>, BadExperience> {
+    bounds: &bounds::HostBounds,
+) -> Result<(Vec<u8>, u64), BadExperience> {
     let slot_bytes = layout
         .slot_bytes()
         .ok_or(BadExperience::SlotSizeOverflows)?;
@@ -435,12 +466,14 @@ pub fn decode_experience(
             slot_bytes,
         });
     }
+    let mut steps = 0u64;
     for (index, slot) in raw.chunks_exact(slot_bytes.max(1)).enumerate() {
         layout
             .check_raw(slot, num_actions)
             .map_err(|reason| BadExperience::BadSlot { index, reason })?;
+        steps += bounds.check_slot(layout, index, slot)? as u64;
     }
-    Ok(raw)
+    Ok((raw, steps))
 }
 
 #[cfg(test)]

@@ -239,6 +239,11 @@ fn snapshots_round_trip_and_a_wrong_size_is_refused() {
 
 const LAYOUT: SlotLayout = SlotLayout::transitions(8, false);
 
+/// The bounds of a run of the default settings with slots of [`LAYOUT`].
+fn bounds() -> bounds::HostBounds {
+    bounds::HostBounds::of(&cfg(&[]), &LAYOUT)
+}
+
 /// A valid experience message of `n` slots (actions below 3).
 fn experience(n: usize) -> wire::Experience {
     let bytes = LAYOUT.slot_bytes().unwrap();
@@ -267,12 +272,13 @@ fn experience(n: usize) -> wire::Experience {
 #[test]
 fn experience_decodes_to_its_slots_and_refuses_what_is_wrong() {
     let e = experience(5);
-    let raw = decode_experience(&e, &LAYOUT, 3, 64).unwrap();
+    let (raw, steps) = decode_experience(&e, &LAYOUT, 3, 64, &bounds()).unwrap();
     assert_eq!(raw.len(), 5 * LAYOUT.slot_bytes().unwrap());
+    assert_eq!(steps, 5);
     let refused = |f: &dyn Fn(&mut wire::Experience)| {
         let mut m = e.clone();
         f(&mut m);
-        decode_experience(&m, &LAYOUT, 3, 64)
+        decode_experience(&m, &LAYOUT, 3, 64, &bounds())
             .unwrap_err()
             .to_string()
     };
@@ -281,6 +287,31 @@ fn experience_decodes_to_its_slots_and_refuses_what_is_wrong() {
     assert!(refused(&|m| m.slots = 6).contains("for 6 slots"));
     assert!(refused(&|m| m.payload.truncate(10)).contains("decompress"));
     assert!(refused(&|m| m.seq = 0).contains("number 0"));
+    // A finite but absurd return: beyond the reward bound times the horizon (100; these
+    // slots' discount is 0.99: the learner bootstraps, the return is a reward sum).
+    let absurd = |ret: f32| {
+        let mut m = e.clone();
+        let bytes = LAYOUT.slot_bytes().unwrap();
+        let mut raw = lz4_flex::block::decompress(&m.payload, 5 * bytes).unwrap();
+        raw[bytes + 4..bytes + 8].copy_from_slice(&ret.to_le_bytes());
+        m.payload = lz4_flex::block::compress(&raw);
+        decode_experience(&m, &LAYOUT, 3, 64, &bounds())
+    };
+    let err = absurd(3e38).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BadExperience::Bound(bounds::BoundError::Return { slot: 1, .. })
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("slot 1: return of magnitude 300000000"),
+        "{err}"
+    );
+    assert!(absurd(-100.5).is_err());
+    assert!(absurd(-99.0).is_ok());
     assert!(refused(&|m| m.frames = u64::MAX).contains("frames"));
     assert!(refused(&|m| m.episodes[0].score = f32::NAN).contains("score"));
     assert!(refused(&|m| m.episodes = vec![Default::default(); 5000]).contains("at most"));
@@ -289,7 +320,7 @@ fn experience_decodes_to_its_slots_and_refuses_what_is_wrong() {
     })
     .contains("payload without slots"));
     // A game with only 2 actions: slot 2 holds action 2.
-    let wrong_game = decode_experience(&e, &LAYOUT, 2, 64).unwrap_err();
+    let wrong_game = decode_experience(&e, &LAYOUT, 2, 64, &bounds()).unwrap_err();
     assert!(
         matches!(
             wrong_game,
@@ -306,8 +337,8 @@ fn experience_decodes_to_its_slots_and_refuses_what_is_wrong() {
     empty.slots = 0;
     empty.payload.clear();
     assert_eq!(
-        decode_experience(&empty, &LAYOUT, 3, 64).unwrap(),
-        Vec::<u8>::new()
+        decode_experience(&empty, &LAYOUT, 3, 64, &bounds()).unwrap(),
+        (Vec::<u8>::new(), 0)
     );
 }
 
@@ -318,7 +349,7 @@ fn decode_any(bytes: &[u8]) {
         kind: Some(up::Kind::Experience(e)),
     }) = Up::decode(bytes)
     {
-        if let Ok(raw) = decode_experience(&e, &LAYOUT, 3, 64) {
+        if let Ok((raw, _)) = decode_experience(&e, &LAYOUT, 3, 64, &bounds()) {
             assert!(raw.len() <= 64 * LAYOUT.slot_bytes().unwrap());
         }
     }
@@ -353,7 +384,7 @@ fn fuzzed_messages_are_refused_or_decoded_never_a_panic() {
             kind: Some(up::Kind::Experience(e)),
         }) = Up::decode(m.as_slice())
         {
-            decoded_ok += usize::from(decode_experience(&e, &LAYOUT, 3, 64).is_ok());
+            decoded_ok += usize::from(decode_experience(&e, &LAYOUT, 3, 64, &bounds()).is_ok());
         }
         decode_any(&m);
         // Pure noise.
@@ -371,10 +402,10 @@ fn a_message_claiming_huge_sizes_allocates_nothing_big() {
     // allocation of that size (LZ4 is given the exact expected size).
     let mut e = experience(1);
     e.slots = u32::MAX;
-    assert!(decode_experience(&e, &LAYOUT, 3, 64).is_err());
+    assert!(decode_experience(&e, &LAYOUT, 3, 64, &bounds()).is_err());
     let mut bomb = experience(1);
     bomb.payload = lz4_flex::block::compress(&vec![0u8; 1 << 24]);
-    assert!(decode_experience(&bomb, &LAYOUT, 3, 64).is_err());
+    assert!(decode_experience(&bomb, &LAYOUT, 3, 64, &bounds()).is_err());
 }
 
 #[test]
@@ -387,4 +418,83 @@ fn message_limits_fit_the_layouts() {
     assert_eq!(max_slots(segments), (4 << 20) / segments);
     assert_eq!(max_slots(usize::MAX), 1);
     assert!(max_message_bytes(atari, 1_700_000) > 1_700_000 * 4);
+}
+
+#[test]
+fn the_bounds_flags_are_checked() {
+    assert!(problems(&["--max-lanes-per-host", "3"]).contains("only with --listen"));
+    assert!(problems(&["--remote-reward-bound", "2"]).contains("only with --listen"));
+    let refused = |args: &[&str]| cfg(args).validate().unwrap_err().to_string();
+    let listen = ["--listen", "127.0.0.1:0", "--remote-lanes", "8"];
+    fn with<'a>(listen: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        [listen, extra].concat()
+    }
+    assert!(
+        refused(&with(&listen, &["--max-lanes-per-host", "9"])).contains("--max-lanes-per-host 9")
+    );
+    assert!(refused(&with(&listen, &["--max-lanes-per-host", "0"])).contains("between 1 and"));
+    assert!(
+        refused(&with(&listen, &["--remote-reward-bound", "0"])).contains("--remote-reward-bound")
+    );
+    assert!(refused(&with(&listen, &["--remote-reward-bound", "inf"]))
+        .contains("--remote-reward-bound"));
+    // The fair share: half the remote lanes, rounded up.
+    assert_eq!(cfg(&listen).listen.lanes_per_host(), 4);
+    assert_eq!(cfg(&["--remote-lanes", "1"]).listen.lanes_per_host(), 1);
+    assert_eq!(
+        cfg(&with(&listen, &["--max-lanes-per-host", "8"]))
+            .listen
+            .lanes_per_host(),
+        8
+    );
+}
+
+#[test]
+fn a_host_refuses_a_welcome_that_does_not_fit_its_network() {
+    use host::{check_welcome, BadWelcome};
+    let slot_bytes = SlotLayout::ATARI.slot_bytes().unwrap();
+    let w = wire::Welcome {
+        numel: 1000,
+        max_slots: 64,
+        final_epsilons: vec![0.1, 0.01],
+        ..Default::default()
+    };
+    assert_eq!(check_welcome(&w, slot_bytes, 1000, 2), Ok(()));
+    let other = |f: &dyn Fn(&mut wire::Welcome)| {
+        let mut m = w.clone();
+        f(&mut m);
+        check_welcome(&m, slot_bytes, 1000, 2).unwrap_err()
+    };
+    assert_eq!(
+        other(&|m| m.numel = 1001),
+        BadWelcome::Params {
+            learner: 1001,
+            here: 1000
+        }
+    );
+    assert_eq!(
+        other(&|m| m.numel = u64::MAX),
+        BadWelcome::TooManyParams(u64::MAX)
+    );
+    assert!(matches!(
+        other(&|m| m.max_slots = u32::MAX),
+        BadWelcome::MaxSlots { max: 64, .. }
+    ));
+    assert!(matches!(
+        other(&|m| m.max_slots = 0),
+        BadWelcome::MaxSlots { .. }
+    ));
+    assert!(matches!(
+        other(&|m| m.final_epsilons = vec![0.1; 3]),
+        BadWelcome::Epsilons { processes: 2, .. }
+    ));
+    assert!(matches!(
+        other(&|m| m.final_epsilons = vec![0.1, f64::NAN]),
+        BadWelcome::Epsilons { .. }
+    ));
+    let err = other(&|m| m.numel = 7).to_string();
+    assert!(
+        err.contains("7 parameters") && err.contains("1000 here"),
+        "{err}"
+    );
 }

@@ -18,8 +18,8 @@ pub mod snapshot;
 pub use inference::{InferenceError, InferenceSlots};
 pub use mapping::SegmentError;
 pub use queue::{
-    BadSlot, Batch, BatchPushError, ExperienceQueue, LayoutError, PushError, QueueError, Segment,
-    SegmentMismatch, SegmentShape, SlotLayout, Transition,
+    BadSlot, Batch, BatchPushError, ExperienceQueue, LayoutError, PushError, QueueError,
+    RawNumbers, Segment, SegmentMismatch, SegmentShape, SlotLayout, Transition,
 };
 pub use snapshot::{SnapshotError, WeightSnapshot};
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 pub use super::batch::{Batch, BatchPushError, Segment, SegmentMismatch, Transition};
 pub use super::queue_layout::QUEUE_LAYOUT_VERSION;
 use super::queue_layout::{geometry, Geometry, Header, LaneCtrl};
-pub use super::slot::{BadSlot, LayoutError, SegmentShape, SlotLayout};
+pub use super::slot::{BadSlot, LayoutError, RawNumbers, SegmentShape, SlotLayout};
 
 /// Upper bound on one futex sleep, so `close()` and lost wakeups (which should
 /// not happen) are noticed within this time.

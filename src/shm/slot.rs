@@ -100,6 +100,23 @@ pub enum BadSlot {
     },
 }
 
+/// What [`SlotLayout::raw_numbers`] reads of a raw slot.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RawNumbers {
+    /// Agent steps the slot holds (1 for a transition).
+    pub steps: usize,
+    /// `|ret|` of a transition (0 for a segment).
+    pub ret: f32,
+    /// A transition's discount: > 0 when the learner bootstraps (`ret` is then a reward sum
+    /// only), 0 when `ret` holds the actor's own bootstrap or the game ended (0 for a
+    /// segment).
+    pub discount: f32,
+    /// The largest `|reward|` of a segment's steps (0 for a transition).
+    pub reward: f32,
+    /// The smallest behaviour log-probability of a segment's steps (0 for a transition).
+    pub min_logp: f32,
+}
+
 /// A queue whose slots hold segments of consecutive agent steps (IMPALA's unrolls) instead of
 /// single transitions.
 ///
@@ -382,6 +399,43 @@ impl SlotLayout {
             }
         }
         Ok(())
+    }
+
+    /// The numbers of the raw slot `slot` (checked by [`SlotLayout::check_raw`] first) that a
+    /// remote host could make absurd without breaking the layout: its agent steps (1 for a
+    /// transition, `len` for a segment), and the largest magnitudes of its return (transitions)
+    /// and rewards (a segment's first `len`), and its smallest behaviour log-probability
+    /// (segments; 0 for transitions). Bounds on them are the remote server's
+    /// (`crate::remote::bounds`).
+    pub fn raw_numbers(&self, slot: &[u8]) -> RawNumbers {
+        let u32_at = |at: usize| u32::from_le_bytes(slot[at..at + 4].try_into().unwrap());
+        let f32_at = |at: usize| f32::from_le_bytes(slot[at..at + 4].try_into().unwrap());
+        match self.segment {
+            None => RawNumbers {
+                steps: 1,
+                ret: f32_at(Self::RET_OFFSET).abs(),
+                discount: f32_at(Self::DISCOUNT_OFFSET),
+                reward: 0.0,
+                min_logp: 0.0,
+            },
+            Some(shape) => {
+                let unroll = shape.unroll;
+                let len = (u32_at(0) as usize).min(unroll);
+                let arrays = Self::OBS_OFFSET;
+                let mut n = RawNumbers {
+                    steps: len,
+                    ret: 0.0,
+                    discount: 0.0,
+                    reward: 0.0,
+                    min_logp: 0.0,
+                };
+                for step in 0..len {
+                    n.reward = n.reward.max(f32_at(arrays + 4 * unroll + 4 * step).abs());
+                    n.min_logp = n.min_logp.min(f32_at(arrays + 8 * unroll + 4 * step));
+                }
+                n
+            }
+        }
     }
 
     /// The snapshot version stamped in the raw slot `slot`.

@@ -91,6 +91,11 @@ struct Shared {
     steps_per_slot: u64,
     num_actions: usize,
     max_slots: usize,
+    /// What a host may report ([`crate::remote::bounds`]).
+    bounds: crate::remote::bounds::HostBounds,
+    /// Remote lanes in all, and most one host may take.
+    remote_lanes: usize,
+    lanes_per_host: usize,
     config: Config,
     config_bytes: Vec<u8>,
     game: String,
@@ -146,6 +151,11 @@ impl RemoteServer {
         let layout = queue.layout();
         let slot_bytes = queue.slot_bytes();
         let numel = snapshot.numel();
+        anyhow::ensure!(
+            numel <= super::MAX_SNAPSHOT_PARAMS,
+            "--listen: the network has {numel} parameters; remote hosts take snapshots of at most {} (use a smaller --network, or no --listen)",
+            super::MAX_SNAPSHOT_PARAMS
+        );
         let config_bytes = bincode::serde::encode_to_vec(&cfg, bincode::config::standard())
             .context("encoding the config for remote hosts")?;
         let (stop, _) = watch::channel(None);
@@ -156,6 +166,9 @@ impl RemoteServer {
             steps_per_slot: layout.steps() as u64,
             num_actions: settings.num_actions,
             max_slots: super::max_slots(slot_bytes),
+            bounds: super::bounds::HostBounds::of(&cfg, &layout),
+            remote_lanes: settings.lanes,
+            lanes_per_host: cfg.listen.lanes_per_host().min(settings.lanes.max(1)),
             config_bytes,
             game: settings.game,
             run_id: rand::thread_rng().gen_range(1..u64::MAX),

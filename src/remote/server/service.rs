@@ -3,18 +3,18 @@
 //! and epsilons), then hands the stream to a [`Session`].
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::hosts::HostRecord;
-use super::session::Session;
+use super::hosts::{forget_departed, HostRecord};
+use super::session::{outgoing, Session};
 use super::Shared;
 use crate::ipc::actor_seed;
+use crate::remote::bounds::{printable, MAX_LOGGED_CHARS};
 use crate::remote::pb::actor_link_server::ActorLink;
 use crate::remote::wire::{self, down, up, Down, Up};
 use crate::schedule;
@@ -67,62 +67,87 @@ impl ActorLink for Service {
                 )))
             }
         };
-        if let Err(status) = check_hello(&hello) {
+        // The name is the host's own text: capped and made printable before any log line.
+        let name = printable(&hello.name, 64);
+        let refused = |status: Status| {
             (shared.log)(&format!(
-                "refused host {} at {peer}: {}",
-                hello.name,
-                status.message()
+                "refused host {name} at {peer}: {}",
+                printable(status.message(), MAX_LOGGED_CHARS)
             ));
-            return Err(status);
-        }
-        let lanes = {
-            let mut free = shared.free_lanes.lock().unwrap();
-            let n = hello.processes as usize;
-            if n > free.len() {
-                let msg = format!(
-                    "this host asks for {n} actor processes; the learner has {} free remote lanes (raise the learner's --remote-lanes, or give this host fewer --processes)",
-                    free.len()
-                );
-                (shared.log)(&format!("refused host {} at {peer}: {msg}", hello.name));
-                return Err(Status::resource_exhausted(msg));
-            }
-            let at = free.len() - n;
-            free.split_off(at)
+            Err(status)
         };
-        let record = {
+        if let Err(status) = check_hello(&hello) {
+            return refused(status);
+        }
+        let n = hello.processes as usize;
+        if n > shared.lanes_per_host {
+            return refused(Status::failed_precondition(format!(
+                "this host asks for {n} actor processes; one host may take at most {} of the learner's {} remote lanes (the learner's --max-lanes-per-host; give this host fewer --processes)",
+                shared.lanes_per_host, shared.remote_lanes
+            )));
+        }
+        // The hosts' map is locked from the duplicate check to the record's joining, so that
+        // two sessions of one id cannot both pass.
+        let (record, lanes) = {
             let mut hosts = shared.hosts.lock().unwrap();
-            hosts
+            forget_departed(&mut hosts, shared.remote_lanes);
+            if hosts.get(&hello.host_id).is_some_and(|r| r.is_connected()) {
+                drop(hosts);
+                return refused(Status::already_exists(format!(
+                    "host id {:#x} has a session already: a second host with the same id, or this host reconnecting before the learner noticed its old connection was lost (retry in a few seconds)",
+                    hello.host_id
+                )));
+            }
+            let lanes = {
+                let mut free = shared.free_lanes.lock().unwrap();
+                if n > free.len() {
+                    let msg = format!(
+                        "this host asks for {n} actor processes; the learner has {} free remote lanes (raise the learner's --remote-lanes, or give this host fewer --processes)",
+                        free.len()
+                    );
+                    drop(free);
+                    drop(hosts);
+                    return refused(Status::resource_exhausted(msg));
+                }
+                let at = free.len() - n;
+                free.split_off(at)
+            };
+            let record = hosts
                 .entry(hello.host_id)
                 .or_insert_with(|| {
                     Arc::new(HostRecord::new(
                         shared.next_host.fetch_add(1, Ordering::SeqCst),
-                        hello.name.clone(),
+                        name.clone(),
                     ))
                 })
-                .clone()
+                .clone();
+            record.joined(hello.processes, &shared.bounds);
+            (record, lanes)
         };
-        let host = record.joined(hello.processes);
+        let host = record.host();
         let welcome = welcome(shared, &lanes, *record.last_seq.lock().unwrap(), host);
         (shared.log)(&format!(
-            "host {host} ({}, {peer}) joined with {} actor processes",
-            hello.name, hello.processes
+            "host {host} ({name}, {peer}) joined with {} actor processes",
+            hello.processes
         ));
         let (tx, rx) = mpsc::channel::<Result<Down, Status>>(16);
         let _ = tx.send(Ok(down_msg(down::Kind::Welcome(welcome)))).await;
         self.sessions.fetch_add(1, Ordering::SeqCst);
+        let queued = Arc::new(AtomicUsize::new(0));
         let session = Session {
             shared: shared.clone(),
             record,
             lanes,
             tx,
-            name: format!("host {host} ({})", hello.name),
+            queued: queued.clone(),
+            name: format!("host {host} ({name})"),
         };
         let sessions = self.sessions.clone();
         tokio::spawn(async move {
             session.run(stream).await;
             sessions.fetch_sub(1, Ordering::SeqCst);
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(outgoing(rx, queued))))
     }
 }
 
