@@ -364,7 +364,7 @@ fn train_gymnasium(dir: &Path, config: &str, seed: u64, budget: &str) -> Option<
         .logdir(&logdir)
         .succeeds(
             &format!("{} seed {seed}", config.display()),
-            Duration::from_secs(600),
+            Duration::from_secs(900),
         );
     let stdout = text(&out.stdout);
     let frames = stdout
@@ -435,6 +435,39 @@ fn gymnasium_acrobot_dqn_reaches_minus_100_for_2_of_3_seeds() {
         assert!(
             failed.len() <= 1,
             "gymnasium:Acrobot-v1: seeds {failed:?} did not reach -100 within {ACROBOT_BUDGET} frames"
+        );
+    }
+}
+
+/// The frame budget of each Pendulum run.
+const PENDULUM_BUDGET: &str = "1000000";
+
+/// Gymnasium's Pendulum-v1, continuous actions through the Python path and the Gaussian policy
+/// head (configs/pendulum-v1-ppo.toml: PPO, 2 actors of 4 environments): a training mean
+/// return of -400 or better over 100 episodes within `PENDULUM_BUDGET` frames for at least 3
+/// of seeds 1-5 (stopping once that is settled). The aim: CleanRL's and SB3's published PPO
+/// curves reach it within 1M steps. Measured on 2 cores: seeds 1-5 at 187k, none within 1M,
+/// 614k, 167k and 450k frames (312 s for the five); in other runs seed 1 at 609k and seed 2
+/// at 241k, so one seed in five or so misses within 1M, hence 3 of 5. With the same settings
+/// on the Rust Pendulum (same dynamics): seeds 1-5 at 158k, 138k, 231k, 648k and 173k.
+#[test]
+fn gymnasium_pendulum_ppo_reaches_minus_400_for_3_of_5_seeds() {
+    if gym_python("gymnasium_pendulum").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut failed, mut solved) = (Vec::new(), 0);
+    for seed in 1..=5 {
+        match train_gymnasium(tmp.path(), "pendulum-v1-ppo.toml", seed, PENDULUM_BUDGET) {
+            Some(_) => solved += 1,
+            None => failed.push(seed),
+        }
+        if solved == 3 {
+            break; // three of five seeds settle it
+        }
+        assert!(
+            failed.len() <= 2,
+            "gymnasium:Pendulum-v1: seeds {failed:?} did not reach -400 within {PENDULUM_BUDGET} frames"
         );
     }
 }
