@@ -11,8 +11,8 @@
 pub mod ale;
 pub mod atari;
 pub mod cartpole;
-pub mod pendulum;
 pub mod gymnasium;
+pub mod pendulum;
 pub mod registry;
 
 use std::path::PathBuf;
@@ -20,8 +20,8 @@ use std::path::PathBuf;
 pub use self::ale::{Ale, AleError, AleSettings};
 pub use self::atari::{AtariConfig, AtariEnv};
 pub use self::cartpole::CartPole;
-pub use self::pendulum::Pendulum;
 pub use self::gymnasium::{GymEnv, GymError};
+pub use self::pendulum::Pendulum;
 pub use self::registry::{make, register, resolve, EnvFactory, EnvId, EnvSettings, ResolveError};
 
 use crate::game::GameError;

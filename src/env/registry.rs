@@ -29,8 +29,8 @@ use std::sync::{Mutex, OnceLock};
 
 use super::atari::{AtariConfig, AtariEnv};
 use super::cartpole::{self, CartPole};
-use super::pendulum::{self, Pendulum};
 use super::gymnasium::{self, GymEnv};
+use super::pendulum::{self, Pendulum};
 use super::{EnvError, Environment};
 use crate::game::{self, GameError, GameSpec};
 

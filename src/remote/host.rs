@@ -331,13 +331,8 @@ impl Host {
         }
         // The network the run's config describes, built here: its size is what the
         // learner's snapshots must have (and what this host allocates for them).
-        let numel = crate::model::AgentNetwork::new(
-            net,
-            obs,
-            num_actions,
-            tch::Device::Cpu,
-        )
-        .numel();
+        let numel =
+            crate::model::AgentNetwork::new(net, obs, num_actions, tch::Device::Cpu).numel();
         check_welcome(w, slot_bytes, numel, cfg.procs.processes)?;
         let LocalActors {
             queue,

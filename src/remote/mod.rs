@@ -283,7 +283,6 @@ pub fn compress_weights(weights: &[f32]) -> Vec<u8> {
     lz4_flex::block::compress(&raw)
 }
 
-
 /// The run's config in a [`wire::Welcome`] (bincode 2, serde), as a host decodes it: with a
 /// limit of [`MAX_CONFIG_BYTES`], so that a length in the bytes (a damaged message, a
 /// learner that is not one) cannot make the decoder allocate without bound; without it a

@@ -44,7 +44,11 @@ pub static SPEC: RuleSpec = RuleSpec {
 
 /// IMPALA's slots: segments of `--unroll` steps, stored as frames.
 pub fn segments_layout(cfg: &Config, obs: ObsSpec) -> SlotLayout {
-    SlotLayout::segments(obs.bytes(), cfg.rule.segments.unroll, super::frame_bytes(obs))
+    SlotLayout::segments(
+        obs.bytes(),
+        cfg.rule.segments.unroll,
+        super::frame_bytes(obs),
+    )
 }
 
 /// log softmax(logits)[a], computed stably (see [`crate::policy::log_prob`]).

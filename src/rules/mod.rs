@@ -33,8 +33,7 @@ pub mod vtrace;
 
 pub use settings::{
     ActorCriticSettings, ExplorationSettings, GaeSettings, Loss, NStepSettings, PpoSettings,
-    QTargetSettings, QValueSettings, ReplaySettings, RuleSettings, SegmentSettings,
-    VTraceSettings,
+    QTargetSettings, QValueSettings, ReplaySettings, RuleSettings, SegmentSettings, VTraceSettings,
 };
 pub use spec::{Algorithm, Family, Head, RuleSpec, UnknownRule, RULES};
 

@@ -432,8 +432,11 @@ mod tests {
 
     impl ExperienceSink for CollectNext {
         fn push(&mut self, t: &Transition) -> Result<(), PushError> {
-            let next = t.next_obs.expect("the learner bootstraps from a next observation");
-            self.0.push((t.obs[0], t.action, t.ret, t.discount, next.to_vec()));
+            let next = t
+                .next_obs
+                .expect("the learner bootstraps from a next observation");
+            self.0
+                .push((t.obs[0], t.action, t.ret, t.discount, next.to_vec()));
             Ok(())
         }
     }
@@ -446,12 +449,22 @@ mod tests {
         let mut out = CollectNext::default();
         let mut never = |_: &[u8]| -> (Vec<f32>, usize) { panic!("no values on the actor") };
         for (t, r) in [(0u8, 1.0f32), (1, 2.0)] {
-            seg.begin(&[t], crate::policy::Action::Discrete(t as u32), None, &mut out).unwrap();
+            seg.begin(
+                &[t],
+                crate::policy::Action::Discrete(t as u32),
+                None,
+                &mut out,
+            )
+            .unwrap();
             seg.end(r, StepEnd::Continue, &[t + 1], &mut never, &mut out)
                 .unwrap();
         }
-        assert!(!seg.needs_values(), "the snapshot's Q-values are not needed");
-        seg.begin(&[2], crate::policy::Action::Discrete(0), None, &mut out).unwrap();
+        assert!(
+            !seg.needs_values(),
+            "the snapshot's Q-values are not needed"
+        );
+        seg.begin(&[2], crate::policy::Action::Discrete(0), None, &mut out)
+            .unwrap();
         // G_0 = 1 + 0.5 * 2 = 2 with gamma^2 = 0.25; G_1 = 2 with gamma = 0.5; both from s_2.
         assert_eq!(
             out.0,
@@ -461,7 +474,8 @@ mod tests {
         seg.end(3.0, StepEnd::Terminal, &[3], &mut never, &mut out)
             .unwrap();
         assert_eq!(out.0[2], (2, 0, 3.0, 0.0, vec![3]));
-        seg.begin(&[4], crate::policy::Action::Discrete(1), None, &mut out).unwrap();
+        seg.begin(&[4], crate::policy::Action::Discrete(1), None, &mut out)
+            .unwrap();
         seg.end(1.0, StepEnd::Truncated, &[5], &mut never, &mut out)
             .unwrap();
         assert_eq!(out.0[3], (4, 1, 1.0, 0.5, vec![5]));
@@ -469,11 +483,15 @@ mod tests {
 
     #[test]
     fn sarsa_refuses_a_target_network() {
-        let sarsa =
-            Config::from_flags(["--algorithm", "sarsa", "--target-update-frames", "40000"]).unwrap();
+        let sarsa = Config::from_flags(["--algorithm", "sarsa", "--target-update-frames", "40000"])
+            .unwrap();
         let err = sarsa.validate().unwrap_err().to_string();
-        assert!(err.contains("--target-update-frames 40000: only --algorithm q"), "{err}");
-        let q = Config::from_flags(["--algorithm", "q", "--target-update-frames", "40000"]).unwrap();
+        assert!(
+            err.contains("--target-update-frames 40000: only --algorithm q"),
+            "{err}"
+        );
+        let q =
+            Config::from_flags(["--algorithm", "q", "--target-update-frames", "40000"]).unwrap();
         q.validate().unwrap();
     }
 
@@ -521,23 +539,38 @@ mod tests {
             l.core.model.forward(&x(&s2)).max().double_value(&[]),
         );
         let loss = step(&mut l, 0);
-        assert!((loss - (q_sa - (1.0 + 0.5 * q_next)).powi(2)).abs() < 1e-4 * (1.0 + loss), "{loss}");
+        assert!(
+            (loss - (q_sa - (1.0 + 0.5 * q_next)).powi(2)).abs() < 1e-4 * (1.0 + loss),
+            "{loss}"
+        );
         // Frame 50: the online network moved, theta- did not.
         let frozen = q_next;
         let online_next = l.core.model.forward(&x(&s2)).max().double_value(&[]);
-        assert!((online_next - frozen).abs() > 1e-6, "the update moved the online network");
+        assert!(
+            (online_next - frozen).abs() > 1e-6,
+            "the update moved the online network"
+        );
         let q_sa = l.core.model.forward(&x(&s)).double_value(&[0, 1]);
         let loss = step(&mut l, 50);
-        assert!((loss - (q_sa - (1.0 + 0.5 * frozen)).powi(2)).abs() < 1e-4 * (1.0 + loss), "{loss}");
+        assert!(
+            (loss - (q_sa - (1.0 + 0.5 * frozen)).powi(2)).abs() < 1e-4 * (1.0 + loss),
+            "{loss}"
+        );
         // Frame 100: refreshed from the online network before the update.
         let (q_sa, q_next) = (
             l.core.model.forward(&x(&s)).double_value(&[0, 1]),
             l.core.model.forward(&x(&s2)).max().double_value(&[]),
         );
         let loss = step(&mut l, 100);
-        assert!((loss - (q_sa - (1.0 + 0.5 * q_next)).powi(2)).abs() < 1e-4 * (1.0 + loss), "{loss}");
+        assert!(
+            (loss - (q_sa - (1.0 + 0.5 * q_next)).powi(2)).abs() < 1e-4 * (1.0 + loss),
+            "{loss}"
+        );
         // The checkpoint keeps theta-.
-        assert!(l.extra_tensors().iter().all(|(n, _)| n.starts_with("target/")));
+        assert!(l
+            .extra_tensors()
+            .iter()
+            .all(|(n, _)| n.starts_with("target/")));
         assert!(!l.extra_tensors().is_empty());
     }
 }

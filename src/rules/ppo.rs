@@ -311,7 +311,13 @@ impl Learner {
                         .zip(&b.behaviour_logp[row.clone()])
                         .map(|(p, m)| p - m)
                         .collect();
-                    let vt = vtrace(&log_rhos, &discounts, &b.rewards[row.clone()], v, self.vtrace);
+                    let vt = vtrace(
+                        &log_rhos,
+                        &discounts,
+                        &b.rewards[row.clone()],
+                        v,
+                        self.vtrace,
+                    );
                     rho_sum += vt.clipped_rhos.iter().map(|r| f64::from(*r)).sum::<f64>();
                     Targets {
                         advantages: vt.pg_advantages,

@@ -13,7 +13,12 @@ fn gae_worked_by_hand_with_a_terminal_step() {
     // delta_2 = 2 + 0 * 100 - 3 = -1                  A_2 = -1
     // delta_1 = 0 + 0.5 * 3 - 2 = -0.5                A_1 = -0.5 + 0.5 * 0.5 * -1 = -0.75
     // delta_0 = 1 + 0.5 * 2 - 1 = 1                   A_0 = 1 + 0.25 * -0.75 = 0.8125
-    let t = gae(&[1.0, 0.0, 2.0], &[0.5, 0.5, 0.0], &[1.0, 2.0, 3.0, 100.0], 0.5);
+    let t = gae(
+        &[1.0, 0.0, 2.0],
+        &[0.5, 0.5, 0.0],
+        &[1.0, 2.0, 3.0, 100.0],
+        0.5,
+    );
     assert_eq!(t.advantages, vec![0.8125, -0.75, -1.0]);
     assert_eq!(t.returns, vec![1.8125, 1.25, 2.0], "R = A + V");
 }
@@ -66,7 +71,11 @@ fn the_clipped_surrogate_and_value_clipping_worked_by_hand() {
     let log_pi_a = t(&[1.5f32.ln(), 0.5f32.ln(), 0.0]).set_requires_grad(true);
     let values = t(&[1.0, 2.0, 0.0]).set_requires_grad(true);
     let (behaviour, old_values) = (t(&[0.0; 3]), t(&[0.5, 2.0, 0.0]));
-    let (returns, advantages, entropy) = (t(&[2.0, 1.0, 0.5]), t(&[2.0, 2.0, -1.0]), t(&[0.5, 0.6, 0.7]));
+    let (returns, advantages, entropy) = (
+        t(&[2.0, 1.0, 0.5]),
+        t(&[2.0, 2.0, -1.0]),
+        t(&[0.5, 0.6, 0.7]),
+    );
     let steps = Clipped {
         log_pi_a: &log_pi_a,
         entropy: &entropy,
@@ -92,7 +101,10 @@ fn the_clipped_surrogate_and_value_clipping_worked_by_hand() {
     assert!(close(l.value.double_value(&[]), value), "{}", l.value);
     assert!(close(l.entropy.double_value(&[]), 0.6));
     assert!(close(l.value_mean.double_value(&[]), 1.0));
-    assert!(close(l.total.double_value(&[]), policy + 0.5 * value - 0.01 * 0.6));
+    assert!(close(
+        l.total.double_value(&[]),
+        policy + 0.5 * value - 0.01 * 0.6
+    ));
     l.total.backward();
     // The clipped ratio passes no gradient; the others d/dlogp (-A r / 3) = -A r / 3.
     let g = log_pi_a.grad();
@@ -108,7 +120,10 @@ fn the_clipped_surrogate_and_value_clipping_worked_by_hand() {
     // Without value clipping: 0.5 * mean (V - R)^2.
     c.value_clip = false;
     let l = clipped_loss(&steps, &c);
-    assert!(close(l.value.double_value(&[]), 0.5 * (1.0 + 1.0 + 0.25) / 3.0));
+    assert!(close(
+        l.value.double_value(&[]),
+        0.5 * (1.0 + 1.0 + 0.25) / 3.0
+    ));
     // Normalised advantages: (A - 1) / sqrt(3) (mean 1, unbiased standard deviation sqrt 3).
     c.normalize_advantages = true;
     let l = clipped_loss(&steps, &c);
@@ -117,7 +132,11 @@ fn the_clipped_surrogate_and_value_clipping_worked_by_hand() {
         + (-a[1] * 0.5f64).max(-a[1] * 0.8)
         + (-a[2] * 1.0f64).max(-a[2] * 1.0))
         / 3.0;
-    assert!(close(l.policy.double_value(&[]), want), "{} vs {want}", l.policy);
+    assert!(
+        close(l.policy.double_value(&[]), want),
+        "{} vs {want}",
+        l.policy
+    );
 }
 
 fn config(algorithm: &str, unroll: usize, batch: usize) -> Config {
@@ -214,6 +233,9 @@ fn an_update_trains_every_epoch_and_reports_its_parts() {
         assert!(m.policy_loss.is_some() && m.value_loss.is_some(), "{name}");
         assert!(m.entropy.unwrap() > 0.0 && m.entropy.unwrap() <= 2f64.ln() + 1e-6);
         assert_eq!(m.rho_mean.is_some(), rule == Rule::Appo, "{name}");
-        assert!(!before.allclose(&l.core.model.forward(&x), 1e-7, 1e-7, false), "{name}");
+        assert!(
+            !before.allclose(&l.core.model.forward(&x), 1e-7, 1e-7, false),
+            "{name}"
+        );
     }
 }

@@ -415,7 +415,10 @@ pub struct GaeSettings {
 impl GaeSettings {
     fn validate(&self, e: &mut Vec<String>) {
         if !(0.0..=1.0).contains(&self.gae_lambda) {
-            e.push(format!("--gae-lambda {}: must be in [0, 1]", self.gae_lambda));
+            e.push(format!(
+                "--gae-lambda {}: must be in [0, 1]",
+                self.gae_lambda
+            ));
         }
     }
 }

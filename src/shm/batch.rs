@@ -417,7 +417,8 @@ impl Batch {
                 self.versions[kept] = self.versions[i];
                 if seg {
                     self.rewards.copy_within(i * t..(i + 1) * t, kept * t);
-                    self.behaviour_logp.copy_within(i * t..(i + 1) * t, kept * t);
+                    self.behaviour_logp
+                        .copy_within(i * t..(i + 1) * t, kept * t);
                     self.lens[kept] = self.lens[i];
                     self.terminal[kept] = self.terminal[i];
                 } else {
