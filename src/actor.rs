@@ -265,12 +265,13 @@ fn emulate(
         reset_counted(env.as_mut(), frames)?;
     }
     let mut values = Vec::new();
+    let specs: Vec<env::ActionSpec> = envs.iter().map(|e| e.action_spec()).collect();
     while !queue.is_closed() {
-        for env in envs.iter_mut() {
-            let step = match env.action_spec() {
-                env::ActionSpec::Discrete(n) => env.step(rng.gen_range(0..n))?,
-                spec @ env::ActionSpec::Box { .. } => {
-                    crate::policy::sample_uniform(&spec, &mut values, &mut rng);
+        for (env, spec) in envs.iter_mut().zip(&specs) {
+            let step = match spec {
+                env::ActionSpec::Discrete(n) => env.step(rng.gen_range(0..*n))?,
+                env::ActionSpec::Box { .. } => {
+                    crate::policy::sample_uniform(spec, &mut values, &mut rng);
                     env.step_continuous(&values)?
                 }
             };

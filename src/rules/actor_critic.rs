@@ -38,11 +38,22 @@ impl Actions {
     /// counting the padding), on `core`'s device.
     pub fn of(core: &super::LearnerCore, batch: &Batch, n: usize) -> Actions {
         let d = batch.layout().action_dims;
-        if d > 0 {
-            let values = core.upload_slice(&batch.action_values[..n * d]);
-            Actions::Continuous(values.view([n as i64, d as i64]))
+        Actions::upload(core, &batch.actions[..n], &batch.action_values[..n * d], d)
+    }
+
+    /// `indices` (discrete, `action_dims` 0) or `values` (`action_dims` = d per step) on
+    /// `core`'s device: the one place that picks the kind from the slot layout's `action_dims`.
+    pub fn upload(
+        core: &super::LearnerCore,
+        indices: &[i64],
+        values: &[f32],
+        action_dims: usize,
+    ) -> Actions {
+        if action_dims > 0 {
+            let n = (values.len() / action_dims) as i64;
+            Actions::Continuous(core.upload_slice(values).view([n, action_dims as i64]))
         } else {
-            Actions::Discrete(core.upload_slice(&batch.actions[..n]))
+            Actions::Discrete(core.upload_slice(indices))
         }
     }
 }

@@ -51,11 +51,6 @@ pub fn segments_layout(cfg: &Config, obs: ObsSpec) -> SlotLayout {
     )
 }
 
-/// log softmax(logits)[a], computed stably (see [`crate::policy::log_prob`]).
-pub fn log_prob(logits: &[f32], a: usize) -> f32 {
-    crate::policy::log_prob(logits, Action::Discrete(a as u32))
-}
-
 /// The actor half: one environment's segment in the making.
 pub struct Unroll {
     unroll: usize,

@@ -1,4 +1,9 @@
 use super::*;
+
+/// log softmax(logits)[a] (the actor's behaviour log-probability of a discrete action).
+fn log_prob(logits: &[f32], a: usize) -> f32 {
+    crate::policy::log_prob(logits, Action::Discrete(a as u32))
+}
 use crate::env::ObsSpec;
 use crate::model::HeadKind;
 use crate::model::Network;

@@ -407,13 +407,12 @@ impl LearnerRule for Learner {
         let m = steps.actions.len();
         let c = &self.core;
         let state_rows = c.upload_slice(&steps.state_rows);
-        let d = self.held.layout().action_dims;
-        let actions = if d > 0 {
-            let values = c.upload_slice(&steps.action_values);
-            actor_critic::Actions::Continuous(values.view([m as i64, d as i64]))
-        } else {
-            actor_critic::Actions::Discrete(c.upload_slice(&steps.actions))
-        };
+        let actions = actor_critic::Actions::upload(
+            c,
+            &steps.actions,
+            &steps.action_values,
+            self.held.layout().action_dims,
+        );
         let behaviour = c.upload_slice(&steps.behaviour_logp);
         let advantages = c.upload_slice(&steps.advantages);
         let returns = c.upload_slice(&steps.returns);
