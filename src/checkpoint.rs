@@ -1,12 +1,13 @@
 //! Checkpoints: one self-contained `model-<frames>.safetensors` file per save, holding the
-//! network's parameters, the RMSProp state and the training state (game, network, counters and
+//! network's parameters, the optimizer state and the training state (game, network, counters and
 //! the config), so that `--checkpoint N` resumes exactly and `play --model` needs nothing else.
 //!
 //! The file is a [safetensors](https://github.com/huggingface/safetensors) file, read by the
 //! `safetensors` crate: a JSON header and raw little-endian tensor data, nothing in it is ever
 //! executed (libtorch's own `.pt` archives are read by a pickle-based loader that can run code
-//! from the file). Tensors: parameters under `param/<name>`, optimizer state under
-//! `rmsprop/<name>`, a learning rule's other tensors under their own names (e.g.
+//! from the file). Tensors: parameters under `param/<name>`, RMSProp's state under
+//! `rmsprop/<name>` (or Adam's under `adam/m/<name>`, `adam/v/<name>` and `adam/step`), a
+//! learning rule's other tensors under their own names (e.g.
 //! `target/<name>`), and the [`TrainingState`] encoded with bincode 2 in a u8 tensor named
 //! `state`. The header's `__metadata__` holds `format` (`async-rl checkpoint`),
 //! `format_version` and `checksum` (`crc32:<8 hex digits>`): a CRC-32 of every tensor's name,
@@ -326,7 +327,8 @@ pub struct Checkpoint {
     pub params: HashMap<String, Tensor>,
     /// RMSProp state by parameter name.
     pub rmsprop: HashMap<String, Tensor>,
-    /// A learning rule's other tensors by full name (e.g. `target/<param>`, the target network).
+    /// A learning rule's other tensors by full name (e.g. `target/<param>`, the target network),
+    /// and Adam's state (`adam/...`).
     pub extra: HashMap<String, Tensor>,
 }
 

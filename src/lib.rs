@@ -4,7 +4,7 @@
 //! Layout, by concept: [`env`] and [`preprocess`] (the Atari emulator and DeepMind's
 //! preprocessing), [`game`] (game names and ROMs), [`model`] (the Q-networks), [`returns`] and
 //! [`schedule`] (the RL math), [`rules`] (the learning rules' actor and learner halves),
-//! [`replay`] (the replay memory), [`optim`] (RMSProp), [`shm`] (the experience queue and weight
+//! [`replay`] (the replay memory), [`optim`] (RMSProp and Adam), [`shm`] (the experience queue and weight
 //! snapshot in shared memory), [`actor`] and [`learner`] (the two loops), [`local_actors`] (a
 //! machine's actor processes with their queue and snapshot), [`policy`] (epsilon-greedy or
 //! sampled actions), [`inference`] (where actors' network outputs come from: their snapshot

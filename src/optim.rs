@@ -1,5 +1,6 @@
-//! RMSProp, written out so that its state (the squared-gradient averages) can be saved in a
-//! checkpoint and restored exactly, and global gradient-norm clipping.
+//! The learner's optimizers, RMSProp and Adam, written out so that their state can be saved
+//! in a checkpoint and restored exactly ([`Optimizer`], `--optimizer`), and global
+//! gradient-norm clipping.
 //!
 //! Update, per parameter p with gradient g (Tieleman & Hinton 2012, non-centred, no momentum),
 //! in one of two forms ([`RmspropForm`]):
@@ -21,6 +22,19 @@ use tch::Tensor;
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
+/// The learner's optimizer (`--optimizer`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// RMSProp ([`RmsProp`]; `--rms-decay`, `--rms-eps`, `--rmsprop-form`): the A3C paper's
+    /// and DQN's optimizer.
+    #[default]
+    Rmsprop,
+    /// Adam ([`Adam`]; `--adam-beta1`, `--adam-beta2`, `--adam-eps`): PPO's (Schulman et al.
+    /// 2017) and CleanRL's `ppo_atari.py`, Sample Factory's APPO.
+    Adam,
+}
+
 /// Where RMSProp's epsilon goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -35,6 +49,10 @@ pub enum RmspropForm {
 /// Why a saved optimizer state does not fit the parameters (see [`RmsProp::load_state`]).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StateError {
+    /// A tensor of the optimizer's state is not in the checkpoint (a checkpoint of a run
+    /// trained with the other `--optimizer` has the other's state).
+    #[error("the checkpoint has no optimizer state `{0}`: was it trained with the other --optimizer (rmsprop or adam)? Resume it with the optimizer it was trained with")]
+    Missing(String),
     /// Not one tensor per parameter.
     #[error("optimizer state has {found} tensors, expected {expected}")]
     Count {
@@ -132,6 +150,224 @@ impl RmsProp {
             };
             let mut p = p.shallow_clone();
             let _ = p.addcdiv_(&(&g * -lr), &denom);
+        }
+    }
+}
+
+/// Adam (Kingma & Ba 2015, algorithm 1) as `torch.optim.Adam` computes it (no weight decay,
+/// no AMSGrad), per parameter p with gradient g, at step t = 1, 2, ...:
+///
+/// ```text
+/// m <- beta1 * m + (1 - beta1) * g
+/// v <- beta2 * v + (1 - beta2) * g^2
+/// p <- p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+/// ```
+///
+/// Its state is m and v per parameter and the step count t (a checkpoint's `adam/m/<name>`,
+/// `adam/v/<name>` and `adam/step`, [`Adam::named_state`]).
+pub struct Adam {
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    /// Steps taken (t).
+    step: i64,
+    /// First moments, one per parameter, same order and shape.
+    exp_avg: Vec<Tensor>,
+    /// Second moments, one per parameter, same order and shape.
+    exp_avg_sq: Vec<Tensor>,
+}
+
+impl Adam {
+    /// Zeroed state for `params` (t = 0).
+    pub fn new(params: &[(String, Tensor)], beta1: f64, beta2: f64, eps: f64) -> Self {
+        let zeros = || {
+            params
+                .iter()
+                .map(|(_, p)| p.zeros_like().detach())
+                .collect()
+        };
+        Adam {
+            beta1,
+            beta2,
+            eps,
+            step: 0,
+            exp_avg: zeros(),
+            exp_avg_sq: zeros(),
+        }
+    }
+
+    /// Applies one update with learning rate `lr` to `params` using their `.grad()`.
+    pub fn step(&mut self, params: &[(String, Tensor)], lr: f64) {
+        let _guard = tch::no_grad_guard();
+        self.step += 1;
+        let t = self.step as i32;
+        let step_size = lr / (1.0 - self.beta1.powi(t));
+        let root_correction = (1.0 - self.beta2.powi(t)).sqrt();
+        for (((_, p), m), v) in params
+            .iter()
+            .zip(self.exp_avg.iter_mut())
+            .zip(self.exp_avg_sq.iter_mut())
+        {
+            let g = p.grad();
+            if !g.defined() {
+                continue;
+            }
+            let _ = m.lerp_(&g, 1.0 - self.beta1);
+            let _ = v.lerp_(&(&g * &g), 1.0 - self.beta2);
+            let mut denom = v.sqrt();
+            let _ = denom.g_div_scalar_(root_correction);
+            let _ = denom.g_add_scalar_(self.eps);
+            let mut p = p.shallow_clone();
+            let _ = p.addcdiv_(&(&*m * -step_size), &denom);
+        }
+    }
+
+    /// The state under its checkpoint names: `adam/m/<name>` and `adam/v/<name>` per
+    /// parameter of `params` (the names of the parameters this state was made for), and
+    /// `adam/step` (an int64 scalar).
+    pub fn named_state(&self, params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+        let mut named = Vec::with_capacity(2 * params.len() + 1);
+        for (((name, _), m), v) in params.iter().zip(&self.exp_avg).zip(&self.exp_avg_sq) {
+            named.push((format!("adam/m/{name}"), m.shallow_clone()));
+            named.push((format!("adam/v/{name}"), v.shallow_clone()));
+        }
+        named.push(("adam/step".into(), Tensor::from(self.step)));
+        named
+    }
+
+    /// Restores the state saved by [`Adam::named_state`] from `named` (a checkpoint's tensors
+    /// by full name).
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::Missing`] when a tensor is absent, [`StateError::Shape`] when one does not
+    /// fit its parameter.
+    pub fn load_named(
+        &mut self,
+        params: &[(String, Tensor)],
+        named: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<(), StateError> {
+        let get = |key: String| {
+            named
+                .get(&key)
+                .map(|t| t.shallow_clone())
+                .ok_or(StateError::Missing(key))
+        };
+        let step = get("adam/step".into())?;
+        if step.numel() != 1 {
+            return Err(StateError::Shape {
+                found: step.size(),
+                expected: vec![],
+            });
+        }
+        let mut loaded = Vec::with_capacity(params.len());
+        for (name, p) in params {
+            let (m, v) = (
+                get(format!("adam/m/{name}"))?,
+                get(format!("adam/v/{name}"))?,
+            );
+            for t in [&m, &v] {
+                if t.size() != p.size() {
+                    return Err(StateError::Shape {
+                        found: t.size(),
+                        expected: p.size(),
+                    });
+                }
+            }
+            loaded.push((m, v));
+        }
+        let _guard = tch::no_grad_guard();
+        for ((m, v), (dm, dv)) in loaded
+            .into_iter()
+            .zip(self.exp_avg.iter_mut().zip(self.exp_avg_sq.iter_mut()))
+        {
+            dm.copy_(&m.to_device(dm.device()));
+            dv.copy_(&v.to_device(dv.device()));
+        }
+        self.step = step.int64_value(&[]);
+        Ok(())
+    }
+}
+
+/// The learner's optimizer, chosen by `--optimizer`.
+pub enum Optimizer {
+    /// `--optimizer rmsprop`.
+    RmsProp(RmsProp),
+    /// `--optimizer adam`.
+    Adam(Adam),
+}
+
+impl Optimizer {
+    /// The optimizer `settings` choose, with zeroed state for `params`.
+    pub fn new(params: &[(String, Tensor)], settings: &crate::config::OptimizerSettings) -> Self {
+        match settings.optimizer {
+            OptimizerKind::Rmsprop => Optimizer::RmsProp(RmsProp::new(
+                params,
+                settings.rms_decay,
+                settings.rms_eps,
+                settings.rmsprop_form,
+            )),
+            OptimizerKind::Adam => Optimizer::Adam(Adam::new(
+                params,
+                settings.adam_beta1,
+                settings.adam_beta2,
+                settings.adam_eps,
+            )),
+        }
+    }
+
+    /// Applies one update with learning rate `lr` to `params` using their `.grad()`.
+    pub fn step(&mut self, params: &[(String, Tensor)], lr: f64) {
+        match self {
+            Optimizer::RmsProp(o) => o.step(params, lr),
+            Optimizer::Adam(o) => o.step(params, lr),
+        }
+    }
+
+    /// RMSProp's per-parameter state for a checkpoint's `rmsprop/<name>` tensors (empty for
+    /// Adam, whose state is [`Optimizer::named_state`]).
+    pub fn rmsprop_state(&self) -> &[Tensor] {
+        match self {
+            Optimizer::RmsProp(o) => o.state(),
+            Optimizer::Adam(_) => &[],
+        }
+    }
+
+    /// The state a checkpoint keeps under names of its own (Adam's; none for RMSProp).
+    pub fn named_state(&self, params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+        match self {
+            Optimizer::RmsProp(_) => Vec::new(),
+            Optimizer::Adam(o) => o.named_state(params),
+        }
+    }
+
+    /// Restores the state of a checkpoint: `rmsprop` (its `rmsprop/<name>` tensors by
+    /// parameter name) for RMSProp, `named` (its other tensors by full name) for Adam.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError`] when the checkpoint's state is missing (e.g. it was trained with the
+    /// other optimizer) or does not fit the parameters.
+    pub fn restore(
+        &mut self,
+        params: &[(String, Tensor)],
+        rmsprop: &std::collections::HashMap<String, Tensor>,
+        named: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<(), StateError> {
+        match self {
+            Optimizer::RmsProp(o) => {
+                let state: Vec<Tensor> = params
+                    .iter()
+                    .map(|(n, _)| {
+                        rmsprop
+                            .get(n)
+                            .map(|t| t.shallow_clone())
+                            .ok_or_else(|| StateError::Missing(format!("rmsprop/{n}")))
+                    })
+                    .collect::<Result<_, _>>()?;
+                o.load_state(&state)
+            }
+            Optimizer::Adam(o) => o.load_named(params, named),
         }
     }
 }
@@ -258,5 +494,99 @@ mod tests {
         assert!((norm.double_value(&[]) - 5.0).abs() < 1e-5);
         let ga: Vec<f32> = Vec::try_from(&a.grad().reshape([-1])).unwrap();
         assert!((ga[1] - 1.0).abs() < 1e-5 && (b.grad().double_value(&[0]) - 2.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn adam_matches_the_bias_corrected_formula_over_two_steps() {
+        let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
+        let params = vec![("w".to_string(), p.shallow_clone())];
+        let (b1, b2, eps, lr) = (0.9f64, 0.999f64, 1e-8f64, 0.1f64);
+        let mut opt = Adam::new(&params, b1, b2, eps);
+        let (mut m, mut v, mut w) = ([0.0f64; 2], [0.0f64; 2], [1.0f64, -2.0]);
+        // Step 1 with g = (3, -0.5), step 2 with g = (1, 2): by hand as torch.optim.Adam.
+        for (t, g) in [(1, [3.0f64, -0.5]), (2, [1.0, 2.0])] {
+            zero_grad(&params);
+            (&p * Tensor::from_slice(&[g[0] as f32, g[1] as f32]))
+                .sum(Kind::Float)
+                .backward();
+            opt.step(&params, lr);
+            for i in 0..2 {
+                m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+                v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                let m_hat = m[i] / (1.0 - b1.powi(t));
+                let v_hat = v[i] / (1.0 - b2.powi(t));
+                w[i] -= lr * m_hat / (v_hat.sqrt() + eps);
+            }
+            let got: Vec<f32> = Vec::try_from(&p.detach()).unwrap();
+            for i in 0..2 {
+                assert!(
+                    (got[i] as f64 - w[i]).abs() < 1e-5,
+                    "step {t}: {got:?} vs {w:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn adam_state_survives_a_checkpoint_round_trip_and_a_rmsprop_checkpoint_is_refused() {
+        let make = || Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
+        let (p, q) = (make(), make());
+        let pp = vec![("w".to_string(), p.shallow_clone())];
+        let qq = vec![("w".to_string(), q.shallow_clone())];
+        let (mut a, mut b) = (
+            Adam::new(&pp, 0.9, 0.999, 1e-5),
+            Adam::new(&qq, 0.9, 0.999, 1e-5),
+        );
+        let grad = |w: &Tensor, g: [f32; 2], ps: &[(String, Tensor)]| {
+            zero_grad(ps);
+            (w * Tensor::from_slice(&g)).sum(Kind::Float).backward();
+        };
+        for g in [[3.0f32, -0.5], [1.0, 2.0]] {
+            grad(&p, g, &pp);
+            a.step(&pp, 0.01);
+        }
+        let named: std::collections::HashMap<String, Tensor> =
+            a.named_state(&pp).into_iter().collect();
+        let mut names: Vec<&String> = named.keys().collect();
+        names.sort();
+        assert_eq!(names, ["adam/m/w", "adam/step", "adam/v/w"]);
+        {
+            let _g = tch::no_grad_guard();
+            q.shallow_clone().copy_(&p);
+        }
+        b.load_named(&qq, &named).unwrap();
+        // Resumed, the third step is the one the original takes (t = 3, the same moments).
+        grad(&p, [-1.0, 0.5], &pp);
+        a.step(&pp, 0.01);
+        grad(&q, [-1.0, 0.5], &qq);
+        b.step(&qq, 0.01);
+        assert!(p.detach().allclose(&q.detach(), 1e-7, 1e-7, false));
+        // A fresh Adam (t = 0) takes another step from the same point and gradient: its first
+        // step moves each weight by lr, whatever the gradient's size.
+        let mut fresh = Adam::new(&qq, 0.9, 0.999, 1e-5);
+        let before = q.detach().copy();
+        grad(&q, [-1.0, 0.5], &qq);
+        fresh.step(&qq, 0.01);
+        let moved: Vec<f32> = Vec::try_from(&(q.detach() - &before)).unwrap();
+        assert!(
+            (moved[0] - 0.01).abs() < 1e-6 && (moved[1] + 0.01).abs() < 1e-6,
+            "{moved:?}"
+        );
+        // An RMSProp checkpoint holds no `adam/...` tensors: named, not a panic.
+        let err = b
+            .load_named(&qq, &std::collections::HashMap::new())
+            .unwrap_err();
+        assert_eq!(err, StateError::Missing("adam/step".into()));
+        assert!(err.to_string().contains("--optimizer"), "{err}");
+        // A moment of the wrong shape is refused.
+        let mut bad = named;
+        bad.insert(
+            "adam/v/w".into(),
+            Tensor::zeros([3], (Kind::Float, Device::Cpu)),
+        );
+        assert!(matches!(
+            b.load_named(&qq, &bad),
+            Err(StateError::Shape { .. })
+        ));
     }
 }

@@ -112,6 +112,10 @@ fn every_flag_has_a_bad_value_that_is_refused_by_name() {
         ("rms-decay", "1"),
         ("rms-eps", "0"),
         ("rmsprop-form", "adam"),
+        ("optimizer", "sgd"),
+        ("adam-beta1", "1"),
+        ("adam-beta2", "-0.1"),
+        ("adam-eps", "0"),
         ("max-grad-norm", "nan"),
         ("loss", "l1"),
         ("eps-decay", "x"),
@@ -396,6 +400,46 @@ fn config_toml_writes_f32_settings_as_given() {
         "{text}"
     );
     assert_eq!(Config::from_toml(&text).unwrap(), c);
+}
+
+/// The settings of the optimizer `--optimizer` did not choose are refused by name, both ways;
+/// the chosen one's pass; bad betas and epsilons are named.
+#[test]
+fn the_other_optimizers_settings_are_refused_by_name() {
+    let (c, _) = parse(&["--optimizer", "adam"]);
+    let err = c
+        .check_rule_settings(|k| k == "rms-eps" || k == "rmsprop-form")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--rms-eps, --rmsprop-form: only --optimizer rmsprop reads them; this run is --optimizer adam"),
+        "{err}"
+    );
+    assert!(c
+        .check_rule_settings(|k| k == "adam-eps" || k == "lr")
+        .is_ok());
+    let (c, _) = parse(&[]);
+    assert_eq!(c.optim.optimizer, crate::optim::OptimizerKind::Rmsprop);
+    let err = c
+        .check_rule_settings(|k| k == "adam-beta2")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--adam-beta2: only --optimizer adam reads them"),
+        "{err}"
+    );
+    assert!(c.check_rule_settings(|k| k == "rms-decay").is_ok());
+    let (c, _) = parse(&[
+        "--optimizer",
+        "adam",
+        "--adam-beta1",
+        "1",
+        "--adam-eps",
+        "0",
+    ]);
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("--adam-beta1 1: must be in [0, 1)"), "{err}");
+    assert!(err.contains("--adam-eps 0: must be positive"), "{err}");
 }
 
 #[test]

@@ -9,6 +9,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use super::{BenchPhase, DeviceChoice, InferenceChoice, Network, RmspropForm};
+use crate::optim::OptimizerKind;
 
 /// What is trained on and how long: the game, the seed, when to stop and what to save.
 #[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -332,7 +333,8 @@ pub struct NetworkSettings {
     pub network: Network,
 }
 
-/// RMSProp, the learning-rate schedule and gradient clipping, for every rule.
+/// The optimizer (RMSProp or Adam), the learning-rate schedule and gradient clipping, for every
+/// rule.
 #[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[command(next_help_heading = "Optimizer")]
 #[serde(rename_all = "kebab-case")]
@@ -343,6 +345,10 @@ pub struct OptimizerSettings {
     /// Frames over which the learning rate anneals to 0
     #[arg(long, default_value_t = 80_000_000)]
     pub lr_decay: u64,
+    /// The optimizer: rmsprop (the A3C paper's, DQN's) or adam (PPO's); each reads only its
+    /// own settings below
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Rmsprop)]
+    pub optimizer: OptimizerKind,
     /// RMSProp decay (squared-gradient moving average)
     #[arg(long, default_value_t = 0.99)]
     pub rms_decay: f64,
@@ -353,12 +359,45 @@ pub struct OptimizerSettings {
     /// (the A3C paper)
     #[arg(long, value_enum, default_value_t = RmspropForm::EpsOutside)]
     pub rmsprop_form: RmspropForm,
+    /// Adam's beta1 (first-moment decay)
+    #[arg(long, default_value_t = 0.9)]
+    pub adam_beta1: f64,
+    /// Adam's beta2 (second-moment decay)
+    #[arg(long, default_value_t = 0.999)]
+    pub adam_beta2: f64,
+    /// Adam's epsilon (added to the bias-corrected root mean square; CleanRL's PPO: 1e-5)
+    #[arg(long, default_value_t = 1e-8)]
+    pub adam_eps: f64,
     /// Clip the global gradient norm to this value
     #[arg(long, default_value_t = 40.0)]
     pub max_grad_norm: f64,
 }
 
+/// The flags of each optimizer's own settings.
+const RMSPROP_FLAGS: [&str; 3] = ["rms-decay", "rms-eps", "rmsprop-form"];
+const ADAM_FLAGS: [&str; 3] = ["adam-beta1", "adam-beta2", "adam-eps"];
+
 impl OptimizerSettings {
+    /// The other optimizer's settings among the flags and config keys `given` (by long name):
+    /// one line naming them, appended to `e`, as they would be silently ignored.
+    pub fn check_given(&self, given: impl Fn(&str) -> bool, e: &mut Vec<String>) {
+        let (other, flags, this) = match self.optimizer {
+            OptimizerKind::Rmsprop => ("adam", ADAM_FLAGS, "rmsprop"),
+            OptimizerKind::Adam => ("rmsprop", RMSPROP_FLAGS, "adam"),
+        };
+        let ignored: Vec<String> = flags
+            .iter()
+            .filter(|f| given(f))
+            .map(|f| format!("--{f}"))
+            .collect();
+        if !ignored.is_empty() {
+            e.push(format!(
+                "{}: only --optimizer {other} reads them; this run is --optimizer {this} (add --optimizer {other}, or leave them out)",
+                ignored.join(", ")
+            ));
+        }
+    }
+
     /// Problems with the values, one line each, appended to `e`.
     pub fn validate(&self, e: &mut Vec<String>) {
         if !(self.lr.is_finite() && self.lr > 0.0) {
@@ -369,6 +408,17 @@ impl OptimizerSettings {
         }
         if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {
             e.push(format!("--rms-eps {}: must be positive", self.rms_eps));
+        }
+        for (flag, beta) in [
+            ("adam-beta1", self.adam_beta1),
+            ("adam-beta2", self.adam_beta2),
+        ] {
+            if !(0.0..1.0).contains(&beta) {
+                e.push(format!("--{flag} {beta}: must be in [0, 1)"));
+            }
+        }
+        if !(self.adam_eps.is_finite() && self.adam_eps > 0.0) {
+            e.push(format!("--adam-eps {}: must be positive", self.adam_eps));
         }
         if !(self.max_grad_norm.is_finite() && self.max_grad_norm > 0.0) {
             e.push(format!(

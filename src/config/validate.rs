@@ -105,7 +105,7 @@ impl Config {
     /// Refuses the settings that were `given` (a flag's long name, on the command line or in
     /// the config file) but belong to a family of settings ([`Family`]) that this run's rule
     /// does not read: they would be ignored. One line per family, naming the rules that read
-    /// it.
+    /// it; and likewise the settings of the optimizer that `--optimizer` did not choose.
     pub fn check_rule_settings(&self, given: impl Fn(&str) -> bool) -> Result<(), ConfigError> {
         let rule = self.learner.algorithm;
         let mut e = Vec::new();
@@ -134,6 +134,7 @@ impl Config {
                 readers[0],
             ));
         }
+        self.optim.check_given(&given, &mut e);
         if e.is_empty() {
             Ok(())
         } else {

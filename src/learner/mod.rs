@@ -1,6 +1,6 @@
 //! The learner process: owns the network (on the GPU when there is one), starts the actors,
 //! pulls batches from the experience queue, hands them to the learning rule's learner half
-//! (which trains with RMSProp), publishes weight snapshots, writes checkpoints and metrics, and
+//! (which trains with RMSProp or Adam), publishes weight snapshots, writes checkpoints and metrics, and
 //! shuts everything down in order on `--max-frames`, SIGINT/SIGTERM, or an actor's failure.
 
 use std::sync::atomic::{AtomicBool, Ordering};

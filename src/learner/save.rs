@@ -57,12 +57,14 @@ pub(super) fn save(
     let model = trainer.rule.model();
     let state = trainer.state(cfg, c, c.frames);
     let path = checkpoint::path_for(run_dir, c.frames);
+    let mut extra = trainer.rule.extra_tensors();
+    extra.extend(trainer.rule.optimizer_named_state());
     checkpoint::save(
         &path,
         &state,
         model.params(),
         trainer.rule.optimizer_state(),
-        &trainer.rule.extra_tensors(),
+        &extra,
     )?;
     if cfg.rule.replay.save_replay {
         let replay = checkpoint::replay_path_for(run_dir, c.frames);

@@ -54,9 +54,6 @@ pub enum RestoreError {
     /// The online network's parameters: one missing or mis-shaped.
     #[error(transparent)]
     Params(#[from] LoadError),
-    /// The checkpoint lacks the optimizer state of some parameter.
-    #[error("optimizer state is incomplete")]
-    IncompleteOptimizer,
     /// The optimizer state does not fit the parameters.
     #[error(transparent)]
     Optimizer(#[from] StateError),
@@ -380,9 +377,16 @@ pub trait LearnerRule {
         &self.core().model
     }
 
-    /// The optimizer state, one tensor per parameter of [`LearnerRule::model`], in order.
+    /// RMSProp's state, one tensor per parameter of [`LearnerRule::model`], in order (a
+    /// checkpoint's `rmsprop/<name>`; empty with `--optimizer adam`).
     fn optimizer_state(&self) -> &[Tensor] {
-        self.core().optim.state()
+        self.core().optim.rmsprop_state()
+    }
+
+    /// The optimizer state a checkpoint keeps under names of its own (Adam's `adam/...`).
+    fn optimizer_named_state(&self) -> Vec<(String, Tensor)> {
+        let core = self.core();
+        core.optim.named_state(core.model.params())
     }
 
     /// Extra named tensors a checkpoint keeps (e.g. `target/<param>`); none by default.
@@ -434,12 +438,12 @@ pub fn learner(
     (cfg.learner.algorithm.learner)(core, cfg)
 }
 
-/// What every rule's learner has: the online network, its RMSProp and the loss settings.
+/// What every rule's learner has: the online network, its optimizer and the loss settings.
 pub struct LearnerCore {
     pub model: AgentNetwork,
     /// Dimensions of a continuous action (0: discrete), for the rule's slot layout.
     pub action_dims: usize,
-    pub optim: crate::optim::RmsProp,
+    pub optim: crate::optim::Optimizer,
     pub device: Device,
     pub obs: ObsSpec,
     pub loss: Loss,
@@ -455,12 +459,7 @@ impl LearnerCore {
         device: Device,
     ) -> Self {
         let model = AgentNetwork::new(net, obs, num_actions, device);
-        let optim = crate::optim::RmsProp::new(
-            model.params(),
-            cfg.optim.rms_decay,
-            cfg.optim.rms_eps,
-            cfg.optim.rmsprop_form,
-        );
+        let optim = crate::optim::Optimizer::new(model.params(), &cfg.optim);
         LearnerCore {
             action_dims: net.action_dims(num_actions),
             model,
@@ -516,7 +515,7 @@ impl LearnerCore {
     }
 
     /// Steps on `loss`: zero the gradients, backpropagate, clip the global norm to
-    /// `--max-grad-norm`, RMSProp. On the CPU, `loss` and `q_mean` (0-dim tensors) are first
+    /// `--max-grad-norm`, the optimizer's step. On the CPU, `loss` and `q_mean` (0-dim tensors) are first
     /// checked for finiteness and a non-finite one is refused before any weight moves; on a GPU
     /// that check would synchronise every update, so it is left to the learner, which reads the
     /// interval's sums (a divergence then stops the run at the end of the interval, and no
@@ -544,22 +543,16 @@ impl LearnerCore {
         })
     }
 
-    /// Restores the online weights and RMSProp state of `ckpt`.
+    /// Restores the online weights and optimizer state of `ckpt`.
     ///
     /// # Errors
     ///
-    /// [`RestoreError::Params`], [`RestoreError::IncompleteOptimizer`] or
-    /// [`RestoreError::Optimizer`].
+    /// [`RestoreError::Params`] or [`RestoreError::Optimizer`].
     pub fn restore(&mut self, ckpt: &crate::checkpoint::Checkpoint) -> Result<(), RestoreError> {
         self.model.load_named(&ckpt.params)?;
-        let state: Vec<Tensor> = self
-            .model
-            .params()
-            .iter()
-            .map(|(n, _)| ckpt.rmsprop.get(n).map(|t| t.shallow_clone()))
-            .collect::<Option<_>>()
-            .ok_or(RestoreError::IncompleteOptimizer)?;
-        Ok(self.optim.load_state(&state)?)
+        Ok(self
+            .optim
+            .restore(self.model.params(), &ckpt.rmsprop, &ckpt.extra)?)
     }
 }
 
