@@ -222,6 +222,18 @@ fn check_resumable(cfg: &Config, found: &checkpoint::Found) -> anyhow::Result<()
             was.learner.algorithm
         );
     }
+    if was.optim.optimizer != cfg.optim.optimizer {
+        let name = |o: crate::optim::OptimizerKind| format!("{o:?}").to_lowercase();
+        anyhow::bail!(
+            "--checkpoint {}: trained with --optimizer {}; this run asks for --optimizer {} \
+             (its optimizer state would not fit: resume with --optimizer {}, or start a new run \
+             in another --logdir)",
+            found.path.display(),
+            name(was.optim.optimizer),
+            name(cfg.optim.optimizer),
+            name(was.optim.optimizer)
+        );
+    }
     if was.rule.q.dueling != cfg.rule.q.dueling {
         anyhow::bail!(
             "--checkpoint {}: trained with --dueling {}; this run asks for --dueling {} \

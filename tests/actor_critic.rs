@@ -125,6 +125,72 @@ fn impala_on_breakout_trains_on_segments_resumes_and_plays() {
     );
 }
 
+/// appo with Adam on Breakout's segments: the checkpoint holds Adam's moments and step count
+/// (and no RMSProp state), and a resumed run continues them rather than starting Adam over.
+#[test]
+fn appo_with_adam_on_breakout_resumes_its_optimizer_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let common = Run::breakout(tmp.path())
+        .rule("appo")
+        .processes(2)
+        .flag("--unroll", 10)
+        .flag("--batch-size", 2)
+        .flag("--queue-size", 4)
+        .flag("--ppo-epochs", 2)
+        .flag("--minibatches", 2)
+        .flag("--optimizer", "adam")
+        .flag("--adam-eps", "1e-5")
+        .logdir(&dir)
+        .seed(5);
+    common
+        .clone()
+        .frames(4000)
+        .succeeds("appo learner with adam", Duration::from_secs(300));
+    let load =
+        |frames| async_rl::checkpoint::load(&async_rl::checkpoint::path_for(&dir, frames)).unwrap();
+    let first = *async_rl::checkpoint::list(&dir).last().unwrap();
+    let ckpt = load(first);
+    assert!(
+        ckpt.rmsprop.is_empty(),
+        "no RMSProp state with --optimizer adam"
+    );
+    let step = |c: &async_rl::checkpoint::Checkpoint| c.extra["adam/step"].int64_value(&[]);
+    // Two epochs of two minibatches: four optimizer steps per update.
+    assert_eq!(
+        step(&ckpt) as u64,
+        4 * ckpt.state.updates,
+        "{}",
+        ckpt.state.updates
+    );
+    assert!(ckpt.state.updates > 0);
+    for name in ckpt.params.keys() {
+        for moment in ["m", "v"] {
+            let t = &ckpt.extra[&format!("adam/{moment}/{name}")];
+            assert_eq!(t.size(), ckpt.params[name].size(), "adam/{moment}/{name}");
+        }
+    }
+    assert!(
+        ckpt.extra["adam/v/value.weight"]
+            .abs()
+            .sum(tch::Kind::Float)
+            .double_value(&[])
+            > 0.0,
+        "the second moment has seen gradients"
+    );
+    common
+        .checkpoint(first)
+        .frames(first + 3000)
+        .succeeds("resumed appo learner", Duration::from_secs(300));
+    let resumed = load(*async_rl::checkpoint::list(&dir).last().unwrap());
+    assert!(resumed.state.updates > ckpt.state.updates);
+    assert_eq!(
+        step(&resumed) as u64,
+        4 * resumed.state.updates,
+        "the step count went on from the checkpoint's"
+    );
+}
+
 #[test]
 fn a3c_on_cartpole_evaluates_periodically_by_sampling_and_play_refuses_policy_for_q() {
     let tmp = tempfile::tempdir().unwrap();

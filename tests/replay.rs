@@ -194,4 +194,9 @@ fn bad_replay_settings_are_refused_before_anything_starts() {
     );
     let err = refused(d, &["--checkpoint", "1000", "--dueling"]);
     assert!(err.contains("trained with --dueling false"), "{err}");
+    let err = refused(d, &["--checkpoint", "1000", "--optimizer", "adam"]);
+    assert!(
+        err.contains("trained with --optimizer rmsprop; this run asks for --optimizer adam"),
+        "{err}"
+    );
 }
