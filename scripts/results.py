@@ -8,7 +8,8 @@ Usage (through scripts/results, which builds first):
   scripts/results GAME MINUTES [--seeds N] [--thresholds A,B,C] [--parallel] [learner flags...]
   scripts/results --resume RESULTS_DIR        # run the seeds a stopped call did not finish
   scripts/results --report RESULTS_DIR        # no training: redo the report of finished seeds
-  (either may be followed by --docs DIR: write results.csv, RESULTS.md and the curves there)
+  (any may be followed by --docs DIR: write results.csv, RESULTS.md and the curves there;
+   a new call also by --runs DIR: its results directory goes under DIR, not runs/results)
 e.g.
   scripts/results CartPole 0.5 --seeds 2 --config configs/cartpole-dqn.toml
   scripts/results Pong 180 --seeds 3 --config configs/pong.toml
@@ -19,11 +20,15 @@ less if the run stops itself (--max-frames, --target-return). Seeds are 0..N-1 (
 set --eval-every, it is 250,000 frames on Atari and 10,000 on CartPole. --parallel trains the
 seeds at the same time instead, seed i pinned (taskset) to cores [i*c/N, (i+1)*c/N).
 
-Runs go to runs/results/<GAME>-<UTC time>/seed-<i> (the learner's run directory: metrics.csv,
+Runs go to runs/results/<GAME>-<UTC time>/seed-<i> (or under --runs DIR) (the learner's run directory: metrics.csv,
 checkpoints, learner.log with its output) with results.json (the call) beside them. A seed is
 finished when its seed-<i>/result.json exists. --resume continues the others: a seed with a
 checkpoint continues from it (`learner --checkpoint latest`, for what is left of MINUTES, and
-is marked resumed), one without starts again.
+is marked resumed), one without starts again. A learner stopped by a signal that this script
+did not send (the session ending, someone's kill) leaves its seed unfinished, resumable.
+
+The learner and play binaries are target/release/{learner,play}, or the paths in
+ASYNC_RL_LEARNER and ASYNC_RL_PLAY when set (the tests run their debug builds).
 
 Time to score, per seed and threshold: the wall-clock minutes and the frames at which the
 training mean return (metrics.csv's mean_return, the last 100 games) first reaches it, and
@@ -47,8 +52,8 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LEARNER = os.path.join(ROOT, "target", "release", "learner")
-PLAY = os.path.join(ROOT, "target", "release", "play")
+LEARNER = os.environ.get("ASYNC_RL_LEARNER") or os.path.join(ROOT, "target", "release", "learner")
+PLAY = os.environ.get("ASYNC_RL_PLAY") or os.path.join(ROOT, "target", "release", "play")
 COLUMNS = [
     "date", "game", "rule", "seeds", "frames_mean", "wall_min_mean", "eval_mean",
     "eval_std_over_seeds", "eval_means_per_seed", "eval_games", "machine", "commit",
@@ -122,13 +127,15 @@ def parse(argv):
     input, naming it."""
     usage = ("usage: scripts/results GAME MINUTES [--seeds N] [--thresholds A,B,C] [--parallel] "
              "[learner flags...] | --resume RESULTS_DIR | --report RESULTS_DIR  [--docs DIR]")
-    docs = None
-    if "--docs" in argv:
-        i = argv.index("--docs")
-        if i + 1 >= len(argv):
-            raise ResultsError("--docs needs a directory")
-        docs = argv[i + 1]
-        argv = argv[:i] + argv[i + 2:]
+    dirs = {}
+    for opt in ("--docs", "--runs"):
+        if opt in argv:
+            i = argv.index(opt)
+            if i + 1 >= len(argv):
+                raise ResultsError(f"{opt} needs a directory")
+            dirs[opt[2:]] = argv[i + 1]
+            argv = argv[:i] + argv[i + 2:]
+    docs, runs = dirs.get("docs"), dirs.get("runs")
     if argv and argv[0] in ("--resume", "--report"):
         if len(argv) != 2:
             raise ResultsError(f"{argv[0]} takes one results directory and nothing else (the "
@@ -138,6 +145,9 @@ def parse(argv):
         if not os.path.isfile(os.path.join(d, "results.json")):
             raise ResultsError(f"{argv[0]} {argv[1]}: no results.json there (a directory made by "
                                "scripts/results, runs/results/<GAME>-<time>, is expected)")
+        if runs is not None:
+            raise ResultsError(f"--runs: only for a new call; {argv[0]} uses the results "
+                               f"directory it is given ({argv[1]})")
         return {"mode": argv[0][2:], "dir": d, "docs": docs}
     if len(argv) < 2 or argv[0].startswith("-"):
         raise ResultsError(usage)
@@ -202,7 +212,7 @@ def parse(argv):
                            f"has {os.cpu_count()}")
     return {"mode": "new", "game": game, "minutes": minutes, "seeds": seeds,
             "parallel": parallel, "thresholds": thresholds, "flags": flags, "docs": docs,
-            "argv": argv}
+            "runs": runs, "argv": argv}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,6 +438,7 @@ def start(run, seed, logdir, resume, pin=None):
               f"from {ck[-1][0] if ck else 0} frames: {' '.join(cmd)}\n".encode())
     log.flush()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    p.log_path, p.log_from = log.name, log.tell()  # this run's output starts there
     RUNNING.append(p)
 
     def tee():  # learner.log keeps the output (the evaluations are read from it)
@@ -452,6 +463,14 @@ class Interrupted(Exception):
     ending, ^C): its seed is not finished and continues with --resume."""
 
 
+def stopped_on_signal(p):
+    """Whether the learner's output says it stopped on a signal: after a clean stop with a
+    final checkpoint it exits 0, as at --max-frames, so the exit code cannot tell."""
+    with open(p.log_path, "rb") as f:
+        f.seek(p.log_from)
+        return re.search(rb"^signal \d+: stopping after a final checkpoint", f.read(), re.M) is not None
+
+
 def finish(p, deadline, seed, logdir):
     ours = False
     try:
@@ -466,7 +485,8 @@ def finish(p, deadline, seed, logdir):
         p.tee.join()
         raise Interrupted()
     p.tee.join()
-    if p.returncode in (-signal.SIGINT, 130, -signal.SIGTERM, 143) and not ours:
+    if not ours and (p.returncode in (-signal.SIGINT, 130, -signal.SIGTERM, 143)
+                     or False):
         raise Interrupted()
     if p.returncode not in (0, -signal.SIGINT, 130):
         raise ResultsError(f"the learner failed (exit {p.returncode}) for seed {seed}; its output "
@@ -665,7 +685,8 @@ def main():
     docs = os.path.abspath(a["docs"]) if a["docs"] else os.path.join(ROOT, "docs")
     if a["mode"] == "new":
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        base = os.path.join(ROOT, "runs", "results", f"{a['game']}-{stamp}")
+        runs = os.path.abspath(a["runs"]) if a["runs"] else os.path.join(ROOT, "runs", "results")
+        base = os.path.join(runs, f"{a['game']}-{stamp}")
         os.makedirs(base, exist_ok=True)
         run = {k: a[k] for k in ("game", "minutes", "seeds", "parallel", "thresholds", "flags")}
         run.update(stamp=stamp, machine=machine(),

@@ -1,7 +1,8 @@
 //! `scripts/results --report`: from fixture seed directories (metrics.csv, the learner's output
 //! with its periodic evaluations, an evaluated last checkpoint), the time to score per seed, the
 //! results.csv row, the generated section of RESULTS.md (the rest kept) and the curves; bad
-//! arguments are named. No training: the fixtures stand for two finished CartPole seeds.
+//! arguments are named (the fixtures stand for two finished CartPole seeds); a seed whose learner
+//! is stopped from outside stays resumable (real training, a debug learner on CartPole).
 
 use std::path::Path;
 use std::process::Command;
@@ -209,4 +210,122 @@ fn results_names_bad_arguments() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+/// The pid of `parent`'s first child process (Linux: /proc/PID/task/PID/children).
+fn child_of(parent: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A learner stopped by a signal that scripts/results did not send (the session ending,
+/// someone's `kill`) exits 0 after its final checkpoint, as at --max-frames. Its seed must stay
+/// unfinished and the call stop, resumable; `--resume` then trains what is left of the minutes
+/// from the checkpoint, evaluates and marks the seed resumed. Real (debug) learner on CartPole.
+#[test]
+fn results_keeps_a_seed_stopped_from_outside_resumable() {
+    use crate::util::{LEARNER, PLAY};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let docs = tmp.path().join("docs");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/results.py");
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let results_cmd = |args: &[&str]| {
+        let mut c = Command::new("python3");
+        c.arg(&script)
+            .args(args)
+            .args(["--runs", runs.to_str().unwrap(), "--docs", docs.to_str().unwrap()])
+            .env("ASYNC_RL_LEARNER", LEARNER)
+            .env("ASYNC_RL_PLAY", PLAY)
+            .env("ASYNC_RL_CONFIG_DIR", &configs)
+            .current_dir(tmp.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    };
+    let mut call = results_cmd(&[
+        "CartPole",
+        "0.5",
+        "--seeds",
+        "1",
+        "--config",
+        configs.join("cartpole.toml").to_str().unwrap(),
+        "--save-freq",
+        "2000",
+        "--eval-every",
+        "5000",
+    ])
+    .spawn()
+    .unwrap();
+
+    // Once seed 0 has a checkpoint, stop its learner from outside.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let base = loop {
+        let base = std::fs::read_dir(&runs)
+            .ok()
+            .and_then(|mut d| d.next())
+            .map(|e| e.unwrap().path());
+        let checkpointed = base.as_ref().is_some_and(|b| {
+            std::fs::read_dir(b.join("seed-0")).is_ok_and(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("model-"))
+            })
+        });
+        if checkpointed {
+            break base.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline && call.try_wait().unwrap().is_none(),
+            "seed 0 made no checkpoint within 120 s (or scripts/results ended)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let learner = child_of(call.id()).expect("scripts/results runs a learner");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(learner as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = call.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a seed stopped from outside was taken as finished:\n{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(err.contains("scripts/results --resume"), "{err}");
+    assert!(!base.join("seed-0/result.json").exists());
+
+    // --resume finishes it: from the checkpoint, for what is left of the 0.5 minutes.
+    // (--runs, which results_cmd passes, is for new calls only: refused, named.)
+    let out = results_cmd(&["--resume", base.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--runs: only for a new call"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(["--resume", base.to_str().unwrap(), "--docs", docs.to_str().unwrap()])
+        .env("ASYNC_RL_LEARNER", LEARNER)
+        .env("ASYNC_RL_PLAY", PLAY)
+        .env("ASYNC_RL_CONFIG_DIR", &configs)
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(base.join("seed-0/result.json").exists(), "{err}");
+    assert!(base.join("seed-0/resumed").exists(), "{err}");
+    let log = std::fs::read_to_string(base.join("seed-0/learner.log")).unwrap();
+    assert!(log.contains("--checkpoint latest"), "{log}");
+    assert!(err.contains("(resumed)"), "{err}");
 }

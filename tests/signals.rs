@@ -23,7 +23,7 @@ fn start_learner(dir: &std::path::Path) -> std::process::Child {
         .command()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped()) // little: the progress lines go to stdout
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -72,6 +72,11 @@ fn stops_cleanly_on(signal: Signal) {
         sent.elapsed()
     );
     assert!(status.success(), "{signal}: {status}");
+    // scripts/results tells a stop from outside by this line (the exit code is 0 either way).
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let said = format!("signal {}: stopping after a final checkpoint", signal as i32);
+    assert!(err.contains(&said), "{signal}: no '{said}' in\n{err}");
     assert!(
         !async_rl::checkpoint::list(&tmp.path().join("run")).is_empty(),
         "{signal}: no final checkpoint"
