@@ -316,9 +316,9 @@ fn the_shipped_tuned_configs_set_the_rule_they_are_found_for() {
             .learner
             .algorithm
     };
-    // Pong trains dqn unless told otherwise: n-step Q's takeoff there is not dependable.
+    // Pong trains appo unless told otherwise: the rule measured to reach its scores soonest.
     let pong = tuned_config_in(&dir, "Pong", None).expect("configs/pong.toml");
-    assert_eq!(rule_of(&pong).name, "dqn");
+    assert_eq!(rule_of(&pong).name, "appo");
     for game in ["Pong", "Breakout", "CartPole", "SpaceInvaders"] {
         for rule in crate::rules::RULES {
             if let Some(path) = tuned_config_in(&dir, game, Some(rule)) {
@@ -334,6 +334,13 @@ fn the_shipped_tuned_configs_set_the_rule_they_are_found_for() {
     }
     assert!(tuned_config_in(&dir, "Pong", Algorithm::named("q").ok())
         .is_some_and(|p| p.ends_with("pong-q.toml")));
+    for (rule, file) in [("dqn", "pong-dqn.toml"), ("appo", "pong.toml")] {
+        assert!(
+            tuned_config_in(&dir, "Pong", Algorithm::named(rule).ok())
+                .is_some_and(|p| p.ends_with(file)),
+            "Pong with --algorithm {rule}: {file}"
+        );
+    }
 }
 
 #[test]

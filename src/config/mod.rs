@@ -312,7 +312,7 @@ pub const CONFIG_DIR_ENV: &str = "ASYNC_RL_CONFIG_DIR";
 /// The tuned config of game `name` (its display name, e.g. `SpaceInvaders`) for a new run, in
 /// `<dir>` = `$ASYNC_RL_CONFIG_DIR` or `configs`:
 /// - without `--algorithm` (`algorithm` None): `<dir>/<game>.toml`, the settings and the rule
-///   this project recommends for the game (`pong.toml` sets dqn, `breakout.toml` n-step Q);
+///   this project recommends for the game (`pong.toml` sets appo, `breakout.toml` n-step Q);
 /// - with `--algorithm R`: `<dir>/<game>-<r>.toml` (e.g. `pong-a3c.toml`) if it exists, else
 ///   the file of a rule that reads the same settings ([`crate::rules::RuleSpec::reads`]:
 ///   n-step SARSA takes `<dir>/<game>-q.toml`), else `<dir>/<game>.toml` if the rule it sets
