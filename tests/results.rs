@@ -241,7 +241,12 @@ fn results_keeps_a_seed_stopped_from_outside_resumable() {
         let mut c = Command::new("python3");
         c.arg(&script)
             .args(args)
-            .args(["--runs", runs.to_str().unwrap(), "--docs", docs.to_str().unwrap()])
+            .args([
+                "--runs",
+                runs.to_str().unwrap(),
+                "--docs",
+                docs.to_str().unwrap(),
+            ])
             .env("ASYNC_RL_LEARNER", LEARNER)
             .env("ASYNC_RL_PLAY", PLAY)
             .env("ASYNC_RL_CONFIG_DIR", &configs)
@@ -296,7 +301,10 @@ fn results_keeps_a_seed_stopped_from_outside_resumable() {
     .unwrap();
     let out = call.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a seed stopped from outside was taken as finished:\n{err}");
+    assert!(
+        !out.status.success(),
+        "a seed stopped from outside was taken as finished:\n{err}"
+    );
     assert!(err.contains("interrupted"), "{err}");
     assert!(err.contains("scripts/results --resume"), "{err}");
     assert!(!base.join("seed-0/result.json").exists());
@@ -314,7 +322,12 @@ fn results_keeps_a_seed_stopped_from_outside_resumable() {
     );
     let out = Command::new("python3")
         .arg(&script)
-        .args(["--resume", base.to_str().unwrap(), "--docs", docs.to_str().unwrap()])
+        .args([
+            "--resume",
+            base.to_str().unwrap(),
+            "--docs",
+            docs.to_str().unwrap(),
+        ])
         .env("ASYNC_RL_LEARNER", LEARNER)
         .env("ASYNC_RL_PLAY", PLAY)
         .env("ASYNC_RL_CONFIG_DIR", &configs)

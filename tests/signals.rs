@@ -75,7 +75,10 @@ fn stops_cleanly_on(signal: Signal) {
     // scripts/results tells a stop from outside by this line (the exit code is 0 either way).
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    let said = format!("signal {}: stopping after a final checkpoint", signal as i32);
+    let said = format!(
+        "signal {}: stopping after a final checkpoint",
+        signal as i32
+    );
     assert!(err.contains(&said), "{signal}: no '{said}' in\n{err}");
     assert!(
         !async_rl::checkpoint::list(&tmp.path().join("run")).is_empty(),
