@@ -149,6 +149,7 @@ fn every_flag_has_a_bad_value_that_is_refused_by_name() {
         ("value-clip", "maybe"),
         ("normalize-advantages", "maybe"),
         ("gae-lambda", "1.5"),
+        ("max-policy-lag", "5"),
         ("device", "tpu"),
         ("inference", "gpu"),
         ("inference-wait-us", "0"),

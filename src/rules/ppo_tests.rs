@@ -185,7 +185,8 @@ fn segments(layout: SlotLayout, versions: &[u32]) -> Batch {
 
 #[test]
 fn ppo_drops_segments_of_older_snapshots_and_appo_keeps_them() {
-    let cfg = config("ppo", 3, 2);
+    let mut cfg = config("ppo", 3, 2);
+    cfg.rule.gae.max_policy_lag = 0;
     let layout = crate::rules::slot_layout(&cfg, ObsSpec::Vector(4), 0);
     let mut l = learner(&cfg, Rule::Ppo);
     l.acting(7);
@@ -213,6 +214,34 @@ fn ppo_drops_segments_of_older_snapshots_and_appo_keeps_them() {
     let mut batch = segments(layout, &[6, 7]);
     assert_eq!(l.insert(&mut batch, 0), 1 + 2);
     assert_eq!(l.dropped(), 0);
+}
+
+#[test]
+fn ppo_keeps_segments_within_the_policy_lag_across_the_version_wrap() {
+    let cfg = config("ppo", 3, 4);
+    assert_eq!(cfg.rule.gae.max_policy_lag, 1, "the default");
+    let layout = crate::rules::slot_layout(&cfg, ObsSpec::Vector(4), 0);
+    let mut l = learner(&cfg, Rule::Ppo);
+    l.acting(8);
+    // Lags 2, 1, 0: the first goes.
+    let mut batch = segments(layout, &[6, 7, 8]);
+    assert_eq!(l.insert(&mut batch, 0), 0);
+    assert_eq!((batch.len(), l.dropped()), (2, 1));
+    assert_eq!(batch.versions[..2], [7, 8]);
+    // Versions are the low 32 bits of a counter: u32::MAX is one behind 0, 5 behind 4.
+    l.acting(0);
+    let mut batch = segments(layout, &[u32::MAX, 0, u32::MAX - 4]);
+    assert_eq!(l.insert(&mut batch, 0), 0);
+    assert_eq!((batch.len(), l.dropped()), (2, 2));
+    assert_eq!(batch.versions[..2], [u32::MAX, 0]);
+    let mut cfg = config("ppo", 3, 4);
+    cfg.rule.gae.max_policy_lag = 2;
+    let mut l = learner(&cfg, Rule::Ppo);
+    l.acting(8);
+    let mut batch = segments(layout, &[5, 6, 7, 8]);
+    assert_eq!(l.insert(&mut batch, 0), 0, "3 of 4 segments: not yet a batch");
+    assert_eq!((batch.len(), l.dropped()), (3, 1));
+    assert_eq!(batch.versions[..3], [6, 7, 8]);
 }
 
 #[test]

@@ -401,15 +401,23 @@ impl PpoSettings {
     }
 }
 
-/// Generalized advantage estimation (Schulman et al. 2016): ppo.
+/// Generalized advantage estimation (Schulman et al. 2016) and the policy lag that on-policy
+/// PPO accepts: ppo.
 #[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[command(next_help_heading = "GAE (ppo)")]
+#[command(next_help_heading = "GAE and policy lag (ppo)")]
 #[serde(rename_all = "kebab-case")]
 pub struct GaeSettings {
     /// GAE's lambda: the advantage is sum_k (gamma lambda)^k delta_t+k (1: the Monte Carlo
     /// return less V; 0: the 1-step TD error)
     #[arg(long, default_value_t = 0.95)]
     pub gae_lambda: f64,
+    /// Train on segments acted by a snapshot at most this many versions (updates) older than
+    /// the newest published one; older segments are dropped. 0: only the newest snapshot's
+    /// (strictly on-policy, but what the actors act while an update trains is lost, about half
+    /// the frames on 2 cores); 1: also the segments acted during the last update, their ratio
+    /// pi/mu against the actor's own log mu correcting for the lag, as PPO's surrogate does
+    #[arg(long, default_value_t = 1)]
+    pub max_policy_lag: u32,
 }
 
 impl GaeSettings {
@@ -420,5 +428,16 @@ impl GaeSettings {
                 self.gae_lambda
             ));
         }
+        if self.max_policy_lag > MAX_POLICY_LAG {
+            e.push(format!(
+                "--max-policy-lag {}: must be 0 to {MAX_POLICY_LAG} updates (for data of older \
+                 snapshots use --algorithm appo, whose V-trace targets correct for the lag)",
+                self.max_policy_lag
+            ));
+        }
     }
 }
+
+/// The largest `--max-policy-lag`: beyond a few updates GAE's targets, computed as if the data
+/// were the current policy's, are wrong enough that appo's V-trace is the rule to use.
+pub const MAX_POLICY_LAG: u32 = 4;
