@@ -239,7 +239,11 @@ fn ppo_keeps_segments_within_the_policy_lag_across_the_version_wrap() {
     let mut l = learner(&cfg, Rule::Ppo);
     l.acting(8);
     let mut batch = segments(layout, &[5, 6, 7, 8]);
-    assert_eq!(l.insert(&mut batch, 0), 0, "3 of 4 segments: not yet a batch");
+    assert_eq!(
+        l.insert(&mut batch, 0),
+        0,
+        "3 of 4 segments: not yet a batch"
+    );
     assert_eq!((batch.len(), l.dropped()), (3, 1));
     assert_eq!(batch.versions[..3], [6, 7, 8]);
 }
