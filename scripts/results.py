@@ -486,7 +486,7 @@ def finish(p, deadline, seed, logdir):
         raise Interrupted()
     p.tee.join()
     if not ours and (p.returncode in (-signal.SIGINT, 130, -signal.SIGTERM, 143)
-                     or False):
+                     or stopped_on_signal(p)):
         raise Interrupted()
     if p.returncode not in (0, -signal.SIGINT, 130):
         raise ResultsError(f"the learner failed (exit {p.returncode}) for seed {seed}; its output "
