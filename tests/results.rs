@@ -237,16 +237,14 @@ fn results_keeps_a_seed_stopped_from_outside_resumable() {
     let docs = tmp.path().join("docs");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/results.py");
     let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
-    let results_cmd = |args: &[&str]| {
+    // `--runs` is for new calls only (a `--resume` names its results directory).
+    let results_cmd = |args: &[&str], with_runs: bool| {
         let mut c = Command::new("python3");
-        c.arg(&script)
-            .args(args)
-            .args([
-                "--runs",
-                runs.to_str().unwrap(),
-                "--docs",
-                docs.to_str().unwrap(),
-            ])
+        c.arg(&script).args(args);
+        if with_runs {
+            c.args(["--runs", runs.to_str().unwrap()]);
+        }
+        c.args(["--docs", docs.to_str().unwrap()])
             .env("ASYNC_RL_LEARNER", LEARNER)
             .env("ASYNC_RL_PLAY", PLAY)
             .env("ASYNC_RL_CONFIG_DIR", &configs)
@@ -256,18 +254,21 @@ fn results_keeps_a_seed_stopped_from_outside_resumable() {
             .stderr(Stdio::piped());
         c
     };
-    let mut call = results_cmd(&[
-        "CartPole",
-        "0.5",
-        "--seeds",
-        "1",
-        "--config",
-        configs.join("cartpole.toml").to_str().unwrap(),
-        "--save-freq",
-        "2000",
-        "--eval-every",
-        "5000",
-    ])
+    let mut call = results_cmd(
+        &[
+            "CartPole",
+            "0.5",
+            "--seeds",
+            "1",
+            "--config",
+            configs.join("cartpole.toml").to_str().unwrap(),
+            "--save-freq",
+            "2000",
+            "--eval-every",
+            "5000",
+        ],
+        true,
+    )
     .spawn()
     .unwrap();
 
@@ -310,30 +311,16 @@ fn results_keeps_a_seed_stopped_from_outside_resumable() {
     assert!(!base.join("seed-0/result.json").exists());
 
     // --resume finishes it: from the checkpoint, for what is left of the 0.5 minutes.
-    // (--runs, which results_cmd passes, is for new calls only: refused, named.)
-    let out = results_cmd(&["--resume", base.to_str().unwrap()])
-        .output()
-        .unwrap();
+    // (--runs with --resume is refused, named.)
+    let resume = ["--resume", base.to_str().unwrap()];
+    let out = results_cmd(&resume, true).output().unwrap();
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("--runs: only for a new call"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = Command::new("python3")
-        .arg(&script)
-        .args([
-            "--resume",
-            base.to_str().unwrap(),
-            "--docs",
-            docs.to_str().unwrap(),
-        ])
-        .env("ASYNC_RL_LEARNER", LEARNER)
-        .env("ASYNC_RL_PLAY", PLAY)
-        .env("ASYNC_RL_CONFIG_DIR", &configs)
-        .current_dir(tmp.path())
-        .output()
-        .unwrap();
+    let out = results_cmd(&resume, false).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(base.join("seed-0/result.json").exists(), "{err}");
