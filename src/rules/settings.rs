@@ -440,4 +440,4 @@ impl GaeSettings {
 
 /// The largest `--max-policy-lag`: beyond a few updates GAE's targets, computed as if the data
 /// were the current policy's, are wrong enough that appo's V-trace is the rule to use.
-pub const MAX_POLICY_LAG: u32 = 4;
+const MAX_POLICY_LAG: u32 = 4;
