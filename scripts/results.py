@@ -5,7 +5,8 @@ scores), measures the time each seed takes to reach given scores, plots the seed
 appends one row to docs/results.csv and rewrites the generated section of docs/RESULTS.md.
 
 Usage (through scripts/results, which builds first):
-  scripts/results GAME MINUTES [--seeds N] [--thresholds A,B,C] [--parallel] [learner flags...]
+  scripts/results GAME MINUTES [--seeds N] [--first-seed S] [--thresholds A,B,C] [--parallel]
+                  [learner flags...]
   scripts/results --resume RESULTS_DIR        # run the seeds a stopped call did not finish
   scripts/results --report RESULTS_DIR        # no training: redo the report of finished seeds
   (any may be followed by --docs DIR: write results.csv, RESULTS.md and the curves there;
@@ -15,8 +16,9 @@ e.g.
   scripts/results Pong 180 --seeds 3 --config configs/pong.toml
 
 Each seed trains for at most MINUTES of wall-clock time (then SIGINT: a final checkpoint), or
-less if the run stops itself (--max-frames, --target-return). Seeds are 0..N-1 (--seed,
---logdir and --checkpoint are not allowed in the flags). Unless the flags (or the --config file)
+less if the run stops itself (--max-frames, --target-return). Seeds are S..S+N-1, S from
+--first-seed (default 0: a later session can add seeds 1 and 2 to a game's seed 0 with
+--seeds 2 --first-seed 1); --seed, --logdir and --checkpoint are not allowed in the flags. Unless the flags (or the --config file)
 set --eval-every, it is 250,000 frames on Atari and 10,000 on CartPole. --parallel trains the
 seeds at the same time instead, seed i pinned (taskset) to cores [i*c/N, (i+1)*c/N).
 
@@ -61,6 +63,8 @@ COLUMNS = [
     # Added with the wall-clock axis; empty in older rows.
     "minutes", "frames_per_seed", "wall_min_per_seed", "resumed_seeds", "thresholds",
     "train_time_to_score", "eval_time_to_score", "results_dir",
+    # Added with --first-seed; empty (0) in older rows.
+    "first_seed",
 ]
 # Per game (its name reduced by game_key): the scores whose time to reach is measured.
 THRESHOLDS = {
@@ -125,7 +129,8 @@ def flag_value(flags, name):
 def parse(argv):
     """The call's settings from its arguments (see the module docstring); ResultsError on bad
     input, naming it."""
-    usage = ("usage: scripts/results GAME MINUTES [--seeds N] [--thresholds A,B,C] [--parallel] "
+    usage = ("usage: scripts/results GAME MINUTES [--seeds N] [--first-seed S] [--thresholds A,B,C] "
+             "[--parallel] "
              "[learner flags...] | --resume RESULTS_DIR | --report RESULTS_DIR  [--docs DIR]")
     dirs = {}
     for opt in ("--docs", "--runs"):
@@ -158,13 +163,13 @@ def parse(argv):
         raise ResultsError(f"MINUTES must be a number, got {minutes!r}; {usage}")
     if not (minutes > 0 and math.isfinite(minutes)):
         raise ResultsError(f"MINUTES must be positive, got {argv[1]}")
-    flags, seeds, parallel, thresholds = [], 3, False, None
+    flags, seeds, first_seed, parallel, thresholds = [], 3, 0, False, None
     i = 2
     while i < len(argv):
         a = argv[i]
         if a == "--parallel":
             parallel = True
-        elif a in ("--seeds", "--thresholds"):
+        elif a in ("--seeds", "--first-seed", "--thresholds"):
             if i + 1 >= len(argv):
                 raise ResultsError(f"{a} needs a value")
             v = argv[i + 1]
@@ -172,15 +177,20 @@ def parse(argv):
                 if not v.isdigit() or int(v) < 1:
                     raise ResultsError(f"--seeds {v}: needs a whole number of 1 or more, e.g. --seeds 3")
                 seeds = int(v)
+            elif a == "--first-seed":
+                if not v.isdigit():
+                    raise ResultsError(f"--first-seed {v}: needs a whole number of 0 or more, "
+                                       "e.g. --first-seed 1 (the seeds are then 1..N)")
+                first_seed = int(v)
             else:
                 thresholds = parse_thresholds(v)
             i += 1
-        elif a.startswith(("--seeds=", "--thresholds=")):
+        elif a.startswith(("--seeds=", "--first-seed=", "--thresholds=")):
             raise ResultsError(f"{a}: write {a.split('=')[0]} VALUE (with a space)")
         elif a in ("--seed", "--logdir", "--checkpoint", "--game", "--resume", "--report") or \
                 a.startswith(("--seed=", "--logdir=", "--checkpoint=", "--game=")):
             raise ResultsError(f"{a}: not allowed here; scripts/results sets the game (its first "
-                               "argument), the seeds (0..N-1), the run directories (runs/results/...) "
+                               "argument), the seeds (--seeds and --first-seed), the run directories (runs/results/...) "
                                "and resuming (--resume RESULTS_DIR, alone) itself")
         else:
             flags.append(a)
@@ -210,7 +220,7 @@ def parse(argv):
     if parallel and seeds > (os.cpu_count() or 1):
         raise ResultsError(f"--parallel: {seeds} seeds need at least as many cores; this machine "
                            f"has {os.cpu_count()}")
-    return {"mode": "new", "game": game, "minutes": minutes, "seeds": seeds,
+    return {"mode": "new", "game": game, "minutes": minutes, "seeds": seeds, "first_seed": first_seed,
             "parallel": parallel, "thresholds": thresholds, "flags": flags, "docs": docs,
             "runs": runs, "argv": argv}
 
@@ -348,7 +358,9 @@ def markdown_section(rows):
             if g != game:
                 continue
             resumed = set(r["resumed_seeds"].split()) if r["resumed_seeds"] else set()
-            seeds = ", ".join(f"{i}{'*' if str(i) in resumed else ''}" for i in range(int(r["seeds"])))
+            first = int(r.get("first_seed") or 0)
+            seeds = ", ".join(f"{i}{'*' if str(i) in resumed else ''}"
+                              for i in range(first, first + int(r["seeds"])))
             curves = f"[png]({os.path.relpath(r['curves'], 'docs')})" if r["curves"] else ""
             out.append(
                 f"| {rule} | {seeds} | {r['frames_per_seed'].replace(' ', ', ')} "
@@ -401,6 +413,12 @@ def commit():
 
 # ---------------------------------------------------------------------------------------------
 # Training and evaluating
+
+
+def seed_numbers(run):
+    """The call's seeds: --first-seed S .. S+N-1 (S is 0 in calls made before --first-seed)."""
+    first = run.get("first_seed", 0)
+    return range(first, first + run["seeds"])
 
 
 def cores_of(seed, seeds):
@@ -557,7 +575,7 @@ def write_seed_result(logdir, seed, thresholds, say=True):
 
 def train(run, base):
     """Trains (or continues) every seed without a result.json; stops at the first failure."""
-    todo = [s for s in range(run["seeds"])
+    todo = [s for s in seed_numbers(run)
             if not os.path.isfile(os.path.join(base, f"seed-{s}", "result.json"))]
     resumed = {}
     for s in todo:
@@ -573,7 +591,7 @@ def train(run, base):
             for s in todo}
     try:
         if run["parallel"]:
-            pins = {s: cores_of(s, run["seeds"]) for s in todo}
+            pins = {s: cores_of(s - seed_numbers(run).start, run["seeds"]) for s in todo}
             now = time.monotonic()
             procs = {s: start(run, s, os.path.join(base, f"seed-{s}"), resumed[s], pins[s])
                      for s in todo if left[s] > 0}
@@ -608,7 +626,9 @@ def train(run, base):
 def plot(base, results, run, out_dir):
     """The seeds' curves side by side (frames | minutes), through the plot venv's matplotlib."""
     os.makedirs(out_dir, exist_ok=True)
-    data = {"title": f"{run['game']}, {results[0]['rule']}, seeds 0-{run['seeds'] - 1}",
+    ns = seed_numbers(run)
+    data = {"title": f"{run['game']}, {results[0]['rule']}, "
+                     f"{f'seed {ns[0]}' if len(ns) == 1 else f'seeds {ns[0]}-{ns[-1]}'}",
             "thresholds": run["thresholds"],
             "seeds": [{"seed": r["seed"], "training": r["training"], "evals": r["evals"]}
                       for r in results]}
@@ -625,7 +645,7 @@ def report(base, run, docs):
     # Measured again from the seeds' files: --report redoes it after a change to this script.
     results = [write_seed_result(os.path.join(base, f"seed-{s}"), s, run["thresholds"],
                                  say=run.get("mode") == "report")
-               for s in range(run["seeds"])]
+               for s in seed_numbers(run)]
     rule = results[0]["rule"]
     # The call's UTC time, not only its day: two calls on one day keep their own curves.
     out_dir = os.path.join(docs, "results", f"{run['game']}-{rule}-{run['stamp']}")
@@ -653,6 +673,7 @@ def report(base, run, docs):
         "train_time_to_score": summarise_time_to_score([r["train_time_to_score"] for r in results], th),
         "eval_time_to_score": summarise_time_to_score([r["eval_time_to_score"] for r in results], th),
         "results_dir": os.path.relpath(base, ROOT),
+        "first_seed": seed_numbers(run).start,
     }
     path = os.path.join(docs, "results.csv")
     rows = []
@@ -688,7 +709,8 @@ def main():
         runs = os.path.abspath(a["runs"]) if a["runs"] else os.path.join(ROOT, "runs", "results")
         base = os.path.join(runs, f"{a['game']}-{stamp}")
         os.makedirs(base, exist_ok=True)
-        run = {k: a[k] for k in ("game", "minutes", "seeds", "parallel", "thresholds", "flags")}
+        run = {k: a[k] for k in ("game", "minutes", "seeds", "first_seed", "parallel", "thresholds",
+                                 "flags")}
         run.update(stamp=stamp, machine=machine(),
                    commit=commit(),  # the code that trains: taken now, not when the runs end
                    command="scripts/results " + " ".join(a["argv"]))

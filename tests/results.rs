@@ -153,6 +153,40 @@ fn results_report_measures_time_to_score_and_keeps_results_md() {
     let csv2 = std::fs::read_to_string(docs.join("results.csv")).unwrap();
     assert_eq!(csv2.lines().count(), 2, "{csv2}");
 
+    // A later call of seed 1 alone (--seeds 1 --first-seed 1) reports seed 1, not seed 0.
+    let later = tmp.path().join("CartPole-20261204T120000Z");
+    fake_seed(&later.join("seed-1"), 15.0, 100.0, 190.0, false);
+    std::fs::write(
+        later.join("results.json"),
+        r#"{"game": "CartPole", "minutes": 2, "seeds": 1, "first_seed": 1, "parallel": false,
+            "thresholds": [100, 195, 475], "flags": ["--eval-every", "20000"],
+            "stamp": "20261204T120000Z", "machine": "2 cores Test CPU", "commit": "def5678",
+            "command": "scripts/results CartPole 2 --seeds 1 --first-seed 1"}"#,
+    )
+    .unwrap();
+    let out = results(
+        &["--report", later.to_str().unwrap(), "--docs", docs.to_str().unwrap()],
+        tmp.path(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("seed 1: 100000 frames"), "{err}");
+    assert!(!err.contains("seed 0"), "{err}");
+    let md3 = std::fs::read_to_string(docs.join("RESULTS.md")).unwrap();
+    let row = md3
+        .lines()
+        .find(|l| l.starts_with("| dqn |"))
+        .unwrap_or_else(|| panic!("no dqn row in\n{md3}"));
+    // The newest call is the rule's row: seed 1 only, its final evaluation 190.
+    assert!(
+        row.starts_with("| dqn | 1 | 100000 | 1.67 | 190.00 ± 0.00 (30 games each) |"),
+        "{row}"
+    );
+    assert!(row.contains("def5678"), "{row}");
+    let csv3 = std::fs::read_to_string(docs.join("results.csv")).unwrap();
+    assert_eq!(csv3.lines().count(), 3, "{csv3}");
+    assert!(csv3.lines().nth(2).unwrap().ends_with(",1"), "{csv3}");
+
     // A seed without an evaluated last checkpoint has not finished.
     std::fs::remove_file(base.join("seed-1/model-100000.eval.json")).unwrap();
     let out = results(&["--report", base.to_str().unwrap()], tmp.path());
@@ -175,6 +209,14 @@ fn results_names_bad_arguments() {
         (
             &["CartPole", "1", "--seeds", "0"],
             "--seeds 0: needs a whole number",
+        ),
+        (
+            &["CartPole", "1", "--first-seed", "-1"],
+            "--first-seed -1: needs a whole number of 0 or more",
+        ),
+        (
+            &["CartPole", "1", "--first-seed=2"],
+            "--first-seed=2: write --first-seed VALUE (with a space)",
         ),
         (
             &["CartPole", "1", "--seed", "4"],
