@@ -172,10 +172,13 @@ fn checkpoint_seed(dir: &std::path::Path) -> Vec<u8> {
     let w = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 3.5, 4.0, 5.0]).reshape([2, 3]);
     let b = Tensor::from_slice(&[1i64, 2]);
     let params = vec![("w".to_string(), w.shallow_clone()), ("b".to_string(), b)];
-    let rmsprop = vec![w.zeros_like(), Tensor::from_slice(&[0i64, 0])];
+    let optimizer = vec![
+        ("rmsprop/w".to_string(), w.zeros_like()),
+        ("rmsprop/b".to_string(), Tensor::from_slice(&[0i64, 0])),
+    ];
     let extra = vec![("target/w".to_string(), w.ones_like())];
     let path = dir.join("seed.safetensors");
-    checkpoint::save(&path, &state, &params, &rmsprop, &extra).unwrap();
+    checkpoint::save(&path, &state, &params, &optimizer, &extra).unwrap();
     std::fs::read(&path).unwrap()
 }
 
@@ -214,7 +217,7 @@ pub(crate) fn checkpoint_target(bytes: &[u8]) -> String {
     match checkpoint::decode_bytes(bytes) {
         Ok(ck) => {
             assert_eq!(ck.state.format_version, checkpoint::FORMAT_VERSION);
-            for t in ck.params.values().chain(ck.rmsprop.values()) {
+            for t in ck.params.values().chain(ck.optimizer.values()) {
                 let _ = t.numel();
             }
             "ok".into()

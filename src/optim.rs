@@ -16,11 +16,24 @@
 //! gradient; with eps inside and the reproductions' eps 0.1, a step is at most
 //! lr * |g| / sqrt(0.1), and small gradients make small steps. One learner holds one v per
 //! parameter, so the statistics are shared by every actor's data (the paper's "shared RMSProp").
+//!
+//! Each optimizer names its own state for checkpoints ([`Optimizer::named_state`]): RMSProp's
+//! v as `rmsprop/<param>`, Adam's m, v and t as `adam/m/<param>`, `adam/v/<param>` and
+//! `adam/step` ([`STATE_PREFIXES`]); [`Optimizer::restore`] reads them back by those names.
 
 use tch::Tensor;
 
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
+
+/// The name prefixes of the optimizers' checkpoint tensors (`rmsprop/`, `adam/`): a checkpoint
+/// keeps the tensors under them as its optimizer state.
+pub const STATE_PREFIXES: [&str; 2] = ["rmsprop/", "adam/"];
+
+/// Whether `name` is a checkpoint tensor of an optimizer's state ([`STATE_PREFIXES`]).
+pub fn is_state_name(name: &str) -> bool {
+    STATE_PREFIXES.iter().any(|p| name.starts_with(p))
+}
 
 /// The learner's optimizer (`--optimizer`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -46,21 +59,17 @@ pub enum RmspropForm {
     EpsInside,
 }
 
-/// Why a saved optimizer state does not fit the parameters (see [`RmsProp::load_state`]).
+/// Why a saved optimizer state does not fit the parameters (see [`Optimizer::restore`]).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StateError {
+    /// The checkpoint holds no optimizer state at all: `model-best.safetensors` keeps only the
+    /// weights of the best evaluation, for `play`.
+    #[error("the checkpoint holds weights but no optimizer state (model-best.safetensors is for play, not for resuming); resume from a model-<frames> checkpoint")]
+    Empty,
     /// A tensor of the optimizer's state is not in the checkpoint (a checkpoint of a run
     /// trained with the other `--optimizer` has the other's state).
     #[error("the checkpoint has no optimizer state `{0}`: was it trained with the other --optimizer (rmsprop or adam)? Resume it with the optimizer it was trained with")]
     Missing(String),
-    /// Not one tensor per parameter.
-    #[error("optimizer state has {found} tensors, expected {expected}")]
-    Count {
-        /// Tensors in the saved state.
-        found: usize,
-        /// Parameters.
-        expected: usize,
-    },
     /// A tensor whose shape is not its parameter's.
     #[error("optimizer state shape {found:?}, expected {expected:?}")]
     Shape {
@@ -95,31 +104,52 @@ impl RmsProp {
         }
     }
 
-    /// The state, for checkpoints: one tensor per parameter, in parameter order.
+    /// The squared-gradient averages v, one tensor per parameter, in parameter order.
     pub fn state(&self) -> &[Tensor] {
         &self.square_avg
     }
 
-    /// Restores the state saved by [`RmsProp::state`].
+    /// The state under its checkpoint names: `rmsprop/<name>` per parameter of `params` (the
+    /// names of the parameters this state was made for).
+    pub fn named_state(&self, params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+        params
+            .iter()
+            .zip(&self.square_avg)
+            .map(|((name, _), v)| (format!("rmsprop/{name}"), v.shallow_clone()))
+            .collect()
+    }
+
+    /// Restores the state saved by [`RmsProp::named_state`] from `named` (a checkpoint's
+    /// optimizer tensors by full name); nothing changes on an error.
     ///
     /// # Errors
     ///
-    /// [`StateError`] on a count or shape mismatch.
-    pub fn load_state(&mut self, state: &[Tensor]) -> Result<(), StateError> {
-        if state.len() != self.square_avg.len() {
-            return Err(StateError::Count {
-                found: state.len(),
-                expected: self.square_avg.len(),
-            });
-        }
-        let _guard = tch::no_grad_guard();
-        for (dst, src) in self.square_avg.iter_mut().zip(state) {
-            if dst.size() != src.size() {
+    /// [`StateError::Missing`] when a tensor is absent, [`StateError::Shape`] when one does not
+    /// fit its parameter.
+    pub fn load_named(
+        &mut self,
+        params: &[(String, Tensor)],
+        named: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<(), StateError> {
+        debug_assert_eq!(
+            params.len(),
+            self.square_avg.len(),
+            "the parameters of this state"
+        );
+        let mut loaded = Vec::with_capacity(params.len());
+        for ((name, _), dst) in params.iter().zip(&self.square_avg) {
+            let key = format!("rmsprop/{name}");
+            let src = named.get(&key).ok_or(StateError::Missing(key))?;
+            if src.size() != dst.size() {
                 return Err(StateError::Shape {
                     found: src.size(),
                     expected: dst.size(),
                 });
             }
+            loaded.push(src);
+        }
+        let _guard = tch::no_grad_guard();
+        for (dst, src) in self.square_avg.iter_mut().zip(loaded) {
             dst.copy_(&src.to_device(dst.device()));
         }
         Ok(())
@@ -235,8 +265,8 @@ impl Adam {
         named
     }
 
-    /// Restores the state saved by [`Adam::named_state`] from `named` (a checkpoint's tensors
-    /// by full name).
+    /// Restores the state saved by [`Adam::named_state`] from `named` (a checkpoint's
+    /// optimizer tensors by full name); nothing changes on an error.
     ///
     /// # Errors
     ///
@@ -324,49 +354,33 @@ impl Optimizer {
         }
     }
 
-    /// RMSProp's per-parameter state for a checkpoint's `rmsprop/<name>` tensors (empty for
-    /// Adam, whose state is [`Optimizer::named_state`]).
-    pub fn rmsprop_state(&self) -> &[Tensor] {
-        match self {
-            Optimizer::RmsProp(o) => o.state(),
-            Optimizer::Adam(_) => &[],
-        }
-    }
-
-    /// The state a checkpoint keeps under names of its own (Adam's; none for RMSProp).
+    /// The state under its checkpoint names (RMSProp's `rmsprop/<name>`, Adam's `adam/...`;
+    /// [`STATE_PREFIXES`]), for the parameters `params` this optimizer was made for.
     pub fn named_state(&self, params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
         match self {
-            Optimizer::RmsProp(_) => Vec::new(),
+            Optimizer::RmsProp(o) => o.named_state(params),
             Optimizer::Adam(o) => o.named_state(params),
         }
     }
 
-    /// Restores the state of a checkpoint: `rmsprop` (its `rmsprop/<name>` tensors by
-    /// parameter name) for RMSProp, `named` (its other tensors by full name) for Adam.
+    /// Restores the state saved by [`Optimizer::named_state`] from `named`, a checkpoint's
+    /// optimizer tensors by full name ([`crate::checkpoint::Checkpoint::optimizer`]).
     ///
     /// # Errors
     ///
-    /// [`StateError`] when the checkpoint's state is missing (e.g. it was trained with the
-    /// other optimizer) or does not fit the parameters.
+    /// [`StateError::Empty`] when the checkpoint holds no optimizer state (model-best);
+    /// [`StateError::Missing`] when it holds another optimizer's (trained with the other
+    /// `--optimizer`) or lacks a tensor; [`StateError::Shape`] when one does not fit.
     pub fn restore(
         &mut self,
         params: &[(String, Tensor)],
-        rmsprop: &std::collections::HashMap<String, Tensor>,
         named: &std::collections::HashMap<String, Tensor>,
     ) -> Result<(), StateError> {
+        if named.is_empty() {
+            return Err(StateError::Empty);
+        }
         match self {
-            Optimizer::RmsProp(o) => {
-                let state: Vec<Tensor> = params
-                    .iter()
-                    .map(|(n, _)| {
-                        rmsprop
-                            .get(n)
-                            .map(|t| t.shallow_clone())
-                            .ok_or_else(|| StateError::Missing(format!("rmsprop/{n}")))
-                    })
-                    .collect::<Result<_, _>>()?;
-                o.load_state(&state)
-            }
+            Optimizer::RmsProp(o) => o.load_named(params, named),
             Optimizer::Adam(o) => o.load_named(params, named),
         }
     }
@@ -588,5 +602,60 @@ mod tests {
             b.load_named(&qq, &bad),
             Err(StateError::Shape { .. })
         ));
+    }
+
+    #[test]
+    fn optimizer_state_resumes_by_name_and_refuses_what_is_not_its_own() {
+        use std::collections::HashMap;
+        let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
+        let params = vec![("w".to_string(), p.shallow_clone())];
+        let rmsprop =
+            || Optimizer::RmsProp(RmsProp::new(&params, 0.9, 1e-8, RmspropForm::EpsOutside));
+        let v_of = |o: &Optimizer| -> Vec<f32> {
+            let Optimizer::RmsProp(r) = o else {
+                panic!("not RMSProp")
+            };
+            Vec::try_from(&r.state()[0]).unwrap()
+        };
+        let mut a = rmsprop();
+        (&p * 3.0).sum(Kind::Float).backward();
+        a.step(&params, 0.1);
+        let named: HashMap<String, Tensor> = a.named_state(&params).into_iter().collect();
+        assert_eq!(named.keys().collect::<Vec<_>>(), ["rmsprop/w"]);
+        assert!(named.keys().all(|n| is_state_name(n)));
+        let mut b = rmsprop();
+        b.restore(&params, &named).unwrap();
+        // v = 0.1 * 3^2 for both weights, as the original holds it.
+        assert_eq!(v_of(&b), v_of(&a));
+        assert!((v_of(&b)[1] - 0.9).abs() < 1e-6, "{:?}", v_of(&b));
+
+        // model-best holds no optimizer state: said so, not "the other optimizer".
+        let err = b.restore(&params, &HashMap::new()).unwrap_err();
+        assert_eq!(err, StateError::Empty);
+        assert!(err.to_string().contains("model-best"), "{err}");
+        // A run trained with --optimizer adam: the missing tensor is named.
+        let adam: HashMap<String, Tensor> = Adam::new(&params, 0.9, 0.999, 1e-5)
+            .named_state(&params)
+            .into_iter()
+            .collect();
+        let err = b.restore(&params, &adam).unwrap_err();
+        assert_eq!(err, StateError::Missing("rmsprop/w".into()));
+        assert!(err.to_string().contains("--optimizer"), "{err}");
+        let mut fresh_adam = Optimizer::Adam(Adam::new(&params, 0.9, 0.999, 1e-5));
+        assert_eq!(
+            fresh_adam.restore(&params, &named).unwrap_err(),
+            StateError::Missing("adam/step".into())
+        );
+        // A tensor of the wrong shape is refused and the state stays as it was.
+        let mut bad = named;
+        bad.insert(
+            "rmsprop/w".into(),
+            Tensor::zeros([3], (Kind::Float, Device::Cpu)),
+        );
+        assert!(matches!(
+            b.restore(&params, &bad),
+            Err(StateError::Shape { .. })
+        ));
+        assert_eq!(v_of(&b), v_of(&a));
     }
 }

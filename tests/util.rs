@@ -139,7 +139,11 @@ pub fn untrained_checkpoint(dir: &Path, game: &str) -> std::path::PathBuf {
         wall_s: 0.0,
         config: Config::from_flags(["--game", game]).unwrap(),
     };
-    let rmsprop: Vec<tch::Tensor> = model.params().iter().map(|(_, p)| p.zeros_like()).collect();
+    let rmsprop: Vec<(String, tch::Tensor)> = model
+        .params()
+        .iter()
+        .map(|(n, p)| (format!("rmsprop/{n}"), p.zeros_like()))
+        .collect();
     let path = checkpoint::path_for(dir, 1000);
     checkpoint::save(&path, &state, model.params(), &rmsprop, &[]).unwrap();
     path

@@ -57,14 +57,12 @@ pub(super) fn save(
     let model = trainer.rule.model();
     let state = trainer.state(cfg, c, c.frames);
     let path = checkpoint::path_for(run_dir, c.frames);
-    let mut extra = trainer.rule.extra_tensors();
-    extra.extend(trainer.rule.optimizer_named_state());
     checkpoint::save(
         &path,
         &state,
         model.params(),
-        trainer.rule.optimizer_state(),
-        &extra,
+        &trainer.rule.optimizer_named_state(),
+        &trainer.rule.extra_tensors(),
     )?;
     if cfg.rule.replay.save_replay {
         let replay = checkpoint::replay_path_for(run_dir, c.frames);
@@ -106,9 +104,9 @@ pub(super) fn save_best(
     );
     best.load_flat(weights);
     let state = trainer.state(cfg, c, scores.frames);
-    let rmsprop: Vec<tch::Tensor> = best.params().iter().map(|(_, p)| p.zeros_like()).collect();
+    // Weights only: resuming it is refused by name (optim::StateError::Empty).
     let path = checkpoint::best_path(run_dir);
-    checkpoint::save(&path, &state, best.params(), &rmsprop, &[])?;
+    checkpoint::save(&path, &state, best.params(), &[], &[])?;
     write_best_scores(&checkpoint::best_scores_path(run_dir), scores)?;
     Ok(())
 }

@@ -377,13 +377,8 @@ pub trait LearnerRule {
         &self.core().model
     }
 
-    /// RMSProp's state, one tensor per parameter of [`LearnerRule::model`], in order (a
-    /// checkpoint's `rmsprop/<name>`; empty with `--optimizer adam`).
-    fn optimizer_state(&self) -> &[Tensor] {
-        self.core().optim.rmsprop_state()
-    }
-
-    /// The optimizer state a checkpoint keeps under names of its own (Adam's `adam/...`).
+    /// The optimizer's state under its checkpoint names (`rmsprop/<param>`, or Adam's
+    /// `adam/...`: [`crate::optim::Optimizer::named_state`]).
     fn optimizer_named_state(&self) -> Vec<(String, Tensor)> {
         let core = self.core();
         core.optim.named_state(core.model.params())
@@ -550,9 +545,7 @@ impl LearnerCore {
     /// [`RestoreError::Params`] or [`RestoreError::Optimizer`].
     pub fn restore(&mut self, ckpt: &crate::checkpoint::Checkpoint) -> Result<(), RestoreError> {
         self.model.load_named(&ckpt.params)?;
-        Ok(self
-            .optim
-            .restore(self.model.params(), &ckpt.rmsprop, &ckpt.extra)?)
+        Ok(self.optim.restore(self.model.params(), &ckpt.optimizer)?)
     }
 }
 
