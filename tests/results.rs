@@ -165,7 +165,12 @@ fn results_report_measures_time_to_score_and_keeps_results_md() {
     )
     .unwrap();
     let out = results(
-        &["--report", later.to_str().unwrap(), "--docs", docs.to_str().unwrap()],
+        &[
+            "--report",
+            later.to_str().unwrap(),
+            "--docs",
+            docs.to_str().unwrap(),
+        ],
         tmp.path(),
     );
     let err = String::from_utf8_lossy(&out.stderr);
