@@ -138,15 +138,7 @@ impl RmsProp {
         );
         let mut loaded = Vec::with_capacity(params.len());
         for ((name, _), dst) in params.iter().zip(&self.square_avg) {
-            let key = format!("rmsprop/{name}");
-            let src = named.get(&key).ok_or(StateError::Missing(key))?;
-            if src.size() != dst.size() {
-                return Err(StateError::Shape {
-                    found: src.size(),
-                    expected: dst.size(),
-                });
-            }
-            loaded.push(src);
+            loaded.push(state_tensor(named, format!("rmsprop/{name}"), &dst.size())?);
         }
         let _guard = tch::no_grad_guard();
         for (dst, src) in self.square_avg.iter_mut().zip(loaded) {
@@ -292,19 +284,11 @@ impl Adam {
         }
         let mut loaded = Vec::with_capacity(params.len());
         for (name, p) in params {
-            let (m, v) = (
-                get(format!("adam/m/{name}"))?,
-                get(format!("adam/v/{name}"))?,
-            );
-            for t in [&m, &v] {
-                if t.size() != p.size() {
-                    return Err(StateError::Shape {
-                        found: t.size(),
-                        expected: p.size(),
-                    });
-                }
-            }
-            loaded.push((m, v));
+            let size = p.size();
+            loaded.push((
+                state_tensor(named, format!("adam/m/{name}"), &size)?,
+                state_tensor(named, format!("adam/v/{name}"), &size)?,
+            ));
         }
         let _guard = tch::no_grad_guard();
         for ((m, v), (dm, dv)) in loaded
@@ -317,6 +301,26 @@ impl Adam {
         self.step = step.int64_value(&[]);
         Ok(())
     }
+}
+
+/// The tensor named `key` in a checkpoint's optimizer state, of shape `expected`.
+///
+/// # Errors
+///
+/// [`StateError::Missing`] when it is absent, [`StateError::Shape`] when its shape differs.
+fn state_tensor(
+    named: &std::collections::HashMap<String, Tensor>,
+    key: String,
+    expected: &[i64],
+) -> Result<Tensor, StateError> {
+    let t = named.get(&key).ok_or(StateError::Missing(key))?;
+    if t.size() != expected {
+        return Err(StateError::Shape {
+            found: t.size(),
+            expected: expected.to_vec(),
+        });
+    }
+    Ok(t.shallow_clone())
 }
 
 /// The learner's optimizer, chosen by `--optimizer`.
