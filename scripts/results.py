@@ -65,6 +65,9 @@ COLUMNS = [
     "train_time_to_score", "eval_time_to_score", "results_dir",
     # Added with --first-seed; empty (0) in older rows.
     "first_seed",
+    # Each seed's measures as JSON (seed, frames, wall_min, eval_mean, resumed and the time to
+    # each threshold), so that calls of one setting join into one row; empty in older rows.
+    "per_seed",
 ]
 # Per game (its name reduced by game_key): the scores whose time to reach is measured.
 THRESHOLDS = {
@@ -333,44 +336,100 @@ def seed_time_to_score_text(hits, thresholds):
         for t, h in zip(thresholds, hits))
 
 
+def setting_of(command):
+    """What makes two calls one setting: their command less the seeds (--seeds, --first-seed)
+    and the `--resume` that continued it. Calls that differ only in seeds join into one row."""
+    cmd = command.split("; scripts/results --resume", 1)[0]
+    cmd = re.sub(r"\s--(?:seeds|first-seed)\s+\d+", "", cmd)
+    return " ".join(cmd.split())
+
+
+def seeds_of(r):
+    """A results.csv row's seeds as dicts (see COLUMNS, per_seed), or None for older rows."""
+    if not r.get("per_seed"):
+        return None
+    return json.loads(r["per_seed"])
+
+
+def hits(value):
+    return [None if h is None else tuple(h) for h in value]
+
+
 def markdown_section(rows):
     """The generated section of RESULTS.md from results.csv rows (those with a results_dir):
-    one table per game, one row per rule (its newest call)."""
+    one table per game, one row per rule and setting (setting_of), joining the seeds of every
+    call made with it; a seed run again by a later call counts once, with its newest result.
+    Older rows without per-seed measures (per_seed) stand alone: the newest per rule."""
     rows = [r for r in rows if r.get("results_dir")]
-    latest = {}
+    groups = {}  # (game, rule, setting, thresholds) -> [row], in time order
     for r in rows:
-        latest[(r["game"], r["rule"])] = r  # results.csv is in time order: the last one wins
+        setting = setting_of(r["command"]) if seeds_of(r) is not None else "old"
+        groups.setdefault((r["game"], r["rule"], setting, r["thresholds"]), []).append(r)
+    for key in [k for k in groups if k[2] == "old"]:
+        groups[key] = groups[key][-1:]  # results.csv is in time order: the last one wins
     out = [BEGIN, "", "## scripts/results: every game and rule, time to score", "",
            "Made by `scripts/results` (see the README's \"Learning curves\"): seeds one after "
            "another, each with the whole machine; the final evaluation is `play --eval` of each "
            "seed's last checkpoint (30 games), mean ± std over seeds; time to score is the "
            "wall-clock minutes and frames at which the training mean return (last 100 games), "
            "or a periodic `--eval-every` evaluation, first reached each score: median [min, max] "
-           "over seeds, never counting as the longest, and how many seeds reached it. Resumed "
-           "seeds (continued from a checkpoint in a later session) are marked with *.", ""]
-    for game in sorted({g for g, _ in latest}):
+           "over seeds, never counting as the longest, and how many seeds reached it. Calls "
+           "that differ only in their seeds (`--seeds`, `--first-seed`) share a row; a seed run "
+           "again counts once, with its newest result. Resumed seeds (continued from a "
+           "checkpoint in a later session) are marked with *.", ""]
+    for game in sorted({k[0] for k in groups}):
         out += [f"### {game}", "",
                 "| rule | seeds | frames per seed | minutes per seed | final eval mean ± std "
                 "| training mean return reaches | evaluation reaches | curves | machine | commit "
                 "| command |",
                 "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for (g, rule), r in sorted(latest.items()):
-            if g != game:
-                continue
-            resumed = set(r["resumed_seeds"].split()) if r["resumed_seeds"] else set()
-            first = int(r.get("first_seed") or 0)
-            seeds = ", ".join(f"{i}{'*' if str(i) in resumed else ''}"
-                              for i in range(first, first + int(r["seeds"])))
-            curves = f"[png]({os.path.relpath(r['curves'], 'docs')})" if r["curves"] else ""
-            out.append(
-                f"| {rule} | {seeds} | {r['frames_per_seed'].replace(' ', ', ')} "
-                f"| {r['wall_min_per_seed'].replace(' ', ', ')} "
-                f"| {r['eval_mean']} ± {r['eval_std_over_seeds']} ({r['eval_games']} games each) "
-                f"| {r['train_time_to_score']} | {r['eval_time_to_score']} | {curves} "
-                f"| {r['machine']} | {r['commit']} | `{r['command']}` |")
+        for key in sorted(k for k in groups if k[0] == game):
+            out.append(table_row(key[1], groups[key]))
         out.append("")
     out.append(END)
     return "\n".join(out) + "\n"
+
+
+def table_row(rule, calls):
+    """One row of a game's table: the seeds of `calls` (results.csv rows, oldest first)."""
+    if seeds_of(calls[0]) is None:  # an older row, as it was written
+        r = calls[0]
+        resumed = set(r["resumed_seeds"].split()) if r["resumed_seeds"] else set()
+        first = int(r.get("first_seed") or 0)
+        seeds = ", ".join(f"{i}{'*' if str(i) in resumed else ''}"
+                          for i in range(first, first + int(r["seeds"])))
+        return (f"| {rule} | {seeds} | {r['frames_per_seed'].replace(' ', ', ')} "
+                f"| {r['wall_min_per_seed'].replace(' ', ', ')} "
+                f"| {r['eval_mean']} ± {r['eval_std_over_seeds']} ({r['eval_games']} games each) "
+                f"| {r['train_time_to_score']} | {r['eval_time_to_score']} | {curves_cell(calls)} "
+                f"| {r['machine']} | {r['commit']} | `{r['command']}` |")
+    by_seed = {}
+    for r in calls:
+        for s in seeds_of(r):
+            by_seed[s["seed"]] = s  # a later call's run of the same seed replaces it
+    seeds = [by_seed[k] for k in sorted(by_seed)]
+    th = [float(t) for t in calls[0]["thresholds"].split(",")]
+    means = [s["eval_mean"] for s in seeds]
+    games = sorted({str(r["eval_games"]) for r in calls})
+    unique = lambda xs: list(dict.fromkeys(xs))
+    return (
+        f"| {rule} | {', '.join(str(s['seed']) + ('*' if s['resumed'] else '') for s in seeds)} "
+        f"| {', '.join(str(s['frames']) for s in seeds)} "
+        f"| {', '.join(fmt_min(s['wall_min']) for s in seeds)} "
+        f"| {statistics.mean(means):.2f} ± {statistics.pstdev(means):.2f} "
+        f"({'/'.join(games)} games each) "
+        f"| {summarise_time_to_score([hits(s['train']) for s in seeds], th)} "
+        f"| {summarise_time_to_score([hits(s['eval']) for s in seeds], th)} "
+        f"| {curves_cell(calls)} | {'; '.join(unique(r['machine'] for r in calls))} "
+        f"| {'; '.join(unique(r['commit'] for r in calls))} "
+        f"| {'<br>'.join(f'`{c}`' for c in unique(r['command'] for r in calls))} |")
+
+
+def curves_cell(calls):
+    links = [os.path.relpath(r["curves"], "docs") for r in calls if r["curves"]]
+    if len(links) == 1:
+        return f"[png]({links[0]})"
+    return ", ".join(f"[png {i + 1}]({l})" for i, l in enumerate(links))
 
 
 def replace_section(text, section):
@@ -674,6 +733,11 @@ def report(base, run, docs):
         "eval_time_to_score": summarise_time_to_score([r["eval_time_to_score"] for r in results], th),
         "results_dir": os.path.relpath(base, ROOT),
         "first_seed": seed_numbers(run).start,
+        "per_seed": json.dumps([
+            {"seed": r["seed"], "frames": r["frames"], "wall_min": r["wall_min"],
+             "eval_mean": r["eval_mean"], "resumed": r["resumed"],
+             "train": r["train_time_to_score"], "eval": r["eval_time_to_score"]}
+            for r in results]),
     }
     path = os.path.join(docs, "results.csv")
     rows = []

@@ -153,9 +153,11 @@ fn results_report_measures_time_to_score_and_keeps_results_md() {
     let csv2 = std::fs::read_to_string(docs.join("results.csv")).unwrap();
     assert_eq!(csv2.lines().count(), 2, "{csv2}");
 
-    // A later call of seed 1 alone (--seeds 1 --first-seed 1) reports seed 1, not seed 0.
+    // A later call of seed 1 alone (--seeds 1 --first-seed 1) reports seed 1, not seed 0, and
+    // joins the first call's row (the same setting): seed 0 from the first call, seed 1 from
+    // the later one (its newest run, evaluated at 150 and not resumed).
     let later = tmp.path().join("CartPole-20261204T120000Z");
-    fake_seed(&later.join("seed-1"), 15.0, 100.0, 190.0, false);
+    fake_seed(&later.join("seed-1"), 15.0, 100.0, 150.0, false);
     std::fs::write(
         later.join("results.json"),
         r#"{"game": "CartPole", "minutes": 2, "seeds": 1, "first_seed": 1, "parallel": false,
@@ -178,19 +180,59 @@ fn results_report_measures_time_to_score_and_keeps_results_md() {
     assert!(err.contains("seed 1: 100000 frames"), "{err}");
     assert!(!err.contains("seed 0"), "{err}");
     let md3 = std::fs::read_to_string(docs.join("RESULTS.md")).unwrap();
-    let row = md3
-        .lines()
-        .find(|l| l.starts_with("| dqn |"))
-        .unwrap_or_else(|| panic!("no dqn row in\n{md3}"));
-    // The newest call is the rule's row: seed 1 only, its final evaluation 190.
-    assert!(
-        row.starts_with("| dqn | 1 | 100000 | 1.67 | 190.00 ± 0.00 (30 games each) |"),
-        "{row}"
-    );
-    assert!(row.contains("def5678"), "{row}");
+    let rows: Vec<&str> = md3.lines().filter(|l| l.starts_with("| dqn |")).collect();
+    assert_eq!(rows.len(), 1, "{md3}");
+    for cell in [
+        "| dqn | 0, 1 | 100000, 100000 | 1.67, 1.67 | 130.00 ± 20.00 (30 games each) |",
+        "[png 1](results/CartPole-dqn-20261203T120000Z/curves.png), \
+         [png 2](results/CartPole-dqn-20261204T120000Z/curves.png)",
+        "| abc1234; def5678 |",
+        "`scripts/results CartPole 2 --seeds 2`<br>`scripts/results CartPole 2 --seeds 1 --first-seed 1` |",
+    ] {
+        assert!(rows[0].contains(cell), "{cell}\nnot in\n{}", rows[0]);
+    }
     let csv3 = std::fs::read_to_string(docs.join("results.csv")).unwrap();
     assert_eq!(csv3.lines().count(), 3, "{csv3}");
-    assert!(csv3.lines().nth(2).unwrap().ends_with(",1"), "{csv3}");
+    assert!(csv3.lines().nth(2).unwrap().contains(",1,\"[{"), "{csv3}");
+
+    // A call with another setting (a learner flag more) has a row of its own.
+    let other = tmp.path().join("CartPole-20261205T120000Z");
+    fake_seed(&other.join("seed-0"), 10.0, 60.0, 70.0, false);
+    std::fs::write(
+        other.join("results.json"),
+        r#"{"game": "CartPole", "minutes": 2, "seeds": 1, "parallel": false,
+            "thresholds": [100, 195, 475], "flags": ["--eval-every", "20000", "--lr", "0.001"],
+            "stamp": "20261205T120000Z", "machine": "2 cores Test CPU", "commit": "0a0b0c0",
+            "command": "scripts/results CartPole 2 --seeds 1 --lr 0.001"}"#,
+    )
+    .unwrap();
+    let out = results(
+        &[
+            "--report",
+            other.to_str().unwrap(),
+            "--docs",
+            docs.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md4 = std::fs::read_to_string(docs.join("RESULTS.md")).unwrap();
+    let rows: Vec<&str> = md4.lines().filter(|l| l.starts_with("| dqn |")).collect();
+    assert_eq!(rows.len(), 2, "{md4}");
+    assert!(
+        rows.iter().any(|r| r
+            .starts_with("| dqn | 0 | 100000 | 1.67 | 70.00 ± 0.00 (30 games each) |")
+            && r.contains("--lr 0.001")),
+        "{md4}"
+    );
+    assert!(
+        rows.iter().any(|r| r.starts_with("| dqn | 0, 1 |")),
+        "{md4}"
+    );
 
     // A seed without an evaluated last checkpoint has not finished.
     std::fs::remove_file(base.join("seed-1/model-100000.eval.json")).unwrap();
