@@ -364,11 +364,19 @@ pub struct Summary {
 }
 
 /// Where `play --eval` writes the report for `model`: `<dir>/<stem>.eval.json`
-/// (`<stem>.eval-sticky.json` with sticky actions), next to the model.
+/// (`<stem>.eval-sticky.json` with sticky actions), next to the model. For the learner's
+/// `model-best.safetensors` it is `model-best.play-eval.json` (`.play-eval-sticky.json`):
+/// `model-best.eval.json` holds the learner's own scores of that model, which a resumed run
+/// reads to decide what a better evaluation is ([`crate::checkpoint::best_scores_path`]).
 pub fn report_path(model: &Path, sticky: bool) -> PathBuf {
     let stem = model.file_stem().unwrap_or_default().to_string_lossy();
-    let suffix = if sticky { "eval-sticky" } else { "eval" };
-    model.with_file_name(format!("{stem}.{suffix}.json"))
+    let kind = if stem == "model-best" {
+        "play-eval"
+    } else {
+        "eval"
+    };
+    let suffix = if sticky { "-sticky" } else { "" };
+    model.with_file_name(format!("{stem}.{kind}{suffix}.json"))
 }
 
 /// Writes `report` as pretty JSON (and a final newline) to `path` atomically
@@ -463,6 +471,20 @@ mod tests {
         assert_eq!(
             report_path(Path::new("m.pt"), false),
             Path::new("m.eval.json")
+        );
+        // Not over the learner's scores of its best model (model-best.eval.json).
+        let best = Path::new("runs/Pong/model-best.safetensors");
+        assert_eq!(
+            report_path(best, false),
+            Path::new("runs/Pong/model-best.play-eval.json")
+        );
+        assert_eq!(
+            report_path(best, true),
+            Path::new("runs/Pong/model-best.play-eval-sticky.json")
+        );
+        assert_ne!(
+            report_path(best, false),
+            crate::checkpoint::best_scores_path(Path::new("runs/Pong"))
         );
     }
 
