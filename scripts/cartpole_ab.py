@@ -7,10 +7,12 @@ e.g. (the binary before a change, kept aside, against the one built now)
   python3 scripts/cartpole_ab.py /tmp/before/learner target/release/learner docs/redesign-ab
 
 Each (rule, seed) trains with A, then B (B first on odd seeds, so that a drift of the
-machine's speed does not favour one side), with the rule's tuned config
-(configs/cartpole.toml for q and sarsa, configs/cartpole-<rule>.toml for the others: 2 actor
-processes, --target-return 195 over the last 100 episodes, the config's --max-frames as the
-budget), --device cpu --inference actor. A run stops when it reaches 195 or its budget.
+machine's speed does not favour one side), as `learner --game CartPole --algorithm <rule>`
+with the config the learner picks for it from configs/ (configs/cartpole-<rule>.toml, or
+configs/cartpole.toml for the rules that read its settings: 2 actor processes,
+--target-return 195 over the last 100 episodes, the config's --max-frames as the budget),
+--device cpu --inference actor. A run stops when it reaches 195 or its budget. The rules are
+those both binaries offer (their `--help`), unless --rules names some.
 
 Writes OUT_DIR/<side>/<rule>-<seed>/ (run directories), OUT_DIR/ab.csv (one row per run:
 side, rule, seed, solved, frames, wall seconds) and OUT_DIR/ab.md (a table per rule: the
@@ -20,18 +22,27 @@ the commit; prints the table.
 import csv
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RULES = ["q", "sarsa", "dqn", "a3c", "impala"]
+CONFIGS = os.path.join(ROOT, "configs")
 
 
-def config_for(rule):
-    name = "cartpole.toml" if rule in ("q", "sarsa") else f"cartpole-{rule}.toml"
-    return os.path.join(ROOT, "configs", name)
+def rules_of(binary):
+    """The values of `binary --help`'s --algorithm, in its order (the rules it was built with)."""
+    try:
+        text = subprocess.run([binary, "--help"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise SystemExit(f"{binary}: cannot run `{binary} --help` ({e}); give a learner binary")
+    block = text.split("--algorithm <ALGORITHM>", 1)[-1].split("[default:", 1)[0]
+    rules = re.findall(r"^\s+- ([\w-]+):", block, re.M)
+    if not rules:
+        raise SystemExit(f"{binary}: its --help lists no --algorithm values; give a learner binary")
+    return rules
 
 
 def parse_seeds(text):
@@ -50,12 +61,13 @@ def last_row(logdir):
 
 def run(binary, rule, seed, logdir):
     args = [
-        binary, "--config", config_for(rule), "--algorithm", rule, "--seed", str(seed),
+        binary, "--game", "CartPole", "--algorithm", rule, "--seed", str(seed),
         "--device", "cpu", "--inference", "actor", "--logdir", logdir,
     ]
+    env = dict(os.environ, ASYNC_RL_CONFIG_DIR=CONFIGS)
     start = time.time()
     with open(logdir + ".log", "w") as log:
-        status = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT).returncode
+        status = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     wall = time.time() - start
     if status != 0:
         raise SystemExit(f"{' '.join(args)} failed with status {status}; see {logdir}.log")
@@ -70,16 +82,27 @@ def main():
     if len(argv) < 3:
         raise SystemExit(__doc__)
     a, b, out = argv[:3]
-    seeds, rules = [1, 2, 3, 4, 5], RULES
+    offered = [r for r in rules_of(a) if r in rules_of(b)]
+    seeds, rules = [1, 2, 3, 4, 5], offered
     rest = argv[3:]
     while rest:
-        flag, value, rest = rest[0], rest[1], rest[2:]
+        flag = rest[0]
+        if flag not in ("--seeds", "--rules"):
+            raise SystemExit(f"unknown flag {flag}; valid: --seeds, --rules\n{__doc__}")
+        if len(rest) < 2:
+            raise SystemExit(f"{flag} needs a value, e.g. {flag} {'1-5' if flag == '--seeds' else 'q,dqn'}")
+        value, rest = rest[1], rest[2:]
         if flag == "--seeds":
-            seeds = parse_seeds(value)
-        elif flag == "--rules":
-            rules = value.split(",")
+            try:
+                seeds = parse_seeds(value)
+            except ValueError:
+                raise SystemExit(f"--seeds {value}: give a range (1-5) or a list (1,3,4)")
         else:
-            raise SystemExit(f"unknown flag {flag}\n{__doc__}")
+            rules = value.split(",")
+            unknown = [r for r in rules if r not in offered]
+            if unknown:
+                raise SystemExit(f"--rules: {', '.join(unknown)} not offered by both binaries; "
+                                 f"valid: {', '.join(offered)}")
     os.makedirs(out, exist_ok=True)
     results = []
     for rule in rules:
