@@ -370,7 +370,10 @@ def markdown_section(rows):
     out = [BEGIN, "", "## scripts/results: every game and rule, time to score", "",
            "Made by `scripts/results` (see the README's \"Learning curves\"): seeds one after "
            "another, each with the whole machine; the final evaluation is `play --eval` of each "
-           "seed's last checkpoint (30 games), mean ± std over seeds; time to score is the "
+           "seed's last checkpoint (30 games), mean ± std over seeds; the best checkpoint is "
+           "`model-best.safetensors`, the weights of the seed's best periodic evaluation "
+           "(10 games), evaluated anew as the last one is (30 games; how many seeds have one, and "
+           "the frames it was saved at); time to score is the "
            "wall-clock minutes and frames at which the training mean return (last 100 games), "
            "or a periodic `--eval-every` evaluation, first reached each score: median [min, max] "
            "over seeds, never counting as the longest, and how many seeds reached it. Calls "
@@ -380,9 +383,9 @@ def markdown_section(rows):
     for game in sorted({k[0] for k in groups}):
         out += [f"### {game}", "",
                 "| rule | seeds | frames per seed | minutes per seed | final eval mean ± std "
-                "| training mean return reaches | evaluation reaches | curves | machine | commit "
+                "| best checkpoint eval mean ± std | training mean return reaches | evaluation reaches | curves | machine | commit "
                 "| command |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for key in sorted(k for k in groups if k[0] == game):
             out.append(table_row(key[1], groups[key]))
         out.append("")
@@ -401,7 +404,7 @@ def table_row(rule, calls):
         return (f"| {rule} | {seeds} | {r['frames_per_seed'].replace(' ', ', ')} "
                 f"| {r['wall_min_per_seed'].replace(' ', ', ')} "
                 f"| {r['eval_mean']} ± {r['eval_std_over_seeds']} ({r['eval_games']} games each) "
-                f"| {r['train_time_to_score']} | {r['eval_time_to_score']} | {curves_cell(calls)} "
+                f"| - | {r['train_time_to_score']} | {r['eval_time_to_score']} | {curves_cell(calls)} "
                 f"| {r['machine']} | {r['commit']} | `{r['command']}` |")
     by_seed = {}
     for r in calls:
@@ -417,12 +420,25 @@ def table_row(rule, calls):
         f"| {', '.join(str(s['frames']) for s in seeds)} "
         f"| {', '.join(fmt_min(s['wall_min']) for s in seeds)} "
         f"| {statistics.mean(means):.2f} ± {statistics.pstdev(means):.2f} "
-        f"({'/'.join(games)} games each) "
+        f"({'/'.join(games)} games each) | {best_cell(seeds)} "
         f"| {summarise_time_to_score([hits(s['train']) for s in seeds], th)} "
         f"| {summarise_time_to_score([hits(s['eval']) for s in seeds], th)} "
         f"| {curves_cell(calls)} | {'; '.join(unique(r['machine'] for r in calls))} "
         f"| {'; '.join(unique(r['commit'] for r in calls))} "
         f"| {'<br>'.join(f'`{c}`' for c in unique(r['command'] for r in calls))} |")
+
+
+def best_cell(seeds):
+    """The best checkpoints' evaluations (per_seed's best_eval_mean): mean ± std over the seeds
+    that have one, how many, and the frames each was saved at."""
+    best = [s for s in seeds if s.get("best_eval_mean") is not None]
+    if not best:
+        return "-"
+    means = [s["best_eval_mean"] for s in best]
+    at = ", ".join(fmt_frames(s["best_frames"]) if s.get("best_frames") is not None else "?"
+                   for s in best)
+    return (f"{statistics.mean(means):.2f} ± {statistics.pstdev(means):.2f} "
+            f"({len(best)}/{len(seeds)} seeds; saved at {at} frames)")
 
 
 def curves_cell(calls):
@@ -571,24 +587,37 @@ def finish(p, deadline, seed, logdir):
 
 
 def evaluate(model, pin=None):
+    """`play --eval` of `model` (30 games, standard protocol); its report lands beside it
+    (report_of)."""
     cmd = [PLAY, "--model", model, "--eval"]
     if pin is not None:
         cmd = ["taskset", "-c", pin, *cmd]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise ResultsError(f"play --eval {model} failed:\n{out.stderr}")
-    with open(os.path.splitext(model)[0] + ".eval.json") as f:
-        r = json.load(f)
-    return r["mean"], r["episodes"]
+
+
+def report_of(model):
+    """Where `play --eval` writes its report of `model` (src/eval.rs, report_path): the
+    learner's model-best.safetensors has its own scores in model-best.eval.json, so play's
+    report of it is model-best.play-eval.json."""
+    stem = os.path.splitext(model)[0]
+    return stem + (".play-eval.json" if os.path.basename(stem) == "model-best" else ".eval.json")
+
+
+BEST = "model-best.safetensors"  # the weights of the best periodic evaluation (--eval-every)
 
 
 def seed_result(logdir, seed, thresholds, pin=None):
-    """Evaluates the seed's last checkpoint and measures its curves; writes and returns
+    """Evaluates the seed's last checkpoint, and its best one (model-best.safetensors, chosen by
+    the periodic evaluations) when there is one, and measures its curves; writes and returns
     seed-<i>/result.json."""
     ck = checkpoints(logdir)
     if not ck:
         raise ResultsError(f"seed {seed}: no checkpoint in {logdir}")
     evaluate(os.path.join(logdir, ck[-1][1]), pin)
+    if os.path.isfile(os.path.join(logdir, BEST)):
+        evaluate(os.path.join(logdir, BEST), pin)
     return write_seed_result(logdir, seed, thresholds)
 
 
@@ -606,6 +635,13 @@ def write_seed_result(logdir, seed, thresholds, say=True):
     with open(report) as f:
         r = json.load(f)
     mean, games = r["mean"], r["episodes"]
+    # The best checkpoint's 30 games, new games apart from the 10 that chose it.
+    best_mean = best_frames = None
+    best_report = report_of(os.path.join(logdir, BEST))
+    if os.path.isfile(best_report):
+        with open(best_report) as f:
+            b = json.load(f)
+        best_mean, best_frames = b["mean"], b.get("frames_trained")
     resumed = os.path.isfile(os.path.join(logdir, "resumed"))
     training = read_training(os.path.join(logdir, "metrics.csv"))
     log = os.path.join(logdir, "learner.log")
@@ -616,6 +652,7 @@ def write_seed_result(logdir, seed, thresholds, say=True):
         "seed": seed, "rule": rule, "frames": frames,
         "wall_min": round((wall_at(training, frames) or 0.0) / 60, 2),
         "eval_mean": mean, "eval_games": games, "resumed": resumed,
+        "best_eval_mean": best_mean, "best_frames": best_frames,
         "train_time_to_score": time_to_score(training, thresholds),
         "eval_time_to_score": time_to_score(eval_points(training, evals), thresholds),
         "training": [[f, w, r] for f, w, r in training if r is not None],
@@ -625,7 +662,9 @@ def write_seed_result(logdir, seed, thresholds, say=True):
         json.dump(res, f)
     if say:
         print(f"[results] seed {seed}: {frames} frames, {fmt_min(res['wall_min'])} min, final eval mean "
-              f"{mean:.2f}{' (resumed)' if resumed else ''}; training reaches "
+              f"{mean:.2f}{' (resumed)' if resumed else ''}"
+              f"{'' if best_mean is None else f', best checkpoint ({best_frames} frames) {best_mean:.2f}'}"
+              f"; training reaches "
               f"{seed_time_to_score_text(res['train_time_to_score'], thresholds)}; evaluation "
               f"reaches {seed_time_to_score_text(res['eval_time_to_score'], thresholds)}",
               file=sys.stderr, flush=True)
@@ -736,6 +775,7 @@ def report(base, run, docs):
         "per_seed": json.dumps([
             {"seed": r["seed"], "frames": r["frames"], "wall_min": r["wall_min"],
              "eval_mean": r["eval_mean"], "resumed": r["resumed"],
+             "best_eval_mean": r["best_eval_mean"], "best_frames": r["best_frames"],
              "train": r["train_time_to_score"], "eval": r["eval_time_to_score"]}
             for r in results]),
     }

@@ -79,6 +79,20 @@ fn results_report_measures_time_to_score_and_keeps_results_md() {
     // evaluations 100, 200, ... 500 (100, 195 and 475 at 20,000, 40,000 and 100,000 frames).
     fake_seed(&base.join("seed-0"), 10.0, 60.0, 110.0, false);
     fake_seed(&base.join("seed-1"), 15.0, 100.0, 190.0, true);
+    // Seed 0's best periodic evaluation kept its weights (model-best.safetensors), which play
+    // evaluated anew at 130 (model-best.play-eval.json); the learner's own scores of it
+    // (model-best.eval.json) are not that evaluation.
+    std::fs::write(base.join("seed-0/model-best.safetensors"), "").unwrap();
+    std::fs::write(
+        base.join("seed-0/model-best.eval.json"),
+        "{\"frames\": 80000, \"mean\": 240.0, \"episodes\": 10}",
+    )
+    .unwrap();
+    std::fs::write(
+        base.join("seed-0/model-best.play-eval.json"),
+        "{\"frames_trained\": 80000, \"mean\": 130.0, \"episodes\": 30}",
+    )
+    .unwrap();
     std::fs::write(
         base.join("results.json"),
         r#"{"game": "CartPole", "minutes": 2, "seeds": 2, "parallel": false,
@@ -107,7 +121,7 @@ fn results_report_measures_time_to_score_and_keeps_results_md() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("seed 0: 100000 frames, 1.67 min, final eval mean 110.00; training reaches 100: 1.33 min 80000 frames; 195: never; 475: never; evaluation reaches 100: 0.67 min 40000 frames; 195: 1.33 min 80000 frames; 475: never"),
+        err.contains("seed 0: 100000 frames, 1.67 min, final eval mean 110.00, best checkpoint (80000 frames) 130.00; training reaches 100: 1.33 min 80000 frames; 195: never; 475: never; evaluation reaches 100: 0.67 min 40000 frames; 195: 1.33 min 80000 frames; 475: never"),
         "{err}"
     );
     assert!(err.contains("final eval mean 190.00 (resumed)"), "{err}");
@@ -119,7 +133,8 @@ fn results_report_measures_time_to_score_and_keeps_results_md() {
         .find(|l| l.starts_with("| dqn |"))
         .unwrap_or_else(|| panic!("no dqn row in\n{md}"));
     for cell in [
-        "| dqn | 0, 1* | 100000, 100000 | 1.67, 1.67 | 150.00 ± 40.00 (30 games each) |",
+        "| dqn | 0, 1* | 100000, 100000 | 1.67, 1.67 | 150.00 ± 40.00 (30 games each) \
+         | 130.00 ± 0.00 (1/2 seeds; saved at 80k frames) |",
         // Training: 100 at 80 s and 60 s; 195 and 475 never.
         "≥100: 1.17 [1.00, 1.33] min, 70k [60k, 80k] frames (2/2)<br>≥195: never (0/2)<br>≥475: never (0/2) |",
         // Evaluations; 475 only by seed 1 (the median of a reached and a never is never).
@@ -183,7 +198,8 @@ fn results_report_measures_time_to_score_and_keeps_results_md() {
     let rows: Vec<&str> = md3.lines().filter(|l| l.starts_with("| dqn |")).collect();
     assert_eq!(rows.len(), 1, "{md3}");
     for cell in [
-        "| dqn | 0, 1 | 100000, 100000 | 1.67, 1.67 | 130.00 ± 20.00 (30 games each) |",
+        "| dqn | 0, 1 | 100000, 100000 | 1.67, 1.67 | 130.00 ± 20.00 (30 games each) \
+         | 130.00 ± 0.00 (1/2 seeds; saved at 80k frames) |",
         "[png 1](results/CartPole-dqn-20261203T120000Z/curves.png), \
          [png 2](results/CartPole-dqn-20261204T120000Z/curves.png)",
         "| abc1234; def5678 |",
@@ -225,7 +241,7 @@ fn results_report_measures_time_to_score_and_keeps_results_md() {
     assert_eq!(rows.len(), 2, "{md4}");
     assert!(
         rows.iter().any(|r| r
-            .starts_with("| dqn | 0 | 100000 | 1.67 | 70.00 ± 0.00 (30 games each) |")
+            .starts_with("| dqn | 0 | 100000 | 1.67 | 70.00 ± 0.00 (30 games each) | - |")
             && r.contains("--lr 0.001")),
         "{md4}"
     );
