@@ -175,6 +175,30 @@ fn periodic_evaluation_runs_beside_training_and_logs_eval_mean_return() {
         Duration::from_secs(60),
     );
     assert_ok("play model-best.safetensors", &out);
+    // `play --eval` of it reports beside it, not over the learner's scores of it.
+    let scores = std::fs::read(dir.join("model-best.eval.json")).unwrap();
+    let (_, out) = run(
+        PLAY,
+        &[
+            "--model",
+            "run/model-best.safetensors",
+            "--eval",
+            "--episodes",
+            "2",
+        ],
+        tmp.path(),
+        Duration::from_secs(60),
+    );
+    assert_ok("play --eval model-best.safetensors", &out);
+    assert_eq!(
+        std::fs::read(dir.join("model-best.eval.json")).unwrap(),
+        scores
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("model-best.play-eval.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["episodes"].as_u64(), Some(2), "{report}");
+    assert_eq!(report["frames_trained"], best["frames"], "{report}");
     // A resumed run replaces them only with a better evaluation than the one recorded.
     let record = serde_json::json!({"frames": 1, "mean": 1e9, "median": 1e9, "std": 0.0,
         "min": 1e9, "max": 1e9, "episodes": 3});
