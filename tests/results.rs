@@ -69,6 +69,22 @@ fn results(args: &[&str], cwd: &Path) -> std::process::Output {
         .expect("running scripts/results.py")
 }
 
+/// `scripts/results --report CALL --docs DOCS`, which must succeed; its standard error.
+fn report(call: &Path, docs: &Path) -> String {
+    let out = results(
+        &[
+            "--report",
+            call.to_str().unwrap(),
+            "--docs",
+            docs.to_str().unwrap(),
+        ],
+        call.parent().unwrap(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    err
+}
+
 #[test]
 fn results_report_measures_time_to_score_and_keeps_results_md() {
     let tmp = tempfile::tempdir().unwrap();
@@ -109,17 +125,7 @@ fn results_report_measures_time_to_score_and_keeps_results_md() {
     )
     .unwrap();
 
-    let out = results(
-        &[
-            "--report",
-            base.to_str().unwrap(),
-            "--docs",
-            docs.to_str().unwrap(),
-        ],
-        tmp.path(),
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let err = report(&base, &docs);
     assert!(
         err.contains("seed 0: 100000 frames, 1.67 min, final eval mean 110.00, best checkpoint (80000 frames) 130.00; training reaches 100: 1.33 min 80000 frames; 195: never; 475: never; evaluation reaches 100: 0.67 min 40000 frames; 195: 1.33 min 80000 frames; 475: never"),
         "{err}"
@@ -149,20 +155,7 @@ fn results_report_measures_time_to_score_and_keeps_results_md() {
     assert_eq!(csv.lines().count(), 2, "{csv}");
 
     // Again: the section and the CSV row are replaced, not added to.
-    let out = results(
-        &[
-            "--report",
-            base.to_str().unwrap(),
-            "--docs",
-            docs.to_str().unwrap(),
-        ],
-        tmp.path(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    report(&base, &docs);
     let md2 = std::fs::read_to_string(docs.join("RESULTS.md")).unwrap();
     assert_eq!(md2, md);
     let csv2 = std::fs::read_to_string(docs.join("results.csv")).unwrap();
@@ -181,17 +174,7 @@ fn results_report_measures_time_to_score_and_keeps_results_md() {
             "command": "scripts/results CartPole 2 --seeds 1 --first-seed 1"}"#,
     )
     .unwrap();
-    let out = results(
-        &[
-            "--report",
-            later.to_str().unwrap(),
-            "--docs",
-            docs.to_str().unwrap(),
-        ],
-        tmp.path(),
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let err = report(&later, &docs);
     assert!(err.contains("seed 1: 100000 frames"), "{err}");
     assert!(!err.contains("seed 0"), "{err}");
     let md3 = std::fs::read_to_string(docs.join("RESULTS.md")).unwrap();
@@ -222,20 +205,7 @@ fn results_report_measures_time_to_score_and_keeps_results_md() {
             "command": "scripts/results CartPole 2 --seeds 1 --lr 0.001"}"#,
     )
     .unwrap();
-    let out = results(
-        &[
-            "--report",
-            other.to_str().unwrap(),
-            "--docs",
-            docs.to_str().unwrap(),
-        ],
-        tmp.path(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    report(&other, &docs);
     let md4 = std::fs::read_to_string(docs.join("RESULTS.md")).unwrap();
     let rows: Vec<&str> = md4.lines().filter(|l| l.starts_with("| dqn |")).collect();
     assert_eq!(rows.len(), 2, "{md4}");
