@@ -186,10 +186,11 @@ impl<H: SegmentHeader> Mapping<H> {
 
     /// The header at the start of the segment.
     pub(super) fn header(&self) -> &H {
-        // SAFETY: `create` and `open` made sure the mapping is at least `size_of::<H>()` bytes
-        // long; it is page-aligned, which `ALIGNED` shows is enough for `H`; and `H` is all
-        // atomics (the `SegmentHeader` contract), so any bytes are a valid `H` and shared
-        // access from other processes is not a data race. The mapping lives as long as `self`.
+        // `create` and `open` made sure the mapping is at least `size_of::<H>()` bytes long; it
+        // is page-aligned, which `ALIGNED` shows is enough for `H`; and `H` is all atomics (the
+        // `SegmentHeader` contract), so any bytes are a valid `H` and shared access from other
+        // processes is not a data race. The mapping lives as long as `self`.
+        // SAFETY: an in-bounds, aligned, always-valid `H`, as above.
         unsafe { &*self.shm.as_ptr().cast::<H>() }
     }
 

@@ -198,10 +198,11 @@ impl ExperienceQueue {
             .iter()
             .enumerate()
             .map(|(i, &(off, cap))| Lane {
-                // SAFETY: `geometry` placed the lane controls right after the
-                // header and the slot regions after them, all within `total`
-                // bytes, which is the mapping's length (`Mapping::create` made
-                // it that long, `Mapping::open` checked it).
+                // `geometry` placed the lane controls right after the header and
+                // the slot regions after them, all within `total` bytes, which is
+                // the mapping's length (`Mapping::create` made it that long,
+                // `Mapping::open` checked it).
+                // SAFETY: lane `i`'s control lies inside the mapping, as above.
                 ctrl: unsafe {
                     base.add(size_of::<Header>() + i * size_of::<LaneCtrl>())
                         .cast()

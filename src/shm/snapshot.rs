@@ -132,10 +132,11 @@ impl WeightSnapshot {
     }
 
     fn buffer(&self, b: usize) -> &[AtomicU32] {
-        // SAFETY: buffer `b` (0 or 1) starts at header + b * stride, holds
-        // `numel` AtomicU32 (4-byte aligned) inside the mapping (whose length is
+        // Buffer `b` (0 or 1) starts at header + b * stride, holds `numel`
+        // AtomicU32 (4-byte aligned) inside the mapping (whose length is
         // `sizes(numel)`'s total: made so by `Mapping::create`, checked by
         // `Mapping::open`), and is only ever accessed atomically.
+        // SAFETY: the slice lies inside the mapping and is aligned, as above.
         unsafe {
             let p = self
                 .seg
