@@ -351,10 +351,6 @@ def seeds_of(r):
     return json.loads(r["per_seed"])
 
 
-def hits(value):
-    return [None if h is None else tuple(h) for h in value]
-
-
 def markdown_section(rows):
     """The generated section of RESULTS.md from results.csv rows (those with a results_dir):
     one table per game, one row per rule and setting (setting_of), joining the seeds of every
@@ -421,8 +417,8 @@ def table_row(rule, calls):
         f"| {', '.join(fmt_min(s['wall_min']) for s in seeds)} "
         f"| {statistics.mean(means):.2f} ± {statistics.pstdev(means):.2f} "
         f"({'/'.join(games)} games each) | {best_cell(seeds)} "
-        f"| {summarise_time_to_score([hits(s['train']) for s in seeds], th)} "
-        f"| {summarise_time_to_score([hits(s['eval']) for s in seeds], th)} "
+        f"| {summarise_time_to_score([s['train'] for s in seeds], th)} "
+        f"| {summarise_time_to_score([s['eval'] for s in seeds], th)} "
         f"| {curves_cell(calls)} | {'; '.join(unique(r['machine'] for r in calls))} "
         f"| {'; '.join(unique(r['commit'] for r in calls))} "
         f"| {'<br>'.join(f'`{c}`' for c in unique(r['command'] for r in calls))} |")
