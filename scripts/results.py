@@ -232,19 +232,50 @@ def parse(argv):
 # Curves and time to score (pure: the unit tests' subject)
 
 
-def read_training(metrics_csv):
-    """[(frames, wall_s, mean_return)] from a metrics.csv, rows without a finished game left out.
-    A resumed run appends rows that restart from its checkpoint's frames: rows of the earlier
-    session past that point (trained, but lost with it) are dropped, so frames only grow."""
-    out = []
+# Games in the learner's training mean (metrics.csv's mean_return; src/learner/train.rs keeps a
+# ReturnWindow of 100, and --target-return waits for it to be full, as this does).
+WINDOW = 100
+
+
+def read_training(metrics_csv, session_starts=None):
+    """[(frames, wall_s, mean_return)] from a metrics.csv (mean_return None before the first
+    finished game). A resumed run appends rows that restart from its checkpoint's frames: rows of the earlier
+    session past that point (trained, but lost with it) are dropped, so frames only grow.
+
+    With session_starts (the checkpoint frames each session of a resumed seed started from,
+    read_session_starts of its learner.log), a row's mean is None until its session has finished
+    WINDOW games: the mean of a first few games (8 actors' first Pong games, all at -20) is not a
+    score reached. A session starts at the first row past its checkpoint's frames, or where the
+    frames fall back; its games are counted from the episodes of the row before it (a checkpoint
+    later than that row has a few games more, so the count can be that many high)."""
+    out, episodes = [], []
+    pending = sorted(n for n in (session_starts or []) if n > 0)
+    base = 0
     with open(metrics_csv) as f:
         for r in csv.DictReader(f):
             frames, wall = int(r["frames"]), float(r["wall_s"])
+            games = int(r.get("episodes") or 0)
+            fell_back = bool(out) and out[-1][0] >= frames
             while out and out[-1][0] >= frames:
                 out.pop()
+                episodes.pop()
+            crossed = bool(pending) and pending[0] < frames and (not out or out[-1][0] <= pending[0])
+            if fell_back or crossed:
+                base = episodes[-1] if episodes else 0
+                pending = [n for n in pending if n >= frames]
             ret = r.get("mean_return") or ""
-            out.append((frames, wall, float(ret) if ret else None))
+            mean = float(ret) if ret else None
+            if session_starts is not None and games - base < WINDOW:
+                mean = None
+            out.append((frames, wall, mean))
+            episodes.append(games)
     return out
+
+
+def read_session_starts(log_text):
+    """The frames each session in a learner.log started from ('[results] <time> from <N>
+    frames: ...'; [0] for a log without such lines, a seed trained in one go)."""
+    return [int(m.group(1)) for m in SESSION_LINE.finditer(log_text)] or [0]
 
 
 SESSION_LINE = re.compile(r"^\[results\] \S+ from (\d+) frames:", re.M)
@@ -370,9 +401,9 @@ def markdown_section(rows):
            "`model-best.safetensors`, the weights of the seed's best periodic evaluation "
            "(10 games), evaluated anew as the last one is (30 games; how many seeds have one, and "
            "the frames it was saved at); time to score is the "
-           "wall-clock minutes and frames at which the training mean return (last 100 games), "
-           "or a periodic `--eval-every` evaluation, first reached each score: median [min, max] "
-           "over seeds, never counting as the longest, and how many seeds reached it. Calls "
+           "wall-clock minutes and frames at which the training mean return (last 100 games, "
+           "counted from a session's 100th game on), or a periodic `--eval-every` evaluation, "
+           "first reached each score: median [min, max] over seeds, never counting as the longest, and how many seeds reached it. Calls "
            "that differ only in their seeds (`--seeds`, `--first-seed`) share a row; a seed run "
            "again counts once, with its newest result. Resumed seeds (continued from a "
            "checkpoint in a later session) are marked with *.", ""]
@@ -639,9 +670,12 @@ def write_seed_result(logdir, seed, thresholds, say=True):
             b = json.load(f)
         best_mean, best_frames = b["mean"], b.get("frames_trained")
     resumed = os.path.isfile(os.path.join(logdir, "resumed"))
-    training = read_training(os.path.join(logdir, "metrics.csv"))
+    metrics = os.path.join(logdir, "metrics.csv")
+    training = read_training(metrics)
     log = os.path.join(logdir, "learner.log")
-    evals = read_evals(open(log, errors="replace").read()) if os.path.isfile(log) else []
+    log_text = open(log, errors="replace").read() if os.path.isfile(log) else ""
+    evals = read_evals(log_text)
+    scored = read_training(metrics, read_session_starts(log_text))  # full windows only
     with open(os.path.join(logdir, "config.toml")) as f:
         rule = re.search(r'^algorithm = "(\w+)"', f.read(), re.M).group(1)
     res = {
@@ -649,7 +683,7 @@ def write_seed_result(logdir, seed, thresholds, say=True):
         "wall_min": round((wall_at(training, frames) or 0.0) / 60, 2),
         "eval_mean": mean, "eval_games": games, "resumed": resumed,
         "best_eval_mean": best_mean, "best_frames": best_frames,
-        "train_time_to_score": time_to_score(training, thresholds),
+        "train_time_to_score": time_to_score(scored, thresholds),
         "eval_time_to_score": time_to_score(eval_points(training, evals), thresholds),
         "training": [[f, w, r] for f, w, r in training if r is not None],
         "evals": [[f, wall_at(training, f), m] for f, m in evals],

@@ -9,8 +9,8 @@ use std::process::Command;
 
 const HEADER: &str = async_rl::metrics::CSV_HEADER;
 
-/// A finished seed: metrics rows every 10 s and 10,000 frames whose mean return climbs by
-/// `step` from 20, evaluations every 20,000 frames scoring `eval_step` more each time, the
+/// A finished seed: metrics rows every 10 s, 10,000 frames and 50 games whose mean return
+/// climbs by `step` from 20, evaluations every 20,000 frames scoring `eval_step` more each time, the
 /// last checkpoint at 100,000 frames evaluated at `final_eval`.
 fn fake_seed(dir: &Path, step: f64, eval_step: f64, final_eval: f64, resumed: bool) {
     std::fs::create_dir_all(dir).unwrap();
@@ -19,9 +19,10 @@ fn fake_seed(dir: &Path, step: f64, eval_step: f64, final_eval: f64, resumed: bo
     for i in 1..=10u64 {
         let ret = 20.0 + step * i as f64;
         csv += &format!(
-            "{}.0,{},0,0,0,1000.0,{ret:.3}{}\n",
+            "{}.0,{},0,0,{},1000.0,{ret:.3}{}\n",
             10 * i,
             10_000 * i,
+            50 * i,
             ",".repeat(commas)
         );
     }
@@ -91,9 +92,15 @@ fn results_report_measures_time_to_score_and_keeps_results_md() {
     let base = tmp.path().join("CartPole-20261203T120000Z");
     // Seed 0: training mean 30, 40, ... 120 (reaches 100 at the 8th row: 80,000 frames, 80 s);
     // evaluations 60, 120, 180, 240 ... (100 at 40,000 frames, 40 s; 195 at 80,000, 80 s).
-    // Seed 1 (resumed): training 35, 50, ... 110 (100 at the 6th row: 60,000 frames, 60 s);
+    // Its first row's mean of 480 is over 50 games: not a score reached (the learner's window
+    // holds 100), so training never reaches 475.
+    // Seed 1 (resumed from 50,000 frames): training 35, 50, ... 110; 110 at the 6th row is over
+    // the 50 games of its second session, so 100 counts at the 7th (125: 70,000 frames, 70 s);
     // evaluations 100, 200, ... 500 (100, 195 and 475 at 20,000, 40,000 and 100,000 frames).
     fake_seed(&base.join("seed-0"), 10.0, 60.0, 110.0, false);
+    let metrics = base.join("seed-0/metrics.csv");
+    let csv = std::fs::read_to_string(&metrics).unwrap();
+    std::fs::write(&metrics, csv.replacen(",30.000,", ",480.000,", 1)).unwrap();
     fake_seed(&base.join("seed-1"), 15.0, 100.0, 190.0, true);
     // Seed 0's best periodic evaluation kept its weights (model-best.safetensors), which play
     // evaluated anew at 130 (model-best.play-eval.json); the learner's own scores of it
@@ -141,8 +148,8 @@ fn results_report_measures_time_to_score_and_keeps_results_md() {
     for cell in [
         "| dqn | 0, 1* | 100000, 100000 | 1.67, 1.67 | 150.00 ± 40.00 (30 games each) \
          | 130.00 ± 0.00 (1/2 seeds; saved at 80k frames) |",
-        // Training: 100 at 80 s and 60 s; 195 and 475 never.
-        "≥100: 1.17 [1.00, 1.33] min, 70k [60k, 80k] frames (2/2)<br>≥195: never (0/2)<br>≥475: never (0/2) |",
+        // Training: 100 at 80 s and 70 s; 195 and 475 never.
+        "≥100: 1.25 [1.17, 1.33] min, 75k [70k, 80k] frames (2/2)<br>≥195: never (0/2)<br>≥475: never (0/2) |",
         // Evaluations; 475 only by seed 1 (the median of a reached and a never is never).
         "| ≥100: 0.50 [0.33, 0.67] min, 30k [20k, 40k] frames (2/2)<br>≥195: 1.00 [0.67, 1.33] min, 60k [40k, 80k] frames (2/2)<br>≥475: never [1.67, never] min, never [100k, never] frames (1/2) |",
         "[png](results/CartPole-dqn-20261203T120000Z/curves.png) | 2 cores Test CPU | abc1234 |",
