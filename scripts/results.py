@@ -239,8 +239,9 @@ WINDOW = 100
 
 def read_training(metrics_csv, session_starts=None):
     """[(frames, wall_s, mean_return)] from a metrics.csv (mean_return None before the first
-    finished game). A resumed run appends rows that restart from its checkpoint's frames: rows of the earlier
-    session past that point (trained, but lost with it) are dropped, so frames only grow.
+    finished game). A resumed run appends rows that restart from its checkpoint's frames: rows
+    of the earlier session past that point (trained, but lost with it) are dropped, so frames
+    only grow.
 
     With session_starts (the checkpoint frames each session of a resumed seed started from,
     read_session_starts of its learner.log), a row's mean is None until its session has finished
@@ -255,10 +256,11 @@ def read_training(metrics_csv, session_starts=None):
         for r in csv.DictReader(f):
             frames, wall = int(r["frames"]), float(r["wall_s"])
             games = int(r.get("episodes") or 0)
-            fell_back = bool(out) and out[-1][0] >= frames
+            fell_back = False
             while out and out[-1][0] >= frames:
                 out.pop()
                 episodes.pop()
+                fell_back = True
             crossed = bool(pending) and pending[0] < frames and (not out or out[-1][0] <= pending[0])
             if fell_back or crossed:
                 base = episodes[-1] if episodes else 0
@@ -403,7 +405,8 @@ def markdown_section(rows):
            "the frames it was saved at); time to score is the "
            "wall-clock minutes and frames at which the training mean return (last 100 games, "
            "counted from a session's 100th game on), or a periodic `--eval-every` evaluation, "
-           "first reached each score: median [min, max] over seeds, never counting as the longest, and how many seeds reached it. Calls "
+           "first reached each score: median [min, max] over seeds, never counting as the "
+           "longest, and how many seeds reached it. Calls "
            "that differ only in their seeds (`--seeds`, `--first-seed`) share a row; a seed run "
            "again counts once, with its newest result. Resumed seeds (continued from a "
            "checkpoint in a later session) are marked with *.", ""]
