@@ -57,8 +57,9 @@ struct Args {
     /// evaluation setting]
     #[arg(long)]
     epsilon: Option<f64>,
-    /// Actor-critic checkpoints (a3c, impala): sample actions from the policy (how the A3C
-    /// paper evaluates) or take the most probable one [default: sample]
+    /// Policy-network checkpoints (the actor-critic rules; a Q-network checkpoint refuses this
+    /// flag and names them): sample actions from the policy (how the A3C paper evaluates) or
+    /// take the most probable one [default: sample]
     #[arg(long, value_enum)]
     policy: Option<PolicyChoice>,
     /// Random seed for the emulator and the random actions
