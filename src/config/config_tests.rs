@@ -330,6 +330,16 @@ fn the_shipped_tuned_configs_set_the_rule_they_are_found_for() {
                     "{game} with {rule:?} gets {} ({sets:?})",
                     path.display()
                 );
+                // `learner --game G --algorithm R` with the file it finds must start: a q
+                // file's target network, say, would be refused for sarsa.
+                let (cli, explicit) = parse(&["--algorithm", rule.name]);
+                let file = read_file(&path).unwrap();
+                merge(&Config::default(), Some((&path, &file)), &cli, &explicit)
+                    .unwrap()
+                    .validate()
+                    .unwrap_or_else(|e| {
+                        panic!("{game} --algorithm {}: {}: {e}", rule.name, path.display())
+                    });
             }
         }
     }
