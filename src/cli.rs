@@ -114,6 +114,10 @@ fn prepare(
     for line in settle_paths(&mut cfg, &found.checkpoint.state.config, given, &found.path) {
         crate::say!("{line}");
     }
+    let was = &found.checkpoint.state.config;
+    if let Some(line) = settle_optimizer_start(&mut cfg, was, given, &found.path) {
+        crate::say!("{line}");
+    }
     cfg.validate()?;
     check_game_matches_rom(&cfg, game_given)?;
     cfg.check_rule_settings(given)?;
@@ -164,6 +168,29 @@ pub(crate) fn settle_paths(
         }
     }
     lines
+}
+
+/// A resumed run continues its optimizer's state from the checkpoint, so where RMSProp's v
+/// starts (`--rms-initial-square-avg`, read only by a new run) stays the checkpoint's, and the
+/// resumed run records what it was trained with. When the command line or `--config` gives
+/// another value, the returned line says that it does not apply; `given(key)` says whether
+/// they set flag `key`.
+pub(crate) fn settle_optimizer_start(
+    cfg: &mut Config,
+    was: &Config,
+    given: impl Fn(&str) -> bool,
+    checkpoint: &std::path::Path,
+) -> Option<String> {
+    let asked = cfg.optim.rms_initial_square_avg;
+    let trained = was.optim.rms_initial_square_avg;
+    cfg.optim.rms_initial_square_avg = trained;
+    (given("rms-initial-square-avg") && asked != trained).then(|| {
+        format!(
+            "resuming {}: --rms-initial-square-avg {asked} only sets where v starts in a new run; \
+             this run continues the checkpoint's v (its run started from {trained})",
+            checkpoint.display()
+        )
+    })
 }
 
 /// With `--rom`, the game is the ROM's; a `--game` given as well (on the command line or in

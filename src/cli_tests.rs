@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 
-use super::settle_paths;
+use super::{settle_optimizer_start, settle_paths};
 use crate::config::Config;
 
 fn config(flags: &[&str]) -> Config {
@@ -53,4 +53,31 @@ fn a_checkpoints_paths_are_reported_and_its_logdir_never_adopted() {
     let plain = config(&["--game", "Pong"]);
     let mut cfg = plain.clone();
     assert!(settle_paths(&mut cfg, &plain, |_| false, ckpt).is_empty());
+}
+
+#[test]
+fn a_resumed_run_keeps_where_its_rmsprop_started_and_says_so_when_asked_for_another() {
+    let ckpt = Path::new("model-100.safetensors");
+    let was = config(&["--game", "Pong", "--rms-initial-square-avg", "1"]);
+    let key = |k: &str| k == "rms-initial-square-avg";
+    // Another start given (on the command line or in --config): the run keeps and records the
+    // checkpoint's, and a line names both.
+    let mut cfg = config(&["--game", "Pong", "--rms-initial-square-avg", "0"]);
+    let line = settle_optimizer_start(&mut cfg, &was, key, ckpt).expect("a line");
+    assert_eq!(cfg.optim.rms_initial_square_avg, 1.0);
+    assert!(
+        line.contains("model-100.safetensors")
+            && line.contains("--rms-initial-square-avg 0 only sets where v starts in a new run")
+            && line.contains("started from 1"),
+        "{line}"
+    );
+    // The same start given, or none: nothing to say, and the checkpoint's stands.
+    let mut cfg = config(&["--game", "Pong", "--rms-initial-square-avg", "1"]);
+    assert_eq!(settle_optimizer_start(&mut cfg, &was, key, ckpt), None);
+    let mut cfg = config(&["--game", "Pong"]);
+    assert_eq!(
+        settle_optimizer_start(&mut cfg, &was, |_| false, ckpt),
+        None
+    );
+    assert_eq!(cfg.optim.rms_initial_square_avg, 1.0);
 }

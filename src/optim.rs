@@ -7,15 +7,20 @@
 //!
 //! ```text
 //! v <- decay * v + (1 - decay) * g^2
-//! p <- p - lr * g / (sqrt(v) + eps)     eps outside: torch.optim.RMSprop, OpenAI baselines
+//! p <- p - lr * g / (sqrt(v) + eps)     eps outside: torch.optim.RMSprop
 //! p <- p - lr * g / sqrt(v + eps)       eps inside: the A3C paper (Mnih et al. 2016, S2), TF
 //! ```
 //!
-//! v starts at 0 without bias correction. With eps outside and a small eps (1e-5), the first
-//! steps therefore move every weight by about lr / sqrt(1 - decay) = 10 lr whatever its
-//! gradient; with eps inside and the reproductions' eps 0.1, a step is at most
-//! lr * |g| / sqrt(0.1), and small gradients make small steps. One learner holds one v per
-//! parameter, so the statistics are shared by every actor's data (the paper's "shared RMSProp").
+//! v starts at `--rms-initial-square-avg` v0 and has no bias correction. torch.optim.RMSprop
+//! starts it at 0: with eps outside and a small eps (1e-5), the first steps then move every
+//! weight by about lr / sqrt(1 - decay) = 10 lr whatever its gradient. TensorFlow's
+//! `RMSPropOptimizer` (the one OpenAI baselines' A2C trains with: lr 7e-4, decay 0.99, eps
+//! 1e-5 inside the root) starts it at 1, and so do SB3's `RMSpropTFLike` and timm's
+//! `RMSpropTF`: the first steps are then about lr * g, and v reaches the gradients' own scale
+//! after a few hundred updates (decay^t falls to 0.01 after 460 at decay 0.99). With eps
+//! inside and the reproductions' eps 0.1, a step is at most lr * |g| / sqrt(0.1), and small
+//! gradients make small steps. One learner holds one v per parameter, so the statistics are
+//! shared by every actor's data (the paper's "shared RMSProp").
 //!
 //! Each optimizer names its own state for checkpoints ([`Optimizer::named_state`]): RMSProp's
 //! v as `rmsprop/<param>`, Adam's m, v and t as `adam/m/<param>`, `adam/v/<param>` and
@@ -39,8 +44,8 @@ pub fn is_state_name(name: &str) -> bool {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OptimizerKind {
-    /// RMSProp ([`RmsProp`]; `--rms-decay`, `--rms-eps`, `--rmsprop-form`): the A3C paper's
-    /// and DQN's optimizer.
+    /// RMSProp ([`RmsProp`]; `--rms-decay`, `--rms-eps`, `--rmsprop-form`,
+    /// `--rms-initial-square-avg`): the A3C paper's and DQN's optimizer.
     #[default]
     Rmsprop,
     /// Adam ([`Adam`]; `--adam-beta1`, `--adam-beta2`, `--adam-eps`): PPO's (Schulman et al.
@@ -52,10 +57,11 @@ pub enum OptimizerKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RmspropForm {
-    /// `g / (sqrt(v) + eps)`: torch.optim.RMSprop and OpenAI baselines (eps 1e-5).
+    /// `g / (sqrt(v) + eps)`: torch.optim.RMSprop (and the PyTorch A2C ports with eps 1e-5).
     EpsOutside,
-    /// `g / sqrt(v + eps)`: the A3C paper's RMSProp (Mnih et al. 2016, section 4 and S2) and
-    /// TensorFlow's, as its reproductions use it (eps 0.1).
+    /// `g / sqrt(v + eps)`: the A3C paper's RMSProp (Mnih et al. 2016, section 4 and S2), as
+    /// its reproductions use it (eps 0.1), and TensorFlow's (OpenAI baselines' A2C: eps 1e-5,
+    /// with v starting at 1, `--rms-initial-square-avg 1`).
     EpsInside,
 }
 
@@ -90,7 +96,8 @@ pub struct RmsProp {
 }
 
 impl RmsProp {
-    /// Zeroed state for `params`: squared-gradient decay `decay`, `eps` placed as `form` says.
+    /// Zeroed state for `params` (v = 0, torch.optim.RMSprop's start): squared-gradient decay
+    /// `decay`, `eps` placed as `form` says.
     pub fn new(params: &[(String, Tensor)], decay: f64, eps: f64, form: RmspropForm) -> Self {
         let square_avg = params
             .iter()
@@ -102,6 +109,19 @@ impl RmsProp {
             form,
             square_avg,
         }
+    }
+
+    /// The same optimizer with every squared-gradient average starting at `v0` instead of 0
+    /// (TensorFlow's RMSProp starts at 1; see the module docs). Only a fresh state: a resumed
+    /// run's v comes from its checkpoint ([`RmsProp::load_named`]).
+    pub fn starting_at(self, v0: f64) -> Self {
+        if v0 != 0.0 {
+            let _guard = tch::no_grad_guard();
+            for v in &self.square_avg {
+                let _ = v.shallow_clone().fill_(v0);
+            }
+        }
+        self
     }
 
     /// The squared-gradient averages v, one tensor per parameter, in parameter order.
@@ -332,15 +352,19 @@ pub enum Optimizer {
 }
 
 impl Optimizer {
-    /// The optimizer `settings` choose, with zeroed state for `params`.
+    /// The optimizer `settings` choose, with a fresh state for `params` (RMSProp's v at
+    /// `--rms-initial-square-avg`, Adam's moments at 0).
     pub fn new(params: &[(String, Tensor)], settings: &crate::config::OptimizerSettings) -> Self {
         match settings.optimizer {
-            OptimizerKind::Rmsprop => Optimizer::RmsProp(RmsProp::new(
-                params,
-                settings.rms_decay,
-                settings.rms_eps,
-                settings.rmsprop_form,
-            )),
+            OptimizerKind::Rmsprop => Optimizer::RmsProp(
+                RmsProp::new(
+                    params,
+                    settings.rms_decay,
+                    settings.rms_eps,
+                    settings.rmsprop_form,
+                )
+                .starting_at(settings.rms_initial_square_avg),
+            ),
             OptimizerKind::Adam => Optimizer::Adam(Adam::new(
                 params,
                 settings.adam_beta1,
@@ -473,6 +497,38 @@ mod tests {
         );
         // Unlike eps outside, a small gradient makes a small step: 0.1 * 0.01 / sqrt(0.1).
         assert!((step(-0.01).abs() - 0.00316).abs() < 1e-4);
+    }
+
+    /// v starting at 1 (TensorFlow's RMSProp, `--rms-initial-square-avg 1`) makes the first
+    /// step about lr * g; starting at 0 (torch's) a large enough gradient moves its weight by
+    /// about 10 lr, whatever its size.
+    #[test]
+    fn rmsprop_starting_at_one_takes_tensorflows_small_first_steps() {
+        let (lr, eps, g) = (7e-4, 1e-5, [0.5f64, -0.01]);
+        let first_step = |v0: f64| -> [f64; 2] {
+            let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
+            let params = vec![("w".to_string(), p.shallow_clone())];
+            let mut opt = RmsProp::new(&params, 0.99, eps, RmspropForm::EpsInside).starting_at(v0);
+            let v: Vec<f32> = Vec::try_from(&opt.state()[0]).unwrap();
+            assert_eq!(v, vec![v0 as f32; 2]);
+            (&p * Tensor::from_slice(&[g[0] as f32, g[1] as f32]))
+                .sum(Kind::Float)
+                .backward();
+            opt.step(&params, lr);
+            let got: Vec<f32> = Vec::try_from(&p.detach()).unwrap();
+            [1.0 - got[0] as f64, -2.0 - got[1] as f64]
+        };
+        let (tf, torch) = (first_step(1.0), first_step(0.0));
+        for i in 0..2 {
+            let v = 0.99 + 0.01 * g[i] * g[i];
+            let expect = lr * g[i] / (v + eps).sqrt();
+            assert!(
+                (tf[i] - expect).abs() < 5e-7,
+                "{tf:?}, expected {expect} at {i}"
+            );
+        }
+        assert!((torch[0] - 10.0 * lr).abs() < 1e-4, "{torch:?}");
+        assert!(torch[0] > 19.0 * tf[0], "{torch:?} vs {tf:?}");
     }
 
     #[test]

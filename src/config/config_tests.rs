@@ -112,6 +112,7 @@ fn every_flag_has_a_bad_value_that_is_refused_by_name() {
         ("rms-decay", "1"),
         ("rms-eps", "0"),
         ("rmsprop-form", "adam"),
+        ("rms-initial-square-avg", "-1"),
         ("optimizer", "sgd"),
         ("adam-beta1", "1"),
         ("adam-beta2", "-0.1"),
@@ -423,11 +424,13 @@ fn config_toml_writes_f32_settings_as_given() {
 fn the_other_optimizers_settings_are_refused_by_name() {
     let (c, _) = parse(&["--optimizer", "adam"]);
     let err = c
-        .check_rule_settings(|k| k == "rms-eps" || k == "rmsprop-form")
+        .check_rule_settings(|k| {
+            k == "rms-eps" || k == "rmsprop-form" || k == "rms-initial-square-avg"
+        })
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("--rms-eps, --rmsprop-form: only --optimizer rmsprop reads them; this run is --optimizer adam"),
+        err.contains("--rms-eps, --rmsprop-form, --rms-initial-square-avg: only --optimizer rmsprop reads them; this run is --optimizer adam"),
         "{err}"
     );
     assert!(c

@@ -359,6 +359,12 @@ pub struct OptimizerSettings {
     /// (the A3C paper)
     #[arg(long, value_enum, default_value_t = RmspropForm::EpsOutside)]
     pub rmsprop_form: RmspropForm,
+    /// RMSProp's squared-gradient average v at the start of a run: 0 (torch.optim.RMSprop;
+    /// the first steps then move every weight by about 10 lr) or 1 (TensorFlow's RMSProp, as
+    /// OpenAI baselines' A2C uses it; the first steps are about lr * g). A resumed run takes
+    /// v from its checkpoint
+    #[arg(long, default_value_t = 0.0)]
+    pub rms_initial_square_avg: f64,
     /// Adam's beta1 (first-moment decay)
     #[arg(long, default_value_t = 0.9)]
     pub adam_beta1: f64,
@@ -374,7 +380,12 @@ pub struct OptimizerSettings {
 }
 
 /// The flags of each optimizer's own settings.
-const RMSPROP_FLAGS: [&str; 3] = ["rms-decay", "rms-eps", "rmsprop-form"];
+const RMSPROP_FLAGS: [&str; 4] = [
+    "rms-decay",
+    "rms-eps",
+    "rmsprop-form",
+    "rms-initial-square-avg",
+];
 const ADAM_FLAGS: [&str; 3] = ["adam-beta1", "adam-beta2", "adam-eps"];
 
 impl OptimizerSettings {
@@ -382,8 +393,8 @@ impl OptimizerSettings {
     /// one line naming them, appended to `e`, as they would be silently ignored.
     pub fn check_given(&self, given: impl Fn(&str) -> bool, e: &mut Vec<String>) {
         let (other, flags, this) = match self.optimizer {
-            OptimizerKind::Rmsprop => ("adam", ADAM_FLAGS, "rmsprop"),
-            OptimizerKind::Adam => ("rmsprop", RMSPROP_FLAGS, "adam"),
+            OptimizerKind::Rmsprop => ("adam", &ADAM_FLAGS[..], "rmsprop"),
+            OptimizerKind::Adam => ("rmsprop", &RMSPROP_FLAGS[..], "adam"),
         };
         let ignored: Vec<String> = flags
             .iter()
@@ -408,6 +419,12 @@ impl OptimizerSettings {
         }
         if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {
             e.push(format!("--rms-eps {}: must be positive", self.rms_eps));
+        }
+        if !(self.rms_initial_square_avg.is_finite() && self.rms_initial_square_avg >= 0.0) {
+            e.push(format!(
+                "--rms-initial-square-avg {}: must be 0 or more (0: torch's RMSProp, 1: TensorFlow's)",
+                self.rms_initial_square_avg
+            ));
         }
         for (flag, beta) in [
             ("adam-beta1", self.adam_beta1),
