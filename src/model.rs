@@ -14,6 +14,11 @@ use crate::env::ObsSpec;
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
+/// The layer that reads frames (`nips`, `nature`) and the one that reads vectors (`mlp`); see
+/// [`AgentNetwork::input_layer`].
+const INPUT_CONV: &str = "conv1";
+const INPUT_FC: &str = "fc1";
+
 /// The Q-network architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -248,7 +253,7 @@ impl AgentNetwork {
                 let (h1, w1) = (out(h, 8, 4), out(w, 8, 4));
                 let (h2, w2) = (out(h1, 4, 2), out(w1, 4, 2));
                 let torso = nn::seq()
-                    .add(conv(&root / "conv1", c, 16, 8, 4))
+                    .add(conv(&root / INPUT_CONV, c, 16, 8, 4))
                     .add_fn(|x| x.relu())
                     .add(conv(&root / "conv2", 16, 32, 4, 2))
                     .add_fn(|x| x.relu().flatten(1, -1));
@@ -259,7 +264,7 @@ impl AgentNetwork {
                 let (h2, w2) = (out(h1, 4, 2), out(w1, 4, 2));
                 let (h3, w3) = (out(h2, 3, 1), out(w2, 3, 1));
                 let torso = nn::seq()
-                    .add(conv(&root / "conv1", c, 32, 8, 4))
+                    .add(conv(&root / INPUT_CONV, c, 32, 8, 4))
                     .add_fn(|x| x.relu())
                     .add(conv(&root / "conv2", 32, 64, 4, 2))
                     .add_fn(|x| x.relu())
@@ -269,7 +274,12 @@ impl AgentNetwork {
             }
             Network::Mlp => {
                 let torso = nn::seq()
-                    .add(nn::linear(&root / "fc1", c * h * w, 64, Default::default()))
+                    .add(nn::linear(
+                        &root / INPUT_FC,
+                        c * h * w,
+                        64,
+                        Default::default(),
+                    ))
                     .add_fn(|x| x.relu());
                 (torso, 64, 64, "fc2")
             }
@@ -333,6 +343,18 @@ impl AgentNetwork {
 
     pub fn arch(&self) -> Network {
         self.spec.arch
+    }
+
+    /// The parameter name of the weight that reads the observation: `conv1.weight` (`nips`,
+    /// `nature`) or `fc1.weight` (`mlp`). When no gradient reaches any of its units
+    /// ([`crate::optim::Optimizer::frozen_units`]), every ReLU after it is inactive on every
+    /// input, and the outputs no longer depend on the observation.
+    pub fn input_layer(&self) -> String {
+        let layer = match self.spec.arch {
+            Network::Mlp => INPUT_FC,
+            _ => INPUT_CONV,
+        };
+        format!("{layer}.weight")
     }
 
     pub fn num_actions(&self) -> usize {
@@ -515,6 +537,15 @@ mod tests {
         assert_eq!(v.size(), vec![2, 4]);
         assert_eq!(v.double_value(&[1, 2]), 3.0);
         assert_eq!(mlp.forward(&v).size(), vec![2, 2]);
+        // The input layer is a parameter and reads the observation's channels (features).
+        for net in [&nips, &nature, &mlp] {
+            let (_, w) = net
+                .params()
+                .iter()
+                .find(|(n, _)| *n == net.input_layer())
+                .unwrap_or_else(|| panic!("{:?}: no {}", net.arch(), net.input_layer()));
+            assert_eq!(w.size()[1], 4, "{:?}", net.arch());
+        }
     }
 
     #[test]

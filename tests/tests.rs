@@ -3,6 +3,7 @@
 mod actor_critic;
 mod bench;
 mod cli;
+mod dead_units;
 mod e2e;
 mod faults;
 mod play;

@@ -28,6 +28,11 @@ use crate::supervisor::ActorPool;
 /// How often the training loop looks for actors that exited.
 const REAP_EVERY: Duration = Duration::from_millis(100);
 
+/// Updates a run makes before the learner looks for a dead input layer (see
+/// [`Training::warn_if_input_layer_frozen`]): before its first updates every second moment is
+/// still where the optimizer started it.
+const FROZEN_CHECK_AFTER_UPDATES: u64 = 1_000;
+
 /// What the training loop works with, set up by [`super::run`].
 pub(super) struct Run<'a> {
     pub cfg: &'a Config,
@@ -98,6 +103,8 @@ struct Training<'a> {
     /// The last error an actor reported (`ActorMsg::Failed`), for the message that stops the
     /// run when actors keep failing (a Python environment that raises, say).
     last_failure: Option<String>,
+    /// Whether the warning that the input layer no longer learns has been printed.
+    warned_frozen: bool,
 }
 
 impl<'a> Training<'a> {
@@ -160,6 +167,7 @@ impl<'a> Training<'a> {
             ready: BTreeSet::new(),
             best: read_best_scores(&checkpoint::best_scores_path(dir)),
             last_failure: None,
+            warned_frozen: false,
             run,
         })
     }
@@ -388,6 +396,8 @@ impl<'a> Training<'a> {
             l.row(&row)?;
         }
         self.progress.update(&row);
+        self.warn_if_input_layer_frozen();
+        let r = &mut self.run;
         if self.ready.len() < r.pool.size() {
             self.progress.println(&format!(
                 "{} of {} actors ready",
@@ -398,5 +408,37 @@ impl<'a> Training<'a> {
         self.interval = Interval::new(now, &c);
         self.next_log = now + Duration::from_secs_f64(r.cfg.run.log_interval);
         Ok(())
+    }
+
+    /// Once per run, a warning when no gradient reaches any unit of the layer that reads the
+    /// observation ([`crate::model::AgentNetwork::input_layer`]; every unit frozen, in the
+    /// sense of [`crate::optim::Optimizer::frozen_units`]): every ReLU after it is then
+    /// inactive on every input, the network's outputs no longer depend on the observation, and
+    /// the run stays flat however long it trains (a Pong run of a3c or n-step Q that kept a
+    /// uniform policy or constant Q-values for 11 million frames; docs/RESULTS.md, "Pong: why
+    /// a run stays flat").
+    fn warn_if_input_layer_frozen(&mut self) {
+        let updates = self.run.counters.updates;
+        if self.warned_frozen || updates < FROZEN_CHECK_AFTER_UPDATES {
+            return;
+        }
+        let core = self.run.trainer.rule.core();
+        let layer = core.model.input_layer();
+        let below = crate::optim::FROZEN_BELOW;
+        let Some((units, frozen)) = core.optim.frozen_units(core.model.params(), &layer, below)
+        else {
+            return;
+        };
+        if frozen == units {
+            self.warned_frozen = true;
+            self.progress.println(&format!(
+                "warning: at {} frames ({updates} updates), no gradient reaches any of the \
+                 {units} units of {layer} (every second moment of its optimizer below \
+                 {below:e}): the network's outputs no longer depend on the observation, and \
+                 this run is unlikely to learn (dead ReLUs; see scripts/dead-units and \
+                 docs/RESULTS.md, \"Pong: why a run stays flat\")",
+                self.run.counters.frames
+            ));
+        }
     }
 }
