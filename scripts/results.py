@@ -18,7 +18,7 @@ e.g.
 Each seed trains for at most MINUTES of wall-clock time (then SIGINT: a final checkpoint), or
 less if the run stops itself (--max-frames, --target-return). Seeds are S..S+N-1, S from
 --first-seed (default 0: a later session can add seeds 1 and 2 to a game's seed 0 with
---seeds 2 --first-seed 1); --seed, --logdir and --checkpoint are not allowed in the flags. Unless the flags (or the --config file)
+--seeds 2 --first-seed 1); --seed, --logdir and --checkpoint are not allowed in the flags. Unless the flags (or the --config file, or one it extends)
 set --eval-every, it is 250,000 frames on Atari and 10,000 on CartPole. --parallel trains the
 seeds at the same time instead, seed i pinned (taskset) to cores [i*c/N, (i+1)*c/N).
 
@@ -129,6 +129,25 @@ def flag_value(flags, name):
     return None
 
 
+def config_eval_every(path, label, depth=0):
+    """`eval-every` of the config file at `path` (named `label` in errors), following
+    `extends = "<file>"` as the learner does (the file's own keys override its base's), or None
+    when no file of the chain sets it. The learner refuses loops and chains of more than 8."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise ResultsError(f"--config {label}: cannot read it: {e.strerror}")
+    m = re.search(r"^\s*eval-every\s*=\s*([0-9_]+)", text, re.M)
+    if m:
+        return m.group(1).replace("_", "")
+    base = re.search(r'^\s*extends\s*=\s*"([^"]*)"', text, re.M)
+    if base is None or depth >= 8:
+        return None
+    base_path = os.path.join(os.path.dirname(path), base.group(1))
+    return config_eval_every(base_path, f"{label}, which extends {base_path}", depth + 1)
+
+
 def parse(argv):
     """The call's settings from its arguments (see the module docstring); ResultsError on bad
     input, naming it."""
@@ -208,13 +227,7 @@ def parse(argv):
     config = flag_value(flags, "--config")
     if every is None and config is not None:
         path = config if os.path.isabs(config) else os.path.join(os.getcwd(), config)
-        try:
-            with open(path) as f:
-                m = re.search(r"^\s*eval-every\s*=\s*([0-9_]+)", f.read(), re.M)
-        except OSError as e:
-            raise ResultsError(f"--config {config}: cannot read it: {e.strerror}")
-        if m:
-            every = m.group(1).replace("_", "")
+        every = config_eval_every(path, config)
     if every is None:
         flags += ["--eval-every", str(EVAL_EVERY.get(key, EVAL_EVERY_ATARI))]
     elif not every.replace("_", "").isdigit() or int(every.replace("_", "")) == 0:

@@ -411,3 +411,38 @@ fn results_keeps_a_seed_stopped_from_outside_resumable() {
     assert!(log.contains("--checkpoint latest"), "{log}");
     assert!(err.contains("(resumed)"), "{err}");
 }
+
+/// `--config FILE` without `--eval-every`: scripts/results takes the file's `eval-every`, and
+/// through `extends` its base's, the file's own key first, as the learner merges them.
+#[test]
+fn results_reads_eval_every_through_extends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(tmp.path().join(name), text).unwrap();
+    std::fs::create_dir(tmp.path().join("sub")).unwrap();
+    write("sub/base.toml", "eval-every = 30_000\n");
+    write("top.toml", "extends = \"sub/base.toml\"\nlr = 1e-3\n");
+    write(
+        "own.toml",
+        "extends = \"sub/base.toml\"\neval-every = 5000\n",
+    );
+    write("none.toml", "lr = 1e-3\n");
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys; sys.path.insert(0, sys.argv[1]); import results; \
+             print([results.config_eval_every(p, p) for p in sys.argv[2:]])",
+        )
+        .arg(&scripts)
+        .args(["top.toml", "own.toml", "none.toml"])
+        .current_dir(tmp.path())
+        .output()
+        .expect("running python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "['30000', '5000', None]");
+}

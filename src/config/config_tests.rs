@@ -266,6 +266,71 @@ fn every_shipped_config_file_is_valid() {
     assert!(n >= 5, "configs/ has {n} files");
 }
 
+/// `extends`: a file starts from another's keys (through a chain of files, paths relative to
+/// each file's directory) and its own override them; a base that is not a string, cannot be
+/// read, loops back, or makes the chain longer than 8 files is refused, naming the chain.
+#[test]
+fn a_config_file_extends_another_and_overrides_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    write("base.toml", "game = \"Pong\"\nprocesses = 4\nlr = 1e-3\n");
+    write("sub/mid.toml", "extends = \"../base.toml\"\nlr = 2e-4\n");
+    write("top.toml", "extends = \"sub/mid.toml\"\nprocesses = 3\n");
+    let path = dir.path().join("top.toml");
+    let top = read_file(&path).unwrap();
+    assert_eq!(top.get("game").and_then(|v| v.as_str()), Some("Pong"));
+    assert_eq!(top.get("processes").and_then(|v| v.as_integer()), Some(3));
+    assert_eq!(top.get("lr").and_then(|v| v.as_float()), Some(2e-4));
+    assert!(!top.contains_key("extends"), "{top:?}");
+    let (cli, explicit) = parse(&["--processes", "2"]);
+    let c = merge(&Config::default(), Some((&path, &top)), &cli, &explicit).unwrap();
+    assert_eq!((c.run.game.as_str(), c.optim.lr), ("Pong", 2e-4));
+    assert_eq!(c.procs.processes, 2, "a flag still overrides the files");
+
+    let err = |name: &str| read_file(&dir.path().join(name)).unwrap_err().to_string();
+    write("number.toml", "extends = 3\n");
+    let e = err("number.toml");
+    assert!(
+        e.contains("number.toml: `extends = 3`: needs the path of the config file"),
+        "{e}"
+    );
+    write("gone.toml", "extends = \"nowhere.toml\"\n");
+    let e = err("gone.toml");
+    assert!(
+        e.contains("gone.toml, which extends ") && e.contains("nowhere.toml: cannot read it"),
+        "{e}"
+    );
+    write("broken.toml", "extends = \"bad.toml\"\n");
+    write("bad.toml", "lr = \n");
+    let e = err("broken.toml");
+    assert!(
+        e.contains("broken.toml, which extends ") && e.contains("bad.toml: not valid TOML"),
+        "{e}"
+    );
+    write("self.toml", "extends = \"self.toml\"\n");
+    assert!(err("self.toml").contains("a loop"), "{}", err("self.toml"));
+    write("a.toml", "extends = \"b.toml\"\n");
+    write("b.toml", "extends = \"a.toml\"\n");
+    let e = err("a.toml");
+    assert!(
+        e.contains("a.toml, which extends ") && e.contains("a loop"),
+        "{e}"
+    );
+    // A chain of 8 files is read; one of 9 is refused.
+    for i in 0..9 {
+        write(
+            &format!("c{i}.toml"),
+            &format!("extends = \"c{}.toml\"\n", i + 1),
+        );
+    }
+    write("c9.toml", "processes = 5\n");
+    let e = err("c1.toml");
+    assert!(e.contains("longer than 8"), "{e}");
+    let c2 = read_file(&dir.path().join("c2.toml")).unwrap();
+    assert_eq!(c2.get("processes").and_then(|v| v.as_integer()), Some(5));
+}
+
 #[test]
 fn tuned_config_takes_the_games_file_without_a_rule_and_a_fitting_file_with_one() {
     let dir = tempfile::tempdir().unwrap();

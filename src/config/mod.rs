@@ -234,20 +234,71 @@ fn from_table(table: toml::Table) -> Result<Config, toml::de::Error> {
     })
 }
 
+/// The config-file key that makes a file start from another's settings (see [`read_file`]).
+pub const EXTENDS: &str = "extends";
+
+/// How many files one chain of [`EXTENDS`] may hold, the first included.
+const MAX_EXTENDS_CHAIN: usize = 8;
+
 /// Reads a TOML config file into a table, with errors that name the file.
+///
+/// A file may start from another one's settings: `extends = "pong-q.toml"` (a path relative
+/// to the directory of the file that says it) takes that file's keys, which may themselves
+/// extend a third file, and the file's own keys override them, as `extends` does in
+/// TypeScript's tsconfig.json. The table returned is the flattened result, without the
+/// `extends` key.
+///
+/// # Errors
+///
+/// One line, naming the file and the chain of files that led to it, when a file cannot be
+/// read or is not TOML, when `extends` is not a string, or when the chain loops or holds more
+/// than 8 files.
 pub fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError(vec![format!(
-            "--config {}: cannot read it: {e}",
-            path.display()
-        )])
-    })?;
-    text.parse::<toml::Table>().map_err(|e| {
-        ConfigError(vec![format!(
-            "--config {}: not valid TOML: {e}",
-            path.display()
-        )])
-    })
+    read_extending(path, path.display().to_string(), &mut Vec::new())
+}
+
+/// [`read_file`] for one file of a chain: `label` names it with the files that extend it,
+/// `chain` holds those files' canonical paths.
+fn read_extending(
+    path: &Path,
+    label: String,
+    chain: &mut Vec<PathBuf>,
+) -> Result<toml::Table, ConfigError> {
+    let fail = |what: String| ConfigError(vec![format!("--config {label}: {what}")]);
+    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    let mut table = text
+        .parse::<toml::Table>()
+        .map_err(|e| fail(format!("not valid TOML: {e}")))?;
+    let Some(base) = table.remove(EXTENDS) else {
+        return Ok(table);
+    };
+    let toml::Value::String(base) = base else {
+        return Err(fail(format!(
+            "`{EXTENDS} = {base}`: needs the path of the config file to start from, e.g. \
+             {EXTENDS} = \"pong-q.toml\" (relative to this file's directory)"
+        )));
+    };
+    chain.push(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
+    let base_path = path.parent().unwrap_or(Path::new("")).join(&base);
+    if std::fs::canonicalize(&base_path).is_ok_and(|b| chain.contains(&b)) {
+        return Err(fail(format!(
+            "`{EXTENDS} = \"{base}\"`: a loop ({} is already in the chain); a file may not \
+             extend itself, directly or through others",
+            base_path.display()
+        )));
+    }
+    if chain.len() >= MAX_EXTENDS_CHAIN {
+        return Err(fail(format!(
+            "`{EXTENDS} = \"{base}\"`: the chain of files would be longer than \
+             {MAX_EXTENDS_CHAIN}; extend a file that holds the settings itself"
+        )));
+    }
+    let label = format!("{label}, which extends {}", base_path.display());
+    let mut merged = read_extending(&base_path, label, chain)?;
+    for (key, value) in table {
+        merged.insert(key, value);
+    }
+    Ok(merged)
 }
 
 /// Merges, lowest precedence first: `base` (defaults or a checkpoint's config), the config
