@@ -346,9 +346,9 @@ impl AgentNetwork {
     }
 
     /// The parameter name of the weight that reads the observation: `conv1.weight` (`nips`,
-    /// `nature`) or `fc1.weight` (`mlp`). When no gradient reaches any of its units
-    /// ([`crate::optim::Optimizer::frozen_units`]), every ReLU after it is inactive on every
-    /// input, and the outputs no longer depend on the observation.
+    /// `nature`) or `fc1.weight` (`mlp`). When no gradient reaches any of its units, every
+    /// ReLU after it is inactive on every input, and the outputs no longer depend on the
+    /// observation (the learner warns: `learner::dead_input`).
     pub fn input_layer(&self) -> String {
         let layer = match self.spec.arch {
             Network::Mlp => INPUT_FC,

@@ -19,8 +19,10 @@ fn dead_units(args: &[&str]) -> Output {
 /// A checkpoint of a convolution with 3 filters of 2x2x2 weights and a linear layer of 2
 /// outputs over 3 inputs, with optimizer state under `prefix` (None: weights only). Second
 /// moments: filter 0 all 1e-40, filter 1 all 1e-40 but one weight at 1e-20, filter 2 all 0;
-/// output 0 at 1e-3, output 1 at 1e-35.
-fn checkpoint(path: &Path, prefix: Option<&str>) {
+/// output 0 at 1e-3, output 1 at 1e-35. Every weight is 0.1, filter 1's plus `shift`.
+fn checkpoint(path: &Path, prefix: Option<&str>, shift: f32) {
+    let mut weights = [0.1f32; 24];
+    weights[8..16].iter_mut().for_each(|w| *w += shift);
     let mut conv = vec![1e-40f32; 24];
     conv[9] = 1e-20;
     conv[16..].fill(0.0);
@@ -28,7 +30,7 @@ fn checkpoint(path: &Path, prefix: Option<&str>) {
     let mut tensors = vec![
         (
             "param/conv1.weight".to_string(),
-            Tensor::from_slice(&[0.1f32; 24]).reshape([3, 2, 2, 2]),
+            Tensor::from_slice(&weights).reshape([3, 2, 2, 2]),
         ),
         (
             "param/conv1.bias".to_string(),
@@ -69,7 +71,7 @@ fn counts_the_units_no_gradient_reached_for_rmsprop_and_adam_state() {
     let tmp = tempfile::tempdir().unwrap();
     for (prefix, optimizer) in [("rmsprop/", "rmsprop"), ("adam/v/", "adam")] {
         let path = tmp.path().join(format!("model-{optimizer}.safetensors"));
-        checkpoint(&path, Some(prefix));
+        checkpoint(&path, Some(prefix), 0.0);
         let out = dead_units(&[path.to_str().unwrap()]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -91,16 +93,67 @@ fn counts_the_units_no_gradient_reached_for_rmsprop_and_adam_state() {
     }
 }
 
+/// `--since EARLIER`: the units whose every weight is what it was in EARLIER, bit for bit,
+/// whatever the second moments say (a run whose v started at 1 has none below the threshold).
+#[test]
+fn counts_the_units_an_earlier_checkpoint_already_had() {
+    let tmp = tempfile::tempdir().unwrap();
+    let earlier = tmp.path().join("model-100.safetensors");
+    checkpoint(&earlier, Some("rmsprop/"), 0.0);
+    let later = tmp.path().join("model-200.safetensors");
+    // Filter 1 moved by the smallest step a float32 near 0.1 can take.
+    checkpoint(&later, Some("rmsprop/"), 1e-8);
+    let out = dead_units(&[
+        later.to_str().unwrap(),
+        "--since",
+        earlier.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unchanged = |stdout: &str, weight: &str| -> u32 {
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(weight))
+            .unwrap_or_else(|| panic!("no line for {weight} in:\n{stdout}"));
+        line.split_whitespace().nth(3).unwrap().parse().unwrap()
+    };
+    assert!(stdout.contains("unchanged: every weight as in"), "{stdout}");
+    assert_eq!(counts(&stdout, "conv1.weight"), (3, 2), "{stdout}");
+    assert_eq!(
+        unchanged(&stdout, "conv1.weight"),
+        2,
+        "filters 0, 2: {stdout}"
+    );
+    assert_eq!(unchanged(&stdout, "fc.weight"), 2, "{stdout}");
+    // Against itself, every unit is unchanged.
+    let out = dead_units(&[later.to_str().unwrap(), "--since", later.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(unchanged(&stdout, "conv1.weight"), 3, "{stdout}");
+}
+
 #[test]
 fn refuses_weights_only_checkpoints_other_files_and_bad_thresholds_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let good = tmp.path().join("model-100.safetensors");
-    checkpoint(&good, Some("rmsprop/"));
+    checkpoint(&good, Some("rmsprop/"), 0.0);
     let best = tmp.path().join("model-best.safetensors");
-    checkpoint(&best, None);
+    checkpoint(&best, None, 0.0);
     let text = tmp.path().join("notes.txt");
     std::fs::write(&text, "not a checkpoint").unwrap();
     let missing = tmp.path().join("model-7.safetensors");
+    let other = tmp.path().join("other-network.safetensors");
+    Tensor::write_safetensors(
+        &[(
+            "param/conv1.weight",
+            Tensor::from_slice(&[0.1f32; 8]).reshape([1, 2, 2, 2]),
+        )],
+        &other,
+    )
+    .unwrap();
     let g = good.to_str().unwrap();
     for (args, expect) in [
         (vec![g, best.to_str().unwrap()], "holds no optimizer state"),
@@ -112,6 +165,11 @@ fn refuses_weights_only_checkpoints_other_files_and_bad_thresholds_by_name() {
         ),
         (vec![g, "--below"], "--below '': needs a positive number"),
         (vec![g, "--every"], "--every: unknown option"),
+        (vec![g, "--since"], "--since needs an earlier checkpoint"),
+        (
+            vec![g, "--since", other.to_str().unwrap()],
+            "give an earlier checkpoint of the same run",
+        ),
         (vec![], "no checkpoint given"),
     ] {
         let out = dead_units(&args);

@@ -20,6 +20,7 @@ use crate::shm;
 use anyhow::{bail, Context, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+mod dead_input;
 mod interval;
 mod save;
 mod services;

@@ -25,13 +25,10 @@ use crate::schedule;
 use crate::shm::{Batch, ExperienceQueue, WeightSnapshot};
 use crate::supervisor::ActorPool;
 
+use super::dead_input::InputLayerWatch;
+
 /// How often the training loop looks for actors that exited.
 const REAP_EVERY: Duration = Duration::from_millis(100);
-
-/// Updates a run makes before the learner looks for a dead input layer (see
-/// [`Training::warn_if_input_layer_frozen`]): before its first updates every second moment is
-/// still where the optimizer started it.
-const FROZEN_CHECK_AFTER_UPDATES: u64 = 1_000;
 
 /// What the training loop works with, set up by [`super::run`].
 pub(super) struct Run<'a> {
@@ -103,8 +100,8 @@ struct Training<'a> {
     /// The last error an actor reported (`ActorMsg::Failed`), for the message that stops the
     /// run when actors keep failing (a Python environment that raises, say).
     last_failure: Option<String>,
-    /// Whether the warning that the input layer no longer learns has been printed.
-    warned_frozen: bool,
+    /// The warning that the input layer no longer learns.
+    input_watch: InputLayerWatch,
 }
 
 impl<'a> Training<'a> {
@@ -167,7 +164,7 @@ impl<'a> Training<'a> {
             ready: BTreeSet::new(),
             best: read_best_scores(&checkpoint::best_scores_path(dir)),
             last_failure: None,
-            warned_frozen: false,
+            input_watch: InputLayerWatch::new(run.trainer.rule.core().model.input_layer()),
             run,
         })
     }
@@ -410,35 +407,13 @@ impl<'a> Training<'a> {
         Ok(())
     }
 
-    /// Once per run, a warning when no gradient reaches any unit of the layer that reads the
-    /// observation ([`crate::model::AgentNetwork::input_layer`]; every unit frozen, in the
-    /// sense of [`crate::optim::Optimizer::frozen_units`]): every ReLU after it is then
-    /// inactive on every input, the network's outputs no longer depend on the observation, and
-    /// the run stays flat however long it trains (a Pong run of a3c or n-step Q that kept a
-    /// uniform policy or constant Q-values for 11 million frames; docs/RESULTS.md, "Pong: why
-    /// a run stays flat").
+    /// Once per run, a warning when no update has changed the layer that reads the
+    /// observation for many updates ([`InputLayerWatch`]): the run is then unlikely to learn.
     fn warn_if_input_layer_frozen(&mut self) {
-        let updates = self.run.counters.updates;
-        if self.warned_frozen || updates < FROZEN_CHECK_AFTER_UPDATES {
-            return;
-        }
-        let core = self.run.trainer.rule.core();
-        let layer = core.model.input_layer();
-        let below = crate::optim::FROZEN_BELOW;
-        let Some((units, frozen)) = core.optim.frozen_units(core.model.params(), &layer, below)
-        else {
-            return;
-        };
-        if frozen == units {
-            self.warned_frozen = true;
-            self.progress.println(&format!(
-                "warning: at {} frames ({updates} updates), no gradient reaches any of the \
-                 {units} units of {layer} (every second moment of its optimizer below \
-                 {below:e}): the network's outputs no longer depend on the observation, and \
-                 this run is unlikely to learn (dead ReLUs; see scripts/dead-units and \
-                 docs/RESULTS.md, \"Pong: why a run stays flat\")",
-                self.run.counters.frames
-            ));
+        let (updates, frames) = (self.run.counters.updates, self.run.counters.frames);
+        let params = self.run.trainer.rule.core().model.params();
+        if let Some(line) = self.input_watch.look(updates, frames, params) {
+            self.progress.println(&line);
         }
     }
 }
