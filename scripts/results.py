@@ -18,9 +18,12 @@ e.g.
 Each seed trains for at most MINUTES of wall-clock time (then SIGINT: a final checkpoint), or
 less if the run stops itself (--max-frames, --target-return). Seeds are S..S+N-1, S from
 --first-seed (default 0: a later session can add seeds 1 and 2 to a game's seed 0 with
---seeds 2 --first-seed 1); --seed, --logdir and --checkpoint are not allowed in the flags. Unless the flags (or the --config file, or one it extends)
-set --eval-every, it is 250,000 frames on Atari and 10,000 on CartPole. --parallel trains the
-seeds at the same time instead, seed i pinned (taskset) to cores [i*c/N, (i+1)*c/N).
+--seeds 2 --first-seed 1); --seed, --logdir and --checkpoint are not allowed in the flags.
+The flags are checked first with `learner --print-config`, which also says whether the
+settings they give (the --config file, the game's tuned one, the files they extend) set
+--eval-every; unless they do, it is 250,000 frames on Atari and 10,000 on CartPole.
+--parallel trains the seeds at the same time instead, seed i pinned (taskset) to cores
+[i*c/N, (i+1)*c/N).
 
 Runs go to runs/results/<GAME>-<UTC time>/seed-<i> (or under --runs DIR) (the learner's run directory: metrics.csv,
 checkpoints, learner.log with its output) with results.json (the call) beside them. A seed is
@@ -129,23 +132,24 @@ def flag_value(flags, name):
     return None
 
 
-def config_eval_every(path, label, depth=0):
-    """`eval-every` of the config file at `path` (named `label` in errors), following
-    `extends = "<file>"` as the learner does (the file's own keys override its base's), or None
-    when no file of the chain sets it. The learner refuses loops and chains of more than 8."""
+def learner_config(game, flags):
+    """The settings the learner would train `game` with under the learner `flags`, as a dict of
+    flag names: its `--print-config` (the defaults, the --config file or the game's tuned config
+    with the files they extend, and the flags, merged and validated). ResultsError with the
+    learner's own message when it refuses them, so a bad flag stops the call before any seed."""
+    import tomllib  # Python 3.11; only a new call needs it
+    cmd = [LEARNER, "--game", game, *flags, "--print-config"]
     try:
-        with open(path) as f:
-            text = f.read()
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     except OSError as e:
-        raise ResultsError(f"--config {label}: cannot read it: {e.strerror}")
-    m = re.search(r"^\s*eval-every\s*=\s*([0-9_]+)", text, re.M)
-    if m:
-        return m.group(1).replace("_", "")
-    base = re.search(r'^\s*extends\s*=\s*"([^"]*)"', text, re.M)
-    if base is None or depth >= 8:
-        return None
-    base_path = os.path.join(os.path.dirname(path), base.group(1))
-    return config_eval_every(base_path, f"{label}, which extends {base_path}", depth + 1)
+        raise ResultsError(f"cannot run the learner {LEARNER}: {e.strerror} (scripts/results "
+                           "builds it; or set ASYNC_RL_LEARNER)")
+    if out.returncode != 0:
+        raise ResultsError(f"the learner refuses these flags: {out.stderr.strip()}")
+    try:
+        return tomllib.loads(out.stdout)
+    except tomllib.TOMLDecodeError as e:
+        raise ResultsError(f"{' '.join(cmd)} printed no TOML ({e}): {out.stdout[:200]!r}")
 
 
 def parse(argv):
@@ -224,18 +228,18 @@ def parse(argv):
                                f"{', '.join(sorted(THRESHOLDS))}); give them with --thresholds A,B,C")
         thresholds = THRESHOLDS[key]
     every = flag_value(flags, "--eval-every")
-    config = flag_value(flags, "--config")
-    if every is None and config is not None:
-        path = config if os.path.isabs(config) else os.path.join(os.getcwd(), config)
-        every = config_eval_every(path, config)
-    if every is None:
-        flags += ["--eval-every", str(EVAL_EVERY.get(key, EVAL_EVERY_ATARI))]
-    elif not every.replace("_", "").isdigit() or int(every.replace("_", "")) == 0:
+    if every is not None and (not every.replace("_", "").isdigit()
+                              or int(every.replace("_", "")) == 0):
         raise ResultsError(f"--eval-every {every}: scripts/results needs periodic evaluations, "
                            "every a positive number of frames (or leave it out for the default)")
     if parallel and seeds > (os.cpu_count() or 1):
         raise ResultsError(f"--parallel: {seeds} seeds need at least as many cores; this machine "
                            f"has {os.cpu_count()}")
+    # Last, as it runs the learner: the flags are checked before any seed starts, and the
+    # config file (or the game's tuned one) may set eval-every, directly or through a file it
+    # extends; the learner says what they merge to.
+    if not learner_config(game, flags).get("eval-every") and every is None:
+        flags += ["--eval-every", str(EVAL_EVERY.get(key, EVAL_EVERY_ATARI))]
     return {"mode": "new", "game": game, "minutes": minutes, "seeds": seeds, "first_seed": first_seed,
             "parallel": parallel, "thresholds": thresholds, "flags": flags, "docs": docs,
             "runs": runs, "argv": argv}

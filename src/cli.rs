@@ -37,7 +37,22 @@ pub fn learner_main() -> ExitCode {
     if !(explicit.contains("device") && cli.learner.device == DeviceChoice::Cpu) {
         let _ = device::load_cuda();
     }
-    match prepare(&cli, &explicit) {
+    let mut notes = Vec::new();
+    let prepared = prepare(&cli, &explicit, &mut notes);
+    let print_config = cli.invocation.print_config;
+    for line in notes {
+        match (print_config, prepared.is_ok()) {
+            // TOML comments, so that the output stays a valid --config file.
+            (true, true) => crate::say!("# {line}"),
+            (true, false) => crate::say_err!("{line}"),
+            (false, _) => crate::say!("{line}"),
+        }
+    }
+    match prepared {
+        Ok((cfg, _)) if print_config => {
+            print!("{}", cfg.to_toml_read());
+            ExitCode::SUCCESS
+        }
         Ok((cfg, resume)) => {
             let stop = match signals::install() {
                 Ok(s) => s,
@@ -53,9 +68,13 @@ pub fn learner_main() -> ExitCode {
 }
 
 /// Merges defaults, a resumed checkpoint's config, the config file and the flags; validates.
+/// Returns the config and the checkpoint to resume; `notes` gets the lines to print before
+/// training (which file the settings came from, what a resumed checkpoint's config changes),
+/// also when it fails.
 fn prepare(
     cli: &Config,
     explicit: &std::collections::BTreeSet<String>,
+    notes: &mut Vec<String>,
 ) -> anyhow::Result<(Config, Option<checkpoint::Checkpoint>)> {
     // `--config none`: the defaults only. No --config on a new run: the game's tuned config,
     // if there is one (a resumed run keeps the config it was trained with); `tuned_for` keeps
@@ -87,12 +106,12 @@ fn prepare(
     let file_ref = file.as_ref().map(|(p, t)| (p.as_path(), t));
     let fresh = config::merge(&Config::default(), file_ref, cli, explicit)?;
     if let (Some(id), Some(p)) = (tuned_for, &file_path) {
-        crate::say!(
+        notes.push(format!(
             "using {}, the tuned config for {} with --algorithm {} (--config none for the built-in defaults)",
             p.display(),
             id.name(),
             fresh.learner.algorithm
-        );
+        ));
     }
     let game_given =
         explicit.contains("game") || file.as_ref().is_some_and(|(_, t)| t.contains_key("game"));
@@ -111,34 +130,37 @@ fn prepare(
         crate::say_err!("warning: --checkpoint latest: skipping {e}");
     }
     let mut cfg = config::merge(&found.checkpoint.state.config, file_ref, cli, explicit)?;
-    for line in settle_paths(&mut cfg, &found.checkpoint.state.config, given, &found.path) {
-        crate::say!("{line}");
-    }
-    let was = &found.checkpoint.state.config;
-    if let Some(line) = settle_optimizer_start(&mut cfg, was, given, &found.path) {
-        crate::say!("{line}");
-    }
+    notes.extend(settle_resumed(
+        &mut cfg,
+        &found.checkpoint.state.config,
+        given,
+        &found.path,
+    ));
     cfg.validate()?;
     check_game_matches_rom(&cfg, game_given)?;
     cfg.check_rule_settings(given)?;
     check_resumable(&cfg, &found)?;
-    crate::say!("resuming from {}", found.path.display());
+    notes.push(format!("resuming from {}", found.path.display()));
     Ok((cfg, Some(found.checkpoint)))
 }
 
-/// The rule for the paths a resumed checkpoint's config records (README, "Files a run reads"):
-/// a checkpoint may come from another machine or another person, so none of its paths is
-/// taken silently.
+/// What a resumed checkpoint's config means for the settings the command line and the config
+/// file leave open (README, "Files a run reads"). A checkpoint may come from another machine or
+/// another person, so none of its paths is taken silently, and what the checkpoint's state
+/// fixes is kept:
 /// - `--logdir` is never taken from a checkpoint: the run directory is the one given on the
 ///   command line or in `--config`, else `runs/<game>` (where `--checkpoint N` and `latest`
 ///   look); a line says so when the checkpoint recorded another one.
 /// - `--rom` is taken from the checkpoint when neither the command line nor `--config` gives
 ///   one (the game needs its ROM), and a line names it.
+/// - `--rms-initial-square-avg` (where RMSProp's v starts, read only by a new run) stays the
+///   checkpoint's, since the run continues the checkpoint's v, so the resumed run records what
+///   it was trained with; a line says so when another value is given.
 ///
 /// (The remote settings, the auth token and TLS files among them, are the command line's
 /// alone: [`config::merge`].) Returns the lines to print; `given(key)` says whether the
 /// command line or the config file set flag `key`.
-pub(crate) fn settle_paths(
+pub(crate) fn settle_resumed(
     cfg: &mut Config,
     was: &Config,
     given: impl Fn(&str) -> bool,
@@ -167,30 +189,17 @@ pub(crate) fn settle_paths(
             ));
         }
     }
-    lines
-}
-
-/// A resumed run continues its optimizer's state from the checkpoint, so where RMSProp's v
-/// starts (`--rms-initial-square-avg`, read only by a new run) stays the checkpoint's, and the
-/// resumed run records what it was trained with. When the command line or `--config` gives
-/// another value, the returned line says that it does not apply; `given(key)` says whether
-/// they set flag `key`.
-pub(crate) fn settle_optimizer_start(
-    cfg: &mut Config,
-    was: &Config,
-    given: impl Fn(&str) -> bool,
-    checkpoint: &std::path::Path,
-) -> Option<String> {
     let asked = cfg.optim.rms_initial_square_avg;
     let trained = was.optim.rms_initial_square_avg;
     cfg.optim.rms_initial_square_avg = trained;
-    (given("rms-initial-square-avg") && asked != trained).then(|| {
-        format!(
+    if given("rms-initial-square-avg") && asked != trained {
+        lines.push(format!(
             "resuming {}: --rms-initial-square-avg {asked} only sets where v starts in a new run; \
              this run continues the checkpoint's v (its run started from {trained})",
             checkpoint.display()
-        )
-    })
+        ));
+    }
+    lines
 }
 
 /// With `--rom`, the game is the ROM's; a `--game` given as well (on the command line or in

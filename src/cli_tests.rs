@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 
-use super::{settle_optimizer_start, settle_paths};
+use super::settle_resumed;
 use crate::config::Config;
 
 fn config(flags: &[&str]) -> Config {
@@ -20,7 +20,7 @@ fn a_checkpoints_paths_are_reported_and_its_logdir_never_adopted() {
     ]);
     // Nothing given: the merged config holds the checkpoint's paths, as merge leaves them.
     let mut cfg = was.clone();
-    let lines = settle_paths(&mut cfg, &was, |_| false, ckpt);
+    let lines = settle_resumed(&mut cfg, &was, |_| false, ckpt);
     assert_eq!(
         cfg.run.logdir, None,
         "the recorded run directory is not adopted"
@@ -44,7 +44,7 @@ fn a_checkpoints_paths_are_reported_and_its_logdir_never_adopted() {
 
     // Both given: what was given stands, and nothing is said.
     let mut cfg = config(&["--game", "Pong", "--logdir", "mine", "--rom", "pong.bin"]);
-    let lines = settle_paths(&mut cfg, &was, |k| k == "logdir" || k == "rom", ckpt);
+    let lines = settle_resumed(&mut cfg, &was, |k| k == "logdir" || k == "rom", ckpt);
     assert!(lines.is_empty(), "{lines:?}");
     assert_eq!(cfg.run_dir(), PathBuf::from("mine"));
     assert_eq!(cfg.run.rom.as_deref(), Some(Path::new("pong.bin")));
@@ -52,7 +52,7 @@ fn a_checkpoints_paths_are_reported_and_its_logdir_never_adopted() {
     // A checkpoint without paths: nothing to say.
     let plain = config(&["--game", "Pong"]);
     let mut cfg = plain.clone();
-    assert!(settle_paths(&mut cfg, &plain, |_| false, ckpt).is_empty());
+    assert!(settle_resumed(&mut cfg, &plain, |_| false, ckpt).is_empty());
 }
 
 #[test]
@@ -63,8 +63,11 @@ fn a_resumed_run_keeps_where_its_rmsprop_started_and_says_so_when_asked_for_anot
     // Another start given (on the command line or in --config): the run keeps and records the
     // checkpoint's, and a line names both.
     let mut cfg = config(&["--game", "Pong", "--rms-initial-square-avg", "0"]);
-    let line = settle_optimizer_start(&mut cfg, &was, key, ckpt).expect("a line");
+    let lines = settle_resumed(&mut cfg, &was, key, ckpt);
     assert_eq!(cfg.optim.rms_initial_square_avg, 1.0);
+    let [line] = &lines[..] else {
+        panic!("one line expected: {lines:?}")
+    };
     assert!(
         line.contains("model-100.safetensors")
             && line.contains("--rms-initial-square-avg 0 only sets where v starts in a new run")
@@ -73,11 +76,8 @@ fn a_resumed_run_keeps_where_its_rmsprop_started_and_says_so_when_asked_for_anot
     );
     // The same start given, or none: nothing to say, and the checkpoint's stands.
     let mut cfg = config(&["--game", "Pong", "--rms-initial-square-avg", "1"]);
-    assert_eq!(settle_optimizer_start(&mut cfg, &was, key, ckpt), None);
+    assert!(settle_resumed(&mut cfg, &was, key, ckpt).is_empty());
     let mut cfg = config(&["--game", "Pong"]);
-    assert_eq!(
-        settle_optimizer_start(&mut cfg, &was, |_| false, ckpt),
-        None
-    );
+    assert!(settle_resumed(&mut cfg, &was, |_| false, ckpt).is_empty());
     assert_eq!(cfg.optim.rms_initial_square_avg, 1.0);
 }

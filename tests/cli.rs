@@ -479,3 +479,86 @@ fn a_resumed_checkpoint_from_another_run_directory_writes_here_and_says_so() {
         "no new checkpoint in the run directory"
     );
 }
+
+/// `--print-config` prints the settings a run would train with: the game's tuned config (and
+/// the file it extends), then the flags, merged and validated, as TOML that `--config` reads
+/// back (the settings of other rules and of the other optimizer left out, as a file that
+/// sets them is refused). It trains nothing and creates no run directory, and it refuses what a run refuses.
+#[test]
+fn print_config_shows_the_merged_settings_and_starts_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("configs/sub")).unwrap();
+    std::fs::write(
+        tmp.path().join("configs/sub/base.toml"),
+        "gamma = 0.5\neval-every = 30_000\nlr = 1e-3\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("configs/cartpole.toml"),
+        "extends = \"sub/base.toml\"\ngame = \"CartPole\"\nprocesses = 1\n",
+    )
+    .unwrap();
+    let out = Run::cartpole(tmp.path())
+        .flag("--lr", "0.002")
+        .switch("--print-config")
+        .succeeds("--print-config", Duration::from_secs(60));
+    let printed = text(&out.stdout);
+    assert!(
+        printed.starts_with("# using configs/cartpole.toml, the tuned config for CartPole"),
+        "{printed}"
+    );
+    let cfg: toml::Table = printed.parse().expect("--print-config prints TOML");
+    assert_eq!(cfg["gamma"].as_float(), Some(0.5), "from the base file");
+    assert_eq!(cfg["eval-every"].as_integer(), Some(30_000), "{printed}");
+    assert_eq!(
+        cfg["processes"].as_integer(),
+        Some(1),
+        "from the tuned file"
+    );
+    assert_eq!(
+        cfg["lr"].as_float(),
+        Some(0.002),
+        "the flag wins: {printed}"
+    );
+    assert_eq!(cfg["algorithm"].as_str(), Some("q"), "a default: {printed}");
+    assert!(
+        !cfg.contains_key("extends"),
+        "merged, not a chain: {printed}"
+    );
+    // Only what this run reads: not dqn's replay, not Adam's betas.
+    assert!(
+        !cfg.contains_key("replay-size") && !cfg.contains_key("adam-beta1"),
+        "{printed}"
+    );
+    assert!(cfg.contains_key("rms-decay"), "{printed}");
+    assert!(
+        !tmp.path().join("run").exists(),
+        "--print-config created the run directory"
+    );
+
+    // What it prints is a config file that gives the same settings back.
+    std::fs::write(tmp.path().join("printed.toml"), &printed).unwrap();
+    let again = Run::cartpole(tmp.path())
+        .flag("--config", "printed.toml")
+        .switch("--print-config")
+        .succeeds(
+            "--print-config of the printed file",
+            Duration::from_secs(60),
+        );
+    let again: toml::Table = text(&again.stdout).parse().unwrap();
+    assert_eq!(again, cfg);
+
+    // A setting a run would refuse is refused here, by name, with the input error's code.
+    let (pid, out) = Run::cartpole(tmp.path())
+        .flag("--gamma", "1.5")
+        .switch("--print-config")
+        .output(Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--gamma"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    assert_clean(pid);
+}

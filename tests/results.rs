@@ -412,10 +412,13 @@ fn results_keeps_a_seed_stopped_from_outside_resumable() {
     assert!(err.contains("(resumed)"), "{err}");
 }
 
-/// `--config FILE` without `--eval-every`: scripts/results takes the file's `eval-every`, and
-/// through `extends` its base's, the file's own key first, as the learner merges them.
+/// `--config FILE` without `--eval-every`: scripts/results asks the learner
+/// (`--print-config`) what the flags merge to, so the file's `eval-every`, or its base's
+/// through `extends`, stands, and only a chain without one gets the default; flags the learner
+/// refuses stop the call before any seed, with the learner's message.
 #[test]
-fn results_reads_eval_every_through_extends() {
+fn results_asks_the_learner_for_eval_every_and_refuses_what_it_refuses() {
+    use crate::util::LEARNER;
     let tmp = tempfile::tempdir().unwrap();
     let write = |name: &str, text: &str| std::fs::write(tmp.path().join(name), text).unwrap();
     std::fs::create_dir(tmp.path().join("sub")).unwrap();
@@ -426,15 +429,20 @@ fn results_reads_eval_every_through_extends() {
         "extends = \"sub/base.toml\"\neval-every = 5000\n",
     );
     write("none.toml", "lr = 1e-3\n");
+    write("bad.toml", "gamma = 1.5\n");
     let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
     let out = Command::new("python3")
         .arg("-c")
         .arg(
-            "import sys; sys.path.insert(0, sys.argv[1]); import results; \
-             print([results.config_eval_every(p, p) for p in sys.argv[2:]])",
+            "import sys; sys.path.insert(0, sys.argv[1]); import results\n\
+             for p in sys.argv[2:]:\n\
+             \x20   try: print(results.parse(['CartPole', '1', '--config', p])['flags'])\n\
+             \x20   except results.ResultsError as e: print('refused:', e)",
         )
         .arg(&scripts)
-        .args(["top.toml", "own.toml", "none.toml"])
+        .args(["top.toml", "own.toml", "none.toml", "bad.toml"])
+        .env("ASYNC_RL_LEARNER", LEARNER)
+        .env_remove("ASYNC_RL_CONFIG_DIR")
         .current_dir(tmp.path())
         .output()
         .expect("running python3");
@@ -444,5 +452,20 @@ fn results_reads_eval_every_through_extends() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stdout.trim(), "['30000', '5000', None]");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[..3],
+        [
+            "['--config', 'top.toml']",
+            "['--config', 'own.toml']",
+            "['--config', 'none.toml', '--eval-every', '10000']",
+        ],
+        "{stdout}"
+    );
+    let refused = lines[3..].join("\n");
+    assert!(
+        refused.starts_with("refused: the learner refuses these flags")
+            && refused.contains("--gamma 1.5: must be in [0, 1]"),
+        "{stdout}"
+    );
 }

@@ -513,6 +513,20 @@ impl Config {
             .expect("Config serializes to TOML")
     }
 
+    /// [`Config::to_toml`] without the settings that this run's rule and optimizer do not read
+    /// ([`Config::unread_flags`]): what `learner --print-config` prints, a file that `--config`
+    /// takes back (a file that sets another rule's settings is refused, as they would be
+    /// ignored).
+    pub fn to_toml_read(&self) -> String {
+        let unread = self.unread_flags();
+        let table: toml::Table = to_table(self)
+            .expect("a validated config fits TOML")
+            .into_iter()
+            .filter(|(k, _)| !unread.contains(k))
+            .collect();
+        toml::to_string_pretty(&table).expect("Config serializes to TOML")
+    }
+
     /// Every setting as (flag name, TOML value), sorted by name (for TensorBoard's
     /// hyperparameter table).
     pub fn key_values(&self) -> Vec<(String, String)> {

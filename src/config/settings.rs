@@ -389,14 +389,23 @@ const RMSPROP_FLAGS: [&str; 4] = [
 const ADAM_FLAGS: [&str; 3] = ["adam-beta1", "adam-beta2", "adam-eps"];
 
 impl OptimizerSettings {
+    /// The flags of the optimizer this run does not use (by long name): the other one's.
+    pub fn unread_flags(&self) -> &'static [&'static str] {
+        match self.optimizer {
+            OptimizerKind::Rmsprop => &ADAM_FLAGS,
+            OptimizerKind::Adam => &RMSPROP_FLAGS,
+        }
+    }
+
     /// The other optimizer's settings among the flags and config keys `given` (by long name):
     /// one line naming them, appended to `e`, as they would be silently ignored.
     pub fn check_given(&self, given: impl Fn(&str) -> bool, e: &mut Vec<String>) {
-        let (other, flags, this) = match self.optimizer {
-            OptimizerKind::Rmsprop => ("adam", &ADAM_FLAGS[..], "rmsprop"),
-            OptimizerKind::Adam => ("rmsprop", &RMSPROP_FLAGS[..], "adam"),
+        let (other, this) = match self.optimizer {
+            OptimizerKind::Rmsprop => ("adam", "rmsprop"),
+            OptimizerKind::Adam => ("rmsprop", "adam"),
         };
-        let ignored: Vec<String> = flags
+        let ignored: Vec<String> = self
+            .unread_flags()
             .iter()
             .filter(|f| given(f))
             .map(|f| format!("--{f}"))
@@ -601,6 +610,12 @@ pub struct Invocation {
     /// List the games that can be played and exit
     #[arg(long)]
     pub list_games: bool,
+    /// Print the settings this run would train with, as TOML (the form of --config files and
+    /// of the run's config.toml), and exit without training: the defaults, the config file
+    /// (and those it extends) or the game's tuned config, a resumed checkpoint's config and
+    /// the flags, merged and validated. Lines the run would print first are `#` comments
+    #[arg(long)]
+    pub print_config: bool,
     /// Benchmark phase, used by scripts/bench: limit, acting or training (the default)
     #[arg(long, value_enum, default_value_t = BenchPhase::Training, hide = true)]
     pub bench_phase: BenchPhase,

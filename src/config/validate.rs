@@ -102,6 +102,20 @@ impl Config {
         }
     }
 
+    /// The flags (by long name) that this config's rule (`--algorithm`) and optimizer
+    /// (`--optimizer`) do not read: those [`Config::check_rule_settings`] refuses when given.
+    pub fn unread_flags(&self) -> std::collections::BTreeSet<String> {
+        let rule = self.learner.algorithm;
+        let mut unread: std::collections::BTreeSet<String> = Family::ALL
+            .into_iter()
+            .filter(|family| !rule.reads.contains(family))
+            .flat_map(|family| super::flags_in(&[family.group_id()]))
+            .map(|(_, long)| long)
+            .collect();
+        unread.extend(self.optim.unread_flags().iter().map(|f| f.to_string()));
+        unread
+    }
+
     /// Refuses the settings that were `given` (a flag's long name, on the command line or in
     /// the config file) but belong to a family of settings ([`Family`]) that this run's rule
     /// does not read: they would be ignored. One line per family, naming the rules that read
