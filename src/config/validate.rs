@@ -102,13 +102,21 @@ impl Config {
         }
     }
 
+    /// The families of settings ([`Family`]) that this config's rule (`--algorithm`) does not
+    /// read: the one selection behind [`Config::unread_flags`] and
+    /// [`Config::check_rule_settings`].
+    fn unread_families(&self) -> impl Iterator<Item = Family> {
+        let rule = self.learner.algorithm;
+        Family::ALL
+            .into_iter()
+            .filter(move |family| !rule.reads.contains(family))
+    }
+
     /// The flags (by long name) that this config's rule (`--algorithm`) and optimizer
     /// (`--optimizer`) do not read: those [`Config::check_rule_settings`] refuses when given.
     pub fn unread_flags(&self) -> std::collections::BTreeSet<String> {
-        let rule = self.learner.algorithm;
-        let mut unread: std::collections::BTreeSet<String> = Family::ALL
-            .into_iter()
-            .filter(|family| !rule.reads.contains(family))
+        let mut unread: std::collections::BTreeSet<String> = self
+            .unread_families()
             .flat_map(|family| super::flags_in(&[family.group_id()]))
             .map(|(_, long)| long)
             .collect();
@@ -123,10 +131,7 @@ impl Config {
     pub fn check_rule_settings(&self, given: impl Fn(&str) -> bool) -> Result<(), ConfigError> {
         let rule = self.learner.algorithm;
         let mut e = Vec::new();
-        for family in Family::ALL {
-            if rule.reads.contains(&family) {
-                continue;
-            }
+        for family in self.unread_families() {
             let ignored: Vec<String> = super::flags_in(&[family.group_id()])
                 .into_iter()
                 .filter(|(_, long)| given(long))
