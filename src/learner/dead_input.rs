@@ -58,13 +58,16 @@ impl InputLayerWatch {
         let weight = params.iter().find(|(n, _)| *n == self.layer)?.1.detach();
         let units = usize::try_from(*weight.size().first()?).ok()?;
         let now = Vec::<f32>::try_from(&weight.to_device(tch::Device::Cpu).reshape([-1])).ok()?;
-        let Some((since, before)) = self.start.replace((updates, now)) else {
-            return None;
+        let since = match &self.start {
+            Some((since, before)) if units > 0 && unchanged_units(before, &now, units) == units => {
+                *since
+            }
+            _ => {
+                // No window yet, or one in which a unit moved: the next window starts here.
+                self.start = Some((updates, now));
+                return None;
+            }
         };
-        let after = &self.start.as_ref()?.1;
-        if units == 0 || unchanged_units(&before, after, units) < units {
-            return None;
-        }
         self.warned = true;
         Some(format!(
             "warning: at {frames} frames ({updates} updates), no update since update {since} \
