@@ -6,63 +6,25 @@
 //!
 //! Parameters are kept in a fixed order (sorted by name) so the learner can flatten them into
 //! a weight snapshot and actors can load the same flat vector back.
+//!
+//! The pieces: `spec.rs` says what to build (the architecture and the head) and how wide an
+//! actor's output row is; `obs.rs` turns observation bytes into the input tensor; this module
+//! builds the network, runs it and loads its parameters.
+
+mod obs;
+mod spec;
+
+pub use obs::{channels_last, obs_tensor};
+pub use spec::{resolve_network, HeadKind, NetSpec, Network, NetworkMismatch};
 
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 
 use crate::env::ObsSpec;
 
-use clap::ValueEnum;
-use serde::{Deserialize, Serialize};
-
 /// The layer that reads frames (`nips`, `nature`) and the one that reads vectors (`mlp`); see
 /// [`AgentNetwork::input_layer`].
 const INPUT_CONV: &str = "conv1";
 const INPUT_FC: &str = "fc1";
-
-/// The Q-network architecture.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Network {
-    /// `nips` for frame observations, `mlp` for vector observations.
-    Auto,
-    /// Mnih et al. 2013 (NIPS workshop) and the A3C paper: conv 16x8x8/4, conv 32x4x4/2, fc 256.
-    Nips,
-    /// Mnih et al. 2015 (Nature): conv 32x8x8/4, 64x4x4/2, 64x3x3/1, fc 512.
-    Nature,
-    /// For vector observations (CartPole): fc 64, fc 64.
-    Mlp,
-}
-
-/// Resolves `--network` for observations `obs`: `auto` is `nips` for frames and `mlp` for
-/// vectors; the convolutional networks need frames, the MLP vectors.
-///
-/// # Errors
-///
-/// [`NetworkMismatch`] when `choice` does not fit `obs`.
-pub fn resolve_network(choice: Network, obs: ObsSpec) -> Result<Network, NetworkMismatch> {
-    match (choice, obs) {
-        (Network::Auto, ObsSpec::Frames(_)) => Ok(Network::Nips),
-        (Network::Auto, ObsSpec::Vector(_)) => Ok(Network::Mlp),
-        (Network::Nips | Network::Nature, ObsSpec::Frames(_))
-        | (Network::Mlp, ObsSpec::Vector(_)) => Ok(choice),
-        (network, obs) => Err(NetworkMismatch { network, obs }),
-    }
-}
-
-/// A `--network` that does not fit the game's observations (a convolutional network for
-/// vectors, or the MLP for frames).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "--network {}: does not fit observations {obs:?}; use {} (or auto)",
-    format!("{network:?}").to_lowercase(),
-    if matches!(obs, ObsSpec::Frames(_)) { "nips or nature" } else { "mlp" }
-)]
-pub struct NetworkMismatch {
-    /// The network asked for.
-    pub network: Network,
-    /// The observations it would read.
-    pub obs: ObsSpec,
-}
 
 /// Why parameters read from a checkpoint do not fit a network (see [`AgentNetwork::load_named`]).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -83,106 +45,6 @@ pub enum LoadError {
         /// The network's shape.
         expected: Vec<i64>,
     },
-}
-
-/// A batch of `batch` observations from their bytes (`batch * obs.bytes()` long): u8
-/// `[batch, c, h, w]` for frames, f32 `[batch, n]` for vectors.
-pub fn obs_tensor(obs: ObsSpec, bytes: &[u8], batch: usize) -> Tensor {
-    let b = batch as i64;
-    match obs {
-        ObsSpec::Frames([c, h, w]) => {
-            Tensor::from_slice(bytes).view([b, c as i64, h as i64, w as i64])
-        }
-        ObsSpec::Vector(n) => Tensor::from_data_size(bytes, &[b, n as i64], Kind::Float),
-    }
-}
-
-/// The same batch of frames `[batch, c, h, w]` in channels-last memory order (NHWC strides,
-/// same shape and values); other tensors are returned as they are. On the CPU, libtorch's
-/// convolutions then take oneDNN's NHWC kernels for the forward and backward passes, which
-/// made a training step of the `nips` network on a batch of 64 about 1.5x faster on one thread
-/// (30 ms instead of 46-60 ms, measured on an AMD EPYC with AVX2). Batch-1 inference is a
-/// little faster without it, so only the learner uses it.
-pub fn channels_last(obs: &Tensor) -> Tensor {
-    if obs.dim() == 4 {
-        obs.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
-    } else {
-        obs.shallow_clone()
-    }
-}
-
-/// What the network outputs after its torso.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum HeadKind {
-    /// Q-values, one per action (the Q rules).
-    #[default]
-    Q,
-    /// Q-values from two streams, V(s) and A(s, a), combined as `Q = V + A - mean_a A`
-    /// (Wang et al. 2016).
-    Dueling,
-    /// A policy (logits, one per action) and a state value V(s) on one hidden layer: the
-    /// actor-critic rules (Mnih et al. 2016, A3C FF; Espeholt et al. 2018).
-    ActorCritic,
-    /// The actor-critic head for continuous actions of d dimensions: a diagonal Gaussian
-    /// policy, its means from the hidden layer (`policy`, d outputs) and a state-independent
-    /// log standard deviation (`log_std`, d parameters, initially 0, i.e. std 1), and V(s).
-    /// The policy's outputs are `[mean (d), log_std (d)]`. As CleanRL's
-    /// `ppo_continuous_action.py` (its `actor_logstd`) and the PPO paper's continuous-control
-    /// setup (Schulman et al. 2017, section 6.1) have it.
-    Gaussian,
-}
-
-impl HeadKind {
-    /// Whether this head has a policy and a value (the actor-critic rules' heads).
-    pub fn is_actor_critic(self) -> bool {
-        matches!(self, HeadKind::ActorCritic | HeadKind::Gaussian)
-    }
-}
-
-/// What to build: the architecture (resolved, never `auto`) and its head.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NetSpec {
-    pub arch: Network,
-    pub head: HeadKind,
-}
-
-impl NetSpec {
-    /// Width of a row of [`AgentNetwork::act_outputs`] for `num_actions` actions (a
-    /// continuous action's dimensions): `num_actions` for a Q head, `num_actions + 1` (the
-    /// logits, then V(s)) for an actor-critic head, `2 * num_actions + 1` (the means, the log
-    /// standard deviations, then V(s)) for a Gaussian head.
-    pub fn act_width(&self, num_actions: usize) -> usize {
-        self.policy_width(num_actions) + usize::from(self.head.is_actor_critic())
-    }
-
-    /// Dimensions of a continuous action for `num_actions` outputs: `num_actions` for a
-    /// Gaussian head, 0 (discrete actions) otherwise; the slot layout's `action_dims`.
-    pub fn action_dims(&self, num_actions: usize) -> usize {
-        if self.head == HeadKind::Gaussian {
-            num_actions
-        } else {
-            0
-        }
-    }
-
-    /// Width of the policy's (or the Q-values') part of a row: `2 * num_actions` for a
-    /// Gaussian head, else `num_actions`.
-    pub fn policy_width(&self, num_actions: usize) -> usize {
-        if self.head == HeadKind::Gaussian {
-            2 * num_actions
-        } else {
-            num_actions
-        }
-    }
-}
-
-impl From<Network> for NetSpec {
-    fn from(arch: Network) -> Self {
-        NetSpec {
-            arch,
-            head: HeadKind::Q,
-        }
-    }
 }
 
 /// The part after the torso: one stream to the Q-values, the dueling value and advantage
@@ -514,197 +376,4 @@ impl AgentNetwork {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shapes_and_parameter_counts() {
-        let frames = ObsSpec::Frames([4, 84, 84]);
-        let nips = AgentNetwork::new(Network::Nips, frames, 4, Device::Cpu);
-        // conv1 4*16*64+16, conv2 16*32*16+32, fc 2592*256+256, q 256*4+4
-        assert_eq!(nips.numel(), 4112 + 8224 + 663_808 + 1028);
-        let x = Tensor::zeros([3, 4, 84, 84], (Kind::Uint8, Device::Cpu));
-        assert_eq!(nips.forward(&x).size(), vec![3, 4]);
-        let nature = AgentNetwork::new(Network::Nature, frames, 6, Device::Cpu);
-        assert_eq!(nature.forward(&x).size(), vec![3, 6]);
-        let mlp = AgentNetwork::new(Network::Mlp, ObsSpec::Vector(4), 2, Device::Cpu);
-        assert_eq!(mlp.numel(), 4 * 64 + 64 + 64 * 64 + 64 + 64 * 2 + 2);
-        let bytes: Vec<u8> = [0.1f32, -0.2, 0.3, 0.0, 1.0, 2.0, 3.0, 4.0]
-            .iter()
-            .flat_map(|v| v.to_ne_bytes())
-            .collect();
-        let v = obs_tensor(ObsSpec::Vector(4), &bytes, 2);
-        assert_eq!(v.size(), vec![2, 4]);
-        assert_eq!(v.double_value(&[1, 2]), 3.0);
-        assert_eq!(mlp.forward(&v).size(), vec![2, 2]);
-        // The input layer is a parameter and reads the observation's channels (features).
-        for net in [&nips, &nature, &mlp] {
-            let (_, w) = net
-                .params()
-                .iter()
-                .find(|(n, _)| *n == net.input_layer())
-                .unwrap_or_else(|| panic!("{:?}: no {}", net.arch(), net.input_layer()));
-            assert_eq!(w.size()[1], 4, "{:?}", net.arch());
-        }
-    }
-
-    #[test]
-    fn dueling_heads_combine_value_and_advantage_for_every_network() {
-        let dueling = |arch| NetSpec {
-            arch,
-            head: HeadKind::Dueling,
-        };
-        let frames = ObsSpec::Frames([4, 84, 84]);
-        let x = Tensor::randint(256, [3, 4, 84, 84], (Kind::Uint8, Device::Cpu));
-        for arch in [Network::Nips, Network::Nature] {
-            let net = AgentNetwork::new(dueling(arch), frames, 5, Device::Cpu);
-            assert_eq!(net.forward(&x).size(), vec![3, 5], "{arch:?}");
-        }
-        // The MLP by hand: Q = V + A - mean_a A, from the named parameters.
-        tch::manual_seed(4);
-        let net = AgentNetwork::new(dueling(Network::Mlp), ObsSpec::Vector(4), 3, Device::Cpu);
-        let names: Vec<&str> = net.params().iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "advantage.bias",
-                "advantage.weight",
-                "advantage_fc.bias",
-                "advantage_fc.weight",
-                "fc1.bias",
-                "fc1.weight",
-                "value.bias",
-                "value.weight",
-                "value_fc.bias",
-                "value_fc.weight"
-            ]
-        );
-        let p = |n: &str| &net.params().iter().find(|(m, _)| m == n).unwrap().1;
-        let lin = |x: &Tensor, l: &str| {
-            x.matmul(&p(&format!("{l}.weight")).tr()) + p(&format!("{l}.bias"))
-        };
-        let v = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.1, 0.0, 1.0, -0.3, 0.7]).view([2, 4]);
-        let f = lin(&v, "fc1").relu();
-        let value = lin(&lin(&f, "value_fc").relu(), "value");
-        let adv = lin(&lin(&f, "advantage_fc").relu(), "advantage");
-        let expect = &value + &adv - adv.mean_dim(1, true, Kind::Float);
-        assert!(net.forward(&v).allclose(&expect, 1e-5, 1e-6, false));
-        assert_eq!(net.spec(), dueling(Network::Mlp));
-    }
-
-    #[test]
-    fn actor_critic_heads_give_logits_and_values_from_one_hidden_layer() {
-        let ac = |arch| NetSpec {
-            arch,
-            head: HeadKind::ActorCritic,
-        };
-        let frames = ObsSpec::Frames([4, 84, 84]);
-        let x = Tensor::randint(256, [3, 4, 84, 84], (Kind::Uint8, Device::Cpu));
-        for arch in [Network::Nips, Network::Nature] {
-            let net = AgentNetwork::new(ac(arch), frames, 6, Device::Cpu);
-            let (logits, values) = net.policy_value(&x).unwrap();
-            assert_eq!(
-                (logits.size(), values.size()),
-                (vec![3, 6], vec![3]),
-                "{arch:?}"
-            );
-            assert_eq!(net.act_width(), 7);
-            // forward is the logits (the argmax is the greedy action); act_outputs appends V.
-            assert!(net.forward(&x).allclose(&logits, 1e-6, 1e-6, false));
-            let out = net.act_outputs(&x);
-            assert!(out
-                .narrow(1, 6, 1)
-                .squeeze_dim(1)
-                .allclose(&values, 1e-6, 1e-6, false));
-        }
-        // The A3C FF network: the nips torso and fc 256, then 6 logits and one value.
-        let nips = AgentNetwork::new(ac(Network::Nips), frames, 6, Device::Cpu);
-        assert_eq!(nips.numel(), 4112 + 8224 + 663_808 + 256 * 6 + 6 + 256 + 1);
-        // The MLP by hand from its named parameters.
-        let net = AgentNetwork::new(ac(Network::Mlp), ObsSpec::Vector(4), 2, Device::Cpu);
-        let p = |n: &str| &net.params().iter().find(|(m, _)| m == n).unwrap().1;
-        let lin = |x: &Tensor, l: &str| {
-            x.matmul(&p(&format!("{l}.weight")).tr()) + p(&format!("{l}.bias"))
-        };
-        let v = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.1]).view([1, 4]);
-        let h = lin(&lin(&v, "fc1").relu(), "fc2").relu();
-        let (logits, value) = net.policy_value(&v).unwrap();
-        assert!(logits.allclose(&lin(&h, "policy"), 1e-5, 1e-6, false));
-        assert!(value.allclose(&lin(&h, "value").squeeze_dim(1), 1e-5, 1e-6, false));
-        // A Q head has no policy.
-        let q = AgentNetwork::new(Network::Mlp, ObsSpec::Vector(4), 2, Device::Cpu);
-        assert!(q.policy_value(&v).is_none());
-        assert_eq!(q.act_width(), 2);
-    }
-
-    #[test]
-    fn auto_network_follows_the_observations() {
-        let frames = ObsSpec::Frames([4, 84, 84]);
-        assert_eq!(resolve_network(Network::Auto, frames), Ok(Network::Nips));
-        assert_eq!(
-            resolve_network(Network::Auto, ObsSpec::Vector(4)),
-            Ok(Network::Mlp)
-        );
-        assert_eq!(
-            resolve_network(Network::Nature, frames),
-            Ok(Network::Nature)
-        );
-        assert_eq!(
-            resolve_network(Network::Mlp, frames),
-            Err(NetworkMismatch {
-                network: Network::Mlp,
-                obs: frames
-            })
-        );
-        assert!(resolve_network(Network::Mlp, frames)
-            .unwrap_err()
-            .to_string()
-            .contains("--network mlp"));
-        assert!(resolve_network(Network::Nips, ObsSpec::Vector(4))
-            .unwrap_err()
-            .to_string()
-            .contains("use mlp"));
-    }
-
-    #[test]
-    fn channels_last_changes_the_layout_not_the_values_nor_the_gradients() {
-        tch::manual_seed(2);
-        let net = AgentNetwork::new(Network::Nips, ObsSpec::Frames([4, 84, 84]), 4, Device::Cpu);
-        let x = Tensor::randint(256, [5, 4, 84, 84], (Kind::Uint8, Device::Cpu));
-        let y = channels_last(&x);
-        assert_eq!(y.size(), x.size());
-        assert_eq!(y.stride(), vec![4 * 84 * 84, 1, 84 * 4, 4]);
-        assert!(y.equal(&x));
-        let grads = |input: &Tensor| {
-            for (_, p) in net.params() {
-                let mut p = p.shallow_clone();
-                p.zero_grad();
-            }
-            let q = net.forward(input);
-            q.sum(Kind::Float).backward();
-            let g: Vec<Tensor> = net.params().iter().map(|(_, p)| p.grad().copy()).collect();
-            (q.detach(), g)
-        };
-        let (q1, g1) = grads(&x);
-        let (q2, g2) = grads(&y);
-        assert!(q1.allclose(&q2, 1e-4, 1e-5, false));
-        for (a, b) in g1.iter().zip(&g2) {
-            assert!(a.allclose(b, 1e-3, 1e-4, false));
-        }
-        let v = Tensor::zeros([3, 4], (Kind::Float, Device::Cpu));
-        assert_eq!(channels_last(&v).stride(), v.stride());
-    }
-
-    #[test]
-    fn flat_round_trip_reproduces_outputs() {
-        tch::manual_seed(1);
-        let a = AgentNetwork::new(Network::Nips, ObsSpec::Frames([4, 84, 84]), 4, Device::Cpu);
-        let mut b = AgentNetwork::new(Network::Nips, ObsSpec::Frames([4, 84, 84]), 4, Device::Cpu);
-        let x = Tensor::randint(256, [2, 4, 84, 84], (Kind::Uint8, Device::Cpu));
-        assert!(!a.forward(&x).allclose(&b.forward(&x), 1e-6, 1e-6, false));
-        let mut flat = vec![0f32; a.numel()];
-        a.flat_params_into(&mut flat);
-        b.load_flat(&flat);
-        assert!(a.forward(&x).allclose(&b.forward(&x), 1e-6, 1e-6, false));
-    }
-}
+mod tests;
